@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: bootstrap test lint typecheck unit demo proto bench clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+lint: bootstrap
+	$(VENV)/bin/ruff check broker tests bench
+	$(VENV)/bin/ruff format --check broker tests bench
+
+typecheck: bootstrap
+	$(VENV)/bin/mypy broker tests bench
+
+unit: bootstrap
+	$(PY) -m pytest -q -ra
+
+test: bootstrap lint typecheck unit
+
+demo: bootstrap
+	$(PY) -m broker.demo
+
+proto: bootstrap
+	$(PY) -m broker.server.protogen
+
+bench: bootstrap
+	$(PY) bench/sign.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/peer/node_modules

@@ -1,0 +1,216 @@
+"""One exception tree for the whole broker.
+
+Every error the broker raises is a :class:`BrokerError`. Third-party errors are wrapped at the
+boundary with ``raise ... from``. Each class carries a stable machine-readable ``reason`` and a
+``retryable`` flag; callers branch on the class or those fields, never on message text.
+
+Messages never contain secrets (PINs, tokens, codes, assertions, key material).
+"""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """Root of every broker error."""
+
+    reason: str = "internal"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.reason
+
+
+# --- caller errors -----------------------------------------------------------------------------
+
+
+class InvalidArgument(BrokerError):
+    """A caller-supplied value is empty, too long or malformed."""
+
+    reason = "invalid_argument"
+
+
+class PermissionDenied(BrokerError):
+    """The caller's identity is not allowed to do this."""
+
+    reason = "permission_denied"
+
+
+class NotFound(BrokerError):
+    """An unknown grant, login or key."""
+
+    reason = "not_found"
+
+
+class ConfigError(BrokerError):
+    """The configuration is invalid or incomplete."""
+
+    reason = "config"
+
+
+# --- key custody -------------------------------------------------------------------------------
+
+
+class KeyStoreError(BrokerError):
+    """Any failure of key custody."""
+
+    reason = "keystore"
+
+
+class KeyNotFound(KeyStoreError, NotFound):
+    reason = "key_not_found"
+
+
+class KeyExists(KeyStoreError):
+    reason = "key_exists"
+
+
+class TokenNotPresent(KeyStoreError):
+    """The PKCS#11 token (by label) is not present."""
+
+    reason = "token_not_present"
+    retryable = True
+
+
+class PinIncorrect(KeyStoreError):
+    """Wrong PIN. Never retried automatically (lock-out risk)."""
+
+    reason = "pin_incorrect"
+
+
+class PinLocked(KeyStoreError):
+    reason = "pin_locked"
+
+
+class HsmUnavailable(KeyStoreError):
+    """The HSM session or device is gone; recovery failed for now. Retry later."""
+
+    reason = "hsm_unavailable"
+    retryable = True
+
+
+class InvalidKey(KeyStoreError):
+    """A key is of the wrong type or curve, or has the wrong attributes."""
+
+    reason = "invalid_key"
+
+
+class InvalidKeyUri(KeyStoreError, InvalidArgument):
+    """A malformed RFC 7512 PKCS#11 URI; the message names the bad part."""
+
+    reason = "invalid_key_uri"
+
+
+class DidError(InvalidArgument):
+    """A malformed or unsupported did:key."""
+
+    reason = "invalid_did"
+
+
+# --- OAuth / OIDC ------------------------------------------------------------------------------
+
+
+class OAuthClientError(BrokerError):
+    """Any failure talking to the authorization server."""
+
+    reason = "oauth"
+
+
+class DiscoveryError(OAuthClientError):
+    """AS metadata could not be fetched or is invalid (issuer mismatch, http endpoint, ...)."""
+
+    reason = "discovery"
+    retryable = True
+
+
+class AuthServerUnavailable(OAuthClientError):
+    """Transport failure, timeout, 5xx or 429: retryable."""
+
+    reason = "as_unavailable"
+    retryable = True
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+class OAuthErrorResponse(OAuthClientError):
+    """The AS answered with an RFC 6749 section 5.2 error object."""
+
+    reason = "oauth_error"
+
+    def __init__(self, error: str, *, status_code: int, description: str | None = None) -> None:
+        super().__init__(f"authorization server answered {status_code} error={error}")
+        self.error = error
+        self.status_code = status_code
+        self.description = description
+
+
+class InvalidGrant(OAuthErrorResponse):
+    """``invalid_grant``, or DOME's empty-bodied 403/500 on a refresh: the grant is dead."""
+
+    reason = "invalid_grant"
+
+    def __init__(
+        self, error: str = "invalid_grant", *, status_code: int, description: str | None = None
+    ) -> None:
+        super().__init__(error, status_code=status_code, description=description)
+
+
+class UnexpectedResponse(OAuthClientError):
+    """A non-OAuth error or a malformed response (non-JSON, too large, bad fields)."""
+
+    reason = "unexpected_response"
+    retryable = True
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class TokenValidationError(OAuthClientError):
+    """An id_token (or other AS-signed JWT) failed validation."""
+
+    reason = "token_invalid"
+
+
+class AuthorizationResponseError(OAuthClientError):
+    """The authorization response is invalid (unknown state, wrong iss, error=...)."""
+
+    reason = "authorization_response"
+
+
+class LoginExpired(AuthorizationResponseError):
+    reason = "login_expired"
+
+
+# --- grants ------------------------------------------------------------------------------------
+
+
+class GrantNotFound(NotFound):
+    reason = "grant_not_found"
+
+
+class LoginNotFound(NotFound):
+    reason = "login_not_found"
+
+
+class ReauthorizationRequired(BrokerError):
+    """The grant's refresh token is dead: a user must log in again."""
+
+    reason = "reauthorization_required"
+
+
+class StoreError(BrokerError):
+    """The grant store failed (I/O, connection)."""
+
+    reason = "store"
+    retryable = True

@@ -1,0 +1,1 @@
+"""Key custody. Knows nothing of OAuth."""

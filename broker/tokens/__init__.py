@@ -1,0 +1,1 @@
+"""The token core: grants, their store, freshness and single-flight refresh."""

@@ -1,0 +1,41 @@
+"""The grant: what the broker holds for one user authorization."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class GrantStatus(enum.StrEnum):
+    ACTIVE = "active"
+    REAUTHORIZATION_REQUIRED = "reauthorization_required"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One authorization held by the broker. Tokens are secret: never in ``repr``.
+
+    ``version`` increases by one on every stored rotation (optimistic concurrency).
+    ``refresh_started_at`` is the intent record: set (durably) right before a refresh request is
+    sent, cleared in the same transaction that stores its result.
+    """
+
+    grant_id: str
+    label: str
+    issuer: str
+    client_id: str
+    subject: str
+    scope: str
+    status: GrantStatus
+    access_token: str = field(repr=False)
+    access_expires_at: float
+    refresh_token: str | None = field(repr=False)
+    created_at: float
+    updated_at: float
+    version: int = 1
+    refresh_started_at: float | None = None
+    last_error: str | None = None
+    id_claims: Mapping[str, Any] = field(default_factory=dict, repr=False)

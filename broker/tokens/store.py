@@ -1,0 +1,64 @@
+"""The grant store interface. Implementations: ``sqlite.py`` (embedded default) and
+``postgres.py`` (several replicas). One contract suite runs against both.
+
+Guarantees every implementation gives:
+- ``rotate`` is one transaction; once it returns, the new refresh token is durable
+  (SQLite: WAL + synchronous=FULL; PostgreSQL: a committed transaction) before the new access
+  token is handed to anyone.
+- refresh and access tokens are sealed at rest (AES-256-GCM via a :class:`broker.keys.api.Sealer`,
+  the grant id as associated data): a copied database file reveals no token.
+- ``refresh_lock`` serialises refreshes of one grant: within the process for SQLite, across
+  replicas for PostgreSQL (an advisory lock held for the whole refresh). Callers re-read the
+  grant after taking it.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from broker.oauth.types import TokenSet
+from broker.tokens.model import Grant, GrantStatus
+
+
+class GrantStore(Protocol):
+    async def create(self, grant: Grant) -> None:
+        """Insert a new grant (``grant_id`` unique)."""
+        ...
+
+    async def get(self, grant_id: str) -> Grant:
+        """Raise :class:`broker.errors.GrantNotFound` when absent."""
+        ...
+
+    async def list(self, *, label: str | None = None) -> list[Grant]: ...
+
+    async def mark_refresh_started(self, grant_id: str, at: float) -> None:
+        """Durably record the intent to refresh (before the request is sent)."""
+        ...
+
+    async def rotate(self, grant_id: str, tokens: TokenSet, *, expected_version: int) -> Grant:
+        """Store a refresh result in one transaction: new access token and expiry, the new
+        refresh token (or keep the old one when ``tokens.refresh_token`` is None), version + 1,
+        intent cleared, last_error cleared. Raise :class:`broker.errors.StoreError` if the stored
+        version is not ``expected_version`` (someone else rotated first)."""
+        ...
+
+    async def set_status(self, grant_id: str, status: GrantStatus, *, reason: str | None) -> Grant:
+        """Change the status (and last_error); clears the intent."""
+        ...
+
+    async def record_error(self, grant_id: str, reason: str) -> None:
+        """Remember the last (retryable) refresh failure without changing the status."""
+        ...
+
+    async def delete(self, grant_id: str) -> None: ...
+
+    def refresh_lock(self, grant_id: str) -> AbstractAsyncContextManager[None]:
+        """Exclusive per-grant lock for the whole refresh (cross-replica where shared)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`broker.errors.StoreError` when unreachable (doctor, health)."""
+        ...
+
+    async def close(self) -> None: ...

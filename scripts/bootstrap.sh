@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs everything the broker needs on a fresh Debian machine, idempotently:
+#   - apt: softhsm2 (PKCS#11 token), opensc (pkcs11-tool), nodejs/npm when missing
+#   - a venv in .venv with the package and its test extras
+#   - the pinned oidc-provider test peer (tests/peer, from its lockfile)
+# Never touches the system SoftHSM token directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need_apt+=(softhsm2)
+command -v pkcs11-tool >/dev/null 2>&1 || need_apt+=(opensc)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "bootstrap: installing apt packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+  echo "bootstrap: installing the broker and its test extras into .venv"
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+if [ -f tests/peer/package-lock.json ]; then
+  lockstamp=tests/peer/node_modules/.installed-$(sha256sum tests/peer/package-lock.json | cut -c1-16)
+  if [ ! -e "$lockstamp" ]; then
+    echo "bootstrap: installing the oidc-provider test peer (npm ci)"
+    (cd tests/peer && npm ci --silent --no-audit --no-fund >/dev/null)
+    touch "$lockstamp"
+  fi
+fi
