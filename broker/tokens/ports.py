@@ -1,0 +1,28 @@
+"""What the token core needs from the OAuth client, as small role interfaces."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from broker.oauth.types import TokenSet
+from broker.tokens.model import Grant
+
+
+class Refresher(Protocol):
+    """Runs the refresh_token grant (RFC 6749 section 6) against the AS.
+
+    Raises :class:`broker.errors.InvalidGrant` when the grant is dead (``invalid_grant``, or
+    DOME's empty-bodied 403/500), a retryable :class:`broker.errors.BrokerError` (``retryable``
+    True) for transport trouble, 5xx and 429, and :class:`broker.errors.TokenValidationError`
+    when a returned id_token fails validation (including an ``iss`` or ``sub`` that differs from
+    the grant's: OIDC Core 12.2). Each HTTP attempt carries a fresh HSM-signed client assertion.
+    In DOME compatibility mode it waits while a code exchange of the same client is pending.
+    """
+
+    async def refresh(self, refresh_token: str, *, subject: str) -> TokenSet: ...
+
+
+class GrantSink(Protocol):
+    """Where a completed login hands its new grant (implemented by the token core)."""
+
+    async def add_grant(self, tokens: TokenSet, *, label: str, issuer: str, client_id: str) -> Grant: ...
