@@ -112,6 +112,30 @@ class DidError(InvalidArgument):
     reason = "invalid_did"
 
 
+# --- key ceremonies and audit ------------------------------------------------------------------
+
+
+class AuditError(BrokerError):
+    """The audit log cannot be opened, locked, read or written, or its tail is damaged.
+
+    Ceremonies fail closed on it: no key operation runs unaudited.
+    """
+
+    reason = "audit"
+
+
+class ConfirmationMismatch(BrokerError):
+    """The operator did not confirm a destructive step (typed another value, or nothing)."""
+
+    reason = "confirmation_mismatch"
+
+
+class SelfTestFailed(KeyStoreError):
+    """A signature made in the token does not verify with the key's did:key public key."""
+
+    reason = "selftest_failed"
+
+
 # --- OAuth / OIDC ------------------------------------------------------------------------------
 
 
