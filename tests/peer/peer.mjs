@@ -1,0 +1,263 @@
+// oidc-provider 8.8.1 configured like the DOME Verifier, for the broker's integration tests.
+//
+// Usage: node peer.mjs <config.json>
+// The config file (written by tests/integration/conftest.py) holds:
+//   host, port (0 = any), tls_cert, tls_key            HTTPS listener (test CA)
+//   client: { client_id, jwk, redirect_uris }          our did:key client and its public JWK
+//   pkce_required (bool), access_token_ttl (s), id_token_ttl (s), refresh_token_ttl (s)
+//   token_delay_ms                                     artificial delay before /token (env PEER_TOKEN_DELAY_MS wins)
+//   account_id, vc_file                                the user and the LEARCredentialEmployee sample
+// When listening it prints one JSON line to stdout: {"ready": true, "issuer": "...", "port": N}.
+//
+// Test-only admin endpoints (never part of a real AS):
+//   GET  /admin/log    everything the AS received: token requests (form + decoded client assertion),
+//                      authorization requests (query), request objects fetched by reference, PAR bodies
+//   POST /admin/reset  clears the log
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as https from 'node:https';
+
+import Provider from 'oidc-provider';
+import RequestUriCache from 'oidc-provider/lib/helpers/request_uri_cache.js';
+
+const configPath = process.argv[2];
+if (!configPath) {
+  process.stderr.write('usage: node peer.mjs <config.json>\n');
+  process.exit(2);
+}
+const cfg = JSON.parse(fs.readFileSync(configPath, 'utf8'));
+const vc = JSON.parse(fs.readFileSync(cfg.vc_file, 'utf8'));
+const tokenDelayMs = Number(process.env.PEER_TOKEN_DELAY_MS ?? cfg.token_delay_ms ?? 0);
+const accountId = cfg.account_id ?? 'did:key:zDnaeVYnWTZu5nbrH1qmBVMvNwSrtKnkRbCZ4xH5h2LQPnzdr';
+const RESOURCE = 'urn:dome:verifier';
+const SCOPE = 'openid learcredential';
+
+// --- what the AS received --------------------------------------------------------------------
+const log = { token_requests: [], authorizations: [], request_objects: [], par_requests: [] };
+
+function decodeJwt(jwt) {
+  try {
+    const [h, p] = String(jwt).split('.');
+    return {
+      header: JSON.parse(Buffer.from(h, 'base64url').toString('utf8')),
+      claims: JSON.parse(Buffer.from(p, 'base64url').toString('utf8')),
+    };
+  } catch {
+    return { header: null, claims: null };
+  }
+}
+
+// Record every request object fetched by reference (oidc-provider caches by URI: a cache hit is
+// not a fetch, so `fetched` tells the two apart).
+const originalResolve = RequestUriCache.prototype.resolve;
+RequestUriCache.prototype.resolve = async function resolve(requestUri) {
+  const cacheKey = crypto.createHash('sha256').update(requestUri).digest('hex');
+  const fetched = !this.cache.has(cacheKey);
+  try {
+    const body = await originalResolve.call(this, requestUri);
+    log.request_objects.push({ request_uri: requestUri, fetched, ok: true, jws: body, ...decodeJwt(body) });
+    return body;
+  } catch (err) {
+    log.request_objects.push({ request_uri: requestUri, fetched, ok: false, error: err.message });
+    throw err;
+  }
+};
+
+// --- the AS's own signing key: a fresh EC P-256 JWK -------------------------------------------
+const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const asJwk = { ...privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'ES256', kid: 'peer-es256' };
+
+function buildProvider(issuer) {
+  const configuration = {
+    clients: [
+      {
+        client_id: cfg.client.client_id,
+        redirect_uris: cfg.client.redirect_uris,
+        response_types: ['code'],
+        grant_types: ['authorization_code', 'refresh_token'],
+        token_endpoint_auth_method: 'private_key_jwt',
+        token_endpoint_auth_signing_alg: 'ES256',
+        request_object_signing_alg: 'ES256',
+        id_token_signed_response_alg: 'ES256',
+        jwks: { keys: [{ ...cfg.client.jwk, kid: cfg.client.client_id }] },
+      },
+    ],
+    jwks: { keys: [asJwk] },
+    cookies: { keys: ['broker-test-peer-cookie-key'] },
+    clientAuthMethods: ['private_key_jwt'],
+    enabledJWA: {
+      clientAuthSigningAlgValues: ['ES256'],
+      idTokenSigningAlgValues: ['ES256'],
+      requestObjectSigningAlgValues: ['ES256'],
+    },
+    scopes: ['openid', 'offline_access', 'learcredential'],
+    claims: { openid: ['sub'], learcredential: ['name', 'email', 'vc_json'] },
+    conformIdTokenClaims: false,
+    pkce: { required: () => Boolean(cfg.pkce_required), methods: ['S256'] },
+    ttl: {
+      AccessToken: Number(cfg.access_token_ttl ?? 120),
+      IdToken: Number(cfg.id_token_ttl ?? 60),
+      RefreshToken: Number(cfg.refresh_token_ttl ?? 3600),
+      AuthorizationCode: 600,
+      Interaction: 600,
+      Session: 3600,
+      Grant: 3600,
+      PushedAuthorizationRequest: 60,
+    },
+    issueRefreshToken: async () => true,
+    rotateRefreshToken: true,
+    features: {
+      devInteractions: { enabled: false },
+      requestObjects: {
+        request: false,
+        requestUri: true,
+        requireUriRegistration: false,
+        requireSignedRequestObject: true,
+        mode: 'strict',
+      },
+      pushedAuthorizationRequests: { enabled: true, requirePushedAuthorizationRequests: false },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => RESOURCE,
+        useGrantedResource: () => true,
+        getResourceServerInfo: (ctx, resourceIndicator, client) => ({
+          scope: 'learcredential',
+          audience: client.clientId,
+          accessTokenTTL: Number(cfg.access_token_ttl ?? 120),
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'ES256' } },
+        }),
+      },
+    },
+    extraTokenClaims: async (ctx, token) => (token.kind === 'AccessToken' ? { vc, scope: SCOPE } : undefined),
+    findAccount: async (ctx, id) => ({
+      accountId: id,
+      claims: async () => ({
+        sub: id,
+        name: 'Jane Doe',
+        email: 'jane.doe@example.org',
+        vc_json: JSON.stringify(vc),
+      }),
+    }),
+    // No consent step: the grant is created with the requested scopes (DOME has no consent).
+    loadExistingGrant: async (ctx) => {
+      const grantId = ctx.oidc.result?.consent?.grantId
+        || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
+      if (grantId) {
+        const existing = await ctx.oidc.provider.Grant.find(grantId);
+        if (existing) return existing;
+      }
+      const grant = new ctx.oidc.provider.Grant({
+        clientId: ctx.oidc.client.clientId,
+        accountId: ctx.oidc.session.accountId,
+      });
+      grant.addOIDCScope(SCOPE);
+      grant.addOIDCClaims(['name', 'email', 'vc_json']);
+      grant.addResourceScope(RESOURCE, 'learcredential');
+      await grant.save();
+      return grant;
+    },
+    renderError: async (ctx, out) => {
+      ctx.type = 'json';
+      ctx.body = out;
+    },
+  };
+
+  const provider = new Provider(issuer, configuration);
+
+  provider.use(async (ctx, next) => {
+    if (ctx.method === 'POST' && ctx.path === '/token' && tokenDelayMs > 0) {
+      await new Promise((resolve) => { setTimeout(resolve, tokenDelayMs); });
+    }
+    await next();
+    const route = ctx.oidc?.route;
+    if (route === 'token') {
+      const body = { ...(ctx.oidc.body ?? {}) };
+      const entry = {
+        grant_type: body.grant_type ?? null,
+        form: body,
+        assertion: decodeJwt(body.client_assertion),
+        status: ctx.status,
+        error: ctx.body?.error ?? null,
+      };
+      log.token_requests.push(entry);
+      process.stderr.write(`peer: token request #${log.token_requests.length} grant_type=${entry.grant_type} status=${entry.status} error=${entry.error}\n`);
+    } else if (route === 'authorization') {
+      log.authorizations.push({ query: { ...ctx.query }, status: ctx.status, location: ctx.response.get('location') || null });
+    } else if (route === 'pushed_authorization_request') {
+      const body = { ...(ctx.oidc.body ?? {}) };
+      log.par_requests.push({
+        form: body,
+        assertion: decodeJwt(body.client_assertion),
+        request: decodeJwt(body.request),
+        status: ctx.status,
+        error: ctx.body?.error ?? null,
+      });
+    }
+  });
+  return provider;
+}
+
+// --- HTTP(S) front: admin, auto-login interaction, then the provider ---------------------------
+let provider;
+let callback;
+
+function sendJson(res, status, obj) {
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+  res.end(JSON.stringify(obj));
+}
+
+async function handle(req, res) {
+  const url = new URL(req.url, 'https://peer.invalid');
+  if (url.pathname === '/admin/log' && req.method === 'GET') {
+    return sendJson(res, 200, log);
+  }
+  if (url.pathname === '/admin/reset' && req.method === 'POST') {
+    for (const key of Object.keys(log)) log[key] = [];
+    return sendJson(res, 200, { ok: true });
+  }
+  if (url.pathname.startsWith('/interaction/') && req.method === 'GET') {
+    try {
+      const details = await provider.interactionDetails(req, res);
+      if (details.prompt.name === 'login') {
+        return await provider.interactionFinished(req, res, { login: { accountId } }, { mergeWithLastSubmission: false });
+      }
+      // The grant comes from loadExistingGrant: confirm it for any other prompt.
+      const grantId = details.grantId ?? (await (async () => {
+        const grant = new provider.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
+        grant.addOIDCScope(SCOPE);
+        grant.addResourceScope(RESOURCE, 'learcredential');
+        return grant.save();
+      })());
+      return await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+    } catch (err) {
+      return sendJson(res, 400, { error: 'interaction_failed', error_description: err.message });
+    }
+  }
+  return callback(req, res);
+}
+
+const server = https.createServer({
+  cert: fs.readFileSync(cfg.tls_cert),
+  key: fs.readFileSync(cfg.tls_key),
+}, (req, res) => {
+  handle(req, res).catch((err) => {
+    if (!res.headersSent) sendJson(res, 500, { error: 'server_error', error_description: err.message });
+  });
+});
+
+server.listen(Number(cfg.port ?? 0), cfg.host ?? '127.0.0.1', () => {
+  const { port } = server.address();
+  const issuer = `https://${cfg.host ?? '127.0.0.1'}:${port}`;
+  provider = buildProvider(issuer);
+  provider.on('server_error', (ctx, err) => { process.stderr.write(`peer: server_error ${err.stack}\n`); });
+  callback = provider.callback();
+  process.stdout.write(`${JSON.stringify({ ready: true, issuer, port })}\n`);
+});
+
+function shutdown() {
+  server.close(() => process.exit(0));
+  setTimeout(() => process.exit(0), 500).unref();
+}
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
