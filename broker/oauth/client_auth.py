@@ -1,0 +1,70 @@
+"""Client authentication with a signed JWT (RFC 7523 sections 2.2 and 3; OIDC Core section 9
+``private_key_jwt``; DOME calls it ``client_secret_jwt``).
+
+Every HTTP attempt gets a fresh assertion: a new ``jti`` and a new HSM signature (oidc-provider
+rejects a replayed ``jti``; catalogue C08).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from broker.errors import ConfigError
+from broker.jose import sign_compact_async
+from broker.keys.api import Signer
+from broker.oauth.config import ClientConfig
+from broker.oauth.metadata import ServerMetadata
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME = 60
+
+
+def assertion_audience(config: ClientConfig, metadata: ServerMetadata) -> str:
+    """The issuer as a single string (rfc7523bis, DOME default) or the token endpoint URL."""
+    if config.assertion_audience == "token_endpoint":
+        return metadata.token_endpoint
+    return metadata.issuer
+
+
+def assertion_claims(
+    config: ClientConfig, metadata: ServerMetadata, *, now: float, jti: str
+) -> dict[str, Any]:
+    """RFC 7523 section 3: ``iss`` = ``sub`` = client_id, ``aud``, ``iat``, ``exp`` (+60 s), ``jti``."""
+    iat = int(now)
+    return {
+        "iss": config.client_id,
+        "sub": config.client_id,
+        "aud": assertion_audience(config, metadata),
+        "iat": iat,
+        "exp": iat + ASSERTION_LIFETIME,
+        "jti": jti,
+    }
+
+
+async def client_assertion(
+    signer: Signer,
+    config: ClientConfig,
+    metadata: ServerMetadata,
+    *,
+    now: float,
+    jti: str | None = None,
+) -> str:
+    """A signed client assertion (RFC 7523 section 2.2): header ``{"alg":"ES256","typ":"JWT",
+    "kid":<bare did>}``; ``jti`` is fresh (256 random bits) unless given."""
+    if signer.alg != "ES256":
+        raise ConfigError("client assertions are signed with ES256 only")
+    if config.client_id.startswith("did:") and signer.kid != config.client_id:
+        raise ConfigError("client_id is not the did of the signing key (DOME verifies by did)")
+    claims = assertion_claims(config, metadata, now=now, jti=jti or secrets.token_urlsafe(32))
+    return await sign_compact_async(signer, claims, typ="JWT")
+
+
+def client_auth_form(client_id: str, assertion: str) -> dict[str, str]:
+    """The form fields of the client authentication (RFC 7523 section 2.2), with ``client_id``
+    (Spring Authorization Server, hence DOME, requires it)."""
+    return {
+        "client_id": client_id,
+        "client_assertion_type": JWT_BEARER,
+        "client_assertion": assertion,
+    }

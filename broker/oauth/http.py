@@ -1,0 +1,154 @@
+"""Bounded HTTP to the authorization server.
+
+Every response is read as a stream and abandoned past ``max_bytes``; the whole exchange
+(connect, send, headers, body) is bounded by one total timeout; redirects are never followed
+(RFC 6749 section 5.1 responses are direct; a 3xx is an error, cf. RFC 9101 section 10.4.1).
+Transport failures and timeouts become :class:`AuthServerUnavailable` (retryable). The W3C
+trace context of the current span is injected into every outbound request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from opentelemetry import propagate
+
+from broker.errors import AuthServerUnavailable, UnexpectedResponse
+
+JSON_ACCEPT = "application/json"
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """A fully read, size-bounded response."""
+
+    status_code: int
+    headers: httpx.Headers = field(compare=False)
+    body: bytes = field(repr=False)
+    host: str
+
+    @property
+    def content_type(self) -> str:
+        ctype: str = self.headers.get("content-type", "")
+        return ctype.split(";", 1)[0].strip().lower()
+
+
+def host_of(url: str) -> str:
+    try:
+        return str(httpx.URL(url).host)
+    except (httpx.InvalidURL, TypeError):
+        return ""
+
+
+async def request(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    max_bytes: int,
+    data: Mapping[str, str] | None = None,
+    accept: str = JSON_ACCEPT,
+) -> HttpResponse:
+    """Send one request and read at most ``max_bytes`` of the body within ``timeout`` seconds.
+
+    Raises :class:`AuthServerUnavailable` on transport failure or timeout and
+    :class:`UnexpectedResponse` when the body is too large.
+    """
+    headers: dict[str, str] = {"Accept": accept}
+    propagate.inject(headers)
+    host = host_of(url)
+    try:
+        async with asyncio.timeout(timeout):
+            req = http.build_request(
+                method,
+                url,
+                data=dict(data) if data is not None else None,
+                headers=headers,
+                timeout=httpx.Timeout(timeout),
+            )
+            resp = await http.send(req, stream=True, follow_redirects=False)
+            try:
+                declared = resp.headers.get("content-length")
+                if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                    raise UnexpectedResponse(
+                        f"response from {host} declares {declared} bytes, over the "
+                        f"{max_bytes}-byte limit",
+                        status_code=resp.status_code,
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise UnexpectedResponse(
+                            f"response from {host} exceeds the {max_bytes}-byte limit",
+                            status_code=resp.status_code,
+                        )
+                    chunks.append(chunk)
+            finally:
+                await resp.aclose()
+    except TimeoutError as exc:
+        raise AuthServerUnavailable(
+            f"{method} to {host} did not complete within {timeout:g} s"
+        ) from exc
+    except httpx.TimeoutException as exc:
+        raise AuthServerUnavailable(f"{method} to {host} timed out") from exc
+    except httpx.TransportError as exc:
+        raise AuthServerUnavailable(f"{method} to {host} failed: {type(exc).__name__}") from exc
+    except httpx.HTTPError as exc:  # e.g. decoding errors of a content-encoding
+        raise UnexpectedResponse(f"{method} to {host} failed: {type(exc).__name__}") from exc
+    return HttpResponse(resp.status_code, resp.headers, b"".join(chunks), host)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def parse_json_object(resp: HttpResponse) -> dict[str, Any]:
+    """The body as a JSON object (RFC 8259), else :class:`UnexpectedResponse` (A04).
+
+    HTML (captive portals), other media types, NaN/Infinity and non-object JSON are refused.
+    """
+    ctype = resp.content_type
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnexpectedResponse(
+            f"response from {resp.host} is {ctype!r}, not JSON", status_code=resp.status_code
+        )
+    try:
+        value = json.loads(resp.body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UnexpectedResponse(
+            f"response from {resp.host} is not valid JSON", status_code=resp.status_code
+        ) from exc
+    if not isinstance(value, dict):
+        raise UnexpectedResponse(
+            f"response from {resp.host} is JSON but not an object", status_code=resp.status_code
+        )
+    return value
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """``Retry-After`` (RFC 9110 section 10.2.3): delay-seconds or an HTTP-date, as seconds."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    delay = when.timestamp() - now
+    if math.isnan(delay):
+        return None
+    return max(0.0, delay)
