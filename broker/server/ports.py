@@ -1,0 +1,94 @@
+"""The domain services the gRPC adapter calls, as structural protocols.
+
+The token core (``broker/tokens/broker.py``) and the login service (``broker/oauth/login.py``)
+satisfy these without importing this module; tests use fakes. Values are read through
+read-only properties so frozen dataclasses match.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from broker.tokens.model import Grant
+
+
+class AccessTokenView(Protocol):
+    """An access token handed to a caller (``broker.tokens`` ``AccessToken``)."""
+
+    @property
+    def access_token(self) -> str: ...
+    @property
+    def expires_at(self) -> float:
+        """Absolute expiry, epoch seconds."""
+        ...
+
+    @property
+    def scope(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def grant_id(self) -> str: ...
+    @property
+    def token_type(self) -> str: ...
+
+
+class LoginView(Protocol):
+    """One interactive login (``broker.oauth.login`` ``LoginView``).
+
+    ``state`` is PENDING / COMPLETED / FAILED / EXPIRED: an enum member with that name (or a
+    str of it, any case).
+    """
+
+    @property
+    def login_id(self) -> str: ...
+    @property
+    def state(self) -> enum.Enum | str: ...
+    @property
+    def authorization_url(self) -> str: ...
+    @property
+    def expires_at(self) -> float: ...
+    @property
+    def grant_id(self) -> str | None: ...
+    @property
+    def error(self) -> str | None: ...
+
+
+class TokenBroker(Protocol):
+    """The token core: cached access tokens by grant, one refresh at a time per grant."""
+
+    async def get_access_token(self, grant_id: str, *, min_ttl: float) -> AccessTokenView:
+        """A token valid for at least ``min_ttl`` seconds (RFC 6749 section 6 refresh if not).
+
+        Raises GrantNotFound, ReauthorizationRequired / InvalidGrant, or a retryable
+        BrokerError."""
+        ...
+
+    def watch(self, grant_id: str) -> AsyncIterator[AccessTokenView]:
+        """The current token, then each renewal, until the caller stops iterating."""
+        ...
+
+    async def get_grant(self, grant_id: str) -> Grant: ...
+
+    async def list_grants(self, label: str | None) -> list[Grant]: ...
+
+    async def revoke_grant(self, grant_id: str) -> None: ...
+
+
+class LoginService(Protocol):
+    """Interactive logins: authorization code flow with a signed request object."""
+
+    async def start(self, *, label: str) -> LoginView:
+        """Build a request object (RFC 9101) and the authorization URL for a new login."""
+        ...
+
+    async def complete(
+        self, *, code: str, state: str, iss: str, error: str | None = None
+    ) -> LoginView:
+        """Check an authorization response (RFC 6749 4.1.2, RFC 9207) and exchange the code."""
+        ...
+
+    def get(self, login_id: str) -> LoginView:
+        """Raise LoginNotFound when unknown."""
+        ...
