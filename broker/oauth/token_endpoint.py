@@ -1,0 +1,295 @@
+"""The token endpoint: authorization code grant (RFC 6749 section 4.1.3) and refresh
+(section 6), with strict response parsing (sections 5.1 and 5.2).
+
+Each HTTP attempt carries a fresh client assertion (RFC 7523; new ``jti``, new HSM signature).
+A code exchange is sent once and never retried automatically. A refresh is retried only for
+retryable failures (transport, timeout, 5xx, 429) with exponential backoff, jitter and
+``Retry-After``; never after ``invalid_grant`` (RFC 9700 section 4.14.2; catalogue A05, A06).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+
+from broker.clock import Clock
+from broker.errors import (
+    AuthServerUnavailable,
+    InvalidArgument,
+    InvalidGrant,
+    OAuthErrorResponse,
+    UnexpectedResponse,
+)
+from broker.keys.api import Signer
+from broker.oauth import http as bounded
+from broker.oauth.client_auth import client_assertion, client_auth_form
+from broker.oauth.config import ClientConfig
+from broker.oauth.metadata import ServerMetadata
+
+BEARER = "Bearer"
+MAX_EXPIRES_IN = 365 * 24 * 3600
+SUPPORTED_TOKEN_TYPES = frozenset({"bearer"})
+# Statuses at which DOME answers a dead code or refresh token with an empty, non-OAuth body.
+_DEAD_GRANT_STATUSES = frozenset({400, 401, 403})
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RawTokenResponse:
+    """A syntactically valid token response (RFC 6749 section 5.1); the id_token is not yet
+    validated. ``expires_in_defaulted`` / ``scope_defaulted`` say a default was applied."""
+
+    access_token: str = field(repr=False)
+    token_type: str
+    expires_in: int
+    scope: str
+    received_at: float
+    refresh_token: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
+    expires_in_defaulted: bool = False
+    scope_defaulted: bool = False
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def parse_expires_in(value: object, *, default: int) -> tuple[int, bool]:
+    """``expires_in`` as an int in [1, 1 year]; integer strings accepted; missing -> default."""
+    if value is None:
+        return default, True
+    if isinstance(value, bool):
+        raise UnexpectedResponse("expires_in is not a number", status_code=200)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise UnexpectedResponse("expires_in is not an integer", status_code=200)
+    if not 1 <= value <= MAX_EXPIRES_IN:
+        raise UnexpectedResponse("expires_in is out of range [1, 1 year]", status_code=200)
+    return value, False
+
+
+def _optional_string(doc: Mapping[str, Any], name: str) -> str | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise UnexpectedResponse(f"{name} is not a non-empty string", status_code=200)
+    return value
+
+
+def parse_token_response(
+    doc: Mapping[str, Any], *, config: ClientConfig, requested_scope: str, received_at: float
+) -> RawTokenResponse:
+    """Strict RFC 6749 section 5.1 parsing (catalogue A03, A04)."""
+    access_token = doc.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        raise UnexpectedResponse("token response has no access_token string", status_code=200)
+    token_type = doc.get("token_type")
+    if not isinstance(token_type, str) or token_type.lower() not in SUPPORTED_TOKEN_TYPES:
+        raise UnexpectedResponse("token_type is not Bearer", status_code=200)
+    expires_in, expires_defaulted = parse_expires_in(
+        doc.get("expires_in"), default=config.default_expires_in
+    )
+    scope = doc.get("scope")
+    if scope is not None and not isinstance(scope, str):
+        raise UnexpectedResponse("scope is not a string", status_code=200)
+    return RawTokenResponse(
+        access_token=access_token,
+        token_type=BEARER,
+        expires_in=expires_in,
+        scope=scope if scope else requested_scope,
+        received_at=received_at,
+        refresh_token=_optional_string(doc, "refresh_token"),
+        id_token=_optional_string(doc, "id_token"),
+        expires_in_defaulted=expires_defaulted,
+        scope_defaulted=not scope,
+        raw=dict(doc),
+    )
+
+
+def error_for(
+    resp: bounded.HttpResponse,
+    *,
+    now: float,
+    dead_grant_statuses: frozenset[int] = _DEAD_GRANT_STATUSES,
+) -> OAuthErrorResponse | AuthServerUnavailable | UnexpectedResponse:
+    """Map a non-200 token-endpoint response to a typed error (RFC 6749 section 5.2; DOME
+    answers a dead code or refresh token with an empty 403 or 500)."""
+    status = resp.status_code
+    if status == 429 or status >= 500:
+        return AuthServerUnavailable(
+            f"token endpoint answered HTTP {status}",
+            status_code=status,
+            retry_after=bounded.parse_retry_after(resp.headers.get("retry-after"), now=now),
+        )
+    error: str | None = None
+    description: str | None = None
+    if resp.body.strip():
+        try:
+            doc = bounded.parse_json_object(resp)
+        except UnexpectedResponse:
+            doc = {}
+        raw_error = doc.get("error")
+        if isinstance(raw_error, str) and raw_error:
+            error = raw_error
+            raw_desc = doc.get("error_description")
+            description = raw_desc if isinstance(raw_desc, str) else None
+    if error == "invalid_grant":
+        return InvalidGrant(status_code=status, description=description)
+    if error is not None:
+        return OAuthErrorResponse(error, status_code=status, description=description)
+    if status in dead_grant_statuses:
+        # DOME: expired/unknown code or refresh token -> non-OAuth 400/401/403.
+        return InvalidGrant(status_code=status, description="non-OAuth error response")
+    return UnexpectedResponse(f"token endpoint answered HTTP {status}", status_code=status)
+
+
+async def _token_request(
+    http: httpx.AsyncClient,
+    *,
+    signer: Signer,
+    config: ClientConfig,
+    metadata: ServerMetadata,
+    clock: Clock,
+    form: dict[str, str],
+    requested_scope: str,
+    attempt: int,
+    tracer: Tracer,
+) -> RawTokenResponse:
+    grant_type = form["grant_type"]
+    with tracer.start_as_current_span("oauth.token_request") as span:
+        span.set_attribute("oauth.grant_type", grant_type)
+        span.set_attribute("oauth.attempt", attempt)
+        span.set_attribute("server.address", bounded.host_of(metadata.token_endpoint))
+        try:
+            assertion = await client_assertion(signer, config, metadata, now=clock.now())
+            body = {**form, **client_auth_form(config.client_id, assertion)}
+            resp = await bounded.request(
+                http,
+                "POST",
+                metadata.token_endpoint,
+                data=body,
+                timeout=config.http_timeout,
+                max_bytes=config.max_response_bytes,
+            )
+            span.set_attribute("http.response.status_code", resp.status_code)
+            if resp.status_code != 200:
+                raise error_for(resp, now=clock.now())
+            doc = bounded.parse_json_object(resp)
+            if "error" in doc and "access_token" not in doc:
+                raise error_for(
+                    bounded.HttpResponse(400, resp.headers, resp.body, resp.host), now=clock.now()
+                )
+            return parse_token_response(
+                doc, config=config, requested_scope=requested_scope, received_at=clock.now()
+            )
+        except OAuthErrorResponse as exc:
+            span.set_attribute("oauth.error", exc.error)
+            span.set_status(trace.StatusCode.ERROR, exc.reason)
+            raise
+        except Exception as exc:
+            reason = getattr(exc, "reason", type(exc).__name__)
+            span.set_attribute("error.type", str(reason))
+            span.set_status(trace.StatusCode.ERROR, str(reason))
+            raise
+
+
+async def exchange_code(
+    http: httpx.AsyncClient,
+    signer: Signer,
+    config: ClientConfig,
+    metadata: ServerMetadata,
+    clock: Clock,
+    *,
+    code: str,
+    code_verifier: str | None,
+    tracer: Tracer | None = None,
+) -> RawTokenResponse:
+    """Authorization code grant (RFC 6749 section 4.1.3; PKCE RFC 7636 section 4.5).
+
+    Form: ``grant_type``, ``code``, ``redirect_uri``, ``code_verifier`` (if PKCE), ``client_id``
+    and the client assertion; no ``state``. One attempt only: a code is single-use.
+    """
+    if not isinstance(code, str) or not code:
+        raise InvalidArgument("authorization code must be a non-empty string")
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": config.redirect_uri}
+    if code_verifier is not None:
+        form["code_verifier"] = code_verifier
+    return await _token_request(
+        http,
+        signer=signer,
+        config=config,
+        metadata=metadata,
+        clock=clock,
+        form=form,
+        requested_scope=config.scope,
+        attempt=1,
+        tracer=tracer or trace.get_tracer("broker.oauth"),
+    )
+
+
+def backoff_delay(config: ClientConfig, attempt: int, jitter: float) -> float:
+    """Delay before retry ``attempt`` + 1: ``base * 2**(attempt-1)`` stretched by up to 25 %
+    jitter (``jitter`` in [0, 1)), capped at ``refresh_backoff_max``; the first is >= base."""
+    delay = config.refresh_backoff_base * (2.0 ** (attempt - 1)) * (1.0 + 0.25 * jitter)
+    return min(delay, config.refresh_backoff_max)
+
+
+async def refresh(
+    http: httpx.AsyncClient,
+    signer: Signer,
+    config: ClientConfig,
+    metadata: ServerMetadata,
+    clock: Clock,
+    *,
+    refresh_token: str,
+    scope: str | None = None,
+    sleep: Sleep,
+    jitter: Callable[[], float] = random.random,
+    tracer: Tracer | None = None,
+) -> RawTokenResponse:
+    """Refresh token grant (RFC 6749 section 6), with bounded retries.
+
+    Retries :class:`AuthServerUnavailable` (transport, timeout, 5xx, 429) up to
+    ``refresh_max_attempts`` attempts in all, waiting ``Retry-After`` when given (giving up at
+    once if it exceeds ``refresh_backoff_max``) or exponential backoff with jitter. Never retries
+    :class:`InvalidGrant` or any other error.
+    """
+    if not isinstance(refresh_token, str) or not refresh_token:
+        raise InvalidArgument("refresh token must be a non-empty string")
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    if scope is not None:
+        form["scope"] = scope
+    the_tracer = tracer or trace.get_tracer("broker.oauth")
+    attempt = 1
+    while True:
+        try:
+            return await _token_request(
+                http,
+                signer=signer,
+                config=config,
+                metadata=metadata,
+                clock=clock,
+                form=form,
+                requested_scope=scope or config.scope,
+                attempt=attempt,
+                tracer=the_tracer,
+            )
+        except AuthServerUnavailable as exc:
+            if attempt >= config.refresh_max_attempts:
+                raise
+            if exc.retry_after is not None:
+                if exc.retry_after > config.refresh_backoff_max:
+                    raise
+                delay = exc.retry_after
+            else:
+                delay = backoff_delay(config, attempt, jitter())
+            await sleep(delay)
+            attempt += 1
