@@ -238,3 +238,19 @@ class StoreError(BrokerError):
 
     reason = "store"
     retryable = True
+
+
+class GrantExists(StoreError):
+    """``create`` was given a ``grant_id`` that is already stored."""
+
+    reason = "grant_exists"
+    retryable = False
+
+
+class VersionConflict(StoreError):
+    """``rotate`` saw another stored version than expected: someone else rotated first.
+
+    Re-read the grant (its refresh token is the newer one) instead of retrying the write.
+    """
+
+    reason = "version_conflict"

@@ -1,0 +1,222 @@
+"""An in-memory :class:`broker.tokens.store.GrantStore` for the token core's unit tests.
+
+Same contract as the SQLite and PostgreSQL stores (the contract suite runs against all three),
+except durability and sealing: everything lives in process memory. ``refresh_lock`` is a
+per-grant :class:`asyncio.Lock`.
+
+For fault injection, :meth:`MemoryGrantStore.fail_next` makes the next call of one operation
+raise a given error before it changes anything (e.g. a :class:`broker.errors.StoreError` on
+``rotate`` to emulate a full disk, G04).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from broker.clock import Clock, SystemClock
+from broker.errors import (
+    BrokerError,
+    GrantExists,
+    GrantNotFound,
+    InvalidArgument,
+    StoreError,
+    VersionConflict,
+)
+from broker.oauth.types import TokenSet
+from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.sealing import (
+    check_expected_version,
+    check_grant_id,
+    check_label,
+    check_reason,
+    check_status,
+    check_time,
+    validate_grant,
+    validate_tokens,
+)
+
+OPERATIONS = frozenset(
+    {
+        "create",
+        "get",
+        "list",
+        "mark_refresh_started",
+        "rotate",
+        "set_status",
+        "record_error",
+        "delete",
+        "refresh_lock",
+        "ping",
+    }
+)
+
+
+class KeyedLocks:
+    """One :class:`asyncio.Lock` per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def locked(self, key: str) -> bool:
+        entry = self._locks.get(key)
+        return entry is not None and entry[0].locked()
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+def _not_found(grant_id: str) -> GrantNotFound:
+    return GrantNotFound(f"no grant {grant_id!r}")
+
+
+class MemoryGrantStore:
+    """GrantStore in a dict. Not durable, not shared between processes."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._grants: dict[str, Grant] = {}
+        self._locks = KeyedLocks()
+        self._faults: defaultdict[str, deque[BrokerError]] = defaultdict(deque)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"MemoryGrantStore(grants={len(self._grants)})"
+
+    def fail_next(self, operation: str, error: BrokerError) -> None:
+        """Make the next call of ``operation`` raise ``error`` (queued; one error per call)."""
+        if operation not in OPERATIONS:
+            raise InvalidArgument(f"unknown store operation {operation!r}")
+        self._faults[operation].append(error)
+
+    def _enter(self, operation: str) -> None:
+        if self._closed:
+            raise StoreError("the grant store is closed")
+        queue = self._faults.get(operation)
+        if queue:
+            raise queue.popleft()
+
+    def _current(self, grant_id: str) -> Grant:
+        try:
+            return self._grants[grant_id]
+        except KeyError:
+            raise _not_found(grant_id) from None
+
+    async def create(self, grant: Grant) -> None:
+        self._enter("create")
+        validate_grant(grant)
+        if grant.grant_id in self._grants:
+            raise GrantExists(f"grant {grant.grant_id!r} already exists")
+        self._grants[grant.grant_id] = dataclasses.replace(grant, id_claims=dict(grant.id_claims))
+
+    async def get(self, grant_id: str) -> Grant:
+        self._enter("get")
+        return self._current(check_grant_id(grant_id))
+
+    async def list(self, *, label: str | None = None) -> list[Grant]:
+        self._enter("list")
+        if label is not None:
+            check_label(label)
+        return [g for _, g in sorted(self._grants.items()) if label is None or g.label == label]
+
+    async def mark_refresh_started(self, grant_id: str, at: float) -> None:
+        self._enter("mark_refresh_started")
+        at = check_time("at", at)
+        grant = self._current(check_grant_id(grant_id))
+        self._grants[grant_id] = dataclasses.replace(
+            grant, refresh_started_at=at, updated_at=self._clock.now()
+        )
+
+    async def rotate(self, grant_id: str, tokens: TokenSet, *, expected_version: int) -> Grant:
+        self._enter("rotate")
+        check_grant_id(grant_id)
+        check_expected_version(expected_version)
+        validate_tokens(tokens)
+        grant = self._current(grant_id)
+        if grant.version != expected_version:
+            raise VersionConflict(
+                f"grant {grant_id!r} is at version {grant.version}, not {expected_version}"
+            )
+        new = dataclasses.replace(
+            grant,
+            access_token=tokens.access_token,
+            access_expires_at=float(tokens.expires_at),
+            refresh_token=tokens.refresh_token
+            if tokens.refresh_token is not None
+            else grant.refresh_token,
+            scope=tokens.scope or grant.scope,
+            id_claims=dict(tokens.id_claims) if tokens.id_claims else grant.id_claims,
+            version=grant.version + 1,
+            refresh_started_at=None,
+            last_error=None,
+            updated_at=self._clock.now(),
+        )
+        self._grants[grant_id] = new
+        return new
+
+    async def set_status(self, grant_id: str, status: GrantStatus, *, reason: str | None) -> Grant:
+        self._enter("set_status")
+        check_grant_id(grant_id)
+        check_status(status)
+        if reason is not None:
+            check_reason(reason)
+        grant = self._current(grant_id)
+        new = dataclasses.replace(
+            grant,
+            status=status,
+            last_error=reason,
+            refresh_started_at=None,
+            updated_at=self._clock.now(),
+        )
+        self._grants[grant_id] = new
+        return new
+
+    async def record_error(self, grant_id: str, reason: str) -> None:
+        self._enter("record_error")
+        check_grant_id(grant_id)
+        check_reason(reason)
+        grant = self._current(grant_id)
+        self._grants[grant_id] = dataclasses.replace(
+            grant, last_error=reason, updated_at=self._clock.now()
+        )
+
+    async def delete(self, grant_id: str) -> None:
+        self._enter("delete")
+        check_grant_id(grant_id)
+        if self._grants.pop(grant_id, None) is None:
+            raise _not_found(grant_id)
+
+    def refresh_lock(self, grant_id: str) -> AbstractAsyncContextManager[None]:
+        check_grant_id(grant_id)
+        return self._refresh_lock(grant_id)
+
+    @asynccontextmanager
+    async def _refresh_lock(self, grant_id: str) -> AsyncIterator[None]:
+        self._enter("refresh_lock")
+        async with self._locks.hold(grant_id):
+            yield
+
+    async def ping(self) -> None:
+        self._enter("ping")
+
+    async def close(self) -> None:
+        self._closed = True

@@ -1,0 +1,455 @@
+"""The shared grant store: PostgreSQL, for several broker replicas.
+
+- Durability: a rotation is one committed transaction (``SELECT ... FOR UPDATE``, version check,
+  ``UPDATE``); once :meth:`PostgresGrantStore.rotate` returns, the new refresh token is durable.
+- Sealing: tokens and id_token claims are stored as sealed ``bytea`` (see
+  :mod:`broker.tokens.sealing`); label, subject, status and expiry stay in clear for listing.
+- ``refresh_lock(grant_id)``: first a per-grant :class:`asyncio.Lock` in this process (advisory
+  locks are re-entrant per session, and one waiter per grant per replica is enough), then
+  ``pg_advisory_lock(hashtext(namespace), hashtext(grant_id))`` on a connection opened for this
+  refresh only and closed on exit. If the holder crashes, its session ends and PostgreSQL frees
+  the lock (G07). If the lock connection dies during a refresh, exclusion is lost for the rest
+  of that refresh; the ``expected_version`` check of :meth:`rotate` still refuses a stale write.
+- Connections: a small pool (``pool_size``) of autocommit connections for operations; a
+  connection that saw an error is discarded, never reused.
+- Migrations: ``schema`` and its tables are created on :meth:`open`, under a transaction-level
+  advisory lock so replicas starting together do not race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
+
+from broker.clock import Clock
+from broker.errors import (
+    BrokerError,
+    ConfigError,
+    GrantExists,
+    GrantNotFound,
+    StoreError,
+    VersionConflict,
+)
+from broker.keys.api import Sealer
+from broker.oauth.types import TokenSet
+from broker.tokens.memory import KeyedLocks
+from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.sealing import (
+    COLUMNS,
+    SealedRow,
+    check_expected_version,
+    check_grant_id,
+    check_label,
+    check_reason,
+    check_status,
+    check_time,
+    open_grant,
+    rotation_update,
+    seal_grant,
+    validate_tokens,
+)
+
+_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+#: Schema migrations; ``{schema}`` is the quoted schema identifier.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """
+            CREATE TABLE {schema}.grants (
+                grant_id TEXT PRIMARY KEY,
+                label TEXT NOT NULL,
+                issuer TEXT NOT NULL,
+                client_id TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                status TEXT NOT NULL,
+                access_token BYTEA NOT NULL,
+                access_expires_at DOUBLE PRECISION NOT NULL,
+                refresh_token BYTEA,
+                id_claims BYTEA NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                version BIGINT NOT NULL CHECK (version >= 1),
+                refresh_started_at DOUBLE PRECISION,
+                last_error TEXT,
+                seal_key TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX grants_by_label ON {schema}.grants (label)",
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _wrap(operation: str, exc: psycopg.Error) -> StoreError:
+    """A StoreError naming the operation and the SQLSTATE, never a value or the DSN."""
+    code = exc.sqlstate or type(exc).__name__
+    return StoreError(f"postgres {operation} failed ({code})")
+
+
+class _Pool:
+    """At most ``size`` autocommit connections; a connection that saw an error is closed."""
+
+    def __init__(self, dsn: str, size: int, connect_timeout: float) -> None:
+        self._dsn = dsn
+        self._timeout = connect_timeout
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots = asyncio.Semaphore(size)
+
+    async def new_connection(self, operation: str) -> psycopg.AsyncConnection[Any]:
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, connect_timeout=max(1, round(self._timeout))
+            )
+        except psycopg.Error as exc:
+            raise _wrap(f"{operation} (connect)", exc) from exc
+
+    @asynccontextmanager
+    async def connection(self, operation: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else await self.new_connection(operation)
+            healthy = False
+            try:
+                yield conn
+                healthy = True
+            except BrokerError:
+                healthy = True  # our own decision (not found, conflict): the session is fine
+                raise
+            finally:
+                if (
+                    healthy
+                    and not conn.closed
+                    and conn.info.transaction_status == TransactionStatus.IDLE
+                ):
+                    self._idle.append(conn)
+                else:
+                    await conn.close()
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+
+
+class PostgresGrantStore:
+    """GrantStore over PostgreSQL (psycopg 3, async). ``await store.open()`` before use, or
+    :meth:`connect`."""
+
+    def __init__(
+        self,
+        dsn: str,
+        sealer: Sealer,
+        clock: Clock,
+        *,
+        schema: str = "broker",
+        pool_size: int = 4,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
+            raise ConfigError(
+                "the PostgreSQL schema must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*)"
+            )
+        if pool_size < 1:
+            raise ConfigError("pool_size must be at least 1")
+        try:
+            info = conninfo_to_dict(dsn)
+        except psycopg.Error as exc:
+            raise ConfigError("the PostgreSQL DSN is malformed") from exc
+        # For repr and messages only: never the password.
+        self._where = f"{info.get('host', 'localhost')}/{info.get('dbname', '')}"
+        self._schema = schema
+        self._sealer = sealer
+        self._clock = clock
+        self._pool = _Pool(dsn, pool_size, connect_timeout)
+        self._locks = KeyedLocks()
+        self._lock_namespace = f"broker.grant:{schema}"
+        self._opened = False
+        self._closed = False
+        ident = sql.Identifier(schema)
+        table = sql.SQL("{}.grants").format(ident)
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
+        self._q_select = sql.SQL("SELECT {cols} FROM {table}").format(cols=cols, table=table)
+        self._q_insert = sql.SQL(
+            "INSERT INTO {table} ({cols}) VALUES ({values}) "
+            "ON CONFLICT (grant_id) DO NOTHING RETURNING grant_id"
+        ).format(
+            table=table, cols=cols, values=sql.SQL(", ").join(sql.Placeholder() for _ in COLUMNS)
+        )
+        self._table = table
+        self._cols = cols
+        self._ident = ident
+
+    def __repr__(self) -> str:
+        return (
+            f"PostgresGrantStore(where={self._where!r}, schema={self._schema!r}, "
+            f"sealer={self._sealer.key_label!r})"
+        )
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, sealer: Sealer, clock: Clock, *, schema: str = "broker"
+    ) -> PostgresGrantStore:
+        store = cls(dsn, sealer, clock, schema=schema)
+        await store.open()
+        return store
+
+    @property
+    def schema(self) -> str:
+        return self._schema
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the grant store is closed")
+
+    # --- migrations -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the schema and tables (migrations with a version table)."""
+        self._check_open()
+        if self._opened:
+            return
+        try:
+            async with self._pool.connection("open") as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                    (f"broker.migrate:{self._schema}",),
+                )
+                await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._ident))
+                await conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {}.schema_migrations "
+                        "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+                    ).format(self._ident)
+                )
+                cur = await conn.execute(
+                    sql.SQL("SELECT COALESCE(MAX(version), 0) FROM {}.schema_migrations").format(
+                        self._ident
+                    )
+                )
+                row = await cur.fetchone()
+                current = int(row[0]) if row else 0
+                if current > SCHEMA_VERSION:
+                    raise ConfigError(
+                        f"the grant schema is at version {current}; "
+                        f"this broker knows up to {SCHEMA_VERSION}"
+                    )
+                for version, statements in MIGRATIONS:
+                    if version <= current:
+                        continue
+                    for statement in statements:
+                        await conn.execute(sql.SQL(statement).format(schema=self._ident))
+                    await conn.execute(
+                        sql.SQL(
+                            "INSERT INTO {}.schema_migrations (version, applied_at) VALUES (%s, %s)"
+                        ).format(self._ident),
+                        (version, self._clock.now()),
+                    )
+        except psycopg.Error as exc:
+            raise _wrap("open", exc) from exc
+        self._opened = True
+
+    async def schema_version(self) -> int:
+        async with self._operation("schema_version") as conn:
+            cur = await conn.execute(
+                sql.SQL("SELECT MAX(version) FROM {}.schema_migrations").format(self._ident)
+            )
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _operation(self, operation: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        self._check_open()
+        if not self._opened:
+            raise StoreError("the grant store is not open")
+        try:
+            async with self._pool.connection(operation) as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise _wrap(operation, exc) from exc
+
+    async def _open_row(self, values: tuple[Any, ...] | None, grant_id: str) -> Grant:
+        if values is None:
+            raise GrantNotFound(f"no grant {grant_id!r}")
+        return await asyncio.to_thread(open_grant, self._sealer, SealedRow.from_values(values))
+
+    async def _update(
+        self, operation: str, grant_id: str, columns: dict[str, Any]
+    ) -> tuple[Any, ...] | None:
+        query = sql.SQL("UPDATE {table} SET {sets} WHERE grant_id = %s RETURNING {cols}").format(
+            table=self._table,
+            sets=sql.SQL(", ").join(
+                sql.SQL("{} = %s").format(sql.Identifier(name)) for name in columns
+            ),
+            cols=self._cols,
+        )
+        async with self._operation(operation) as conn:
+            cur = await conn.execute(query, (*columns.values(), grant_id))
+            return await cur.fetchone()
+
+    # --- GrantStore -------------------------------------------------------------------------
+
+    async def create(self, grant: Grant) -> None:
+        row = await asyncio.to_thread(seal_grant, self._sealer, grant)
+        async with self._operation("create") as conn:
+            cur = await conn.execute(self._q_insert, row.values())
+            inserted = await cur.fetchone()
+        if inserted is None:
+            raise GrantExists(f"grant {grant.grant_id!r} already exists")
+
+    async def get(self, grant_id: str) -> Grant:
+        check_grant_id(grant_id)
+        async with self._operation("get") as conn:
+            cur = await conn.execute(self._q_select + sql.SQL(" WHERE grant_id = %s"), (grant_id,))
+            values = await cur.fetchone()
+        return await self._open_row(values, grant_id)
+
+    async def list(self, *, label: str | None = None) -> list[Grant]:
+        async with self._operation("list") as conn:
+            if label is None:
+                cur = await conn.execute(self._q_select + sql.SQL(" ORDER BY grant_id"))
+            else:
+                check_label(label)
+                cur = await conn.execute(
+                    self._q_select + sql.SQL(" WHERE label = %s ORDER BY grant_id"), (label,)
+                )
+            rows = await cur.fetchall()
+        return await asyncio.to_thread(
+            lambda: [open_grant(self._sealer, SealedRow.from_values(r)) for r in rows]
+        )
+
+    async def mark_refresh_started(self, grant_id: str, at: float) -> None:
+        check_grant_id(grant_id)
+        at = check_time("at", at)
+        updated = await self._update(
+            "mark_refresh_started",
+            grant_id,
+            {"refresh_started_at": at, "updated_at": self._clock.now()},
+        )
+        if updated is None:
+            raise GrantNotFound(f"no grant {grant_id!r}")
+
+    async def rotate(self, grant_id: str, tokens: TokenSet, *, expected_version: int) -> Grant:
+        check_grant_id(grant_id)
+        check_expected_version(expected_version)
+        validate_tokens(tokens)
+        update = await asyncio.to_thread(
+            rotation_update, self._sealer, grant_id, tokens, self._clock.now()
+        )
+        query = sql.SQL(
+            "UPDATE {table} SET {sets}, version = version + 1 WHERE grant_id = %s RETURNING {cols}"
+        ).format(
+            table=self._table,
+            sets=sql.SQL(", ").join(
+                sql.SQL("{} = %s").format(sql.Identifier(name)) for name in update
+            ),
+            cols=self._cols,
+        )
+        async with self._operation("rotate") as conn, conn.transaction():
+            cur = await conn.execute(
+                sql.SQL("SELECT version FROM {} WHERE grant_id = %s FOR UPDATE").format(
+                    self._table
+                ),
+                (grant_id,),
+            )
+            current = await cur.fetchone()
+            if current is None:
+                raise GrantNotFound(f"no grant {grant_id!r}")
+            if int(current[0]) != expected_version:
+                raise VersionConflict(
+                    f"grant {grant_id!r} is at version {current[0]}, not {expected_version}"
+                )
+            cur = await conn.execute(query, (*update.values(), grant_id))
+            values = await cur.fetchone()
+        return await self._open_row(values, grant_id)
+
+    async def set_status(self, grant_id: str, status: GrantStatus, *, reason: str | None) -> Grant:
+        check_grant_id(grant_id)
+        check_status(status)
+        if reason is not None:
+            check_reason(reason)
+        values = await self._update(
+            "set_status",
+            grant_id,
+            {
+                "status": status.value,
+                "last_error": reason,
+                "refresh_started_at": None,
+                "updated_at": self._clock.now(),
+            },
+        )
+        return await self._open_row(values, grant_id)
+
+    async def record_error(self, grant_id: str, reason: str) -> None:
+        check_grant_id(grant_id)
+        check_reason(reason)
+        updated = await self._update(
+            "record_error", grant_id, {"last_error": reason, "updated_at": self._clock.now()}
+        )
+        if updated is None:
+            raise GrantNotFound(f"no grant {grant_id!r}")
+
+    async def delete(self, grant_id: str) -> None:
+        check_grant_id(grant_id)
+        async with self._operation("delete") as conn:
+            cur = await conn.execute(
+                sql.SQL("DELETE FROM {} WHERE grant_id = %s").format(self._table), (grant_id,)
+            )
+            deleted = cur.rowcount
+        if deleted != 1:
+            raise GrantNotFound(f"no grant {grant_id!r}")
+
+    def refresh_lock(self, grant_id: str) -> AbstractAsyncContextManager[None]:
+        """Cross-replica per-grant lock: an advisory lock on a connection of its own."""
+        check_grant_id(grant_id)
+        return self._refresh_lock(grant_id)
+
+    @asynccontextmanager
+    async def _refresh_lock(self, grant_id: str) -> AsyncIterator[None]:
+        self._check_open()
+        async with self._locks.hold(grant_id):
+            conn = await self._pool.new_connection("refresh_lock")
+            try:
+                try:
+                    await conn.execute(
+                        "SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))",
+                        (self._lock_namespace, grant_id),
+                    )
+                except psycopg.Error as exc:
+                    raise _wrap("refresh_lock", exc) from exc
+                yield
+                # Closing the session below frees the lock anyway if this fails.
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute(
+                        "SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))",
+                        (self._lock_namespace, grant_id),
+                    )
+            finally:
+                # Ends the session: frees the lock on every path (error, cancellation).
+                await conn.close()
+
+    async def ping(self) -> None:
+        async with self._operation("ping") as conn:
+            await conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(self._table))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._pool.close()
+        except psycopg.Error as exc:
+            raise _wrap("close", exc) from exc

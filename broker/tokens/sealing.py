@@ -1,0 +1,312 @@
+"""Grants at rest: sealing of the secret fields and validation shared by every store.
+
+The access token, the refresh token and the id_token claims (PII) are stored as
+``sealer.seal(plaintext, aad)`` blobs where ``aad`` binds the blob to its grant and field
+(:func:`field_aad`): a blob copied into another row or column does not open. Everything needed
+to list grants (label, subject, status, expiry, version) stays in clear.
+
+A :class:`SealedRow` is the at-rest form of a :class:`broker.tokens.model.Grant`; the SQL stores
+map it to and from their rows. :func:`rotation_update` computes the columns a rotation writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.errors import InvalidArgument, KeyStoreError, StoreError
+from broker.keys.api import Sealer
+from broker.oauth.types import TokenSet
+from broker.tokens.model import Grant, GrantStatus
+
+ACCESS_TOKEN = "access_token"  # noqa: S105 (a field name)
+REFRESH_TOKEN = "refresh_token"  # noqa: S105 (a field name)
+ID_CLAIMS = "id_claims"
+
+MAX_ID_LENGTH = 256
+MAX_TEXT_LENGTH = 4096
+MAX_TOKEN_LENGTH = 64 * 1024
+
+_AAD_PREFIX = b"broker.grant.v1\x00"
+
+#: Column order of a grant row, shared by the SQL stores.
+COLUMNS: tuple[str, ...] = (
+    "grant_id",
+    "label",
+    "issuer",
+    "client_id",
+    "subject",
+    "scope",
+    "status",
+    "access_token",
+    "access_expires_at",
+    "refresh_token",
+    "id_claims",
+    "created_at",
+    "updated_at",
+    "version",
+    "refresh_started_at",
+    "last_error",
+    "seal_key",
+)
+
+
+def field_aad(grant_id: str, field_name: str) -> bytes:
+    """Associated data of a sealed field: a fixed prefix, the grant id and the field name."""
+    return _AAD_PREFIX + grant_id.encode() + b"\x00" + field_name.encode()
+
+
+def seal_field(sealer: Sealer, grant_id: str, field_name: str, plaintext: bytes) -> bytes:
+    return sealer.seal(plaintext, field_aad(grant_id, field_name))
+
+
+def open_field(sealer: Sealer, grant_id: str, field_name: str, sealed: bytes) -> bytes:
+    """Open one sealed field; a wrong key, context or tampering raises KeyStoreError."""
+    try:
+        return sealer.open(bytes(sealed), field_aad(grant_id, field_name))
+    except KeyStoreError as exc:
+        # Keep the class (HsmUnavailable stays retryable); say which value failed.
+        exc.add_note(
+            f"while opening {field_name} of grant {grant_id!r} (sealer {sealer.key_label})"
+        )
+        raise
+    except Exception as exc:
+        raise KeyStoreError(
+            f"could not open {field_name} of grant {grant_id!r}: {type(exc).__name__}"
+        ) from exc
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _check_text(name: str, value: object, *, max_length: int, empty_ok: bool) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{name} must be a string, not {type(value).__name__}")
+    if not value and not empty_ok:
+        raise InvalidArgument(f"{name} must not be empty")
+    if len(value) > max_length:
+        raise InvalidArgument(f"{name} is longer than {max_length} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InvalidArgument(f"{name} contains control characters")
+    return value
+
+
+def check_grant_id(grant_id: object) -> str:
+    return _check_text("grant_id", grant_id, max_length=MAX_ID_LENGTH, empty_ok=False)
+
+
+def check_label(label: object) -> str:
+    return _check_text("label", label, max_length=MAX_ID_LENGTH, empty_ok=True)
+
+
+def check_reason(reason: object) -> str:
+    return _check_text("reason", reason, max_length=MAX_TEXT_LENGTH, empty_ok=False)
+
+
+def _check_time(name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidArgument(f"{name} must be a finite number of epoch seconds")
+
+
+def _check_token(name: str, value: object, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{name} must be a non-empty string")
+    if len(value) > MAX_TOKEN_LENGTH:
+        raise InvalidArgument(f"{name} is longer than {MAX_TOKEN_LENGTH} characters")
+
+
+def check_time(name: str, value: object) -> float:
+    _check_time(name, value)
+    assert isinstance(value, int | float)
+    return float(value)
+
+
+def check_expected_version(version: object) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidArgument("expected_version must be an integer >= 1")
+    return version
+
+
+def check_status(status: object) -> GrantStatus:
+    if not isinstance(status, GrantStatus):
+        raise InvalidArgument(f"status must be a GrantStatus, not {type(status).__name__}")
+    return status
+
+
+def encode_claims(claims: Mapping[str, Any]) -> bytes:
+    if not isinstance(claims, Mapping):
+        raise InvalidArgument("id_claims must be a mapping")
+    try:
+        return json.dumps(dict(claims), separators=(",", ":"), sort_keys=True).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument("id_claims are not JSON-serialisable") from exc
+
+
+def validate_grant(grant: Grant) -> None:
+    """Raise InvalidArgument (naming the field, never its secret value) for a malformed grant."""
+    if not isinstance(grant, Grant):
+        raise InvalidArgument(f"expected a Grant, not {type(grant).__name__}")
+    check_grant_id(grant.grant_id)
+    check_label(grant.label)
+    for name in ("issuer", "client_id", "subject"):
+        _check_text(name, getattr(grant, name), max_length=MAX_TEXT_LENGTH, empty_ok=False)
+    _check_text("scope", grant.scope, max_length=MAX_TEXT_LENGTH, empty_ok=True)
+    check_status(grant.status)
+    _check_token("access_token", grant.access_token, optional=False)
+    _check_token("refresh_token", grant.refresh_token, optional=True)
+    for name in ("access_expires_at", "created_at", "updated_at"):
+        _check_time(name, getattr(grant, name))
+    _check_time("refresh_started_at", grant.refresh_started_at, optional=True)
+    check_expected_version(grant.version)
+    if grant.last_error is not None:
+        check_reason(grant.last_error)
+    encode_claims(grant.id_claims)
+
+
+def validate_tokens(tokens: TokenSet) -> None:
+    if not isinstance(tokens, TokenSet):
+        raise InvalidArgument(f"expected a TokenSet, not {type(tokens).__name__}")
+    _check_token("access_token", tokens.access_token, optional=False)
+    _check_token("refresh_token", tokens.refresh_token, optional=True)
+    _check_time("expires_at", tokens.expires_at)
+    _check_text("scope", tokens.scope, max_length=MAX_TEXT_LENGTH, empty_ok=True)
+    encode_claims(tokens.id_claims)
+
+
+# --- rows ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SealedRow:
+    """A grant as stored: secret fields sealed, the rest in clear."""
+
+    grant_id: str
+    label: str
+    issuer: str
+    client_id: str
+    subject: str
+    scope: str
+    status: str
+    access_token: bytes = field(repr=False)
+    access_expires_at: float
+    refresh_token: bytes | None = field(repr=False)
+    id_claims: bytes = field(repr=False)
+    created_at: float
+    updated_at: float
+    version: int
+    refresh_started_at: float | None
+    last_error: str | None
+    seal_key: str
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in COLUMNS)
+
+    @classmethod
+    def from_values(cls, values: tuple[Any, ...] | list[Any]) -> SealedRow:
+        if len(values) != len(COLUMNS):
+            raise StoreError("grant row has an unexpected shape")
+        row = dict(zip(COLUMNS, values, strict=True))
+        for name in (ACCESS_TOKEN, REFRESH_TOKEN, ID_CLAIMS):
+            if row[name] is not None:
+                row[name] = bytes(row[name])
+        return cls(**row)
+
+
+def seal_grant(sealer: Sealer, grant: Grant) -> SealedRow:
+    validate_grant(grant)
+    gid = grant.grant_id
+    return SealedRow(
+        grant_id=gid,
+        label=grant.label,
+        issuer=grant.issuer,
+        client_id=grant.client_id,
+        subject=grant.subject,
+        scope=grant.scope,
+        status=grant.status.value,
+        access_token=seal_field(sealer, gid, ACCESS_TOKEN, grant.access_token.encode()),
+        access_expires_at=float(grant.access_expires_at),
+        refresh_token=None
+        if grant.refresh_token is None
+        else seal_field(sealer, gid, REFRESH_TOKEN, grant.refresh_token.encode()),
+        id_claims=seal_field(sealer, gid, ID_CLAIMS, encode_claims(grant.id_claims)),
+        created_at=float(grant.created_at),
+        updated_at=float(grant.updated_at),
+        version=grant.version,
+        refresh_started_at=None
+        if grant.refresh_started_at is None
+        else float(grant.refresh_started_at),
+        last_error=grant.last_error,
+        seal_key=sealer.key_label,
+    )
+
+
+def open_grant(sealer: Sealer, row: SealedRow) -> Grant:
+    gid = row.grant_id
+    try:
+        status = GrantStatus(row.status)
+    except ValueError:
+        raise StoreError(f"grant {gid!r} has an unknown stored status") from None
+    access = open_field(sealer, gid, ACCESS_TOKEN, row.access_token).decode()
+    refresh = (
+        None
+        if row.refresh_token is None
+        else open_field(sealer, gid, REFRESH_TOKEN, row.refresh_token).decode()
+    )
+    try:
+        claims = json.loads(open_field(sealer, gid, ID_CLAIMS, row.id_claims))
+    except ValueError:
+        raise StoreError(f"grant {gid!r} has undecodable id_claims") from None
+    if not isinstance(claims, dict):
+        raise StoreError(f"grant {gid!r} has undecodable id_claims")
+    return Grant(
+        grant_id=gid,
+        label=row.label,
+        issuer=row.issuer,
+        client_id=row.client_id,
+        subject=row.subject,
+        scope=row.scope,
+        status=status,
+        access_token=access,
+        access_expires_at=float(row.access_expires_at),
+        refresh_token=refresh,
+        created_at=float(row.created_at),
+        updated_at=float(row.updated_at),
+        version=int(row.version),
+        refresh_started_at=None
+        if row.refresh_started_at is None
+        else float(row.refresh_started_at),
+        last_error=row.last_error,
+        id_claims=claims,
+    )
+
+
+def rotation_update(sealer: Sealer, grant_id: str, tokens: TokenSet, now: float) -> dict[str, Any]:
+    """Columns a rotation writes (besides ``version = version + 1``).
+
+    The refresh token column is only written when the response carried a new one (RFC 6749
+    section 6: otherwise the old one stays valid, A08a); scope and id_claims likewise.
+    """
+    validate_tokens(tokens)
+    update: dict[str, Any] = {
+        ACCESS_TOKEN: seal_field(sealer, grant_id, ACCESS_TOKEN, tokens.access_token.encode()),
+        "access_expires_at": float(tokens.expires_at),
+        "updated_at": float(now),
+        "refresh_started_at": None,
+        "last_error": None,
+    }
+    if tokens.refresh_token is not None:
+        update[REFRESH_TOKEN] = seal_field(
+            sealer, grant_id, REFRESH_TOKEN, tokens.refresh_token.encode()
+        )
+    if tokens.scope:
+        update["scope"] = tokens.scope
+    if tokens.id_claims:
+        update[ID_CLAIMS] = seal_field(sealer, grant_id, ID_CLAIMS, encode_claims(tokens.id_claims))
+    return update

@@ -1,0 +1,399 @@
+"""The embedded grant store: one SQLite file, one broker process (single replica).
+
+Durability: ``journal_mode=WAL`` with ``synchronous=FULL`` (a committed rotation survives power
+loss; WAL + NORMAL may roll back the last commits, G03), every write in one ``BEGIN IMMEDIATE``
+transaction. The file (and its ``-wal``/``-shm`` companions, which SQLite creates with the main
+file's mode) is created 0600 (G09); tokens and id_token claims are sealed (see
+:mod:`broker.tokens.sealing`).
+
+Concurrency: all SQLite calls run on one dedicated worker thread that owns the connection, so
+the event loop never blocks on disk. ``refresh_lock`` is a per-grant :class:`asyncio.Lock` inside
+this process: SQLite is the single-replica store. Several replicas need
+:class:`broker.tokens.postgres.PostgresGrantStore`. (Another process opening the same file is
+still safe for data, thanks to transactions and the ``expected_version`` check, but refreshes are
+then not serialised across processes.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import stat
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
+
+from broker.clock import Clock
+from broker.errors import (
+    ConfigError,
+    GrantExists,
+    GrantNotFound,
+    StoreError,
+    VersionConflict,
+)
+from broker.keys.api import Sealer
+from broker.oauth.types import TokenSet
+from broker.tokens.memory import KeyedLocks
+from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.sealing import (
+    COLUMNS,
+    SealedRow,
+    check_expected_version,
+    check_grant_id,
+    check_label,
+    check_reason,
+    check_status,
+    check_time,
+    open_grant,
+    rotation_update,
+    seal_grant,
+    validate_tokens,
+)
+
+T = TypeVar("T")
+
+FILE_MODE = 0o600
+BUSY_TIMEOUT_MS = 10_000
+
+#: Schema migrations, applied in order inside one BEGIN IMMEDIATE transaction each.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """
+            CREATE TABLE grants (
+                grant_id TEXT PRIMARY KEY,
+                label TEXT NOT NULL,
+                issuer TEXT NOT NULL,
+                client_id TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                status TEXT NOT NULL,
+                access_token BLOB NOT NULL,
+                access_expires_at REAL NOT NULL,
+                refresh_token BLOB,
+                id_claims BLOB NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                version INTEGER NOT NULL CHECK (version >= 1),
+                refresh_started_at REAL,
+                last_error TEXT,
+                seal_key TEXT NOT NULL
+            ) STRICT
+            """,
+            "CREATE INDEX grants_by_label ON grants (label)",
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM grants"  # noqa: S608 (constant column list)
+
+
+def _wrap(operation: str, exc: sqlite3.Error) -> StoreError:
+    """A StoreError naming the operation and SQLite's error code, never a value."""
+    code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    return StoreError(f"sqlite {operation} failed ({code})")
+
+
+class SqliteGrantStore:
+    """GrantStore over one SQLite file. Create it, then ``await store.open()`` (or use
+    :meth:`connect`)."""
+
+    def __init__(self, path: str, sealer: Sealer, clock: Clock) -> None:
+        if not isinstance(path, str) or not path or path == ":memory:" or path.startswith("file:"):
+            raise ConfigError("the SQLite grant store needs a file path")
+        self._path = path
+        self._sealer = sealer
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grant-store")
+        self._conn: sqlite3.Connection | None = None
+        self._locks = KeyedLocks()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SqliteGrantStore(path={self._path!r}, sealer={self._sealer.key_label!r})"
+
+    @classmethod
+    async def connect(cls, path: str, sealer: Sealer, clock: Clock) -> SqliteGrantStore:
+        store = cls(path, sealer, clock)
+        await store.open()
+        return store
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def _run(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError("the grant store is closed")
+
+        def call() -> T:
+            if self._conn is None:
+                raise StoreError("the grant store is not open")
+            try:
+                return fn(self._conn)
+            except sqlite3.Error as exc:
+                raise _wrap(operation, exc) from exc
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, call)
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one BEGIN IMMEDIATE transaction (rolled back on any error)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _open_sync(self) -> None:
+        try:
+            fd = os.open(
+                self._path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE
+            )
+        except OSError as exc:
+            raise StoreError(f"cannot create the grant database ({exc.strerror})") from exc
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            if mode & 0o077:
+                os.fchmod(fd, FILE_MODE)
+        finally:
+            os.close(fd)
+        for suffix in ("-wal", "-shm"):
+            companion = self._path + suffix
+            if os.path.exists(companion) and stat.S_IMODE(os.stat(companion).st_mode) & 0o077:
+                os.chmod(companion, FILE_MODE)
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        except sqlite3.Error as exc:
+            raise _wrap("open", exc) from exc
+        try:
+            mode_row = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            if mode_row is None or str(mode_row[0]).lower() != "wal":
+                raise ConfigError("the grant database could not be switched to WAL mode")
+            conn.execute("PRAGMA synchronous=FULL")
+            sync_row = conn.execute("PRAGMA synchronous").fetchone()
+            if sync_row is None or int(sync_row[0]) != 2:
+                raise ConfigError("the grant database refused synchronous=FULL")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _wrap("open", exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        def step(c: sqlite3.Connection) -> None:
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            row = c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the grant database is at schema version {current}; "
+                    f"this broker knows up to {SCHEMA_VERSION}"
+                )
+            for version, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    c.execute(statement)
+                c.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                    (version, self._clock.now()),
+                )
+
+        self._write(conn, step)
+
+    async def open(self) -> None:
+        """Create or open the file, check the pragmas and apply migrations."""
+        if self._conn is not None:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._open_sync)
+
+    # --- GrantStore -------------------------------------------------------------------------
+
+    async def create(self, grant: Grant) -> None:
+        row = await self._run("create", lambda _c: seal_grant(self._sealer, grant))
+        placeholders = ", ".join("?" for _ in COLUMNS)
+        sql = f"INSERT INTO grants ({', '.join(COLUMNS)}) VALUES ({placeholders})"  # noqa: S608
+
+        def insert(conn: sqlite3.Connection) -> None:
+            def tx(c: sqlite3.Connection) -> None:
+                if c.execute("SELECT 1 FROM grants WHERE grant_id = ?", (row.grant_id,)).fetchone():
+                    raise GrantExists(f"grant {row.grant_id!r} already exists")
+                c.execute(sql, row.values())
+
+            self._write(conn, tx)
+
+        await self._run("create", insert)
+
+    def _fetch(self, conn: sqlite3.Connection, grant_id: str) -> SealedRow:
+        values = conn.execute(f"{_SELECT} WHERE grant_id = ?", (grant_id,)).fetchone()
+        if values is None:
+            raise GrantNotFound(f"no grant {grant_id!r}")
+        return SealedRow.from_values(values)
+
+    async def get(self, grant_id: str) -> Grant:
+        check_grant_id(grant_id)
+        return await self._run("get", lambda c: open_grant(self._sealer, self._fetch(c, grant_id)))
+
+    async def list(self, *, label: str | None = None) -> list[Grant]:
+        if label is not None:
+            check_label(label)
+
+        def fetch(conn: sqlite3.Connection) -> list[Grant]:
+            if label is None:
+                rows = conn.execute(f"{_SELECT} ORDER BY grant_id").fetchall()
+            else:
+                rows = conn.execute(
+                    f"{_SELECT} WHERE label = ? ORDER BY grant_id", (label,)
+                ).fetchall()
+            return [open_grant(self._sealer, SealedRow.from_values(r)) for r in rows]
+
+        return await self._run("list", fetch)
+
+    def _update(self, conn: sqlite3.Connection, grant_id: str, columns: dict[str, Any]) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        cursor = conn.execute(
+            f"UPDATE grants SET {assignments} WHERE grant_id = ?",  # noqa: S608 (fixed names)
+            (*columns.values(), grant_id),
+        )
+        if cursor.rowcount != 1:
+            raise GrantNotFound(f"no grant {grant_id!r}")
+
+    async def mark_refresh_started(self, grant_id: str, at: float) -> None:
+        check_grant_id(grant_id)
+        at = check_time("at", at)
+        now = self._clock.now()
+        await self._run(
+            "mark_refresh_started",
+            lambda conn: self._write(
+                conn,
+                lambda c: self._update(c, grant_id, {"refresh_started_at": at, "updated_at": now}),
+            ),
+        )
+
+    async def rotate(self, grant_id: str, tokens: TokenSet, *, expected_version: int) -> Grant:
+        check_grant_id(grant_id)
+        check_expected_version(expected_version)
+        validate_tokens(tokens)
+
+        def tx(c: sqlite3.Connection) -> SealedRow:
+            current = self._fetch(c, grant_id)
+            if current.version != expected_version:
+                raise VersionConflict(
+                    f"grant {grant_id!r} is at version {current.version}, not {expected_version}"
+                )
+            update = rotation_update(self._sealer, grant_id, tokens, self._clock.now())
+            update["version"] = current.version + 1
+            self._update(c, grant_id, update)
+            return self._fetch(c, grant_id)
+
+        def run(conn: sqlite3.Connection) -> Grant:
+            return open_grant(self._sealer, self._write(conn, tx))
+
+        return await self._run("rotate", run)
+
+    async def set_status(self, grant_id: str, status: GrantStatus, *, reason: str | None) -> Grant:
+        check_grant_id(grant_id)
+        check_status(status)
+        if reason is not None:
+            check_reason(reason)
+        now = self._clock.now()
+
+        def tx(c: sqlite3.Connection) -> SealedRow:
+            self._update(
+                c,
+                grant_id,
+                {
+                    "status": status.value,
+                    "last_error": reason,
+                    "refresh_started_at": None,
+                    "updated_at": now,
+                },
+            )
+            return self._fetch(c, grant_id)
+
+        return await self._run(
+            "set_status", lambda conn: open_grant(self._sealer, self._write(conn, tx))
+        )
+
+    async def record_error(self, grant_id: str, reason: str) -> None:
+        check_grant_id(grant_id)
+        check_reason(reason)
+        now = self._clock.now()
+        await self._run(
+            "record_error",
+            lambda conn: self._write(
+                conn, lambda c: self._update(c, grant_id, {"last_error": reason, "updated_at": now})
+            ),
+        )
+
+    async def delete(self, grant_id: str) -> None:
+        check_grant_id(grant_id)
+
+        def tx(c: sqlite3.Connection) -> None:
+            if c.execute("DELETE FROM grants WHERE grant_id = ?", (grant_id,)).rowcount != 1:
+                raise GrantNotFound(f"no grant {grant_id!r}")
+
+        await self._run("delete", lambda conn: self._write(conn, tx))
+
+    def refresh_lock(self, grant_id: str) -> AbstractAsyncContextManager[None]:
+        """Per-grant lock inside this process (SQLite is single-replica)."""
+        check_grant_id(grant_id)
+        return self._refresh_lock(grant_id)
+
+    @asynccontextmanager
+    async def _refresh_lock(self, grant_id: str) -> AsyncIterator[None]:
+        if self._closed:
+            raise StoreError("the grant store is closed")
+        async with self._locks.hold(grant_id):
+            yield
+
+    async def ping(self) -> None:
+        await self._run("ping", lambda c: c.execute("SELECT 1 FROM grants LIMIT 1").fetchall())
+
+    async def storage_settings(self) -> dict[str, str]:
+        """The durability pragmas of the live connection (for ``broker doctor`` and G03)."""
+
+        def read(c: sqlite3.Connection) -> dict[str, str]:
+            settings: dict[str, str] = {}
+            for pragma in ("journal_mode", "synchronous", "user_version"):
+                row = c.execute(f"PRAGMA {pragma}").fetchone()
+                settings[pragma] = str(row[0]) if row else ""
+            row = c.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+            settings["schema_version"] = str(row[0]) if row else ""
+            return settings
+
+        return await self._run("storage_settings", read)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
+        def shut() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, shut)
+        except sqlite3.Error as exc:
+            raise _wrap("close", exc) from exc
+        finally:
+            self._executor.shutdown(wait=True)
