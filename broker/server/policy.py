@@ -134,6 +134,12 @@ class Policy:
         return rule
 
     @staticmethod
+    def authorize_label(caller: CallerIdentity, method: str, rule: Rule, label: str) -> None:
+        """May the caller create (log in) a grant with this label?"""
+        if not (rule.all_grants or label in rule.labels):
+            _deny(caller, method, "label not allowed")
+
+    @staticmethod
     def authorize_grant(
         caller: CallerIdentity, method: str, rule: Rule, grant_id: str, label: str | None
     ) -> None:

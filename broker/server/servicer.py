@@ -1,0 +1,199 @@
+"""The gRPC servicer: a thin adapter over the domain services.
+
+Each RPC: caller identity (mTLS peer) -> policy (method) -> validation -> policy (grant) ->
+domain call under a deadline -> status mapping (:func:`broker.server.errors.to_status`) ->
+proto. No protobuf type goes below ``broker/server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from broker.errors import NotFound
+from broker.server import convert, validation
+from broker.server.errors import to_status
+from broker.server.gen.broker.v1 import broker_pb2 as pb
+from broker.server.identity import CallerIdentity, identity_from_auth_context
+from broker.server.policy import Policy, Rule
+from broker.server.ports import LoginService, TokenBroker
+
+log = logging.getLogger("broker.server")
+
+T = TypeVar("T")
+Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
+
+DEFAULT_MAX_DEADLINE = 30.0
+
+
+class PolicySource(Protocol):
+    @property
+    def current(self) -> Policy: ...
+
+
+class TokenBrokerServicer:
+    """Implements ``broker.v1.TokenBroker``.
+
+    ``max_deadline`` bounds every unary domain call, also when the caller set no deadline
+    (TEST-CATALOGUE F05); a shorter caller deadline wins.
+    """
+
+    def __init__(
+        self,
+        *,
+        broker: TokenBroker,
+        logins: LoginService,
+        policy: PolicySource,
+        max_deadline: float = DEFAULT_MAX_DEADLINE,
+    ) -> None:
+        self._broker = broker
+        self._logins = logins
+        self._policy = policy
+        self._max_deadline = max_deadline
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _authorize(self, context: Context, method: str) -> tuple[CallerIdentity, Rule]:
+        caller = identity_from_auth_context(context.auth_context())
+        return caller, self._policy.current.authorize_method(caller, method)
+
+    async def _authorize_grant(
+        self, caller: CallerIdentity, method: str, rule: Rule, grant_id: str
+    ) -> None:
+        if rule.allows_grant(grant_id, None):
+            return
+        label: str | None = None
+        if rule.labels:
+            try:
+                label = (await self._broker.get_grant(grant_id)).label
+            except NotFound:
+                label = None  # deny without revealing whether the grant exists
+        Policy.authorize_grant(caller, method, rule, grant_id, label)
+
+    def _timeout(self, context: Context) -> float:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self._max_deadline
+        return min(float(remaining), self._max_deadline)
+
+    async def _unary(
+        self,
+        context: Context,
+        method: str,
+        handler: Callable[[CallerIdentity, Rule], Awaitable[T]],
+    ) -> T:
+        try:
+            caller, rule = self._authorize(context, method)
+            return await asyncio.wait_for(handler(caller, rule), timeout=self._timeout(context))
+        except Exception as exc:
+            code, message = self._status(exc, method)
+        await context.abort(code, message)
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+    @staticmethod
+    def _status(exc: Exception, method: str) -> tuple[Any, str]:
+        code, message = to_status(exc)
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("%s failed: %s", method, type(exc).__name__, exc_info=exc)
+        return code, message
+
+    # --- logins -----------------------------------------------------------------------------
+
+    async def StartAuthorization(
+        self, request: pb.StartAuthorizationRequest, context: Context
+    ) -> pb.StartAuthorizationResponse:
+        async def run(caller: CallerIdentity, rule: Rule) -> pb.StartAuthorizationResponse:
+            label = validation.label(request.label)
+            Policy.authorize_label(caller, "StartAuthorization", rule, label)
+            view = await self._logins.start(label=label)
+            return pb.StartAuthorizationResponse(
+                authorization_url=view.authorization_url,
+                login_id=view.login_id,
+                expires_at=convert.timestamp(view.expires_at),
+            )
+
+        return await self._unary(context, "StartAuthorization", run)
+
+    async def CompleteAuthorization(
+        self, request: pb.CompleteAuthorizationRequest, context: Context
+    ) -> pb.CompleteAuthorizationResponse:
+        async def run(_caller: CallerIdentity, _rule: Rule) -> pb.CompleteAuthorizationResponse:
+            code, state, iss, error = validation.authorization_response(
+                code=request.code, state=request.state, iss=request.iss, error=request.error
+            )
+            view = await self._logins.complete(code=code, state=state, iss=iss, error=error)
+            return pb.CompleteAuthorizationResponse(login=convert.login(view))
+
+        return await self._unary(context, "CompleteAuthorization", run)
+
+    async def GetLogin(self, request: pb.GetLoginRequest, context: Context) -> pb.GetLoginResponse:
+        async def run(_caller: CallerIdentity, _rule: Rule) -> pb.GetLoginResponse:
+            view = self._logins.get(validation.login_id(request.login_id))
+            return pb.GetLoginResponse(login=convert.login(view))
+
+        return await self._unary(context, "GetLogin", run)
+
+    # --- tokens and grants ------------------------------------------------------------------
+
+    async def GetAccessToken(
+        self, request: pb.GetAccessTokenRequest, context: Context
+    ) -> pb.GetAccessTokenResponse:
+        async def run(caller: CallerIdentity, rule: Rule) -> pb.GetAccessTokenResponse:
+            grant_id = validation.grant_id(request.grant_id)
+            min_ttl = validation.min_ttl(request.min_ttl.seconds, request.min_ttl.nanos)
+            await self._authorize_grant(caller, "GetAccessToken", rule, grant_id)
+            tok = await self._broker.get_access_token(grant_id, min_ttl=min_ttl)
+            return pb.GetAccessTokenResponse(token=convert.access_token(tok))
+
+        return await self._unary(context, "GetAccessToken", run)
+
+    async def WatchAccessToken(
+        self, request: pb.WatchAccessTokenRequest, context: Context
+    ) -> AsyncIterator[pb.WatchAccessTokenResponse]:
+        method = "WatchAccessToken"
+        try:
+            caller, rule = self._authorize(context, method)
+            grant_id = validation.grant_id(request.grant_id)
+            await asyncio.wait_for(
+                self._authorize_grant(caller, method, rule, grant_id), self._timeout(context)
+            )
+            async for tok in self._broker.watch(grant_id):
+                yield pb.WatchAccessTokenResponse(token=convert.access_token(tok))
+            return
+        except Exception as exc:
+            code, message = self._status(exc, method)
+        await context.abort(code, message)
+
+    async def GetGrant(self, request: pb.GetGrantRequest, context: Context) -> pb.GetGrantResponse:
+        async def run(caller: CallerIdentity, rule: Rule) -> pb.GetGrantResponse:
+            grant_id = validation.grant_id(request.grant_id)
+            await self._authorize_grant(caller, "GetGrant", rule, grant_id)
+            return pb.GetGrantResponse(grant=convert.grant(await self._broker.get_grant(grant_id)))
+
+        return await self._unary(context, "GetGrant", run)
+
+    async def ListGrants(
+        self, request: pb.ListGrantsRequest, context: Context
+    ) -> pb.ListGrantsResponse:
+        async def run(_caller: CallerIdentity, rule: Rule) -> pb.ListGrantsResponse:
+            label = validation.label_filter(request.label)
+            grants = await self._broker.list_grants(label)
+            visible = [g for g in grants if rule.allows_grant(g.grant_id, g.label)]
+            return pb.ListGrantsResponse(grants=[convert.grant(g) for g in visible])
+
+        return await self._unary(context, "ListGrants", run)
+
+    async def RevokeGrant(
+        self, request: pb.RevokeGrantRequest, context: Context
+    ) -> pb.RevokeGrantResponse:
+        async def run(caller: CallerIdentity, rule: Rule) -> pb.RevokeGrantResponse:
+            grant_id = validation.grant_id(request.grant_id)
+            await self._authorize_grant(caller, "RevokeGrant", rule, grant_id)
+            await self._broker.revoke_grant(grant_id)
+            return pb.RevokeGrantResponse()
+
+        return await self._unary(context, "RevokeGrant", run)
