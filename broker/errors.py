@@ -254,3 +254,22 @@ class VersionConflict(StoreError):
     """
 
     reason = "version_conflict"
+
+
+class AuthorizationDenied(AuthorizationResponseError):
+    """The authorization response carried ``error=...`` (RFC 6749 section 4.1.2.1).
+
+    ``error`` is the AS's error code (a short ASCII token, never a secret)."""
+
+    reason = "authorization_error"
+
+    def __init__(self, error: str) -> None:
+        super().__init__(f"the authorization server answered error={error}")
+        self.error = error
+
+
+class LoginCapacityExceeded(BrokerError):
+    """Too many logins are pending at once: retry later."""
+
+    reason = "too_many_logins"
+    retryable = True

@@ -1,0 +1,162 @@
+"""The HTTPS listener (Starlette): request objects by reference and the redirect_uri callback.
+
+Routes, and nothing else:
+- ``GET /request-objects/{ref}``: the compact JWS of a pending login (RFC 9101 section 5.2),
+  ``Content-Type: application/oauth-authz-req+jwt``, ``Cache-Control: no-store``; 404 for an
+  unknown, completed or expired ref (the lookup is constant-time), 405 for other methods.
+- ``GET {callback path}``: the authorization response (RFC 6749 section 4.1.2); a short HTML page,
+  or a 303 to the configured post-login URL (never to a caller-supplied URL), or, when a DOME
+  login was restarted, a 303 to the new authorization URL the broker made.
+- ``GET /healthz``: 200 ``ok``.
+
+Nothing here logs a query string (it carries the code and state); uvicorn's access log is off.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+from opentelemetry.trace import Tracer, TracerProvider
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from broker.errors import AuthorizationDenied, BrokerError, InvalidArgument
+from broker.oauth.login import LoginState, LoginView
+
+REQUEST_OBJECT_MEDIA_TYPE = "application/oauth-authz-req+jwt"
+_CALLBACK_PARAMS = ("code", "state", "iss", "error")
+_SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+}
+
+
+class LoginEndpoint(Protocol):
+    """The part of :class:`broker.oauth.login.LoginService` the listener calls."""
+
+    def request_object(self, ref: str) -> str | None: ...
+
+    async def complete(
+        self, *, code: str | None, state: str | None, iss: str | None, error: str | None = None
+    ) -> LoginView: ...
+
+
+def callback_path_of(redirect_uri: str) -> str:
+    """The path part of the configured redirect_uri (the route the callback is served on)."""
+    path = urlsplit(redirect_uri).path or "/"
+    if not path.startswith("/") or path in ("/healthz",) or path.startswith("/request-objects/"):
+        raise InvalidArgument("redirect_uri path collides with another route of the listener")
+    return path
+
+
+def _page(title: str, message: str, status: int) -> Response:
+    body = (
+        "<!doctype html><html><head><meta charset=utf-8>"
+        f"<title>{html.escape(title)}</title></head>"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p></body></html>"
+    )
+    return Response(body, status_code=status, media_type="text/html", headers=_SECURITY_HEADERS)
+
+
+def _not_found() -> Response:
+    return PlainTextResponse("not found", status_code=404, headers={"Cache-Control": "no-store"})
+
+
+def create_app(
+    login: LoginEndpoint,
+    *,
+    redirect_uri: str,
+    post_login_url: str | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> Starlette:
+    """Build the listener app. ``post_login_url`` is fixed configuration (C10)."""
+    callback_path = callback_path_of(redirect_uri)
+    if post_login_url is not None and urlsplit(post_login_url).scheme not in ("https", "http"):
+        raise InvalidArgument("post_login_url must be an absolute http(s) URL")
+    tracer: Tracer = trace.get_tracer("broker.web", tracer_provider=tracer_provider)
+
+    async def request_object(request: Request) -> Response:
+        with tracer.start_as_current_span("web.request_object") as span:
+            if request.method != "GET":
+                span.set_attribute("http.status_code", 405)
+                return PlainTextResponse(
+                    "method not allowed", status_code=405, headers={"Allow": "GET"}
+                )
+            jws = login.request_object(str(request.path_params.get("ref", "")))
+            status = 200 if jws is not None else 404
+            span.set_attribute("http.status_code", status)
+            if jws is None:
+                return _not_found()
+            return Response(
+                jws.encode("ascii"),
+                status_code=200,
+                media_type=REQUEST_OBJECT_MEDIA_TYPE,
+                headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+            )
+
+    async def callback(request: Request) -> Response:
+        with tracer.start_as_current_span("web.callback") as span:
+            if request.method != "GET":
+                span.set_attribute("http.status_code", 405)
+                return PlainTextResponse(
+                    "method not allowed", status_code=405, headers={"Allow": "GET"}
+                )
+            query = request.query_params
+            values: dict[str, str | None] = {}
+            for name in _CALLBACK_PARAMS:
+                got = query.getlist(name)
+                if len(got) > 1:
+                    span.set_attribute("oauth.error", "duplicate_parameter")
+                    span.set_attribute("http.status_code", 400)
+                    return _page("Login failed", f"duplicate {name} parameter", 400)
+                values[name] = got[0] if got else None
+            try:
+                view = await login.complete(
+                    code=values["code"],
+                    state=values["state"],
+                    iss=values["iss"],
+                    error=values["error"],
+                )
+            except BrokerError as exc:
+                span.set_attribute("oauth.error", exc.reason)
+                if isinstance(exc, AuthorizationDenied):
+                    span.set_attribute("oauth.as_error", exc.error)
+                span.set_attribute("http.status_code", 400)
+                return _page("Login failed", f"The login did not complete ({exc.reason}).", 400)
+            span.set_attribute("login.state", str(view.state))
+            if view.state is LoginState.PENDING and view.authorization_url:
+                # DOME compatibility restart: send the user agent to the new request we made.
+                span.set_attribute("login.restarted", True)
+                span.set_attribute("http.status_code", 303)
+                return RedirectResponse(
+                    view.authorization_url, status_code=303, headers=_SECURITY_HEADERS
+                )
+            if view.state is not LoginState.COMPLETED:
+                span.set_attribute("http.status_code", 400)
+                return _page("Login failed", f"The login did not complete ({view.error}).", 400)
+            if view.grant_id:
+                span.set_attribute("grant.id", view.grant_id)
+            if post_login_url is not None:
+                span.set_attribute("http.status_code", 303)
+                return RedirectResponse(post_login_url, status_code=303, headers=_SECURITY_HEADERS)
+            span.set_attribute("http.status_code", 200)
+            return _page("Login complete", "You can close this window.", 200)
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok", headers={"Cache-Control": "no-store"})
+
+    routes = [
+        Route("/request-objects/{ref}", request_object, methods=["GET", "HEAD"]),
+        Route(callback_path, callback, methods=["GET", "HEAD"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
