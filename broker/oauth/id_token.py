@@ -162,13 +162,16 @@ async def _validate(
         raise _fail("malformed", "id_token is not a compact JWS")
     try:
         header = _decode_segment(parts[0])
-        claims = _decode_segment(parts[1])
-        signature = _b64decode(parts[2])
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise _fail("malformed", "id_token segments are not base64url JSON") from exc
+        raise _fail("malformed", "id_token header is not base64url JSON") from exc
     alg = header.get("alg")
     if alg not in ALLOWED_ALGS:
         raise _fail("alg_not_allowed", "id_token alg is not in the ES256 allow-list")
+    try:
+        claims = _decode_segment(parts[1])
+        signature = _b64decode(parts[2])
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise _fail("malformed", "id_token payload or signature is not base64url") from exc
     if "crit" in header:
         raise _fail("malformed", "id_token has critical header parameters we do not understand")
     kid = header.get("kid")
