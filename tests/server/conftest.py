@@ -1,0 +1,120 @@
+"""A real grpc.aio server on port 0 over mutual TLS, with a PKI generated per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from broker.server.app import RunningServer, start_server
+from broker.server.gen.broker.v1 import broker_pb2_grpc
+from broker.server.policy import PolicyHolder
+from tests.server.fakes import FakeBroker, FakeLogins, make_grant
+from tests.server.pki import Ca, Issued
+
+APP = "spiffe://corp.example/app"
+ADMIN = "spiffe://corp.example/admin"
+LABELLER = "spiffe://corp.example/labeller"
+
+POLICY = f"""
+[deny]
+identities = ["spiffe://corp.example/retired"]
+
+[identities."{APP}"]
+methods = ["GetAccessToken", "WatchAccessToken", "GetGrant"]
+grants = ["g-1"]
+
+[identities."{ADMIN}"]
+methods = ["*"]
+grants = ["*"]
+
+[identities."{LABELLER}"]
+methods = ["GetAccessToken", "ListGrants", "StartAuthorization", "GetGrant"]
+labels = ["crm"]
+
+[identities."cn-only-client"]
+methods = ["GetAccessToken"]
+grants = ["g-1"]
+"""
+
+
+def stub(channel: Any) -> Any:
+    return broker_pb2_grpc.TokenBrokerStub(channel)  # type: ignore[no-untyped-call]
+
+
+@dataclass
+class Harness:
+    ca: Ca
+    server_ca: Ca
+    running: RunningServer
+    broker: FakeBroker
+    logins: FakeLogins
+    policy_path: Path
+    exporter: InMemorySpanExporter
+    channels: list[Any] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    def channel(self, client: Issued | None, *, server_ca_pem: bytes | None = None) -> Any:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=server_ca_pem or self.server_ca.pem,
+            private_key=client.key_pem if client else None,
+            certificate_chain=client.cert_pem if client else None,
+        )
+        ch = grpc.aio.secure_channel(
+            f"127.0.0.1:{self.port}",
+            creds,
+            options=[("grpc.ssl_target_name_override", "broker.test")],
+        )
+        self.channels.append(ch)
+        return ch
+
+    def stub_for(self, identity: str | None = None, *, cn: str | None = None) -> Any:
+        client = self.ca.issue(cn=cn, uris=(identity,) if identity else ())
+        return stub(self.channel(client))
+
+
+async def make_harness(
+    tmp_path: Path, *, policy_text: str = POLICY, **kwargs: Any
+) -> tuple[Harness, TracerProvider]:
+    ca = Ca("client-ca")
+    server_ca = Ca("server-ca")
+    server_cert = server_ca.issue(cn="broker.test", dns=("broker.test",), server=True)
+    policy_path = tmp_path / "policy.toml"
+    policy_path.write_text(policy_text)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    broker = FakeBroker(make_grant("g-1", "crm"), make_grant("g-2", "erp"))
+    logins = FakeLogins()
+    running = await start_server(
+        broker=broker,
+        logins=logins,
+        policy=PolicyHolder(policy_path, poll_interval=kwargs.pop("poll_interval", 0.05)),
+        bind="127.0.0.1:0",
+        server_cert_pem=server_cert.cert_pem,
+        server_key_pem=server_cert.key_pem,
+        client_ca_pem=ca.pem,
+        tracer_provider=provider,
+        **kwargs,
+    )
+    return Harness(ca, server_ca, running, broker, logins, policy_path, exporter), provider
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h, provider = await make_harness(tmp_path)
+    yield h
+    for ch in h.channels:
+        await ch.close()
+    await h.running.stop(None)
+    provider.shutdown()
