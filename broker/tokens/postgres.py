@@ -102,16 +102,20 @@ def _wrap(operation: str, exc: psycopg.Error) -> StoreError:
 class _Pool:
     """At most ``size`` autocommit connections; a connection that saw an error is closed."""
 
-    def __init__(self, dsn: str, size: int, connect_timeout: float) -> None:
+    def __init__(self, dsn: str, size: int, connect_timeout: float, application_name: str) -> None:
         self._dsn = dsn
         self._timeout = connect_timeout
+        self._application_name = application_name
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._slots = asyncio.Semaphore(size)
 
     async def new_connection(self, operation: str) -> psycopg.AsyncConnection[Any]:
         try:
             return await psycopg.AsyncConnection.connect(
-                self._dsn, autocommit=True, connect_timeout=max(1, round(self._timeout))
+                self._dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self._timeout)),
+                application_name=self._application_name,
             )
         except psycopg.Error as exc:
             raise _wrap(f"{operation} (connect)", exc) from exc
@@ -172,7 +176,7 @@ class PostgresGrantStore:
         self._schema = schema
         self._sealer = sealer
         self._clock = clock
-        self._pool = _Pool(dsn, pool_size, connect_timeout)
+        self._pool = _Pool(dsn, pool_size, connect_timeout, f"broker-grants:{schema}")
         self._locks = KeyedLocks()
         self._lock_namespace = f"broker.grant:{schema}"
         self._opened = False
