@@ -1,0 +1,424 @@
+"""``broker keys ...``: the key ceremony commands.
+
+Each command resolves the key URI (``--key`` or ``$BROKER_KEY_URI``; the PIN only from a file),
+opens the token through the injected :class:`broker.ceremony.backend.KeyBackend`, does one
+thing, and appends one audit record (:mod:`broker.audit`) whether it succeeded or failed. The
+audit log is checked *before* the token is touched: a ceremony never runs unaudited.
+
+Errors propagate as :class:`broker.errors.BrokerError`; the ``broker`` entry point turns them
+into one line on stderr and the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+
+from broker.audit import AuditLog, verify_chain
+from broker.ceremony import output, tsl
+from broker.ceremony.backend import (
+    CeremonyStore,
+    KeyBackend,
+    KeyTarget,
+    refuse_inline_pin,
+)
+from broker.ceremony.selftest import run_selftest
+from broker.clock import Clock, SystemClock
+from broker.errors import (
+    AuditError,
+    BrokerError,
+    ConfigError,
+    ConfirmationMismatch,
+    InvalidArgument,
+    InvalidKeyUri,
+    KeyNotFound,
+)
+from broker.keys.api import KeyInfo
+
+KEY_URI_ENV = "BROKER_KEY_URI"
+AUDIT_LOG_ENV = "BROKER_AUDIT_LOG"
+DEFAULT_AUDIT_LOG = "broker-audit.jsonl"
+RANDOM_ID_BYTES = 8
+MAX_KEY_FILE_BYTES = 64 * 1024
+
+_tracer = trace.get_tracer("broker.ceremony")
+
+Result = tuple[dict[str, Any], str]
+
+
+@dataclass
+class Facts:
+    """What the audit record will say about the key, filled in as the command learns it."""
+
+    key_uri: str | None = None
+    did: str | None = None
+    fingerprint: str | None = None
+
+    def learn(self, info: KeyInfo) -> None:
+        self.key_uri = info.uri or self.key_uri
+        self.did = info.did
+        self.fingerprint = info.fingerprint
+
+
+@dataclass(frozen=True)
+class Deps:
+    backend_factory: Callable[[], KeyBackend]
+    clock: Clock = field(default_factory=SystemClock)
+
+    @functools.cached_property
+    def backend(self) -> KeyBackend:
+        return self.backend_factory()
+
+
+Body = Callable[[Deps, argparse.Namespace, Facts], Result]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def audit_log_path(args: argparse.Namespace) -> str:
+    value: str | None = getattr(args, "audit_log", None)
+    return value or os.environ.get(AUDIT_LOG_ENV) or DEFAULT_AUDIT_LOG
+
+
+def _target(deps: Deps, args: argparse.Namespace, facts: Facts, *, need_label: bool) -> KeyTarget:
+    text: str | None = args.key or os.environ.get(KEY_URI_ENV)
+    if not text:
+        raise ConfigError(f"no key URI: pass --key pkcs11:... or set {KEY_URI_ENV}")
+    refuse_inline_pin(text)
+    target = deps.backend.parse(text)
+    facts.key_uri = target.uri
+    if need_label and not target.label:
+        raise InvalidKeyUri("the key URI names no object= (the key label)")
+    return target
+
+
+@contextmanager
+def _store(deps: Deps, target: KeyTarget, args: argparse.Namespace) -> Iterator[CeremonyStore]:
+    store = deps.backend.open(target, pin_file=args.pin_file)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _label(target: KeyTarget) -> str:
+    assert target.label is not None  # _target(need_label=True) checked it
+    return target.label
+
+
+def _get(store: CeremonyStore, target: KeyTarget, facts: Facts) -> KeyInfo:
+    info = store.get(_label(target))
+    if target.key_id is not None and info.key_id != target.key_id:
+        raise KeyNotFound("a key with this label exists but its id differs from the URI's id=")
+    facts.learn(info)
+    return info
+
+
+def _new_id(target: KeyTarget) -> bytes:
+    return target.key_id if target.key_id is not None else os.urandom(RANDOM_ID_BYTES)
+
+
+def _read_key_file(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read the key file {path}: {exc.strerror}") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise InvalidArgument(f"the key file {path} is too large to be a private key")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(
+            f"the key file {path} is not text (expected PEM, JWK JSON or hex)"
+        ) from None
+
+
+# --- command bodies -----------------------------------------------------------------------------
+
+
+def cmd_generate(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
+    target = _target(deps, args, facts, need_label=True)
+    with _store(deps, target, args) as store:
+        info = store.generate(_label(target), _new_id(target))
+        facts.learn(info)
+    return output.key_document(info), output.key_text(info)
+
+
+def cmd_import(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
+    target = _target(deps, args, facts, need_label=True)
+    private_key = deps.backend.load_private_key(_read_key_file(args.from_file))
+    with _store(deps, target, args) as store:
+        info = store.import_key(_label(target), _new_id(target), private_key)
+        facts.learn(info)
+    del private_key
+    document = output.key_document(info)
+    document["reminder"] = output.DESTROY_PLAINTEXT_REMINDER
+    return document, output.key_text(info) + "\n" + output.DESTROY_PLAINTEXT_REMINDER + "\n"
+
+
+def cmd_list(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
+    target = _target(deps, args, facts, need_label=False)
+    with _store(deps, target, args) as store:
+        infos = store.list()
+    return {"keys": [output.key_document(i) for i in infos]}, output.key_list_text(infos)
+
+
+def cmd_show(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
+    target = _target(deps, args, facts, need_label=True)
+    with _store(deps, target, args) as store:
+        info = _get(store, target, facts)
+    return output.key_document(info), output.key_text(info)
+
+
+def cmd_tsl_entry(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
+    target = _target(deps, args, facts, need_label=True)
+    with _store(deps, target, args) as store:
+        info = _get(store, target, facts)
+    entry = tsl.build_entry(
+        did=info.did,
+        issuer=args.issuer,
+        url=args.url,
+        redirect_uris=args.redirect_uri,
+        post_logout_uris=args.post_logout_uri or [],
+    )
+    return entry, tsl.render_yaml(entry)
+
+
+def cmd_selftest(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
+    target = _target(deps, args, facts, need_label=True)
+    with _store(deps, target, args) as store:
+        info = _get(store, target, facts)
+        report = run_selftest(store.signer(info.label), info, clock=deps.clock)
+    return output.selftest_document(report), output.selftest_text(report)
+
+
+def _confirm_destroy(info: KeyInfo) -> None:
+    if sys.stdin.isatty():
+        sys.stderr.write(
+            f"This destroys key {info.label!r} ({info.did}) in the token for good.\n"
+            "Type its did to confirm: "
+        )
+        sys.stderr.flush()
+    typed = sys.stdin.readline().strip()
+    if typed != info.did:
+        raise ConfirmationMismatch(
+            "the did typed does not match the key's did; nothing was destroyed"
+        )
+
+
+def cmd_destroy(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
+    target = _target(deps, args, facts, need_label=True)
+    with _store(deps, target, args) as store:
+        info = _get(store, target, facts)
+        if not args.yes:
+            _confirm_destroy(info)
+        store.delete(info.label)
+    document = {"destroyed": True, "label": info.label, "did": info.did, "uri": info.uri}
+    return document, f"destroyed key {info.label!r} ({info.did})\n"
+
+
+def cmd_generate_sealing_key(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
+    target = _target(deps, args, facts, need_label=True)
+    key_id = _new_id(target)
+    with _store(deps, target, args) as store:
+        store.generate_sealing_key(_label(target), key_id)
+    document = {"label": target.label, "id": key_id.hex(), "type": "AES-256", "uri": target.uri}
+    text = f"generated AES-256 sealing key {target.label!r} (id {key_id.hex()}) in the token\n"
+    return document, text
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    result = verify_chain(args.log or audit_log_path(args))
+    output.emit(
+        sys.stdout,
+        as_json=args.json,
+        document=output.verify_document(result),
+        text=output.verify_text(result),
+    )
+    if not result.ok:
+        raise AuditError(
+            f"audit chain broken at record {result.first_bad_seq}: {result.reason}",
+            reason="audit_chain_broken",
+        )
+    return 0
+
+
+# --- the audited runner -------------------------------------------------------------------------
+
+
+def run_audited(deps: Deps, action: str, body: Body, args: argparse.Namespace) -> int:
+    """Run ``body`` and append exactly one audit record for it, on success and on failure."""
+    audit = AuditLog(audit_log_path(args), operator=args.operator, clock=deps.clock)
+    audit.check_writable()  # fail before the token is touched
+    facts = Facts()
+    with _tracer.start_as_current_span(f"ceremony.{action}") as span:
+        span.set_attribute("ceremony.action", action)
+        try:
+            document, text = body(deps, args, facts)
+        except BaseException as exc:
+            reason = exc.reason if isinstance(exc, BrokerError) else "internal"
+            span.set_attribute("error.reason", reason)
+            if facts.did:
+                span.set_attribute("kid", facts.did)
+            try:
+                audit.append(
+                    action,
+                    outcome="error",
+                    key_uri=facts.key_uri,
+                    did=facts.did,
+                    fingerprint=facts.fingerprint,
+                    error=reason,
+                )
+            except AuditError as audit_exc:
+                raise AuditError(
+                    f"{action} failed ({reason}) and its audit record could not be written: "
+                    f"{audit_exc.message}"
+                ) from exc
+            raise
+        if facts.did:
+            span.set_attribute("kid", facts.did)
+        try:
+            audit.append(
+                action,
+                outcome="ok",
+                key_uri=facts.key_uri,
+                did=facts.did,
+                fingerprint=facts.fingerprint,
+            )
+        except AuditError as exc:
+            span.set_attribute("error.reason", exc.reason)
+            raise AuditError(
+                f"{action} succeeded but its audit record could not be written: {exc.message}"
+            ) from exc
+    output.emit(sys.stdout, as_json=args.json, document=document, text=text)
+    return 0
+
+
+def _pkcs11_backend() -> KeyBackend:
+    # Imported when a keys command first needs the token, not when the CLI starts.
+    from broker.ceremony.pkcs11_backend import Pkcs11Backend  # noqa: PLC0415
+
+    return Pkcs11Backend()
+
+
+# --- argparse registration ----------------------------------------------------------------------
+
+
+class _RefusePinOnArgv(argparse.Action):
+    """``--pin`` and friends exist only to say no, without repeating the value."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string}: a PIN never goes on the command line (it shows in ps and shell "
+            "history); use pin-source=file: in the key URI or --pin-file"
+        )
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    common.add_argument(
+        "--pin",
+        "--pin-value",
+        "--so-pin",
+        nargs="?",
+        action=_RefusePinOnArgv,
+        help=argparse.SUPPRESS,
+    )
+    common.add_argument(
+        "--key",
+        metavar="URI",
+        help=f"RFC 7512 key URI, e.g. pkcs11:token=broker;object=client-2026;id=%%01"
+        f"?module-path=...&pin-source=file:/run/secrets/pin (default: ${KEY_URI_ENV})",
+    )
+    common.add_argument(
+        "--pin-file", metavar="FILE", help="file holding the user PIN (overrides pin-source)"
+    )
+    common.add_argument(
+        "--audit-log",
+        metavar="FILE",
+        help=f"audit log (default: ${AUDIT_LOG_ENV} or ./{DEFAULT_AUDIT_LOG})",
+    )
+    common.add_argument("--operator", help="who runs the ceremony (default: $SUDO_USER or $USER)")
+    common.add_argument("--json", action="store_true", help="print one JSON document")
+    return common
+
+
+_COMMANDS: tuple[tuple[str, str, str, Body], ...] = (
+    ("generate", "keys.generate", "generate a P-256 key in the token", cmd_generate),
+    ("import", "keys.import", "import a P-256 private key into the token", cmd_import),
+    ("list", "keys.list", "list the keys in the token", cmd_list),
+    ("show", "keys.show", "show a key: did, kid, JWK, fingerprint, custody", cmd_show),
+    ("tsl-entry", "keys.tsl_entry", "print the DOME Trusted Services List entry", cmd_tsl_entry),
+    ("selftest", "keys.selftest", "sign a challenge in the token and verify it", cmd_selftest),
+    ("destroy", "keys.destroy", "destroy a key (asks to type its did)", cmd_destroy),
+    (
+        "generate-sealing-key",
+        "keys.generate_sealing_key",
+        "generate the AES-256 key that seals tokens at rest",
+        cmd_generate_sealing_key,
+    ),
+)
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    *,
+    backend_factory: Callable[[], KeyBackend] | None = None,
+    clock: Clock | None = None,
+) -> None:
+    """Add the ``keys`` group to the ``broker`` command."""
+    deps = Deps(backend_factory=backend_factory or _pkcs11_backend, clock=clock or SystemClock())
+    keys = subparsers.add_parser(
+        "keys", help="key ceremonies: generate, import, show, destroy, ..."
+    )
+    sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    common = _common_parser()
+    parsers: dict[str, argparse.ArgumentParser] = {}
+    for name, action, help_text, body in _COMMANDS:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(
+            handler=functools.partial(run_audited, deps, action, body), command=f"keys {name}"
+        )
+        parsers[name] = p
+    parsers["import"].add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE",
+        required=True,
+        help="private key file: PEM, JWK JSON or a 32-byte hex scalar",
+    )
+    tsl_p = parsers["tsl-entry"]
+    tsl_p.add_argument("--issuer", required=True, metavar="URL", help="the Verifier's issuer")
+    tsl_p.add_argument("--url", required=True, metavar="URL", help="the broker's public URL")
+    tsl_p.add_argument(
+        "--redirect-uri", required=True, action="append", metavar="URL", help="repeatable"
+    )
+    tsl_p.add_argument("--post-logout-uri", action="append", metavar="URL", help="repeatable")
+    parsers["destroy"].add_argument(
+        "--yes", action="store_true", help="do not ask to type the did (for scripts)"
+    )
+    verify_p = sub.add_parser(
+        "audit-verify",
+        help="verify the audit log's hash chain",
+        description="verify the audit log's hash chain; report the first broken record",
+    )
+    verify_p.add_argument("--log", metavar="FILE", help="audit log (default: --audit-log)")
+    verify_p.add_argument("--audit-log", metavar="FILE", help=argparse.SUPPRESS)
+    verify_p.add_argument("--json", action="store_true", help="print one JSON document")
+    verify_p.set_defaults(handler=cmd_audit_verify, command="keys audit-verify")

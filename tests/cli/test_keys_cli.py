@@ -1,0 +1,438 @@
+"""``broker keys ...`` in-process through main(argv), over the in-memory soft backend.
+
+The same flows run against a real SoftHSM token in test_ceremony_softhsm.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from broker.audit import verify_chain
+from broker.ceremony import commands
+from broker.cli import main
+from broker.clock import FakeClock
+from broker.keys.didkey import did_from_public_key, public_key_from_did
+from broker.keys.soft import SoftSigner
+from tests.cli.soft_backend import SoftBackend
+
+PIN = "4711-secret-pin"
+
+
+class Env:
+    def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.backend = SoftBackend(token="ceremony", pin=PIN)
+        self.pin_file = tmp_path / "pin"
+        self.pin_file.write_text(PIN + "\n")
+        self.audit = tmp_path / "audit.jsonl"
+        self.capsys = capsys
+        self.groups = [
+            functools.partial(
+                commands.register, backend_factory=lambda: self.backend, clock=FakeClock()
+            )
+        ]
+
+    def uri(
+        self,
+        obj: str | None = "client-2026",
+        *,
+        token: str = "ceremony",  # noqa: S107 (a token label, not a secret)
+        id_: str = "",
+    ) -> str:
+        path = f"pkcs11:token={token}" + (f";object={obj}" if obj else "") + id_
+        return f"{path}?pin-source=file:{self.pin_file}"
+
+    def run(self, *argv: str, key: str | None = None) -> tuple[int, str, str]:
+        args = ["keys", *argv, "--audit-log", str(self.audit)]
+        if argv[0] != "audit-verify":
+            args += ["--operator", "alice"]
+        if key is not None:
+            args += ["--key", key]
+        code = main(args, groups=self.groups)
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def records(self) -> list[dict[str, object]]:
+        if not self.audit.exists():
+            return []
+        return [json.loads(line) for line in self.audit.read_text().splitlines()]
+
+
+@pytest.fixture
+def env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Env:
+    return Env(tmp_path, capsys)
+
+
+def _assert_no_secret(env: Env, *texts: str) -> None:
+    for text in (*texts, env.audit.read_text() if env.audit.exists() else ""):
+        assert PIN not in text
+        assert "PRIVATE KEY" not in text
+        assert '"d"' not in text
+
+
+def test_i02_generate_then_show_prints_did_kid_jwk_fingerprint(env: Env) -> None:
+    code, out, err = env.run("generate", "--json", key=env.uri(id_=";id=%01"))
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["label"] == "client-2026" and doc["id"] == "01"
+    assert doc["did"].startswith("did:key:zDn") and doc["kid"] == doc["did"]
+    public = public_key_from_did(doc["did"])
+    assert doc["public_jwk"]["kid"] == doc["did"]
+    assert set(doc["public_jwk"]) == {"kty", "crv", "x", "y", "kid"}
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    import hashlib
+
+    assert doc["fingerprint"] == hashlib.sha256(der).hexdigest()
+    assert doc["uri"] == "pkcs11:token=ceremony;object=client-2026;id=%01;type=private"
+    assert set(doc["custody"]) == {
+        "sensitive",
+        "extractable",
+        "never_extractable",
+        "always_sensitive",
+        "local",
+        "sign_only",
+    }
+    code, out, err = env.run("show", key=env.uri())
+    assert (code, err) == (0, "")
+    assert ["did:", doc["did"]] in [line.split() for line in out.splitlines()]
+    assert f"SHA256:{doc['fingerprint']}" in out
+    assert "custody:" in out and "sign_only=yes" in out
+    records = env.records()
+    assert [r["action"] for r in records] == ["keys.generate", "keys.show"]
+    assert all(r["outcome"] == "ok" and r["did"] == doc["did"] for r in records)
+    assert all(r["operator"] == "alice" for r in records)
+    assert records[0]["fingerprint"] == doc["fingerprint"]
+    assert verify_chain(env.audit).ok
+    _assert_no_secret(env, out, err)
+
+
+def test_generate_without_id_uses_8_random_bytes(env: Env) -> None:
+    code, out, _ = env.run("generate", "--json", key=env.uri("a"))
+    assert code == 0
+    first = json.loads(out)["id"]
+    code, out, _ = env.run("generate", "--json", key=env.uri("b"))
+    second = json.loads(out)["id"]
+    assert len(bytes.fromhex(first)) == 8 and first != second
+
+
+def test_generate_existing_label_fails_and_is_audited(env: Env) -> None:
+    assert env.run("generate", key=env.uri())[0] == 0
+    code, out, err = env.run("generate", key=env.uri())
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "key already exists" in err and "[key_exists]" in err
+    assert env.records()[-1]["outcome"] == "error"
+    assert env.records()[-1]["error"] == "key_exists"
+
+
+def test_list_shows_every_key(env: Env) -> None:
+    for label in ("k1", "k2"):
+        assert env.run("generate", key=env.uri(label))[0] == 0
+    code, out, _ = env.run("list", "--json", key=env.uri(None))
+    assert code == 0
+    assert [k["label"] for k in json.loads(out)["keys"]] == ["k1", "k2"]
+    code, out, _ = env.run("list", key=env.uri(None))
+    assert code == 0 and out.count("did:key:zDn") == 2
+
+
+def test_key_uri_from_environment(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_KEY_URI", env.uri("from-env"))
+    code, out, _ = env.run("generate", "--json")
+    assert code == 0 and json.loads(out)["label"] == "from-env"
+
+
+def test_pin_file_option_overrides_pin_source(env: Env, tmp_path: Path) -> None:
+    other = tmp_path / "other-pin"
+    other.write_text(PIN)
+    code, _, err = env.run(
+        "generate", "--pin-file", str(other), key="pkcs11:token=ceremony;object=x"
+    )
+    assert (code, err) == (0, "")
+
+
+def test_wrong_pin_fails_with_one_line_and_no_pin(env: Env, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong-pin"
+    wrong.write_text("0000-not-it")
+    code, out, err = env.run("generate", "--pin-file", str(wrong), key=env.uri())
+    assert code == 1 and out == ""
+    assert err.startswith("broker keys generate: login refused: wrong PIN")
+    assert err.count("\n") == 1 and "0000-not-it" not in err
+    record = env.records()[-1]
+    assert record["outcome"] == "error" and record["error"] == "pin_incorrect"
+    assert record["key_uri"] == "pkcs11:token=ceremony;object=client-2026;type=private" + (
+        f"?pin-source=file:{env.pin_file}"
+    )
+    _assert_no_secret(env, out, err)
+
+
+def test_missing_key_fails(env: Env) -> None:
+    code, out, err = env.run("show", key=env.uri("nope"))
+    assert code == 1 and out == ""
+    assert "key not found" in err and "[key_not_found]" in err and err.count("\n") == 1
+    assert env.records()[-1]["error"] == "key_not_found"
+
+
+def test_id_mismatch_is_a_missing_key(env: Env) -> None:
+    assert env.run("generate", key=env.uri(id_=";id=%01"))[0] == 0
+    code, _, err = env.run("show", key=env.uri(id_=";id=%02"))
+    assert code == 1 and "[key_not_found]" in err
+
+
+def test_missing_token_fails(env: Env) -> None:
+    code, out, err = env.run("list", key=env.uri(None, token="absent"))
+    assert code == 1 and out == ""
+    assert "token not found" in err and "[token_not_present]" in err
+
+
+def test_malformed_uri_is_a_usage_error(env: Env) -> None:
+    code, out, err = env.run("show", key="pkcs11:object=x;serial=1")
+    assert code == 2 and out == ""
+    assert "malformed key URI" in err and err.count("\n") == 1
+    record = env.records()[-1]
+    assert record["error"] == "invalid_key_uri" and record["key_uri"] is None
+
+
+def test_pin_value_in_uri_is_refused_and_not_echoed(env: Env) -> None:
+    code, out, err = env.run("generate", key=f"pkcs11:token=ceremony;object=x?pin-value={PIN}")
+    assert code == 2 and out == ""
+    assert "pin-value" in err
+    _assert_no_secret(env, out, err)
+
+
+def test_no_key_uri_is_a_usage_error(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BROKER_KEY_URI", raising=False)
+    code, _, err = env.run("show")
+    assert code == 2 and "BROKER_KEY_URI" in err
+
+
+def test_uri_without_object_is_refused_for_show(env: Env) -> None:
+    code, _, err = env.run("show", key=env.uri(None))
+    assert code == 2 and "object=" in err
+
+
+def test_argparse_errors_are_one_line_exit_2(env: Env) -> None:
+    code, out, err = env.run("tsl-entry", key=env.uri())  # missing --issuer etc.
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "required" in err
+    code = main(["keys"], groups=env.groups)
+    out, err = env.capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--pin", PIN], [f"--pin={PIN}"], ["--pin-value", PIN], ["--pin-f", PIN], ["--so-pin", PIN]],
+)
+def test_a_pin_on_argv_is_refused_and_not_echoed(env: Env, argv: list[str]) -> None:
+    code, out, err = env.run("generate", *argv, key=env.uri())
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert PIN not in err
+    assert not env.records()  # nothing ran
+
+
+def test_tsl_entry_matches_the_dome_profile(env: Env) -> None:
+    assert env.run("generate", key=env.uri())[0] == 0
+    argv = [
+        "tsl-entry",
+        "--issuer",
+        "https://verifier.dome-marketplace.eu",
+        "--url",
+        "https://broker.example.org",
+        "--redirect-uri",
+        "https://broker.example.org/callback",
+        "--redirect-uri",
+        "https://broker.example.org/callback2",
+        "--post-logout-uri",
+        "https://broker.example.org/",
+    ]
+    code, out, err = env.run(*argv, key=env.uri())
+    assert (code, err) == (0, "")
+    parsed = yaml.safe_load(out)
+    assert isinstance(parsed, list) and len(parsed) == 1
+    entry = parsed[0]
+    did = env.records()[-1]["did"]
+    assert entry == {
+        "clientId": did,
+        "url": "https://broker.example.org",
+        "redirectUris": [
+            "https://broker.example.org/callback",
+            "https://broker.example.org/callback2",
+        ],
+        "scopes": ["openid_learcredential"],
+        "clientAuthenticationMethods": ["client_secret_jwt"],
+        "authorizationGrantTypes": ["authorization_code", "refresh_token"],
+        "postLogoutRedirectUris": ["https://broker.example.org/"],
+        "requireAuthorizationConsent": False,
+        "requireProofKey": False,
+        "jwkSetUrl": f"https://verifier.dome-marketplace.eu/oidc/did/{did}",
+        "tokenEndpointAuthenticationSigningAlgorithm": "ES256",
+    }
+    assert entry["jwkSetUrl"].rsplit("/", 1)[1] == entry["clientId"]
+    assert out.startswith(f'- clientId: "{did}"\n  url: "https://broker.example.org"\n')
+    code, out, _ = env.run(*argv, "--json", key=env.uri())
+    assert code == 0 and json.loads(out) == entry
+
+
+def test_tsl_entry_rejects_plain_http_issuer(env: Env) -> None:
+    assert env.run("generate", key=env.uri())[0] == 0
+    code, out, err = env.run(
+        "tsl-entry",
+        "--issuer",
+        "http://verifier.example.org",
+        "--url",
+        "https://b.example.org",
+        "--redirect-uri",
+        "https://b.example.org/cb",
+        key=env.uri(),
+    )
+    assert code == 2 and out == "" and "--issuer must use https" in err
+    assert env.records()[-1]["error"] == "invalid_argument"
+
+
+def test_selftest_signs_and_verifies(env: Env) -> None:
+    assert env.run("generate", key=env.uri())[0] == 0
+    code, out, err = env.run("selftest", "--json", key=env.uri())
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["ok"] is True and doc["kid"] == doc["did"]
+    from jwcrypto.jwk import JWK
+    from jwcrypto.jws import JWS
+
+    from broker.keys.didkey import jwk_from_did
+
+    check = JWS()
+    check.deserialize(doc["jws"])
+    check.verify(JWK(**jwk_from_did(doc["did"])), alg="ES256")
+    assert json.loads(check.payload)["challenge"] == doc["challenge"]
+    assert env.records()[-1]["action"] == "keys.selftest"
+
+
+def test_selftest_fails_when_the_token_key_is_not_the_did(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert env.run("generate", key=env.uri())[0] == 0
+    did = env.records()[-1]["did"]
+    assert isinstance(did, str)
+    impostor = ec.generate_private_key(ec.SECP256R1())
+    monkeypatch.setattr(env.backend.store, "signer", lambda label: SoftSigner(label, impostor, did))
+    code, out, err = env.run("selftest", key=env.uri())
+    assert code == 1 and out == ""
+    assert "self-test failed" in err and "[selftest_failed]" in err
+    assert env.records()[-1]["error"] == "selftest_failed"
+
+
+def test_destroy_refuses_a_wrong_did(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert env.run("generate", key=env.uri())[0] == 0
+    other = did_from_public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+    monkeypatch.setattr("sys.stdin", io.StringIO(other + "\n"))
+    code, out, err = env.run("destroy", key=env.uri())
+    assert code == 1 and out == ""
+    assert "not confirmed" in err and "[confirmation_mismatch]" in err
+    assert env.records()[-1]["error"] == "confirmation_mismatch"
+    assert env.run("show", key=env.uri())[0] == 0  # still there
+
+
+def test_destroy_refuses_on_empty_stdin(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert env.run("generate", key=env.uri())[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    code, _, err = env.run("destroy", key=env.uri())
+    assert code == 1 and "[confirmation_mismatch]" in err
+
+
+def test_destroy_with_the_typed_did(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, _ = env.run("generate", "--json", key=env.uri())
+    did = json.loads(out)["did"]
+    monkeypatch.setattr("sys.stdin", io.StringIO(did + "\n"))
+    code, out, err = env.run("destroy", "--json", key=env.uri())
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {
+        "destroyed": True,
+        "label": "client-2026",
+        "did": did,
+        "uri": json.loads(env.run("list", "--json", key=env.uri(None))[1])["keys"][0]["uri"]
+        if False
+        else env.records()[-1]["key_uri"],
+    }
+    assert env.records()[-1]["action"] == "keys.destroy"
+    assert env.run("show", key=env.uri())[0] == 1
+
+
+def test_destroy_yes_skips_the_prompt(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert env.run("generate", key=env.uri())[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    code, out, _ = env.run("destroy", "--yes", key=env.uri())
+    assert code == 0 and out.startswith("destroyed key 'client-2026'")
+
+
+def test_generate_sealing_key(env: Env) -> None:
+    code, out, err = env.run("generate-sealing-key", "--json", key=env.uri("seal-2026"))
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["label"] == "seal-2026" and doc["type"] == "AES-256"
+    assert env.backend.store.sealing == {"seal-2026": bytes.fromhex(doc["id"])}
+    assert env.records()[-1]["action"] == "keys.generate_sealing_key"
+
+
+def test_unwritable_audit_log_stops_before_the_token(env: Env, tmp_path: Path) -> None:
+    env.audit = tmp_path / "no-such-dir" / "audit.jsonl"
+    code, out, err = env.run("generate", key=env.uri())
+    assert code == 1 and out == "" and "audit log" in err and "[audit]" in err
+    assert env.backend.opened == 0
+    assert env.backend.store.list() == []
+
+
+def test_damaged_audit_log_stops_before_the_token(env: Env) -> None:
+    env.audit.write_text('{"seq":1')
+    code, _, err = env.run("generate", key=env.uri())
+    assert code == 1 and "incomplete" in err
+    assert env.backend.opened == 0
+
+
+def test_every_step_appends_exactly_one_record(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    steps = [
+        ("generate",),
+        ("show",),
+        ("selftest",),
+        ("list",),
+        ("show",),
+        ("destroy",),
+        ("destroy", "--yes"),
+        ("show",),
+    ]
+    for n, step in enumerate(steps, start=1):
+        env.run(*step, key=env.uri())
+        assert len(env.records()) == n
+    outcomes = [r["outcome"] for r in env.records()]
+    assert outcomes == ["ok", "ok", "ok", "ok", "ok", "error", "ok", "error"]
+    assert verify_chain(env.audit).ok
+
+
+def test_audit_verify_reports_ok_and_tampering(env: Env) -> None:
+    for label in ("a", "b", "c"):
+        assert env.run("generate", key=env.uri(label))[0] == 0
+    code, out, err = env.run("audit-verify", "--log", str(env.audit), "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)["ok"] is True and json.loads(out)["records"] == 3
+    lines = env.audit.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace('"object=b', '"object=z').replace("object=b", "object=z")
+    env.audit.write_text("".join(lines))
+    code, out, err = env.run("audit-verify", "--log", str(env.audit))
+    assert code == 1
+    assert "BROKEN" in out and "seq 2" in out
+    assert err.count("\n") == 1 and "audit chain broken at record 2" in err
+    code, out, _ = env.run("audit-verify", "--json")  # --log defaults to --audit-log
+    assert code == 1 and json.loads(out)["first_bad_seq"] == 2
+
+
+def test_audit_verify_missing_log(env: Env, tmp_path: Path) -> None:
+    code, _, err = env.run("audit-verify", "--log", str(tmp_path / "none.jsonl"))
+    assert code == 1 and "does not exist" in err
