@@ -1,3 +1,4 @@
+# ruff: noqa: PLR0917  (pytest injects fixtures as positional parameters)
 """ID token validation (OIDC Core 3.1.3.7): catalogue B01-B07, A08c."""
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ async def test_b04_wrong_azp_is_rejected(
         ({"nbf": 600}, "not_yet_valid"),
     ],
 )
-async def test_b05_time_claims_outside_skew_are_rejected(  # noqa: PLR0917
+async def test_b05_time_claims_outside_skew_are_rejected(
     fake_as: FakeAS,
     jwks: JwksCache,
     config: ClientConfig,
@@ -268,7 +269,7 @@ async def test_b05_time_claims_outside_skew_are_rejected(  # noqa: PLR0917
 
 
 @pytest.mark.parametrize(("shift", "ok"), [(59, True), (-59, True), (61, False), (-61, False)])
-async def test_b05_broker_clock_shift_within_skew(  # noqa: PLR0917
+async def test_b05_broker_clock_shift_within_skew(
     fake_as: FakeAS, jwks: JwksCache, config: ClientConfig, clock: FakeClock, shift: int, ok: bool
 ) -> None:
     """id_token with iat = exp = AS now; broker clock shifted by +-59 s (accepted) or +-61 s."""
@@ -372,7 +373,7 @@ async def test_dome_vc_json_is_parsed_into_vc(
     ("vc_json", "error"),
     [("{not json", "not_json"), ("[1]", "not_an_object"), (12, "not_a_string")],
 )
-async def test_dome_malformed_vc_json_is_recorded_not_fatal(  # noqa: PLR0917
+async def test_dome_malformed_vc_json_is_recorded_not_fatal(
     fake_as: FakeAS,
     jwks: JwksCache,
     config: ClientConfig,
