@@ -233,6 +233,12 @@ class ReauthorizationRequired(BrokerError):
     reason = "reauthorization_required"
 
 
+class GrantRevoked(ReauthorizationRequired):
+    """The grant was revoked by an operator: no token is served for it any more."""
+
+    reason = "grant_revoked"
+
+
 class StoreError(BrokerError):
     """The grant store failed (I/O, connection)."""
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.tokens.freshness import Freshness
+
 
 class GrantStatus(enum.StrEnum):
     ACTIVE = "active"
@@ -39,3 +41,20 @@ class Grant:
     refresh_started_at: float | None = None
     last_error: str | None = None
     id_claims: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """What the token core hands to a caller: one access token of one grant.
+
+    ``expires_at`` is absolute (epoch seconds); ``freshness`` is the state it was served in
+    (FRESH, or STALE while a background refresh runs).
+    """
+
+    grant_id: str
+    access_token: str = field(repr=False)
+    token_type: str
+    expires_at: float
+    scope: str
+    subject: str
+    freshness: Freshness

@@ -1,0 +1,580 @@
+"""TokenBroker: the core domain service. Serves access tokens by grant, refreshing ahead of expiry.
+
+Freshness (``freshness.py``, google-auth's ``TokenState`` shape) decides per call:
+FRESH -> served from the in-memory cache (no store read); STALE -> served, and a refresh starts in
+the background; INVALID (expired, or less left than ``max(min_ttl, min_serve_ttl)``) -> the caller
+waits for a refresh. Expiry is tracked on the monotonic clock from the moment the token reached
+this process, so a wall-clock step does not expire (or revive) cached tokens (G08).
+
+Refresh (RFC 6749 section 6) is single-flight: one asyncio task per grant shared by every waiter
+(G06), run under ``store.refresh_lock`` (cross-replica with PostgreSQL), re-reading the grant after
+taking the lock so a refresh another replica already did is not repeated (G07). Inside the lock:
+re-read -> ``mark_refresh_started`` (durable intent) -> ``Refresher.refresh`` -> ``store.rotate``
+(the new refresh token is durable before the new access token leaves: A08b) -> cache -> watchers.
+Waiters are shielded: a caller's cancellation or deadline never cancels the refresh (F05).
+
+Failures:
+- ``InvalidGrant`` -> the grant is flagged REAUTHORIZATION_REQUIRED once; every later call raises
+  :class:`ReauthorizationRequired` without contacting the AS (A05: that refresh token is never
+  sent again).
+- ``TokenValidationError`` (e.g. id_token ``iss``/``sub`` changed) -> grant unchanged, raised (A08c).
+- retryable errors (AS down, 429, HSM, store) -> ``store.record_error``; the cached token keeps
+  being served while it has more than ``min_serve_ttl`` left; after that the retryable error is
+  raised (UNAVAILABLE at the gRPC layer) (A06). Further attempts back off exponentially with
+  jitter (first >= ``backoff_initial``, honouring ``Retry-After``); during a back-off a caller
+  who needs a refresh fails fast with the last error instead of hitting the AS again.
+
+Crash recovery (G02): ``start()`` looks for ACTIVE grants whose intent record
+(``refresh_started_at``) is set: a refresh was in flight when a process died, and the AS may or may
+not have rotated the refresh token. Each is refreshed once, normally, with the stored (old)
+refresh token. An AS with a rotation grace period (or DOME, which never revokes old refresh
+tokens) answers with new tokens; an AS without one answers ``invalid_grant`` and the grant is
+flagged REAUTHORIZATION_REQUIRED like any dead grant: one attempt, never a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from opentelemetry import trace
+
+from broker.clock import Clock
+from broker.errors import (
+    AuthServerUnavailable,
+    BrokerError,
+    GrantExists,
+    GrantRevoked,
+    InvalidArgument,
+    InvalidGrant,
+    ReauthorizationRequired,
+    TokenValidationError,
+    UnexpectedResponse,
+)
+from broker.oauth.types import TokenSet
+from broker.tokens.freshness import MIN_SERVE_TTL, REFRESH_THRESHOLD, Freshness, freshness
+from broker.tokens.model import AccessToken, Grant, GrantStatus
+from broker.tokens.observer import NullObserver, RefreshOutcome, TokenBrokerObserver
+from broker.tokens.ports import Refresher
+from broker.tokens.refresher import BackgroundRefresher, Sleep
+from broker.tokens.store import GrantStore
+
+_log = logging.getLogger(__name__)
+
+TOKEN_TYPE = "Bearer"  # noqa: S105 - a token type, not a secret
+"""The grant record keeps no token type; DOME and oidc-provider issue Bearer tokens."""
+
+_MAX_ID_ATTEMPTS = 3
+
+
+def new_grant_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A cached access token. ``mono_expires`` and ``due_at`` are on the monotonic clock."""
+
+    grant_id: str
+    version: int
+    access_token: str
+    expires_at: float
+    scope: str
+    subject: str
+    mono_expires: float
+    due_at: float
+    """When the background refresher picks it up: threshold minus a per-token jitter (J02)."""
+
+    def __repr__(self) -> str:
+        return f"_Entry(grant_id={self.grant_id!r}, version={self.version})"
+
+
+@dataclass(frozen=True)
+class _Backoff:
+    failures: int
+    not_before: float
+    error: BrokerError
+
+
+# A watcher's queue holds new tokens, or the error class that ends the watch.
+_WatchItem = AccessToken | type[ReauthorizationRequired]
+
+
+class TokenBroker:
+    """Implements :class:`broker.tokens.ports.GrantSink` too (``add_grant``)."""
+
+    def __init__(
+        self,
+        store: GrantStore,
+        refresher: Refresher,
+        clock: Clock,
+        *,
+        refresh_threshold: float = REFRESH_THRESHOLD,
+        min_serve_ttl: float = MIN_SERVE_TTL,
+        background_interval: float = 15.0,
+        jitter: float = 0.1,
+        id_factory: Callable[[], str] = new_grant_id,
+        observer: TokenBrokerObserver | None = None,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+        background_concurrency: int = 4,
+        tracer_provider: trace.TracerProvider | None = None,
+        watch_queue_size: int = 8,
+        backoff_initial: float = 5.0,
+        backoff_max: float = 300.0,
+    ) -> None:
+        if refresh_threshold <= 0:
+            raise InvalidArgument("refresh_threshold must be positive")
+        if min_serve_ttl < 0:
+            raise InvalidArgument("min_serve_ttl must not be negative")
+        if not 0 <= jitter < 1:
+            raise InvalidArgument("jitter must be in [0, 1)")
+        if watch_queue_size < 1:
+            raise InvalidArgument("watch_queue_size must be at least 1")
+        if not 0 < backoff_initial <= backoff_max:
+            raise InvalidArgument("need 0 < backoff_initial <= backoff_max")
+        if background_interval <= 0 or background_concurrency < 1:
+            raise InvalidArgument("background interval and concurrency must be positive")
+        self._store = store
+        self._tracer = trace.get_tracer("broker.tokens", tracer_provider=tracer_provider)
+        self._refresher = refresher
+        self._clock = clock
+        self._threshold = refresh_threshold
+        self._min_serve_ttl = min_serve_ttl
+        self._jitter = jitter
+        self._id_factory = id_factory
+        self._observer: TokenBrokerObserver = observer or NullObserver()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._watch_queue_size = watch_queue_size
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._cache: dict[str, _Entry] = {}
+        self._dead: dict[str, type[ReauthorizationRequired]] = {}
+        self._flights: dict[str, asyncio.Task[_Entry]] = {}
+        self._backoff: dict[str, _Backoff] = {}
+        self._watchers: dict[str, set[asyncio.Queue[_WatchItem]]] = {}
+        self._stopping = False
+        self._background = BackgroundRefresher(
+            self._find_due,
+            self._refresh_due,
+            interval=background_interval,
+            concurrency=background_concurrency,
+            sleep=sleep,
+        )
+
+    # --- serving ---------------------------------------------------------------------------
+
+    async def get_access_token(self, grant_id: str, *, min_ttl: float = 0) -> AccessToken:
+        """An access token of ``grant_id`` with more than ``max(min_ttl, min_serve_ttl)``
+        seconds left (or, while the AS is unreachable, more than ``min_serve_ttl``).
+
+        Raises GrantNotFound, ReauthorizationRequired (GrantRevoked), TokenValidationError, or
+        a retryable BrokerError when no usable token can be had now.
+        """
+        if min_ttl < 0:
+            raise InvalidArgument("min_ttl must not be negative")
+        need = max(min_ttl, self._min_serve_ttl)
+        with self._tracer.start_as_current_span("tokens.get") as span:
+            span.set_attribute("grant.id", grant_id)
+            self._raise_if_dead(grant_id)
+            entry = self._cache.get(grant_id)
+            cache_hit = entry is not None
+            if entry is None:
+                entry = self._admit(await self._store.get(grant_id))
+            state = self._state(entry, need)
+            span.set_attribute("token.freshness", str(state))
+            span.set_attribute("cache.hit", cache_hit)
+            if state is Freshness.FRESH:
+                return self._serve(entry, state, cache_hit=cache_hit)
+            if state is Freshness.STALE:
+                self._trigger_background(grant_id)
+                return self._serve(entry, state, cache_hit=cache_hit)
+            try:
+                entry = await self._refresh_blocking(grant_id, need)
+            except BrokerError as exc:
+                if not exc.retryable:
+                    raise
+                fallback = self._cache.get(grant_id)
+                if fallback is not None and self._remaining(fallback) > self._min_serve_ttl:
+                    span.set_attribute("token.fallback", True)
+                    return self._serve(fallback, Freshness.STALE, cache_hit=True)
+                raise
+            if self._remaining(entry) <= self._min_serve_ttl:
+                raise UnexpectedResponse(
+                    "the authorization server issued a token shorter than the minimum lifetime"
+                )
+            return self._serve(entry, self._state(entry, self._min_serve_ttl), cache_hit=False)
+
+    async def watch(self, grant_id: str) -> AsyncIterator[AccessToken]:
+        """Yield the current token, then each new one after a refresh. Ends by raising
+        ReauthorizationRequired (or GrantRevoked) when the grant dies. The queue is bounded:
+        a slow watcher skips intermediate tokens and gets the newest."""
+        queue: asyncio.Queue[_WatchItem] = asyncio.Queue(self._watch_queue_size)
+        self._watchers.setdefault(grant_id, set()).add(queue)
+        try:
+            current = await self.get_access_token(grant_id)
+            yield current
+            while True:
+                item = await queue.get()
+                if isinstance(item, type):
+                    raise item(f"grant {grant_id} needs re-authorization")
+                if item.access_token == current.access_token:
+                    continue
+                current = item
+                yield current
+        finally:
+            watchers = self._watchers.get(grant_id)
+            if watchers is not None:
+                watchers.discard(queue)
+                if not watchers:
+                    del self._watchers[grant_id]
+
+    # --- grants ----------------------------------------------------------------------------
+
+    async def add_grant(
+        self, tokens: TokenSet, *, label: str, issuer: str, client_id: str
+    ) -> Grant:
+        """GrantSink: store a grant from a completed login (code exchange) and cache its token."""
+        if not label or not issuer or not client_id:
+            raise InvalidArgument("label, issuer and client_id must not be empty")
+        subject = tokens.subject
+        if subject is None:
+            raise InvalidArgument("the token set carries no subject (no validated id_token)")
+        now = self._clock.now()
+        attempts = 0
+        while True:
+            grant = Grant(
+                grant_id=self._id_factory(),
+                label=label,
+                issuer=issuer,
+                client_id=client_id,
+                subject=subject,
+                scope=tokens.scope,
+                status=GrantStatus.ACTIVE,
+                access_token=tokens.access_token,
+                access_expires_at=tokens.expires_at,
+                refresh_token=tokens.refresh_token,
+                created_at=now,
+                updated_at=now,
+                id_claims=tokens.id_claims,
+            )
+            try:
+                await self._store.create(grant)
+            except GrantExists:
+                attempts += 1
+                if attempts >= _MAX_ID_ATTEMPTS:
+                    raise
+                continue
+            self._cache[grant.grant_id] = self._entry(grant)
+            return grant
+
+    async def get_grant(self, grant_id: str) -> Grant:
+        return await self._store.get(grant_id)
+
+    async def list_grants(self, label: str | None = None) -> list[Grant]:
+        return await self._store.list(label=label)
+
+    async def revoke_grant(self, grant_id: str) -> Grant:
+        """Mark the grant REVOKED (waits for a refresh in flight); later gets raise GrantRevoked.
+        Revocation at the AS (RFC 7009) is not done here: DOME has no revocation endpoint."""
+        async with self._store.refresh_lock(grant_id):
+            grant = await self._store.set_status(grant_id, GrantStatus.REVOKED, reason="revoked")
+        self._bury(grant_id, GrantRevoked)
+        return grant
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover refreshes interrupted by a crash (G02), then start the background refresher."""
+        self._stopping = False
+        await self.recover_interrupted()
+        self._background.start()
+
+    async def stop(self) -> None:
+        """Stop the background refresher and wait until every refresh in flight has finished
+        persisting (J05). Blocking callers still get refreshes after this."""
+        self._stopping = True
+        await self._background.stop()
+        await self.wait_idle()
+
+    async def wait_idle(self) -> None:
+        """Wait until no refresh is in flight."""
+        while self._flights:
+            await asyncio.wait(list(self._flights.values()))
+
+    async def recover_interrupted(self) -> list[str]:
+        """Refresh once every ACTIVE grant with an intent record; returns their ids. Failures
+        are recorded (dead grants flagged), not raised."""
+        grants = [
+            g
+            for g in await self._store.list()
+            if g.status is GrantStatus.ACTIVE and g.refresh_started_at is not None
+        ]
+        results = await asyncio.gather(
+            *(self._join(g.grant_id, self._min_serve_ttl) for g in grants),
+            return_exceptions=True,
+        )
+        for grant, result in zip(grants, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, BrokerError):
+                raise result
+            if isinstance(result, BrokerError):
+                _log.warning("recovery of grant %s failed: %s", grant.grant_id, result.reason)
+        return [g.grant_id for g in grants]
+
+    async def refresh_due_now(self) -> int:
+        """One background pass (what the loop does every ``background_interval``)."""
+        return await self._background.run_once()
+
+    # --- internals: cache ------------------------------------------------------------------
+
+    def _entry(self, grant: Grant) -> _Entry:
+        mono_expires = self._clock.monotonic() + (grant.access_expires_at - self._clock.now())
+        lead = self._threshold * (1 - self._jitter * self._rng.random())
+        return _Entry(
+            grant_id=grant.grant_id,
+            version=grant.version,
+            access_token=grant.access_token,
+            expires_at=grant.access_expires_at,
+            scope=grant.scope,
+            subject=grant.subject,
+            mono_expires=mono_expires,
+            due_at=mono_expires - lead,
+        )
+
+    def _admit(self, grant: Grant) -> _Entry:
+        """Cache a grant read from the store (raising if it is dead); keeps the cached entry
+        when it is the same version, publishes when it is newer."""
+        self._check_status(grant)
+        cached = self._cache.get(grant.grant_id)
+        if cached is not None and cached.version >= grant.version:
+            return cached
+        entry = self._entry(grant)
+        self._cache[grant.grant_id] = entry
+        if cached is not None:
+            self._publish(entry)
+        return entry
+
+    def _remaining(self, entry: _Entry) -> float:
+        return entry.mono_expires - self._clock.monotonic()
+
+    def _state(self, entry: _Entry, need: float) -> Freshness:
+        return freshness(
+            entry.mono_expires, self._clock.monotonic(), threshold=self._threshold, min_ttl=need
+        )
+
+    def _serve(self, entry: _Entry, state: Freshness, *, cache_hit: bool) -> AccessToken:
+        self._observe(
+            lambda: self._observer.token_served(entry.grant_id, state, cache_hit=cache_hit)
+        )
+        return AccessToken(
+            grant_id=entry.grant_id,
+            access_token=entry.access_token,
+            token_type=TOKEN_TYPE,
+            expires_at=entry.expires_at,
+            scope=entry.scope,
+            subject=entry.subject,
+            freshness=state,
+        )
+
+    def _publish(self, entry: _Entry) -> None:
+        watchers = self._watchers.get(entry.grant_id)
+        if not watchers:
+            return
+        token = self._serve(entry, self._state(entry, self._min_serve_ttl), cache_hit=False)
+        for queue in watchers:
+            _put_newest(queue, token)
+
+    # --- internals: dead grants ------------------------------------------------------------
+
+    def _raise_if_dead(self, grant_id: str) -> None:
+        error = self._dead.get(grant_id)
+        if error is not None:
+            raise error(f"grant {grant_id} needs re-authorization")
+
+    def _check_status(self, grant: Grant) -> None:
+        if grant.status is GrantStatus.REVOKED:
+            self._bury(grant.grant_id, GrantRevoked)
+        elif grant.status is GrantStatus.REAUTHORIZATION_REQUIRED:
+            self._bury(grant.grant_id, ReauthorizationRequired)
+        else:
+            return
+        self._raise_if_dead(grant.grant_id)
+
+    def _bury(self, grant_id: str, error: type[ReauthorizationRequired]) -> None:
+        """Forget the grant's tokens and end its watchers; later calls raise ``error``."""
+        self._dead[grant_id] = error
+        self._cache.pop(grant_id, None)
+        self._backoff.pop(grant_id, None)
+        for queue in self._watchers.get(grant_id, set()):
+            _put_newest(queue, error)
+
+    # --- internals: refresh ----------------------------------------------------------------
+
+    def _in_backoff(self, grant_id: str) -> _Backoff | None:
+        backoff = self._backoff.get(grant_id)
+        if backoff is not None and self._clock.monotonic() < backoff.not_before:
+            return backoff
+        return None
+
+    def _trigger_background(self, grant_id: str) -> None:
+        if self._stopping or grant_id in self._flights or self._in_backoff(grant_id):
+            return
+        self._start_flight(grant_id, self._min_serve_ttl)
+
+    async def _refresh_blocking(self, grant_id: str, need: float) -> _Entry:
+        backoff = self._in_backoff(grant_id)
+        if backoff is not None and grant_id not in self._flights:
+            raise backoff.error.with_traceback(None)
+        return await self._join(grant_id, need)
+
+    async def _refresh_due(self, grant_id: str) -> _Entry:
+        return await self._join(grant_id, self._min_serve_ttl)
+
+    async def _find_due(self) -> list[str]:
+        if self._stopping:
+            return []
+        due = []
+        now = self._clock.monotonic()
+        for grant in await self._store.list():
+            if grant.status is not GrantStatus.ACTIVE:
+                if grant.grant_id in self._cache:
+                    self._check_status_quietly(grant)
+                continue
+            entry = self._admit(grant)
+            if grant.grant_id in self._flights or self._in_backoff(grant.grant_id):
+                continue
+            if now >= entry.due_at:
+                due.append(grant.grant_id)
+        return due
+
+    def _check_status_quietly(self, grant: Grant) -> None:
+        with contextlib.suppress(ReauthorizationRequired):
+            self._check_status(grant)
+
+    async def _join(self, grant_id: str, need: float) -> _Entry:
+        task = self._flights.get(grant_id)
+        leader = task is None
+        if task is None:
+            task = self._start_flight(grant_id, need)
+        else:
+            self._observe(lambda: self._observer.single_flight_joined(grant_id))
+        with self._tracer.start_as_current_span("tokens.single_flight_wait") as span:
+            span.set_attribute("grant.id", grant_id)
+            span.set_attribute("single_flight.leader", leader)
+            return await asyncio.shield(task)
+
+    def _start_flight(self, grant_id: str, need: float) -> asyncio.Task[_Entry]:
+        task = asyncio.get_running_loop().create_task(
+            self._flight(grant_id, need), name=f"refresh-{grant_id}"
+        )
+        self._flights[grant_id] = task
+        task.add_done_callback(functools.partial(self._flight_done, grant_id))
+        return task
+
+    def _flight_done(self, grant_id: str, task: asyncio.Task[_Entry]) -> None:
+        if self._flights.get(grant_id) is task:
+            del self._flights[grant_id]
+        if not task.cancelled():
+            task.exception()  # retrieved: a background flight's failure is recorded, not lost
+
+    async def _flight(self, grant_id: str, need: float) -> _Entry:
+        started = self._clock.monotonic()
+        outcome = RefreshOutcome.FAILED
+        with self._tracer.start_as_current_span("tokens.refresh") as span:
+            span.set_attribute("grant.id", grant_id)
+            try:
+                entry, outcome = await self._refresh_locked(grant_id, need, span)
+                return entry
+            except ReauthorizationRequired:
+                outcome = RefreshOutcome.DEAD
+                raise
+            except TokenValidationError as exc:
+                outcome = RefreshOutcome.REJECTED
+                self._note_failure(grant_id, exc)
+                raise
+            except BrokerError as exc:
+                outcome = RefreshOutcome.RETRYABLE if exc.retryable else RefreshOutcome.FAILED
+                self._note_failure(grant_id, exc)
+                raise
+            finally:
+                span.set_attribute("refresh.outcome", str(outcome))
+                duration = self._clock.monotonic() - started
+                final = outcome
+                self._observe(
+                    lambda: self._observer.refresh_finished(grant_id, final, duration=duration)
+                )
+
+    async def _refresh_locked(
+        self, grant_id: str, need: float, span: trace.Span
+    ) -> tuple[_Entry, RefreshOutcome]:
+        async with self._store.refresh_lock(grant_id):
+            grant = await self._store.get(grant_id)  # re-read: another replica may have refreshed
+            entry = self._admit(grant)
+            recovering = grant.refresh_started_at is not None
+            span.set_attribute("refresh.recovering", recovering)
+            if not recovering and self._state(entry, need) is Freshness.FRESH:
+                self._backoff.pop(grant_id, None)
+                return entry, RefreshOutcome.NOT_NEEDED
+            if grant.refresh_token is None:
+                await self._store.set_status(
+                    grant_id, GrantStatus.REAUTHORIZATION_REQUIRED, reason="no_refresh_token"
+                )
+                self._bury(grant_id, ReauthorizationRequired)
+                raise ReauthorizationRequired(f"grant {grant_id} has no refresh token")
+            await self._store.mark_refresh_started(grant_id, self._clock.now())
+            try:
+                tokens = await self._refresher.refresh(grant.refresh_token, subject=grant.subject)
+            except InvalidGrant as exc:
+                span.set_attribute("oauth.error", exc.error)
+                await self._store.set_status(
+                    grant_id, GrantStatus.REAUTHORIZATION_REQUIRED, reason=exc.reason
+                )
+                self._bury(grant_id, ReauthorizationRequired)
+                raise ReauthorizationRequired(f"grant {grant_id} needs re-authorization") from exc
+            except BrokerError as exc:
+                if exc.retryable:
+                    await self._record_error(grant_id, exc)
+                raise
+            stored = await self._store.rotate(grant_id, tokens, expected_version=grant.version)
+            entry = self._entry(stored)
+            self._cache[grant_id] = entry
+            self._backoff.pop(grant_id, None)
+            self._publish(entry)
+            return entry, RefreshOutcome.REFRESHED
+
+    async def _record_error(self, grant_id: str, exc: BrokerError) -> None:
+        try:
+            await self._store.record_error(grant_id, exc.reason)
+        except BrokerError as store_exc:
+            _log.warning(
+                "could not record refresh error for grant %s: %s", grant_id, store_exc.reason
+            )
+
+    def _note_failure(self, grant_id: str, exc: BrokerError) -> None:
+        previous = self._backoff.get(grant_id)
+        failures = previous.failures + 1 if previous else 1
+        delay = min(self._backoff_max, self._backoff_initial * 2 ** (failures - 1))
+        if isinstance(exc, AuthServerUnavailable) and exc.retry_after is not None:
+            delay = max(delay, min(exc.retry_after, self._backoff_max))
+        delay *= 1 + self._jitter * self._rng.random()
+        self._backoff[grant_id] = _Backoff(failures, self._clock.monotonic() + delay, exc)
+
+    @staticmethod
+    def _observe(hook: Callable[[], None]) -> None:
+        try:
+            hook()
+        except Exception:
+            _log.exception("token broker observer hook failed")
+
+
+def _put_newest(queue: asyncio.Queue[_WatchItem], item: _WatchItem) -> None:
+    """Put ``item``; when the queue is full, drop the oldest first (the newest token wins)."""
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(item)
