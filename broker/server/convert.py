@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -24,9 +25,12 @@ _GRANT_STATUSES = {
 
 
 def timestamp(epoch_seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(round(epoch_seconds * 1_000_000_000))
-    return ts
+    """Epoch seconds (float) as a Timestamp, exact to the float's precision."""
+    seconds = math.floor(epoch_seconds)
+    nanos = round((epoch_seconds - seconds) * 1_000_000_000)
+    if nanos >= 1_000_000_000:
+        seconds, nanos = seconds + 1, nanos - 1_000_000_000
+    return Timestamp(seconds=seconds, nanos=nanos)
 
 
 def access_token(tok: AccessTokenView) -> pb.AccessToken:
@@ -53,7 +57,7 @@ def login(view: LoginView) -> pb.Login:
     return pb.Login(
         login_id=view.login_id,
         state=login_state(view.state),
-        authorization_url=view.authorization_url,
+        authorization_url=view.authorization_url or "",
         expires_at=timestamp(view.expires_at),
         grant_id=view.grant_id or "",
         error=view.error or "",

@@ -35,6 +35,8 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return code, f"grant or login not usable: {exc.reason}"
     if code is grpc.StatusCode.ALREADY_EXISTS:
         return code, f"already exists: {exc.reason}"
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return code, f"too many requests, retry later: {exc.reason}"
     if code is grpc.StatusCode.ABORTED:
         return code, f"concurrent update, retry: {exc.reason}"
     return code, f"temporarily unavailable: {exc.reason}"
@@ -51,8 +53,21 @@ def _code(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, e.NotFound):
         return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, e.InvalidGrant | e.ReauthorizationRequired | e.LoginExpired):
+    if isinstance(
+        exc,
+        e.InvalidGrant
+        | e.ReauthorizationRequired
+        | e.LoginExpired
+        | e.AuthorizationDenied
+        | e.ConfirmationMismatch,
+    ):
+        # The grant or login cannot be used as it is: a user has to act (log in again).
         return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, e.LoginCapacityExceeded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, e.AuditError):
+        # No token leaves unaudited: fail closed, the caller retries later (H01).
+        return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, e.AuthorizationResponseError):
         # The authorization response handed to CompleteAuthorization does not check out
         # (unknown state, wrong iss, error=...): the caller's input, not a server fault.

@@ -46,7 +46,7 @@ class LoginView(Protocol):
     @property
     def state(self) -> enum.Enum | str: ...
     @property
-    def authorization_url(self) -> str: ...
+    def authorization_url(self) -> str | None: ...
     @property
     def expires_at(self) -> float: ...
     @property
@@ -73,13 +73,15 @@ class TokenBroker(Protocol):
 
     async def list_grants(self, label: str | None) -> list[Grant]: ...
 
-    async def revoke_grant(self, grant_id: str) -> None: ...
+    async def revoke_grant(self, grant_id: str) -> object:
+        """Revoke the grant (the result, if any, is not used)."""
+        ...
 
 
 class LoginService(Protocol):
     """Interactive logins: authorization code flow with a signed request object."""
 
-    async def start(self, *, label: str) -> LoginView:
+    async def start(self, *, label: str) -> LoginView:  # implementations may default label
         """Build a request object (RFC 9101) and the authorization URL for a new login."""
         ...
 

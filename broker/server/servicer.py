@@ -111,7 +111,7 @@ class TokenBrokerServicer:
             Policy.authorize_label(caller, "StartAuthorization", rule, label)
             view = await self._logins.start(label=label)
             return pb.StartAuthorizationResponse(
-                authorization_url=view.authorization_url,
+                authorization_url=view.authorization_url or "",
                 login_id=view.login_id,
                 expires_at=convert.timestamp(view.expires_at),
             )
