@@ -19,7 +19,7 @@ from broker.keys.soft import SoftKeyStore
 from broker.keys.uri import KeyRef, parse_key_uri
 
 
-class _Store(SoftKeyStore):
+class SoftCeremonyStore(SoftKeyStore):
     def __init__(self, token: str) -> None:
         super().__init__()
         self.token = token
@@ -42,7 +42,7 @@ class _Store(SoftKeyStore):
 
 class SoftBackend:
     def __init__(self, token: str, pin: str) -> None:
-        self.store = _Store(token)
+        self.store = SoftCeremonyStore(token)
         self.pin = pin
         self.opened = 0
 

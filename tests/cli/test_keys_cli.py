@@ -1,6 +1,8 @@
-"""``broker keys ...`` in-process through main(argv), over the in-memory soft backend.
+"""``broker keys ...`` in-process through main(argv), with capsys.
 
-The same flows run against a real SoftHSM token in test_ceremony_softhsm.py.
+Every test runs twice: over the in-memory soft backend (injected) and over the session's real
+SoftHSM token through the default production wiring (Pkcs11Backend). End-to-end subprocess runs
+are in test_ceremony_subprocess.py.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import secrets
 from pathlib import Path
 
 import pytest
@@ -17,36 +20,66 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.audit import verify_chain
 from broker.ceremony import commands
-from broker.cli import main
+from broker.cli import GROUPS, Registrar, main
 from broker.clock import FakeClock
 from broker.keys.didkey import did_from_public_key, public_key_from_did
+from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.soft import SoftSigner
-from tests.cli.soft_backend import SoftBackend
+from tests.cli.soft_backend import SoftBackend, SoftCeremonyStore
+from tests.conftest import SoftHsmEnv
 
-PIN = "4711-secret-pin"
+SOFT_PIN = "4711-secret-pin"
 
 
 class Env:
-    def __init__(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.backend = SoftBackend(token="ceremony", pin=PIN)
-        self.pin_file = tmp_path / "pin"
-        self.pin_file.write_text(PIN + "\n")
-        self.audit = tmp_path / "audit.jsonl"
+    """One CLI under test: ``soft`` (in-memory backend, injected) or ``softhsm`` (the default
+    production wiring, Pkcs11Backend, against the session's SoftHSM token)."""
+
+    def __init__(
+        self,
+        kind: str,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        softhsm: SoftHsmEnv | None,
+    ) -> None:
+        self.kind = kind
         self.capsys = capsys
-        self.groups = [
-            functools.partial(
-                commands.register, backend_factory=lambda: self.backend, clock=FakeClock()
-            )
-        ]
+        self.audit = tmp_path / "audit.jsonl"
+        self.suffix = "-" + secrets.token_hex(4)  # the SoftHSM token is shared by the session
+        self.groups: list[Registrar]
+        if softhsm is None:
+            self.pin = SOFT_PIN
+            self.token = "ceremony"
+            self.pin_file = tmp_path / "pin"
+            self.pin_file.write_text(SOFT_PIN + "\n")
+            self.backend: SoftBackend | None = SoftBackend(token=self.token, pin=SOFT_PIN)
+            backend = self.backend
+            self.groups = [
+                functools.partial(
+                    commands.register, backend_factory=lambda: backend, clock=FakeClock()
+                )
+            ]
+            self.store_class: type = SoftCeremonyStore
+        else:
+            self.pin = softhsm.pin
+            self.token = softhsm.token_label
+            self.pin_file = softhsm.pin_file
+            self.backend = None
+            self.groups = list(GROUPS)
+            self.store_class = Pkcs11KeyStore
+
+    def label(self, name: str) -> str:
+        return name + self.suffix
 
     def uri(
         self,
         obj: str | None = "client-2026",
         *,
-        token: str = "ceremony",  # noqa: S107 (a token label, not a secret)
+        token: str | None = None,
         id_: str = "",
     ) -> str:
-        path = f"pkcs11:token={token}" + (f";object={obj}" if obj else "") + id_
+        path = f"pkcs11:token={token or self.token}"
+        path += (f";object={self.label(obj)}" if obj else "") + id_
         return f"{path}?pin-source=file:{self.pin_file}"
 
     def run(self, *argv: str, key: str | None = None) -> tuple[int, str, str]:
@@ -65,14 +98,15 @@ class Env:
         return [json.loads(line) for line in self.audit.read_text().splitlines()]
 
 
-@pytest.fixture
-def env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Env:
-    return Env(tmp_path, capsys)
+@pytest.fixture(params=["soft", pytest.param("softhsm", marks=pytest.mark.softhsm)])
+def env(request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Env:
+    softhsm = request.getfixturevalue("softhsm_env") if request.param == "softhsm" else None
+    return Env(request.param, tmp_path, capsys, softhsm)
 
 
 def _assert_no_secret(env: Env, *texts: str) -> None:
     for text in (*texts, env.audit.read_text() if env.audit.exists() else ""):
-        assert PIN not in text
+        assert env.pin not in text
         assert "PRIVATE KEY" not in text
         assert '"d"' not in text
 
@@ -81,7 +115,7 @@ def test_i02_generate_then_show_prints_did_kid_jwk_fingerprint(env: Env) -> None
     code, out, err = env.run("generate", "--json", key=env.uri(id_=";id=%01"))
     assert (code, err) == (0, "")
     doc = json.loads(out)
-    assert doc["label"] == "client-2026" and doc["id"] == "01"
+    assert doc["label"] == env.label("client-2026") and doc["id"] == "01"
     assert doc["did"].startswith("did:key:zDn") and doc["kid"] == doc["did"]
     public = public_key_from_did(doc["did"])
     assert doc["public_jwk"]["kid"] == doc["did"]
@@ -92,7 +126,10 @@ def test_i02_generate_then_show_prints_did_kid_jwk_fingerprint(env: Env) -> None
     import hashlib
 
     assert doc["fingerprint"] == hashlib.sha256(der).hexdigest()
-    assert doc["uri"] == "pkcs11:token=ceremony;object=client-2026;id=%01;type=private"
+    assert doc["uri"].startswith(
+        f"pkcs11:token={env.token};object={env.label('client-2026')};id=%01;type=private"
+    )
+    assert "pin" not in doc["uri"]
     assert set(doc["custody"]) == {
         "sensitive",
         "extractable",
@@ -134,26 +171,33 @@ def test_generate_existing_label_fails_and_is_audited(env: Env) -> None:
 
 
 def test_list_shows_every_key(env: Env) -> None:
+    dids = []
     for label in ("k1", "k2"):
-        assert env.run("generate", key=env.uri(label))[0] == 0
+        code, out, _ = env.run("generate", "--json", key=env.uri(label))
+        assert code == 0
+        dids.append(json.loads(out)["did"])
     code, out, _ = env.run("list", "--json", key=env.uri(None))
     assert code == 0
-    assert [k["label"] for k in json.loads(out)["keys"]] == ["k1", "k2"]
+    listed = {k["label"]: k["did"] for k in json.loads(out)["keys"]}
+    assert listed[env.label("k1")] == dids[0] and listed[env.label("k2")] == dids[1]
     code, out, _ = env.run("list", key=env.uri(None))
-    assert code == 0 and out.count("did:key:zDn") == 2
+    assert code == 0 and dids[0] in out and dids[1] in out
 
 
 def test_key_uri_from_environment(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BROKER_KEY_URI", env.uri("from-env"))
     code, out, _ = env.run("generate", "--json")
-    assert code == 0 and json.loads(out)["label"] == "from-env"
+    assert code == 0 and json.loads(out)["label"] == env.label("from-env")
 
 
 def test_pin_file_option_overrides_pin_source(env: Env, tmp_path: Path) -> None:
     other = tmp_path / "other-pin"
-    other.write_text(PIN)
+    other.write_text(env.pin)
     code, _, err = env.run(
-        "generate", "--pin-file", str(other), key="pkcs11:token=ceremony;object=x"
+        "generate",
+        "--pin-file",
+        str(other),
+        key=f"pkcs11:token={env.token};object={env.label('x')}",
     )
     assert (code, err) == (0, "")
 
@@ -167,7 +211,8 @@ def test_wrong_pin_fails_with_one_line_and_no_pin(env: Env, tmp_path: Path) -> N
     assert err.count("\n") == 1 and "0000-not-it" not in err
     record = env.records()[-1]
     assert record["outcome"] == "error" and record["error"] == "pin_incorrect"
-    assert record["key_uri"] == "pkcs11:token=ceremony;object=client-2026;type=private" + (
+    assert record["key_uri"] == (
+        f"pkcs11:token={env.token};object={env.label('client-2026')};type=private"
         f"?pin-source=file:{env.pin_file}"
     )
     _assert_no_secret(env, out, err)
@@ -201,7 +246,8 @@ def test_malformed_uri_is_a_usage_error(env: Env) -> None:
 
 
 def test_pin_value_in_uri_is_refused_and_not_echoed(env: Env) -> None:
-    code, out, err = env.run("generate", key=f"pkcs11:token=ceremony;object=x?pin-value={PIN}")
+    key = f"pkcs11:token={env.token};object={env.label('x')}?pin-value={env.pin}"
+    code, out, err = env.run("generate", key=key)
     assert code == 2 and out == ""
     assert "pin-value" in err
     _assert_no_secret(env, out, err)
@@ -229,12 +275,13 @@ def test_argparse_errors_are_one_line_exit_2(env: Env) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--pin", PIN], [f"--pin={PIN}"], ["--pin-value", PIN], ["--pin-f", PIN], ["--so-pin", PIN]],
+    [["--pin", "@"], ["--pin=@"], ["--pin-value", "@"], ["--pin-f", "@"], ["--so-pin", "@"]],
 )
 def test_a_pin_on_argv_is_refused_and_not_echoed(env: Env, argv: list[str]) -> None:
+    argv = [a.replace("@", env.pin) for a in argv]
     code, out, err = env.run("generate", *argv, key=env.uri())
     assert code == 2 and out == "" and err.count("\n") == 1
-    assert PIN not in err
+    assert env.pin not in err
     assert not env.records()  # nothing ran
 
 
@@ -322,7 +369,9 @@ def test_selftest_fails_when_the_token_key_is_not_the_did(
     did = env.records()[-1]["did"]
     assert isinstance(did, str)
     impostor = ec.generate_private_key(ec.SECP256R1())
-    monkeypatch.setattr(env.backend.store, "signer", lambda label: SoftSigner(label, impostor, did))
+    monkeypatch.setattr(
+        env.store_class, "signer", lambda self, label: SoftSigner(label, impostor, did)
+    )
     code, out, err = env.run("selftest", key=env.uri())
     assert code == 1 and out == ""
     assert "self-test failed" in err and "[selftest_failed]" in err
@@ -355,7 +404,7 @@ def test_destroy_with_the_typed_did(env: Env, monkeypatch: pytest.MonkeyPatch) -
     assert (code, err) == (0, "")
     assert json.loads(out) == {
         "destroyed": True,
-        "label": "client-2026",
+        "label": env.label("client-2026"),
         "did": did,
         "uri": json.loads(env.run("list", "--json", key=env.uri(None))[1])["keys"][0]["uri"]
         if False
@@ -369,15 +418,17 @@ def test_destroy_yes_skips_the_prompt(env: Env, monkeypatch: pytest.MonkeyPatch)
     assert env.run("generate", key=env.uri())[0] == 0
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     code, out, _ = env.run("destroy", "--yes", key=env.uri())
-    assert code == 0 and out.startswith("destroyed key 'client-2026'")
+    assert code == 0 and out.startswith(f"destroyed key '{env.label('client-2026')}'")
 
 
 def test_generate_sealing_key(env: Env) -> None:
     code, out, err = env.run("generate-sealing-key", "--json", key=env.uri("seal-2026"))
     assert (code, err) == (0, "")
     doc = json.loads(out)
-    assert doc["label"] == "seal-2026" and doc["type"] == "AES-256"
-    assert env.backend.store.sealing == {"seal-2026": bytes.fromhex(doc["id"])}
+    assert doc["label"] == env.label("seal-2026") and doc["type"] == "AES-256"
+    assert len(bytes.fromhex(doc["id"])) == 8
+    code, _, err = env.run("generate-sealing-key", key=env.uri("seal-2026"))
+    assert code == 1 and "[key_exists]" in err  # it really is on the token
     assert env.records()[-1]["action"] == "keys.generate_sealing_key"
 
 
@@ -385,15 +436,18 @@ def test_unwritable_audit_log_stops_before_the_token(env: Env, tmp_path: Path) -
     env.audit = tmp_path / "no-such-dir" / "audit.jsonl"
     code, out, err = env.run("generate", key=env.uri())
     assert code == 1 and out == "" and "audit log" in err and "[audit]" in err
-    assert env.backend.opened == 0
-    assert env.backend.store.list() == []
+    env.audit = tmp_path / "audit.jsonl"
+    code, _, err = env.run("show", key=env.uri())
+    assert code == 1 and "[key_not_found]" in err  # nothing was generated
 
 
 def test_damaged_audit_log_stops_before_the_token(env: Env) -> None:
     env.audit.write_text('{"seq":1')
     code, _, err = env.run("generate", key=env.uri())
     assert code == 1 and "incomplete" in err
-    assert env.backend.opened == 0
+    env.audit.unlink()
+    code, _, err = env.run("show", key=env.uri())
+    assert code == 1 and "[key_not_found]" in err  # nothing was generated
 
 
 def test_every_step_appends_exactly_one_record(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -423,7 +477,7 @@ def test_audit_verify_reports_ok_and_tampering(env: Env) -> None:
     assert (code, err) == (0, "")
     assert json.loads(out)["ok"] is True and json.loads(out)["records"] == 3
     lines = env.audit.read_text().splitlines(keepends=True)
-    lines[1] = lines[1].replace('"object=b', '"object=z').replace("object=b", "object=z")
+    lines[1] = lines[1].replace(f"object={env.label('b')}", f"object={env.label('z')}")
     env.audit.write_text("".join(lines))
     code, out, err = env.run("audit-verify", "--log", str(env.audit))
     assert code == 1
