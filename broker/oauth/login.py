@@ -263,6 +263,7 @@ class LoginService:
     ) -> LoginView:
         """Handle the authorization response (RFC 6749 section 4.1.2, RFC 9207 section 2.4)
         and exchange the code (RFC 6749 section 4.1.3)."""
+        self._prune()
         if not state:
             raise AuthorizationResponseError(
                 "authorization response without state", reason="missing_state"
@@ -273,13 +274,14 @@ class LoginService:
             raise AuthorizationResponseError(
                 "authorization response with an unknown or consumed state", reason="unknown_state"
             )
+        if login.status is LoginState.PENDING and not login.exchanging and self._expired(login):
+            self._expire(login)
+        if login.status is LoginState.EXPIRED:
+            raise LoginExpired("the login expired before the authorization response arrived")
         if login.status is not LoginState.PENDING or login.exchanging:
             raise AuthorizationResponseError(
                 "authorization response for a login that is not pending", reason="state_replayed"
             )
-        if self._expired(login):
-            self._expire(login)
-            raise LoginExpired("the login expired before the authorization response arrived")
         # From here on the state is consumed: a second response with it is a replay (C03).
         self._forget_lookups(login)
         login.exchanging = True
@@ -364,7 +366,13 @@ class LoginService:
         grant_id: str | None = None,
         error: str | None = None,
     ) -> None:
-        self._forget_lookups(login)
+        if status is LoginState.EXPIRED:
+            # The request object goes at once; the state stays known until the login is
+            # forgotten, so that a late callback is told "expired" rather than "unknown".
+            if login.ref_key is not None and self._by_ref.get(login.ref_key) == login.login_id:
+                del self._by_ref[login.ref_key]
+        else:
+            self._forget_lookups(login)
         login.status = status
         login.exchanging = False
         login.grant_id = grant_id
@@ -385,6 +393,7 @@ class LoginService:
             if login.status is LoginState.PENDING and not login.exchanging and self._expired(login):
                 self._expire(login)
             if login.finished_at is not None and now - login.finished_at >= self._retention:
+                self._forget_lookups(login)
                 del self._logins[login.login_id]
 
     def _view(self, login: _Login) -> LoginView:

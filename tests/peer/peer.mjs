@@ -109,7 +109,9 @@ function buildProvider(issuer) {
     features: {
       devInteractions: { enabled: false },
       requestObjects: {
-        request: false,
+        // `request` by value is needed for PAR with signed request objects (the pushed body
+        // carries `request=`); the authorization endpoint itself is driven by reference.
+        request: true,
         requestUri: true,
         requireUriRegistration: false,
         requireSignedRequestObject: true,

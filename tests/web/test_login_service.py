@@ -311,9 +311,13 @@ async def test_expired_login_is_reported_and_its_request_object_withdrawn(
     assert expired.state is LoginState.EXPIRED
     assert expired.authorization_url is None
     assert service.request_object(ref) is None
-    with pytest.raises(AuthorizationResponseError):
+    with pytest.raises(LoginExpired):
         await service.complete(code="c", state=state, iss=ISSUER)
     assert fake_client.calls == []
+    clock.advance(600)  # forgotten after the retention: then the state is simply unknown
+    with pytest.raises(AuthorizationResponseError) as err:
+        await service.complete(code="c", state=state, iss=ISSUER)
+    assert err.value.reason == "unknown_state"
 
 
 async def test_expired_login_callback_raises_login_expired(
