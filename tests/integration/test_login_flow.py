@@ -124,6 +124,7 @@ async def test_dome_fidelity_what_the_as_received(
 ) -> None:
     """DOME-PROFILE.md: the request object and the client assertion, as the AS saw them."""
     did = client_signer.kid
+    assert client_signer.mechanism.startswith("CKM_ECDSA")  # the key is in SoftHSM
     view = await stack.login.start(label="ops")
     query = params_of(view.authorization_url or "")
     await follow_to_callback(user_agent, view.authorization_url or "", stack.config.redirect_uri)
@@ -245,3 +246,39 @@ async def test_c03_wrong_state_is_rejected_and_the_real_response_still_completes
     replay = await user_agent.get(url)
     assert replay.status_code == 400
     assert len(peer.admin_log()["token_requests"]) == 1
+
+
+async def test_dome_restart_after_invalid_grant_completes_on_the_same_login(
+    stack: Stack, peer: Peer, user_agent: httpx.AsyncClient
+) -> None:
+    """DOME bug 1 played on the peer: the code is spent before the broker exchanges it (on the
+    Verifier another login or a refresh would have overwritten it), the exchange answers
+    invalid_grant, the login restarts once, and the user agent's second pass completes it."""
+    view = await stack.login.start(label="ops")
+    url = view.authorization_url or ""
+    redirect_uri = stack.config.redirect_uri
+    for _ in range(10):
+        resp = await user_agent.get(url)
+        url = str(httpx.URL(url).join(resp.headers["location"]))
+        if url.startswith(redirect_uri + "?"):
+            break
+    pending = stack.login._logins[view.login_id]  # test-only peek at the login's secrets
+    assert pending.pkce is not None
+    await stack.client.exchange_code(
+        params_of(url)["code"][0], code_verifier=pending.pkce.verifier, nonce=pending.nonce
+    )
+    restart = await user_agent.get(url)
+    assert restart.status_code == 303
+    again = stack.login.get(view.login_id)
+    assert again.state is LoginState.PENDING and again.restarted
+    assert restart.headers["location"] == again.authorization_url
+    _, final = await follow_to_callback(user_agent, again.authorization_url or "", redirect_uri)
+    assert final.status_code == 200, final.text
+    done = stack.login.get(view.login_id)
+    assert done.state is LoginState.COMPLETED and done.restarted
+    statuses = [(t["grant_type"], t["error"]) for t in peer.admin_log()["token_requests"]]
+    assert statuses == [
+        ("authorization_code", None),
+        ("authorization_code", "invalid_grant"),
+        ("authorization_code", None),
+    ]
