@@ -40,7 +40,7 @@ import functools
 import logging
 import random
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -211,7 +211,7 @@ class TokenBroker:
                 )
             return self._serve(entry, self._state(entry, self._min_serve_ttl), cache_hit=False)
 
-    async def watch(self, grant_id: str) -> AsyncIterator[AccessToken]:
+    async def watch(self, grant_id: str) -> AsyncGenerator[AccessToken, None]:
         """Yield the current token, then each new one after a refresh. Ends by raising
         ReauthorizationRequired (or GrantRevoked) when the grant dies. The queue is bounded:
         a slow watcher skips intermediate tokens and gets the newest."""
