@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-from broker.errors import ConfigError, DidError
+from broker.errors import ConfigError, DidError, InvalidKeyUri
 from broker.keys.didkey import decode_did_key
+from broker.keys.uri import parse_key_uri
 
 CONFIG_ENV = "BROKER_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/broker/broker.toml")
@@ -331,47 +333,30 @@ def _split_bind(value: str, key: str) -> tuple[str, int]:
 
 
 def _key_uri(section: _Section) -> tuple[str, Path]:
-    """Check an RFC 7512 URI enough to refuse secrets in it; the keys package parses it fully."""
+    """Parse the key URI with :func:`broker.keys.uri.parse_key_uri` and refuse secrets in it."""
     uri = section.req_string("uri")
     name = section.key("uri")
-    if not uri.lower().startswith("pkcs11:"):
-        raise ConfigError(f"{name} must be an RFC 7512 URI starting with 'pkcs11:'")
-    path_part, _, query = uri[len("pkcs11:") :].partition("?")
-    attrs: dict[str, str] = {}
-    for item in [p for p in path_part.split(";") if p] + [q for q in query.split("&") if q]:
-        attr, eq, attr_value = item.partition("=")
-        attr = unquote(attr).strip().lower()
-        if not eq:
-            raise ConfigError(f"{name}: attribute without '=' in the key URI")
-        if attr == "pin-value":
-            # Never echo the URI: it holds the PIN.
-            raise ConfigError(
-                f"{name} must not contain pin-value; put the PIN in a file and use "
-                "pin-source=file:/path/to/pin"
-            )
-        if attr in attrs:
-            raise ConfigError(f"{name}: attribute {attr!r} appears twice")
-        attrs[attr] = unquote(attr_value)
-    for required in ("token", "object"):
-        if not attrs.get(required):
-            raise ConfigError(
-                f"{name} must name the token label and the key: '{required}=' missing"
-            )
-    source = attrs.get("pin-source")
-    if not source:
+    if re.search(r"pin(-|%2d)value", uri, flags=re.IGNORECASE):
+        # Checked before parsing, and the URI is never echoed: it holds the PIN.
+        raise ConfigError(
+            f"{name} must not contain pin-value; put the PIN in a file and use "
+            "pin-source=file:/path/to/pin"
+        )
+    try:
+        ref = parse_key_uri(uri)
+    except InvalidKeyUri as exc:
+        raise ConfigError(f"{name}: {exc.message}") from exc
+    if ref.object is None:
+        raise ConfigError(f"{name} must name the key: 'object=' missing")
+    pin_file = ref.pin_path()
+    if pin_file is None:
         raise ConfigError(
             f"{name} needs pin-source=file:/path/to/pin (the PIN is read from a file)"
         )
-    if not source.startswith("file:"):
-        raise ConfigError(f"{name}: pin-source must be a file: URI")
-    pin_path = source[len("file:") :]
-    if pin_path.startswith("//"):  # file:///run/secrets/pin
-        pin_path = pin_path[2:]
-        if not pin_path.startswith("/"):
-            raise ConfigError(f"{name}: pin-source file URI must be local (file:///path)")
-    if not pin_path:
-        raise ConfigError(f"{name}: pin-source names no file")
-    pin_file = _resolve_file(pin_path, f"{name} pin-source", section.base_dir, section.check_files)
+    if section.check_files and not pin_file.is_file():
+        raise ConfigError(
+            f"{name} pin-source: file {pin_file} does not exist or is not a regular file"
+        )
     return uri, pin_file
 
 
