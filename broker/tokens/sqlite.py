@@ -55,7 +55,6 @@ from broker.tokens.sealing import (
 T = TypeVar("T")
 
 FILE_MODE = 0o600
-BUSY_TIMEOUT_MS = 10_000
 
 #: Schema migrations, applied in order inside one BEGIN IMMEDIATE transaction each.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
@@ -102,10 +101,15 @@ class SqliteGrantStore:
     """GrantStore over one SQLite file. Create it, then ``await store.open()`` (or use
     :meth:`connect`)."""
 
-    def __init__(self, path: str, sealer: Sealer, clock: Clock) -> None:
+    def __init__(
+        self, path: str, sealer: Sealer, clock: Clock, *, busy_timeout: float = 10.0
+    ) -> None:
         if not isinstance(path, str) or not path or path == ":memory:" or path.startswith("file:"):
             raise ConfigError("the SQLite grant store needs a file path")
+        if not busy_timeout > 0:
+            raise ConfigError("busy_timeout must be positive")
         self._path = path
+        self._busy_timeout = float(busy_timeout)
         self._sealer = sealer
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grant-store")
@@ -117,8 +121,10 @@ class SqliteGrantStore:
         return f"SqliteGrantStore(path={self._path!r}, sealer={self._sealer.key_label!r})"
 
     @classmethod
-    async def connect(cls, path: str, sealer: Sealer, clock: Clock) -> SqliteGrantStore:
-        store = cls(path, sealer, clock)
+    async def connect(
+        cls, path: str, sealer: Sealer, clock: Clock, *, busy_timeout: float = 10.0
+    ) -> SqliteGrantStore:
+        store = cls(path, sealer, clock, busy_timeout=busy_timeout)
         await store.open()
         return store
 
@@ -170,7 +176,7 @@ class SqliteGrantStore:
             if os.path.exists(companion) and stat.S_IMODE(os.stat(companion).st_mode) & 0o077:
                 os.chmod(companion, FILE_MODE)
         try:
-            conn = sqlite3.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy_timeout)
         except sqlite3.Error as exc:
             raise _wrap("open", exc) from exc
         try:
@@ -181,7 +187,7 @@ class SqliteGrantStore:
             sync_row = conn.execute("PRAGMA synchronous").fetchone()
             if sync_row is None or int(sync_row[0]) != 2:
                 raise ConfigError("the grant database refused synchronous=FULL")
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout={round(self._busy_timeout * 1000)}")
             self._migrate(conn)
         except sqlite3.Error as exc:
             conn.close()

@@ -276,6 +276,24 @@ async def test_rotate_with_stale_version_raises_conflict_and_changes_nothing(
     assert await store.get("g-1") == before
 
 
+async def test_concurrent_rotations_of_one_version_have_one_winner(store: GrantStore) -> None:
+    await store.create(make_grant())
+    results = await asyncio.gather(
+        *(
+            store.rotate("g-1", make_tokens(f"r{i}", refresh=f"RT-r{i}"), expected_version=1)
+            for i in range(10)
+        ),
+        return_exceptions=True,
+    )
+    winners = [r for r in results if isinstance(r, Grant)]
+    assert len(winners) == 1
+    assert all(isinstance(r, VersionConflict) for r in results if r is not winners[0])
+    stored = await store.get("g-1")
+    assert stored == winners[0]
+    assert stored.version == 2
+    assert stored.refresh_token == "RT-" + stored.access_token.removeprefix("AT-")
+
+
 async def test_set_status_changes_status_and_reason_and_clears_intent(store: GrantStore) -> None:
     await store.create(make_grant())
     await store.mark_refresh_started("g-1", 1_800_000_100.0)

@@ -185,3 +185,22 @@ async def test_repr_names_path_and_key_label_only(db_path: str) -> None:
     store = SqliteGrantStore(db_path, SoftSealer(key_label="kek-1"), FakeClock())
     assert repr(store) == f"SqliteGrantStore(path={db_path!r}, sealer='kek-1')"
     await store.close()
+
+
+async def test_locked_database_is_a_retryable_store_error_and_loses_nothing(db_path: str) -> None:
+    store = await SqliteGrantStore.connect(db_path, SoftSealer(), FakeClock(), busy_timeout=0.05)
+    await store.create(make_grant())
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+        with pytest.raises(StoreError, match=r"sqlite rotate failed \(SQLITE_BUSY") as info:
+            await store.rotate("g-1", make_tokens("v2", refresh="RT-v2"), expected_version=1)
+        assert info.value.retryable
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    got = await store.get("g-1")
+    assert (got.version, got.refresh_token) == (1, "RT-g-1-v1-plaintext")
+    rotated = await store.rotate("g-1", make_tokens("v2", refresh="RT-v2"), expected_version=1)
+    assert rotated.refresh_token == "RT-v2"
+    await store.close()
