@@ -102,16 +102,17 @@ class OAuthClient:
     async def _wait_for_exchanges(self) -> None:
         if not self.config.dome_compat or self._pending_exchanges == 0:
             return
-        with self._tracer.start_as_current_span("oauth.exchange_gate_wait") as span:
-            span.set_attribute("oauth.pending_exchanges", self._pending_exchanges)
-            try:
-                async with asyncio.timeout(self._gate_wait_timeout):
-                    while self._pending_exchanges:
-                        await self._no_exchange.wait()
-            except TimeoutError:
-                raise AuthServerUnavailable(
-                    "a code exchange of this client is still pending (DOME compatibility mode)"
-                ) from None
+        trace.get_current_span().add_event(
+            "oauth.wait_for_code_exchange", {"oauth.pending_exchanges": self._pending_exchanges}
+        )
+        try:
+            async with asyncio.timeout(self._gate_wait_timeout):
+                while self._pending_exchanges:
+                    await self._no_exchange.wait()
+        except TimeoutError:
+            raise AuthServerUnavailable(
+                "a code exchange of this client is still pending (DOME compatibility mode)"
+            ) from None
 
     def _token_set(self, raw: RawTokenResponse, claims: dict[str, Any] | None) -> TokenSet:
         return TokenSet(

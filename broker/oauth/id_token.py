@@ -120,26 +120,23 @@ async def validate_id_token(
     when present and ``access_token`` is given (3.1.3.8). Raises :class:`TokenValidationError`
     with a stable ``reason``.
     """
-    tracer = trace.get_tracer("broker.oauth")
-    with tracer.start_as_current_span("oauth.id_token") as span:
-        try:
-            claims = await _validate(
-                token,
-                jwks=jwks,
-                issuer=issuer,
-                client_id=client_id,
-                clock=clock,
-                skew=skew,
-                nonce=nonce,
-                expected_subject=expected_subject,
-                access_token=access_token,
-                max_iat_age=max_iat_age,
-            )
-        except TokenValidationError as exc:
-            span.set_attribute("error.type", exc.reason)
-            span.set_status(trace.StatusCode.ERROR, exc.reason)
-            raise
-        return claims
+    try:
+        return await _validate(
+            token,
+            jwks=jwks,
+            issuer=issuer,
+            client_id=client_id,
+            clock=clock,
+            skew=skew,
+            nonce=nonce,
+            expected_subject=expected_subject,
+            access_token=access_token,
+            max_iat_age=max_iat_age,
+        )
+    except TokenValidationError as exc:
+        # Recorded on the caller's span (oauth.token_request's parent); never the token itself.
+        trace.get_current_span().add_event("oauth.id_token_rejected", {"error.type": exc.reason})
+        raise
 
 
 async def _validate(

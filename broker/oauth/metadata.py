@@ -9,6 +9,7 @@ unknown ``kid`` but at most once per ``min_refetch_interval`` (A09).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ from broker.clock import Clock
 from broker.errors import DiscoveryError, TokenValidationError
 from broker.oauth import http as bounded
 from broker.oauth.config import ClientConfig
+
+log = logging.getLogger(__name__)
 
 WELL_KNOWN = "/.well-known/openid-configuration"
 
@@ -145,7 +148,17 @@ class MetadataCache:
                     raise DiscoveryError(
                         f"discovery answered HTTP {resp.status_code}", reason="http_status"
                     )
-                metadata = parse_metadata(bounded.parse_json_object(resp), self._config)
+                try:
+                    metadata = parse_metadata(bounded.parse_json_object(resp), self._config)
+                except DiscoveryError as exc:
+                    # A01/A11: the AS is unusable until its metadata is fixed; alert operators.
+                    log.error(
+                        "authorization server metadata rejected (%s) for issuer %s",
+                        exc.reason,
+                        self._config.issuer,
+                    )
+                    span.set_attribute("error.type", exc.reason)
+                    raise
             self._cached = metadata
             self._fetched_at = self._clock.monotonic()
             return metadata

@@ -1,3 +1,4 @@
+# ruff: noqa: PLR0917  (pytest injects fixtures as positional parameters)
 """Discovery (RFC 8414 / OIDC Discovery) and the JWKS cache: catalogue A01, A09, A11."""
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ async def test_a01_issuer_mismatch_rejects_metadata(
     config: ClientConfig,
     clock: FakeClock,
     advertised: str | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     doc = metadata_doc()
     if advertised is None:
@@ -45,6 +47,7 @@ async def test_a01_issuer_mismatch_rejects_metadata(
     with pytest.raises(DiscoveryError) as info:
         await cache.get()
     assert info.value.reason == "issuer_mismatch"
+    assert [r.levelname for r in caplog.records if "issuer_mismatch" in r.getMessage()] == ["ERROR"]
     # nothing cached: the next call asks again (and fails again)
     with pytest.raises(DiscoveryError):
         await cache.get()
