@@ -81,7 +81,8 @@ class WebServer:
         self._task = asyncio.create_task(self._serve(), name="broker-web")
         while not self._server.started:
             if self._task.done():
-                exc = self._task.exception()
+                task, self._task = self._task, None
+                exc = task.exception()
                 raise ConfigError("the web server failed to start") from exc
             await asyncio.sleep(0.01)
         sockets = [s for srv in self._server.servers for s in (srv.sockets or ())]
