@@ -18,6 +18,10 @@ Failures:
   :class:`ReauthorizationRequired` without contacting the AS (A05: that refresh token is never
   sent again).
 - ``TokenValidationError`` (e.g. id_token ``iss``/``sub`` changed) -> grant unchanged, raised (A08c).
+- ``store.rotate`` failing (disk full, database down: G04) -> the new tokens stay in memory and
+  are written first, without asking the AS again, on the next attempt; the new access token is
+  not served before that write succeeds. They are lost if the process dies meanwhile (then the
+  intent record leads to G02 recovery with the old refresh token).
 - retryable errors (AS down, 429, HSM, store) -> ``store.record_error``; the cached token keeps
   being served while it has more than ``min_serve_ttl`` left; after that the retryable error is
   raised (UNAVAILABLE at the gRPC layer) (A06). Further attempts back off exponentially with
@@ -54,6 +58,7 @@ from broker.errors import (
     InvalidArgument,
     InvalidGrant,
     ReauthorizationRequired,
+    StoreError,
     TokenValidationError,
     UnexpectedResponse,
 )
@@ -100,6 +105,19 @@ class _Backoff:
     failures: int
     not_before: float
     error: BrokerError
+
+
+@dataclass(frozen=True)
+class _Unpersisted:
+    """A refresh result the store failed to write (G04): its refresh token may be the only
+    valid one now, so it is written before the AS is asked again; its access token is never
+    served before that write succeeds."""
+
+    tokens: TokenSet
+    version: int
+
+    def __repr__(self) -> str:
+        return f"_Unpersisted(version={self.version})"
 
 
 # A watcher's queue holds new tokens, or the error class that ends the watch.
@@ -158,6 +176,7 @@ class TokenBroker:
         self._dead: dict[str, type[ReauthorizationRequired]] = {}
         self._flights: dict[str, asyncio.Task[_Entry]] = {}
         self._backoff: dict[str, _Backoff] = {}
+        self._unpersisted: dict[str, _Unpersisted] = {}
         self._watchers: dict[str, set[asyncio.Queue[_WatchItem]]] = {}
         self._stopping = False
         self._background = BackgroundRefresher(
@@ -410,6 +429,7 @@ class TokenBroker:
         """Forget the grant's tokens and end its watchers; later calls raise ``error``."""
         self._dead[grant_id] = error
         self._cache.pop(grant_id, None)
+        self._unpersisted.pop(grant_id, None)
         self._backoff.pop(grant_id, None)
         for queue in self._watchers.get(grant_id, set()):
             _put_newest(queue, error)
@@ -515,6 +535,17 @@ class TokenBroker:
     ) -> tuple[_Entry, RefreshOutcome]:
         async with self._store.refresh_lock(grant_id):
             grant = await self._store.get(grant_id)  # re-read: another replica may have refreshed
+            self._check_status(grant)
+            pending = self._unpersisted.pop(grant_id, None)
+            if pending is not None and pending.version == grant.version:
+                try:
+                    grant = await self._store.rotate(
+                        grant_id, pending.tokens, expected_version=grant.version
+                    )
+                except StoreError:
+                    self._unpersisted[grant_id] = pending
+                    raise
+                span.set_attribute("refresh.persisted_pending", True)
             entry = self._admit(grant)
             recovering = grant.refresh_started_at is not None
             span.set_attribute("refresh.recovering", recovering)
@@ -541,7 +572,11 @@ class TokenBroker:
                 if exc.retryable:
                     await self._record_error(grant_id, exc)
                 raise
-            stored = await self._store.rotate(grant_id, tokens, expected_version=grant.version)
+            try:
+                stored = await self._store.rotate(grant_id, tokens, expected_version=grant.version)
+            except StoreError:
+                self._unpersisted[grant_id] = _Unpersisted(tokens, grant.version)
+                raise
             entry = self._entry(stored)
             self._cache[grant_id] = entry
             self._backoff.pop(grant_id, None)

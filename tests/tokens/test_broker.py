@@ -398,6 +398,41 @@ async def test_a08b_unpersisted_access_token_is_never_handed_out(
         await broker.get_access_token(grant.grant_id)
 
 
+async def test_g04_refresh_result_the_store_could_not_write_is_written_before_asking_again(
+    broker: TokenBroker, store: FakeGrantStore, refresher: FakeRefresher, clock: FakeClock
+) -> None:
+    grant = await add(broker, clock)
+    to_expiry(clock, grant, 1)
+    store.fail["rotate"] = StoreError("disk full")
+    with pytest.raises(StoreError):
+        await broker.get_access_token(grant.grant_id)
+    clock.advance(6)  # past the first back-off; the old token has expired meanwhile
+    token = await broker.get_access_token(grant.grant_id)
+    assert token.access_token == "at-1"
+    assert refresher.used == ["rt-0"]  # the AS was not asked again
+    assert store.grants[grant.grant_id].refresh_token == "rt-1"
+    clock.advance(LIFETIME - 1)
+    assert (await broker.get_access_token(grant.grant_id)).access_token == "at-2"
+    assert refresher.used == ["rt-0", "rt-1"]
+
+
+async def test_g04_unwritten_result_is_dropped_when_another_replica_rotated(
+    broker: TokenBroker, store: FakeGrantStore, refresher: FakeRefresher, clock: FakeClock
+) -> None:
+    grant = await add(broker, clock)
+    to_expiry(clock, grant, 1)
+    store.fail["rotate"] = StoreError("db down")
+    with pytest.raises(StoreError):
+        await broker.get_access_token(grant.grant_id)
+    other = FakeRefresher(clock)
+    other.calls = 10  # its tokens are at-11 / rt-11
+    await make_broker(store, other, clock).get_access_token(grant.grant_id)
+    clock.advance(6)
+    assert (await broker.get_access_token(grant.grant_id)).access_token == "at-11"
+    assert store.grants[grant.grant_id].refresh_token == "rt-11"
+    assert refresher.calls == 1
+
+
 async def test_a08c_rejected_refresh_response_leaves_the_grant_unchanged(
     broker: TokenBroker, store: FakeGrantStore, refresher: FakeRefresher, clock: FakeClock
 ) -> None:
