@@ -470,3 +470,30 @@ async def test_h02_no_secret_in_reprs(service: LoginService) -> None:
     for text in texts:
         for secret in (state, nonce, ref, token, view.authorization_url or "x"):
             assert secret not in text
+
+
+async def test_dome_restart_in_par_mode_pushes_a_new_request(
+    fake_client: FakeClient, signer: SoftSigner, sink: FakeSink, clock: FakeClock
+) -> None:
+    service = LoginService(
+        fake_client,
+        client_config(signer.kid, use_par=True),
+        signer,
+        sink,
+        clock,
+        public_base_url=BASE_URL,
+    )
+    fake_client.invalid_grant_times = 1
+    view = await service.start(label="ops")
+    first_state = unverified_parts(fake_client.pushed[0])[1]["state"]
+    again = await service.complete(code="c1", state=first_state, iss=ISSUER)
+    assert again.restarted and again.state is LoginState.PENDING
+    assert len(fake_client.pushed) == 2
+    assert query(again.authorization_url or "")["request_uri"] == [
+        "urn:ietf:params:oauth:request_uri:par-2"
+    ]
+    second_state = unverified_parts(fake_client.pushed[1])[1]["state"]
+    assert second_state != first_state
+    done = await service.complete(code="c2", state=second_state, iss=ISSUER)
+    assert done.state is LoginState.COMPLETED
+    assert done.login_id == view.login_id
