@@ -9,6 +9,7 @@ retryable failures (transport, timeout, 5xx, 429) with exponential backoff, jitt
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -251,7 +252,7 @@ async def refresh(
     *,
     refresh_token: str,
     scope: str | None = None,
-    sleep: Sleep,
+    sleep: Sleep = asyncio.sleep,
     jitter: Callable[[], float] = random.random,
     tracer: Tracer | None = None,
 ) -> RawTokenResponse:
