@@ -6,9 +6,11 @@
   :mod:`broker.tokens.sealing`); label, subject, status and expiry stay in clear for listing.
 - ``refresh_lock(grant_id)``: first a per-grant :class:`asyncio.Lock` in this process (advisory
   locks are re-entrant per session, and one waiter per grant per replica is enough), then
-  ``pg_advisory_lock(hashtext(namespace), hashtext(grant_id))`` on a connection opened for this
-  refresh only and closed on exit. If the holder crashes, its session ends and PostgreSQL frees
-  the lock (G07). If the lock connection dies during a refresh, exclusion is lost for the rest
+  ``pg_advisory_lock(hashtext(namespace), hashtext(grant_id))`` on a session used for nothing
+  else while the refresh runs. On a clean exit the lock is released with ``pg_advisory_unlock``
+  and the session kept for the next lock; on any other exit (error, cancellation) the session is
+  closed, which frees the lock. If the holder crashes, its session ends and PostgreSQL frees the
+  lock (G07). If the lock connection dies during a refresh, exclusion is lost for the rest
   of that refresh; the ``expected_version`` check of :meth:`rotate` still refuses a stale write.
 - Connections: a small pool (``pool_size``) of autocommit connections for operations; a
   connection that saw an error is discarded, never reused.
@@ -178,6 +180,8 @@ class PostgresGrantStore:
         self._clock = clock
         self._pool = _Pool(dsn, pool_size, connect_timeout, f"broker-grants:{schema}")
         self._locks = KeyedLocks()
+        self._lock_idle: list[psycopg.AsyncConnection[Any]] = []
+        self._lock_idle_max = pool_size
         self._lock_namespace = f"broker.grant:{schema}"
         self._opened = False
         self._closed = False
@@ -421,29 +425,54 @@ class PostgresGrantStore:
         check_grant_id(grant_id)
         return self._refresh_lock(grant_id)
 
+    async def _lock_session(self, grant_id: str) -> psycopg.AsyncConnection[Any]:
+        """A session that holds the advisory lock of ``grant_id`` (waits for it).
+
+        An idle lock session is reused; if it turns out dead, one fresh session is tried."""
+        while True:
+            pooled = bool(self._lock_idle)
+            conn = (
+                self._lock_idle.pop() if pooled else await self._pool.new_connection("refresh_lock")
+            )
+            try:
+                await conn.execute(
+                    "SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))",
+                    (self._lock_namespace, grant_id),
+                )
+                return conn
+            except psycopg.Error as exc:
+                await conn.close()
+                if not pooled:
+                    raise _wrap("refresh_lock", exc) from exc
+            except BaseException:
+                await conn.close()  # cancelled while waiting: ending the session drops the request
+                raise
+
     @asynccontextmanager
     async def _refresh_lock(self, grant_id: str) -> AsyncIterator[None]:
         self._check_open()
         async with self._locks.hold(grant_id):
-            conn = await self._pool.new_connection("refresh_lock")
+            conn = await self._lock_session(grant_id)
+            released = False
             try:
-                try:
-                    await conn.execute(
-                        "SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))",
-                        (self._lock_namespace, grant_id),
-                    )
-                except psycopg.Error as exc:
-                    raise _wrap("refresh_lock", exc) from exc
                 yield
-                # Closing the session below frees the lock anyway if this fails.
                 with contextlib.suppress(psycopg.Error):
-                    await conn.execute(
+                    cur = await conn.execute(
                         "SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))",
                         (self._lock_namespace, grant_id),
                     )
+                    released = await cur.fetchone() == (True,)
             finally:
-                # Ends the session: frees the lock on every path (error, cancellation).
-                await conn.close()
+                if (
+                    released
+                    and not self._closed
+                    and len(self._lock_idle) < self._lock_idle_max
+                    and conn.info.transaction_status == TransactionStatus.IDLE
+                ):
+                    self._lock_idle.append(conn)
+                else:
+                    # Ends the session: frees the lock on every other path (error, cancellation).
+                    await conn.close()
 
     async def ping(self) -> None:
         async with self._operation("ping") as conn:
@@ -455,5 +484,8 @@ class PostgresGrantStore:
         self._closed = True
         try:
             await self._pool.close()
+            idle, self._lock_idle = self._lock_idle, []
+            for conn in idle:
+                await conn.close()
         except psycopg.Error as exc:
             raise _wrap("close", exc) from exc

@@ -342,3 +342,32 @@ def test_bad_schema_names_are_refused(bad: str) -> None:
         PostgresGrantStore(
             "postgresql://postgres@127.0.0.1/test", SoftSealer(), FakeClock(), schema=bad
         )
+
+
+async def test_refresh_lock_survives_a_dead_idle_lock_session(
+    dsn: str, schema: str, sealer: SoftSealer
+) -> None:
+    a = await PostgresGrantStore.connect(dsn, sealer, FakeClock(), schema=schema)
+    b = await PostgresGrantStore.connect(dsn, sealer, FakeClock(), schema=schema)
+    try:
+        async with a.refresh_lock("g-1"):
+            pass  # released cleanly: the session is kept for the next lock
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        async with conn:  # kill every session of this schema's stores (pool + idle lock)
+            cur = await conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                (f"broker-grants:{schema}",),
+            )
+            row = await cur.fetchone()
+            assert row is not None and row[0] >= 2
+        log: list[str] = []
+        async with a.refresh_lock("g-1"):
+            waiter = asyncio.create_task(_take(b, "g-1", log, "replica-b"))
+            await wait_until(_waiting(dsn, schema, "g-1"), "replica B waits behind the new session")
+            log.append("a-released")
+        await asyncio.wait_for(waiter, HANG_GUARD_S)
+        assert log == ["a-released", "replica-b"]
+    finally:
+        await a.close()
+        await b.close()
