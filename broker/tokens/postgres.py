@@ -118,6 +118,11 @@ class _Pool:
                 autocommit=True,
                 connect_timeout=max(1, round(self._timeout)),
                 application_name=self._application_name,
+                # Notice a vanished server (or a partition) instead of waiting forever.
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
             )
         except psycopg.Error as exc:
             raise _wrap(f"{operation} (connect)", exc) from exc
