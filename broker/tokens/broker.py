@@ -69,6 +69,7 @@ from broker.tokens.observer import NullObserver, RefreshOutcome, TokenBrokerObse
 from broker.tokens.ports import Refresher
 from broker.tokens.refresher import BackgroundRefresher, Sleep
 from broker.tokens.store import GrantStore
+from broker.tokens.watch import Watchers
 
 _log = logging.getLogger(__name__)
 
@@ -120,10 +121,6 @@ class _Unpersisted:
         return f"_Unpersisted(version={self.version})"
 
 
-# A watcher's queue holds new tokens, or the error class that ends the watch.
-_WatchItem = AccessToken | type[ReauthorizationRequired]
-
-
 class TokenBroker:
     """Implements :class:`broker.tokens.ports.GrantSink` too (``add_grant``)."""
 
@@ -169,7 +166,6 @@ class TokenBroker:
         self._id_factory = id_factory
         self._observer: TokenBrokerObserver = observer or NullObserver()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
-        self._watch_queue_size = watch_queue_size
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._cache: dict[str, _Entry] = {}
@@ -177,7 +173,7 @@ class TokenBroker:
         self._flights: dict[str, asyncio.Task[_Entry]] = {}
         self._backoff: dict[str, _Backoff] = {}
         self._unpersisted: dict[str, _Unpersisted] = {}
-        self._watchers: dict[str, set[asyncio.Queue[_WatchItem]]] = {}
+        self._watchers = Watchers(watch_queue_size)
         self._stopping = False
         self._background = BackgroundRefresher(
             self._find_due,
@@ -196,6 +192,8 @@ class TokenBroker:
         Raises GrantNotFound, ReauthorizationRequired (GrantRevoked), TokenValidationError, or
         a retryable BrokerError when no usable token can be had now.
         """
+        if not grant_id:
+            raise InvalidArgument("grant_id must not be empty")
         if min_ttl < 0:
             raise InvalidArgument("min_ttl must not be negative")
         need = max(min_ttl, self._min_serve_ttl)
@@ -230,29 +228,12 @@ class TokenBroker:
                 )
             return self._serve(entry, self._state(entry, self._min_serve_ttl), cache_hit=False)
 
-    async def watch(self, grant_id: str) -> AsyncGenerator[AccessToken, None]:
-        """Yield the current token, then each new one after a refresh. Ends by raising
-        ReauthorizationRequired (or GrantRevoked) when the grant dies. The queue is bounded:
-        a slow watcher skips intermediate tokens and gets the newest."""
-        queue: asyncio.Queue[_WatchItem] = asyncio.Queue(self._watch_queue_size)
-        self._watchers.setdefault(grant_id, set()).add(queue)
-        try:
-            current = await self.get_access_token(grant_id)
-            yield current
-            while True:
-                item = await queue.get()
-                if isinstance(item, type):
-                    raise item(f"grant {grant_id} needs re-authorization")
-                if item.access_token == current.access_token:
-                    continue
-                current = item
-                yield current
-        finally:
-            watchers = self._watchers.get(grant_id)
-            if watchers is not None:
-                watchers.discard(queue)
-                if not watchers:
-                    del self._watchers[grant_id]
+    def watch(self, grant_id: str) -> AsyncGenerator[AccessToken, None]:
+        """Yield the current token, then each new one after a refresh (including one found in
+        the store by the background pass). Ends by raising ReauthorizationRequired (or
+        GrantRevoked) when the grant dies. The queue is bounded: a slow watcher skips
+        intermediate tokens and gets the newest."""
+        return self._watchers.stream(grant_id, lambda: self.get_access_token(grant_id))
 
     # --- grants ----------------------------------------------------------------------------
 
@@ -402,12 +383,9 @@ class TokenBroker:
         )
 
     def _publish(self, entry: _Entry) -> None:
-        watchers = self._watchers.get(entry.grant_id)
-        if not watchers:
-            return
-        token = self._serve(entry, self._state(entry, self._min_serve_ttl), cache_hit=False)
-        for queue in watchers:
-            _put_newest(queue, token)
+        if self._watchers.wants(entry.grant_id):
+            token = self._serve(entry, self._state(entry, self._min_serve_ttl), cache_hit=False)
+            self._watchers.publish(entry.grant_id, token)
 
     # --- internals: dead grants ------------------------------------------------------------
 
@@ -431,8 +409,7 @@ class TokenBroker:
         self._cache.pop(grant_id, None)
         self._unpersisted.pop(grant_id, None)
         self._backoff.pop(grant_id, None)
-        for queue in self._watchers.get(grant_id, set()):
-            _put_newest(queue, error)
+        self._watchers.publish(grant_id, error)
 
     # --- internals: refresh ----------------------------------------------------------------
 
@@ -461,7 +438,11 @@ class TokenBroker:
             return []
         due = []
         now = self._clock.monotonic()
-        for grant in await self._store.list():
+        grants = await self._store.list()
+        listed = {grant.grant_id for grant in grants}
+        for grant_id in [g for g in self._cache if g not in listed and g not in self._flights]:
+            del self._cache[grant_id]  # deleted from the store (by another replica or an operator)
+        for grant in grants:
             if grant.status is not GrantStatus.ACTIVE:
                 if grant.grant_id in self._cache:
                     self._check_status_quietly(grant)
@@ -606,10 +587,3 @@ class TokenBroker:
             hook()
         except Exception:
             _log.exception("token broker observer hook failed")
-
-
-def _put_newest(queue: asyncio.Queue[_WatchItem], item: _WatchItem) -> None:
-    """Put ``item``; when the queue is full, drop the oldest first (the newest token wins)."""
-    if queue.full():
-        queue.get_nowait()
-    queue.put_nowait(item)

@@ -155,6 +155,12 @@ async def test_unknown_grant_is_not_found(broker: TokenBroker) -> None:
         await broker.get_access_token("nope")
 
 
+async def test_empty_grant_id_is_rejected(broker: TokenBroker, store: FakeGrantStore) -> None:
+    with pytest.raises(InvalidArgument):
+        await broker.get_access_token("")
+    assert store.gets == 0
+
+
 # --- G06 / G07: single flight ------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from broker.clock import FakeClock
 from broker.errors import (
     AuthServerUnavailable,
+    GrantNotFound,
     GrantRevoked,
     InvalidGrant,
     ReauthorizationRequired,
@@ -136,7 +137,7 @@ async def test_watch_queue_is_bounded_and_keeps_the_newest(
         await broker.get_access_token(grant.grant_id)
     assert [(await anext(stream)).access_token for _ in range(2)] == ["at-4", "at-5"]
     await stream.aclose()
-    assert broker._watchers == {}
+    assert broker._watchers.count() == 0
 
 
 async def test_watch_ends_with_grant_revoked(
@@ -281,6 +282,19 @@ async def test_background_pass_skips_dead_grants_and_grants_in_back_off(
     assert await broker.refresh_due_now() == 1
     assert await broker.refresh_due_now() == 0  # backing off
     assert refresher.calls == 1
+
+
+async def test_background_pass_forgets_grants_deleted_from_the_store(
+    store: FakeGrantStore, refresher: FakeRefresher, clock: FakeClock
+) -> None:
+    broker = make_broker(store, refresher, clock)
+    kept, deleted = await add(broker, clock), await add(broker, clock)
+    await store.delete(deleted.grant_id)
+    assert (await broker.get_access_token(deleted.grant_id)).access_token == "at-0"  # cached
+    await broker.refresh_due_now()
+    with pytest.raises(GrantNotFound):
+        await broker.get_access_token(deleted.grant_id)
+    assert (await broker.get_access_token(kept.grant_id)).access_token == "at-0"
 
 
 async def test_background_pass_survives_a_store_outage(
