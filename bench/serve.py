@@ -178,6 +178,9 @@ def _machine() -> list[str]:
         f"- CPU: {cpu}, {os.cpu_count()} logical cores",
         f"- Python {platform.python_version()}, grpcio {grpc.__version__}, "
         f"protobuf {google.protobuf.__version__}",
+        "- load average (1/5/15 min) at report time: "
+        + " / ".join(f"{x:.2f}" for x in os.getloadavg())
+        + " (other work on the box adds noise; compare ratios, not absolutes)",
     ]
 
 

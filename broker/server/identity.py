@@ -8,6 +8,7 @@ number is kept for the denylist (TEST-CATALOGUE E04).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -53,7 +54,9 @@ def identity_from_auth_context(auth: Mapping[str, Iterable[bytes]]) -> CallerIde
     raise PermissionDenied("client certificate names no identity")
 
 
+@functools.lru_cache(maxsize=1024)
 def _serial(pem: str) -> int | None:
+    """The serial of a PEM certificate (cached: callers reuse one certificate per channel)."""
     try:
         return x509.load_pem_x509_certificate(pem.encode()).serial_number
     except ValueError:

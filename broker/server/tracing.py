@@ -30,8 +30,11 @@ _UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Wraps each method handler once (cached per method); per call only the span work runs."""
+
     def __init__(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -42,17 +45,23 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = handler_call_details.method
         if handler is None or method.startswith(_UNTRACED_PREFIXES):
             return handler
-        carrier = {
-            str(k): v
-            for k, v in handler_call_details.invocation_metadata or ()
-            if isinstance(v, str)
-        }
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         service, _, name = method.lstrip("/").partition("/")
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
         tracer = self._tracer
         span_name = f"{service}/{name}"
 
-        def start() -> Any:
+        def start(context: Any) -> Any:
+            carrier = {
+                str(k): v for k, v in context.invocation_metadata() or () if isinstance(v, str)
+            }
             return tracer.start_as_current_span(
                 span_name,
                 context=propagate.extract(carrier),
@@ -66,7 +75,7 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             behavior = handler.unary_unary
 
             async def unary(request: Any, context: Any) -> Any:
-                with start() as span:
+                with start(context) as span:
                     try:
                         return await behavior(request, context)
                     finally:
@@ -81,7 +90,7 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             stream_behavior = handler.unary_stream
 
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                with start() as span:
+                with start(context) as span:
                     try:
                         async for item in stream_behavior(request, context):
                             yield item

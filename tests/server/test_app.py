@@ -290,3 +290,20 @@ async def test_stop_drains_in_flight_rpcs(tmp_path: Path) -> None:
         for ch in h.channels:
             await ch.close()
         provider.shutdown()
+
+
+async def test_each_call_continues_its_own_callers_trace(harness: Harness) -> None:
+    s = harness.stub_for(APP)
+    parents = ["00f067aa0ba902b7", "1111111111111111"]
+    for parent in parents:
+        await s.GetAccessToken(
+            pb.GetAccessTokenRequest(grant_id="g-1"),
+            metadata=(("traceparent", f"00-{TRACE_ID}-{parent}-01"),),
+        )
+    await s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1"))
+    spans = harness.exporter.get_finished_spans()
+    assert [sp.parent.span_id if sp.parent else None for sp in spans] == [
+        int(parents[0], 16),
+        int(parents[1], 16),
+        None,
+    ]
