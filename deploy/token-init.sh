@@ -12,6 +12,8 @@
 #   AUDIT_LOG      ceremony audit log             (default /var/lib/broker/audit.jsonl)
 #   PEER_DIR       where the verifier's config goes (default /var/lib/peer-config)
 #   PEER_HOST, PEER_PORT, REDIRECT_URI            the dev verifier's listener and our callback
+#   SECRETS_DIR    where the PIN files are        (default /run/secrets; tests point it elsewhere)
+#   BROKER_HOME    the source tree (softhsm/)     (default /opt/broker)
 set -euo pipefail
 
 hsm_dir=${HSM_DIR:-/var/lib/broker-hsm}
@@ -20,16 +22,17 @@ key_label=${KEY_LABEL:-client-2026}
 sealing_label=${SEALING_LABEL:-sealing-2026}
 audit_log=${AUDIT_LOG:-/var/lib/broker/audit.jsonl}
 peer_dir=${PEER_DIR:-/var/lib/peer-config}
-so_pin=/run/secrets/broker_so_pin
-user_pin=/run/secrets/broker_user_pin
-module=/usr/lib/softhsm/libsofthsm2.so
+secrets_dir=${SECRETS_DIR:-/run/secrets}
+so_pin=$secrets_dir/broker_so_pin
+user_pin=$secrets_dir/broker_user_pin
+module=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 
 for f in "$so_pin" "$user_pin"; do
     [[ -r $f ]] || { echo "token-init: secret $f is missing (see deploy/README.md)" >&2; exit 66; }
 done
 
 # 1. the token (softhsm/init-token.sh reads both PINs from their files)
-/opt/broker/softhsm/init-token.sh "$hsm_dir" "$token" "$so_pin" "$user_pin"
+"${BROKER_HOME:-/opt/broker}/softhsm/init-token.sh" "$hsm_dir" "$token" "$so_pin" "$user_pin"
 export SOFTHSM2_CONF=$hsm_dir/softhsm2.conf
 
 key_uri="pkcs11:token=$token;object=$key_label?module-path=$module&pin-source=file:$user_pin"

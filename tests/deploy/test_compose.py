@@ -186,6 +186,7 @@ def test_dockerfile_basics() -> None:
 
 def test_token_init_reads_pins_only_from_secret_files() -> None:
     script = (ROOT / "deploy" / "token-init.sh").read_text()
-    assert "/run/secrets/broker_so_pin" in script and "/run/secrets/broker_user_pin" in script
+    assert "${SECRETS_DIR:-/run/secrets}" in script
+    assert "$secrets_dir/broker_so_pin" in script and "$secrets_dir/broker_user_pin" in script
     assert "--pin " not in script and "pin-value" not in script and "--so-pin " not in script
     assert (ROOT / "softhsm" / "init-token.sh").is_file()

@@ -1,0 +1,77 @@
+"""deploy/token-init.sh against a real SoftHSM2 token in a temp dir: keys once, PINs from files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.keys.didkey import jwk_from_did
+
+ROOT = Path(__file__).resolve().parents[2]
+SO_PIN = "11223344"
+USER_PIN = "55667788"
+
+
+def run_token_init(tmp: Path) -> subprocess.CompletedProcess[str]:
+    venv_bin = Path(sys.executable).parent
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"},
+        "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
+        "PYTHON": sys.executable,
+        "SECRETS_DIR": str(tmp / "secrets"),
+        "BROKER_HOME": str(ROOT),
+        "HSM_DIR": str(tmp / "hsm"),
+        "AUDIT_LOG": str(tmp / "data" / "audit.jsonl"),
+        "PEER_DIR": str(tmp / "peer"),
+    }
+    return subprocess.run(
+        ["bash", str(ROOT / "deploy" / "token-init.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+@pytest.mark.softhsm
+def test_token_init_generates_keys_once_and_registers_the_client(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "secrets" / "broker_so_pin").write_text(SO_PIN + "\n")
+    (tmp_path / "secrets" / "broker_user_pin").write_text(USER_PIN + "\n")
+
+    first = run_token_init(tmp_path)
+    assert first.returncode == 0, first.stderr
+    config = json.loads((tmp_path / "peer" / "peer-config.json").read_text())
+    did = config["client"]["client_id"]
+    assert did.startswith("did:key:zDn")
+    expected = jwk_from_did(did)
+    assert {k: config["client"]["jwk"][k] for k in ("kty", "crv", "x", "y")} == {
+        k: expected[k] for k in ("kty", "crv", "x", "y")
+    }
+    assert config["client"]["redirect_uris"] == ["https://broker:8443/callback"]
+    assert (tmp_path / "hsm" / "softhsm2.conf").is_file()
+
+    second = run_token_init(tmp_path)  # idempotent: same key, no second sealing key
+    assert second.returncode == 0, second.stderr
+    again = json.loads((tmp_path / "peer" / "peer-config.json").read_text())
+    assert again["client"]["client_id"] == did
+    assert "sealing key" not in second.stdout
+
+    for output in (first.stdout, first.stderr, second.stdout, second.stderr):
+        assert SO_PIN not in output and USER_PIN not in output
+    audit = (tmp_path / "data" / "audit.jsonl").read_text()
+    assert SO_PIN not in audit and USER_PIN not in audit
+    assert '"keys.generate"' in audit and '"keys.generate_sealing_key"' in audit
+
+
+def test_token_init_refuses_to_run_without_pin_files(tmp_path: Path) -> None:
+    result = run_token_init(tmp_path)
+    assert result.returncode == 66
+    assert "broker_so_pin is missing" in result.stderr
