@@ -173,6 +173,7 @@ class TokenBroker:
         self._flights: dict[str, asyncio.Task[_Entry]] = {}
         self._backoff: dict[str, _Backoff] = {}
         self._unpersisted: dict[str, _Unpersisted] = {}
+        self._lifetimes: dict[str, float] = {}  # of the last token the AS issued, per grant
         self._watchers = Watchers(watch_queue_size)
         self._stopping = False
         self._background = BackgroundRefresher(
@@ -196,7 +197,7 @@ class TokenBroker:
             raise InvalidArgument("grant_id must not be empty")
         if min_ttl < 0:
             raise InvalidArgument("min_ttl must not be negative")
-        need = max(min_ttl, self._min_serve_ttl)
+        need = self._cap(grant_id, max(min_ttl, self._min_serve_ttl))
         with self._tracer.start_as_current_span("tokens.get") as span:
             span.set_attribute("grant.id", grant_id)
             self._raise_if_dead(grant_id)
@@ -272,6 +273,7 @@ class TokenBroker:
                     raise
                 continue
             self._cache[grant.grant_id] = self._entry(grant)
+            self._remember_lifetime(grant.grant_id, tokens)
             return grant
 
     async def get_grant(self, grant_id: str) -> Grant:
@@ -360,6 +362,18 @@ class TokenBroker:
             self._publish(entry)
         return entry
 
+    def _cap(self, grant_id: str, need: float) -> float:
+        """A caller's minimum lifetime beyond what the AS issues cannot be met by refreshing:
+        cap it at (issued lifetime - threshold), so such callers cause at most one refresh per
+        ``refresh_threshold`` seconds instead of one per call."""
+        lifetime = self._lifetimes.get(grant_id)
+        if lifetime is None:
+            return need
+        return min(need, max(self._min_serve_ttl, lifetime - self._threshold))
+
+    def _remember_lifetime(self, grant_id: str, tokens: TokenSet) -> None:
+        self._lifetimes[grant_id] = tokens.expires_at - tokens.received_at
+
     def _remaining(self, entry: _Entry) -> float:
         return entry.mono_expires - self._clock.monotonic()
 
@@ -408,6 +422,7 @@ class TokenBroker:
         self._dead[grant_id] = error
         self._cache.pop(grant_id, None)
         self._unpersisted.pop(grant_id, None)
+        self._lifetimes.pop(grant_id, None)
         self._backoff.pop(grant_id, None)
         self._watchers.publish(grant_id, error)
 
@@ -560,6 +575,7 @@ class TokenBroker:
                 raise
             entry = self._entry(stored)
             self._cache[grant_id] = entry
+            self._remember_lifetime(grant_id, tokens)
             self._backoff.pop(grant_id, None)
             self._publish(entry)
             return entry, RefreshOutcome.REFRESHED

@@ -144,6 +144,18 @@ async def test_g08_min_ttl_above_remaining_forces_a_refresh(
     assert refresher.calls == 1
 
 
+async def test_g08_min_ttl_beyond_the_issued_lifetime_refreshes_once_per_threshold(
+    broker: TokenBroker, refresher: FakeRefresher, clock: FakeClock
+) -> None:
+    grant = await add(broker, clock)  # the AS issues 3600 s tokens
+    for _ in range(5):
+        assert (await broker.get_access_token(grant.grant_id, min_ttl=4000)).access_token == "at-0"
+    clock.advance(T + 1)
+    for _ in range(5):
+        assert (await broker.get_access_token(grant.grant_id, min_ttl=4000)).access_token == "at-1"
+    assert refresher.calls == 1
+
+
 async def test_negative_min_ttl_is_rejected(broker: TokenBroker, clock: FakeClock) -> None:
     grant = await add(broker, clock)
     with pytest.raises(InvalidArgument):
