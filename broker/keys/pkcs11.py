@@ -23,6 +23,7 @@ import pkcs11.exceptions as p11e
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from opentelemetry import trace
+from opentelemetry.trace import TracerProvider
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
@@ -137,7 +138,14 @@ def _check_key_id(key_id: bytes) -> None:
 class Pkcs11KeyStore:
     """KeyStore + KeyDeleter over one PKCS#11 token found by label. Thread-safe; a context manager."""
 
-    def __init__(self, module_path: str, token_label: str, pin: str) -> None:
+    def __init__(
+        self,
+        module_path: str,
+        token_label: str,
+        pin: str,
+        *,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
         if not token_label:
             raise InvalidArgument("a token label is required")
         if not pin:
@@ -145,6 +153,7 @@ class Pkcs11KeyStore:
         self._module_path = module_path
         self._token_label = token_label
         self.__pin = pin
+        self._tracer = trace.get_tracer("broker.keys", tracer_provider=tracer_provider)
         self._lib = pkcs11_lib.load(module_path)
         self._lock = self._lib.lock
         self._token: Any = None
@@ -158,10 +167,12 @@ class Pkcs11KeyStore:
             self._connect()
 
     @classmethod
-    def from_ref(cls, ref: KeyRef) -> Pkcs11KeyStore:
+    def from_ref(
+        cls, ref: KeyRef, *, tracer_provider: TracerProvider | None = None
+    ) -> Pkcs11KeyStore:
         """A store for ``ref.token`` using its module (default: SoftHSM2) and PIN source."""
         module = ref.module_path or pkcs11_lib.default_module_path()
-        return cls(module, ref.token, ref.read_pin())
+        return cls(module, ref.token, ref.read_pin(), tracer_provider=tracer_provider)
 
     def __repr__(self) -> str:
         return (
@@ -222,21 +233,31 @@ class Pkcs11KeyStore:
     def _login(self, token: Any) -> Any:
         # Login is per application: when another store of this process is already logged in,
         # a plain session is logged in too and C_Login would fail with USER_ALREADY_LOGGED_IN.
+        # A store whose PIN differs from the one this process logged in with is refused, so a
+        # wrong PIN is never accepted just because the token is already open.
         if self._lib.can_probe:
             plain = token.open(rw=True)
             if self._logged_in(plain):
+                if not self._lib.pin_matches(self._token_label, self.__pin):
+                    plain.close()
+                    raise p11e.PinIncorrect()
                 return plain
             plain.close()  # a session opened without a PIN: C_CloseSession only, no logout
         for attempt in range(_LOGIN_ATTEMPTS):
             try:
-                return token.open(rw=True, user_pin=self.__pin)
+                session = token.open(rw=True, user_pin=self.__pin)
             except p11e.UserAlreadyLoggedIn:
+                if not self._lib.pin_matches(self._token_label, self.__pin):
+                    raise p11e.PinIncorrect() from None
                 return token.open(rw=True)
             except p11e.GeneralError:
                 # Concurrent logins of several processes to one file token: transient.
                 if attempt == _LOGIN_ATTEMPTS - 1:
                     raise
                 time.sleep(_LOGIN_BACKOFF * (2**attempt))
+                continue
+            self._lib.remember_login(self._token_label, self.__pin)
+            return session
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _drop_session(self) -> None:
@@ -308,10 +329,16 @@ class Pkcs11KeyStore:
         return obj
 
     def _private_ec(self, session: Any, label: str) -> Any:
-        obj = self._handle(session, ObjectClass.PRIVATE_KEY, label)
+        """The private key handle, checked to be P-256 once when it is (re-)found, then cached."""
+        cached = self._handles.get((ObjectClass.PRIVATE_KEY, label))
+        if cached is not None:
+            return cached
+        obj = self._find(session, ObjectClass.PRIVATE_KEY, label)
+        if obj is None:
+            raise KeyNotFound(f"no key labelled {label!r} on token {self._token_label!r}")
         if obj[Attribute.KEY_TYPE] != KeyType.EC or obj[Attribute.EC_PARAMS] != P256_PARAMS:
-            self._handles.pop((ObjectClass.PRIVATE_KEY, label), None)
             raise InvalidKey(f"key {label!r} is not a P-256 EC key")
+        self._handles[(ObjectClass.PRIVATE_KEY, label)] = obj
         return obj
 
     def _info(self, session: Any, label: str) -> KeyInfo:
@@ -437,7 +464,7 @@ class Pkcs11KeyStore:
         info = self.get(label)
         if not info.attributes.get("sign"):
             raise InvalidKey(f"key {label!r} is not allowed to sign (CKA_SIGN is false)")
-        return Pkcs11Signer(self, label, info.kid, self.sign_mechanism)
+        return Pkcs11Signer(self, label, info.kid, self.sign_mechanism, tracer=self._tracer)
 
     def delete(self, label: str) -> None:
         """Destroy every object (private, public, secret) labelled ``label``."""
@@ -536,12 +563,20 @@ class Pkcs11KeyStore:
 class Pkcs11Signer:
     """ES256 with a key that stays in the token. ``kid`` = the key's bare did:key."""
 
-    def __init__(self, store: Pkcs11KeyStore, label: str, kid: str, mechanism: Mechanism) -> None:
+    def __init__(
+        self,
+        store: Pkcs11KeyStore,
+        label: str,
+        kid: str,
+        mechanism: Mechanism,
+        *,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self._store = store
         self._label = label
         self._kid = kid
         self._mechanism = mechanism
-        self._tracer = trace.get_tracer("broker.keys")
+        self._tracer = tracer or trace.get_tracer("broker.keys")
 
     def __repr__(self) -> str:
         return (

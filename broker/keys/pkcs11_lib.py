@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
+import hmac
 import os
 import threading
 from dataclasses import dataclass, field
@@ -50,6 +52,19 @@ class LoadedLibrary:
     lock: threading.RLock = field(repr=False)
     _cdll: ctypes.CDLL | None = field(default=None, repr=False)
     generation: int = 0  # bumped at every re-initialisation
+    # SHA-256 of the PIN this process logged in with, per token label: login is per process, so
+    # a later store with another PIN must not ride on an earlier login.
+    _logins: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def remember_login(self, token_label: str, pin: str) -> None:
+        self._logins[token_label] = hashlib.sha256(pin.encode("utf-8")).digest()
+
+    def pin_matches(self, token_label: str, pin: str) -> bool:
+        """False only when this process logged in to ``token_label`` with a different PIN."""
+        known = self._logins.get(token_label)
+        if known is None:
+            return True
+        return hmac.compare_digest(known, hashlib.sha256(pin.encode("utf-8")).digest())
 
     @property
     def can_probe(self) -> bool:
