@@ -232,6 +232,14 @@ def _read_tail(fd: int) -> bytes | None:
     return os.pread(fd, end - start, start)
 
 
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class AuditLog:
     """Appends records to one audit file. Thread- and process-safe (flock + a thread lock)."""
 
@@ -330,6 +338,8 @@ class AuditLog:
                 while written < len(data):
                     written += os.write(fd, data[written:])
                 os.fsync(fd)
+                if seq == 1:  # a new file: make its directory entry durable too
+                    _fsync_dir(self.path.parent)
             except OSError as exc:
                 raise AuditError(f"cannot write audit log {self.path}: {exc.strerror}") from exc
         return AuditRecord(**record, line=line)

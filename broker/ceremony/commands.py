@@ -49,8 +49,6 @@ DEFAULT_AUDIT_LOG = "broker-audit.jsonl"
 RANDOM_ID_BYTES = 8
 MAX_KEY_FILE_BYTES = 64 * 1024
 
-_tracer = trace.get_tracer("broker.ceremony")
-
 Result = tuple[dict[str, Any], str]
 
 
@@ -72,6 +70,11 @@ class Facts:
 class Deps:
     backend_factory: Callable[[], KeyBackend]
     clock: Clock = field(default_factory=SystemClock)
+    tracer_provider: trace.TracerProvider | None = None  # None: the global provider
+
+    @functools.cached_property
+    def tracer(self) -> trace.Tracer:
+        return trace.get_tracer("broker.ceremony", tracer_provider=self.tracer_provider)
 
     @functools.cached_property
     def backend(self) -> KeyBackend:
@@ -261,13 +264,19 @@ def run_audited(deps: Deps, action: str, body: Body, args: argparse.Namespace) -
     audit = AuditLog(audit_log_path(args), operator=args.operator, clock=deps.clock)
     audit.check_writable()  # fail before the token is touched
     facts = Facts()
-    with _tracer.start_as_current_span(f"ceremony.{action}") as span:
+    with deps.tracer.start_as_current_span(f"ceremony.{action}") as span:
         span.set_attribute("ceremony.action", action)
         try:
             document, text = body(deps, args, facts)
         except BaseException as exc:
-            reason = exc.reason if isinstance(exc, BrokerError) else "internal"
+            if isinstance(exc, BrokerError):
+                reason = exc.reason
+            elif isinstance(exc, KeyboardInterrupt):
+                reason = "interrupted"
+            else:
+                reason = "internal"
             span.set_attribute("error.reason", reason)
+            span.set_attribute("outcome", "error")
             if facts.did:
                 span.set_attribute("kid", facts.did)
             try:
@@ -287,6 +296,7 @@ def run_audited(deps: Deps, action: str, body: Body, args: argparse.Namespace) -
             raise
         if facts.did:
             span.set_attribute("kid", facts.did)
+        span.set_attribute("outcome", "ok")
         try:
             audit.append(
                 action,
@@ -381,9 +391,14 @@ def register(
     *,
     backend_factory: Callable[[], KeyBackend] | None = None,
     clock: Clock | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
 ) -> None:
-    """Add the ``keys`` group to the ``broker`` command."""
-    deps = Deps(backend_factory=backend_factory or _pkcs11_backend, clock=clock or SystemClock())
+    """Add the ``keys`` group to the ``broker`` command. The keyword arguments are for tests."""
+    deps = Deps(
+        backend_factory=backend_factory or _pkcs11_backend,
+        clock=clock or SystemClock(),
+        tracer_provider=tracer_provider,
+    )
     keys = subparsers.add_parser(
         "keys", help="key ceremonies: generate, import, show, destroy, ..."
     )

@@ -490,3 +490,43 @@ def test_audit_verify_reports_ok_and_tampering(env: Env) -> None:
 def test_audit_verify_missing_log(env: Env, tmp_path: Path) -> None:
     code, _, err = env.run("audit-verify", "--log", str(tmp_path / "none.jsonl"))
     assert code == 1 and "does not exist" in err
+
+
+def test_h02_ceremony_spans_carry_no_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    env = Env("soft", tmp_path, capsys, None)
+    backend = env.backend
+    assert backend is not None
+    env.groups = [
+        functools.partial(
+            commands.register, backend_factory=lambda: backend, tracer_provider=provider
+        )
+    ]
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-pin-0815")
+    assert env.run("generate", key=env.uri())[0] == 0
+    assert env.run("selftest", key=env.uri())[0] == 0
+    assert env.run("show", "--pin-file", str(wrong), key=env.uri())[0] == 1
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == [
+        "ceremony.keys.generate",
+        "ceremony.keys.selftest",
+        "ceremony.keys.show",
+    ]
+    did = env.records()[0]["did"]
+    assert spans[0].attributes is not None and spans[0].attributes["kid"] == did
+    assert spans[0].attributes["outcome"] == "ok"
+    assert spans[2].attributes is not None
+    assert spans[2].attributes["error.reason"] == "pin_incorrect"
+    for span in spans:
+        values = " ".join(str(v) for v in (span.attributes or {}).values())
+        assert SOFT_PIN not in values and "not-the-pin-0815" not in values
+        assert "eyJ" not in values  # no JWS (the self-test signature) in attributes
