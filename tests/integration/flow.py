@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import httpx
+from opentelemetry.trace import TracerProvider
 
 from broker.clock import Clock, SystemClock
 from broker.keys.api import Signer
@@ -50,6 +51,7 @@ def make_stack(
     *,
     use_par: bool = False,
     login_clock: Clock | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Stack:
     config = ClientConfig(
         issuer=peer.issuer,
@@ -58,12 +60,12 @@ def make_stack(
         use_par=use_par,
     )
     clock = SystemClock()
-    client = OAuthClient(config, http, signer, clock)
+    client = OAuthClient(config, http, signer, clock, tracer_provider=tracer_provider)
     sink = FakeSink()
     login = LoginService(
         client, config, signer, sink, login_clock or clock, public_base_url=base_url
     )
-    web.app = create_app(login, redirect_uri=config.redirect_uri)
+    web.app = create_app(login, redirect_uri=config.redirect_uri, tracer_provider=tracer_provider)
     return Stack(config=config, client=client, login=login, sink=sink, http=http)
 
 

@@ -282,3 +282,64 @@ async def test_dome_restart_after_invalid_grant_completes_on_the_same_login(
         ("authorization_code", "invalid_grant"),
         ("authorization_code", None),
     ]
+
+
+async def test_h02_no_secret_in_spans_or_logs_during_a_full_flow(
+    env: Env, user_agent: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    caplog.set_level(logging.DEBUG)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stack = make_stack(
+        env.peer, env.signer, env.web, env.base_url, env.http, tracer_provider=provider
+    )
+    view = await stack.login.start(label="ops")
+    query = params_of(view.authorization_url or "")
+    callback_url, resp = await follow_to_callback(
+        user_agent, view.authorization_url or "", stack.config.redirect_uri
+    )
+    assert resp.status_code == 200
+    ((tokens, *_),) = stack.sink.grants
+    assert tokens.refresh_token is not None and tokens.subject is not None
+    refreshed = await stack.client.refresh(tokens.refresh_token, subject=tokens.subject)
+    secrets_seen = [
+        query["state"][0],
+        query["nonce"][0],
+        query["code_challenge"][0],
+        request_uri_of(view).rsplit("/", 1)[1],
+        params_of(callback_url)["code"][0],
+        tokens.access_token,
+        tokens.refresh_token,
+        refreshed.access_token,
+        refreshed.refresh_token or "",
+    ]
+    names = {s.name for s in exporter.get_finished_spans()}
+    assert {"web.request_object", "web.callback", "oauth.token_request"} <= names
+    texts = [
+        f"{s.name} {dict(s.attributes or {})} {[e.attributes for e in s.events]}"
+        for s in exporter.get_finished_spans()
+    ]
+    # The user agent (the test's "browser") logs its own URLs through httpx: those carry state
+    # and code by design and are not the broker's. Everything else logged is scanned.
+    browser = (
+        f"HTTP Request: GET {env.peer.issuer}/",
+        f"HTTP Request: GET {env.base_url}/callback",
+    )
+    texts += [
+        record.getMessage()
+        for record in caplog.records
+        if not (record.name == "httpx" and record.getMessage().startswith(browser))
+        and not record.name.startswith("httpcore")
+    ]
+    assert any("/token" in t for t in texts)  # the broker's own requests were scanned
+    for text in texts:
+        assert "eyJ" not in text
+        for secret in secrets_seen:
+            assert secret not in text
