@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import random
 
 import pytest
@@ -589,3 +590,25 @@ async def test_invalid_constructor_arguments_are_rejected(
     ):
         with pytest.raises(InvalidArgument):
             make_broker(store, refresher, clock, **kwargs)
+
+
+async def test_broker_serves_the_grpc_port_and_is_the_login_grant_sink(
+    broker: TokenBroker, clock: FakeClock
+) -> None:
+    """Typed against broker.server.ports.TokenBroker and broker.tokens.ports.GrantSink (mypy
+    checks the assignment; the calls check the behaviour through those interfaces)."""
+    from broker.server.ports import TokenBroker as ServerPort
+    from broker.tokens.ports import GrantSink
+
+    sink: GrantSink = broker
+    port: ServerPort = broker
+    grant = await sink.add_grant(
+        token_set(clock), label="svc", issuer="https://as", client_id="did:key:zClient"
+    )
+    view = await port.get_access_token(grant.grant_id, min_ttl=0)
+    assert (view.access_token, view.token_type, view.grant_id) == ("at-0", "Bearer", grant.grant_id)
+    assert [g.grant_id for g in await port.list_grants("svc")] == [grant.grant_id]
+    stream = port.watch(grant.grant_id)
+    assert (await anext(aiter(stream))).access_token == "at-0"
+    assert inspect.isasyncgen(stream)
+    await stream.aclose()
