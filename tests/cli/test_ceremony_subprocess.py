@@ -301,3 +301,40 @@ def test_tampered_audit_log_is_reported_by_the_script(token: Token, tmp_path: Pa
     assert proc.returncode == 1
     assert "audit chain broken at record 1" in proc.stderr and proc.stderr.count("\n") == 1
     assert "BROKEN" in proc.stdout
+
+
+def test_destroy_asks_on_a_terminal(token: Token) -> None:
+    import pty
+
+    label = "tty-" + secrets.token_hex(3)
+    gen = token.run("generate", "--json", key=token.uri(label))
+    did = json.loads(gen.stdout)["did"]
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env["SOFTHSM2_CONF"] = str(token.conf)
+    proc = subprocess.Popen(
+        [
+            str(BROKER),
+            "keys",
+            "destroy",
+            "--key",
+            token.uri(label),
+            "--audit-log",
+            str(token.audit),
+        ],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    os.close(slave)
+    try:
+        os.write(master, (did + "\n").encode())
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+    token.outputs += [out, err]
+    assert proc.returncode == 0, err
+    assert f"This destroys key '{label}' ({did})" in err and "Type its did to confirm" in err
+    assert out.startswith(f"destroyed key '{label}'")

@@ -530,3 +530,11 @@ def test_h02_ceremony_spans_carry_no_secret(
         values = " ".join(str(v) for v in (span.attributes or {}).values())
         assert SOFT_PIN not in values and "not-the-pin-0815" not in values
         assert "eyJ" not in values  # no JWS (the self-test signature) in attributes
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "tsl-entry", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--redirect-uri" in out and "--issuer" in out
+    assert main([]) == 2
+    assert capsys.readouterr().err == "broker: the following arguments are required: GROUP\n"
