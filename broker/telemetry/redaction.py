@@ -61,24 +61,21 @@ _SENSITIVE_NAMES = frozenset(
         "private_key",
     }
 )
+_NORMALISE = str.maketrans({"-": "_", ".": "_", " ": "_", "\t": "_"})
 _SENSITIVE_SUFFIXES = ("_token", "_secret", "_password", "_pin", "_assertion", "_private_key")
 
 
 def is_sensitive_key(name: str) -> bool:
     """True when a mapping key / keyword names a secret (case, ``-`` and ``.`` insensitive)."""
-    norm = re.sub(r"[-.\s]", "_", name.strip().lower())
+    norm = name.strip().lower().translate(_NORMALISE)
     return norm in _SENSITIVE_NAMES or norm.endswith(_SENSITIVE_SUFFIXES)
 
 
-_NAME_ALT = "|".join(sorted(_SENSITIVE_NAMES, key=len, reverse=True))
-# key=value, key: value, "key": "value", 'key'='value'; the key may carry a known suffix.
+# key=value, key: value, "key": "value", 'key'='value'; the key decides (is_sensitive_key). The
+# value is a lookahead, so a harmless pair ("failed: PIN: 1234") does not swallow the next key.
 _KV = re.compile(
-    rf"""(?ix)
-    (?P<key>["']?(?<![\w-])(?:[\w-]*(?:_token|_secret|_password|_pin|_assertion)|{_NAME_ALT})["']?)
-    (?P<sep>\s*[=:]\s*)
-    (?P<q>["']?)
-    (?P<value>[^\s"'&,;}}\]]+)
-    """
+    r"""(?<![\w-])(?P<kq>["']?)(?P<key>[\w-]++)(?P=kq)(?P<sep>\s*[=:]\s*)"""
+    r"""(?=(?P<q>["']?)(?P<value>[^\s"'&,;}\]]+))"""
 )
 # "pin 1234", "password is hunter2": words that are followed by their secret without '='.
 _LOOSE = re.compile(r"(?i)\b(pin|password|passphrase)(\s+(?:is\s+)?)(?![\[=:])(\S+)")
@@ -103,12 +100,25 @@ def _blob(match: re.Match[str]) -> str:
     return REDACTED
 
 
+def _redact_pairs(text: str) -> str:
+    out: list[str] = []
+    pos = 0
+    for match in _KV.finditer(text):
+        if match.start() < pos or not is_sensitive_key(match["key"]):
+            continue  # inside a value already redacted, or a harmless key
+        out.append(text[pos : match.end()])
+        out.append(match["q"] + REDACTED)
+        pos = match.end() + len(match["q"]) + len(match["value"])
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def redact_text(text: str) -> str:
     """Return ``text`` with every secret-looking part replaced by ``[REDACTED]``."""
     if not text:
         return text
     out = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    out = _KV.sub(lambda m: f"{m['key']}{m['sep']}{m['q']}{REDACTED}", out)
+    out = _redact_pairs(out)
     out = _LOOSE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", out)
     out = _JWT.sub(REDACTED, out)
     return _BLOB.sub(_blob, out)
