@@ -159,6 +159,8 @@ class SqliteGrantStore:
         return result
 
     def _open_sync(self) -> None:
+        if self._conn is not None:  # a concurrent open() ran first (same worker thread)
+            return
         try:
             fd = os.open(
                 self._path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE
