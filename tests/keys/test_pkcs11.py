@@ -17,6 +17,7 @@ from jwcrypto import jwk as jwcrypto_jwk
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
@@ -221,6 +222,16 @@ def test_sign_span_carries_kid_and_mechanism_only(softhsm_env: SoftHsmEnv, key: 
     (span,) = exporter.get_finished_spans()
     assert span.name == "keys.sign"
     assert dict(span.attributes or {}) == {"kid": signer.kid, "mechanism": signer.mechanism}
+    assert span.status.is_ok
+    store.delete(key)
+    with pytest.raises(KeyNotFound):
+        signer.sign(b"gone")
+    failed = exporter.get_finished_spans()[-1]
+    assert failed.name == "keys.sign"
+    assert failed.status.status_code is StatusCode.ERROR
+    assert [e.name for e in failed.events] == ["exception"]
+    assert softhsm_env.pin not in str(failed.to_json())
+    store.close()
 
 
 # --- recovery --------------------------------------------------------------------------------

@@ -1,0 +1,231 @@
+"""ES256 signing benchmark: raw C_Sign vs the broker's JWS path vs jwcrypto in memory.
+
+One run, one temporary SoftHSM2 token (never the system one), the same key for both HSM modes:
+
+- ``raw``: python-pkcs11 ``key.sign(digest, mechanism=CKM_ECDSA)`` over a precomputed SHA-256
+  digest, serialised by a lock as the library requires (see broker/keys/pkcs11_lib.py);
+- ``broker``: ``broker.jose.sign_compact`` through ``Pkcs11Signer`` (JSON, base64url, SHA-256,
+  lock, recovery wrapper, ``keys.sign`` span with the no-op tracer);
+- ``jwcrypto``: jwcrypto ``JWS`` ES256 with an in-memory key.
+
+Modes are interleaved round by round so machine noise hits all of them alike. 1 and 2 threads.
+Targets: broker >= 0.85x raw, broker >= 1.0x jwcrypto.
+
+    .venv/bin/python bench/sign.py [--rounds 5] [--ops 400] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_RAW = 0.85
+TARGET_JWCRYPTO = 1.0
+CLAIMS = {
+    "iss": "did:key:zDnaew7Cz5JbZtVGd93qxAjLB1qZEm1eXLPaWEr775R2BZkoY",
+    "sub": "did:key:zDnaew7Cz5JbZtVGd93qxAjLB1qZEm1eXLPaWEr775R2BZkoY",
+    "aud": "https://verifier.dome-marketplace.eu",
+    "jti": "2f4c0b7e-6a53-4f7e-9d3b-4c3c8b0a1e77",
+    "exp": 1_800_000_300,
+    "iat": 1_800_000_000,
+}
+
+
+def _make_token(workdir: Path) -> tuple[str, str, str]:
+    """Write a private softhsm2.conf, point SOFTHSM2_CONF at it, initialise a token."""
+    tokens = workdir / "tokens"
+    tokens.mkdir()
+    conf = workdir / "softhsm2.conf"
+    template = (ROOT / "softhsm" / "softhsm2.conf.in").read_text()
+    conf.write_text(template.replace("@TOKENDIR@", str(tokens)))
+    os.environ["SOFTHSM2_CONF"] = str(conf)  # before the module is loaded
+    from broker.keys.inittoken import init_token
+    from broker.keys.pkcs11_lib import default_module_path
+
+    module = default_module_path()
+    pin = secrets.token_hex(8)
+    init_token(module, "bench", secrets.token_hex(8), pin)
+    return module, "bench", pin
+
+
+def _run_threads(op: Callable[[], object], ops: int, threads: int) -> tuple[float, list[int]]:
+    """Run ``ops`` calls split over ``threads``; return wall seconds and per-call latencies (ns)."""
+    latencies: list[list[int]] = [[] for _ in range(threads)]
+    barrier = threading.Barrier(threads + 1)
+
+    def work(n: int) -> None:
+        own = latencies[n]
+        barrier.wait()
+        for _ in range(ops // threads):
+            start = time.perf_counter_ns()
+            op()
+            own.append(time.perf_counter_ns() - start)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - start, [x for chunk in latencies for x in chunk]
+
+
+def _pct(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6  # ms
+
+
+def _machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        softhsm = subprocess.run(
+            ["softhsm2-util", "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        softhsm = "unknown"
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "softhsm": softhsm,
+        "python-pkcs11": metadata.version("python-pkcs11"),
+        "jwcrypto": metadata.version("jwcrypto"),
+        "cryptography": metadata.version("cryptography"),
+        "kernel": platform.release(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ops", type=int, default=400, help="signatures per mode per round")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="broker-bench-") as tmp:
+        module, label, pin = _make_token(Path(tmp))
+        from jwcrypto import jwk, jws
+        from pkcs11 import Mechanism, ObjectClass
+
+        from broker.jose import sign_compact
+        from broker.keys.pkcs11 import Pkcs11KeyStore
+
+        load_before = os.getloadavg()
+        with Pkcs11KeyStore(module, label, pin) as store:
+            store.generate("bench-key", b"\xbe")
+            signer = store.signer("bench-key")
+            lib_lock = store._lib.lock
+            raw_session = store._lib.lib.get_token(token_label=label).open()  # already logged in
+            raw_key = raw_session.get_key(ObjectClass.PRIVATE_KEY, label="bench-key")
+            digest = hashlib.sha256(b"bench").digest()
+
+            def raw() -> object:
+                with lib_lock:
+                    return raw_key.sign(digest, mechanism=Mechanism.ECDSA)
+
+            def broker() -> object:
+                return sign_compact(signer, CLAIMS)
+
+            memory_key = jwk.JWK.generate(kty="EC", crv="P-256")
+            payload = json.dumps(CLAIMS, separators=(",", ":")).encode()
+            protected = json.dumps({"alg": "ES256", "typ": "JWT", "kid": signer.kid})
+
+            def jwcrypto() -> object:
+                token = jws.JWS(payload)
+                token.add_signature(memory_key, alg="ES256", protected=protected)
+                return token.serialize(compact=True)
+
+            modes: dict[str, Callable[[], object]] = {
+                "raw C_Sign": raw,
+                "broker JWS": broker,
+                "jwcrypto": jwcrypto,
+            }
+            for op in modes.values():  # warm up
+                for _ in range(50):
+                    op()
+            results: dict[tuple[str, int], tuple[float, list[int]]] = {}
+            for threads in (1, 2):
+                for _ in range(args.rounds):
+                    for name, op in modes.items():
+                        seconds, lat = _run_threads(op, args.ops, threads)
+                        total, all_lat = results.get((name, threads), (0.0, []))
+                        results[(name, threads)] = (total + seconds, all_lat + lat)
+            raw_session.close()
+        load_after = os.getloadavg()
+
+    rows = []
+    rates: dict[tuple[str, int], float] = {}
+    for (name, threads), (seconds, lat) in results.items():
+        rate = len(lat) / seconds
+        rates[(name, threads)] = rate
+        rows.append((name, threads, rate, _pct(lat, 0.50), _pct(lat, 0.99), len(lat)))
+
+    lines = [
+        f"# ES256 signing benchmark ({_machine()['date']})",
+        "",
+        "Command: `.venv/bin/python bench/sign.py"
+        + (f" --rounds {args.rounds} --ops {args.ops}`" if argv else "`"),
+        "",
+        "| machine | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in _machine().items()],
+        f"| load average before / after | {load_before[0]:.2f} / {load_after[0]:.2f} |",
+        "",
+        f"{args.rounds} interleaved rounds x {args.ops} signatures per mode and thread count.",
+        "",
+        "| mode | threads | ops/s | p50 ms | p99 ms | n |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {n} | {t} | {r:.0f} | {p50:.3f} | {p99:.3f} | {c} |"
+            for n, t, r, p50, p99, c in rows
+        ],
+        "",
+        "| ratio | threads | value | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for threads in (1, 2):
+        broker_rate = rates[("broker JWS", threads)]
+        for other, target in (("raw C_Sign", TARGET_RAW), ("jwcrypto", TARGET_JWCRYPTO)):
+            ratio = broker_rate / rates[(other, threads)]
+            met = ratio >= target
+            verdicts.append(met)
+            lines.append(
+                f"| broker JWS / {other} | {threads} | {ratio:.2f}x | >= {target:.2f}x | "
+                + ("yes" if met else f"NO (short by {(target - ratio) / target:.0%})")
+                + " |"
+            )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"sign-{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d')}.md"
+    out.write_text(text)
+    print(f"written to {out}")
+    return 0 if all(verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
