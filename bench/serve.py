@@ -43,6 +43,7 @@ ECHO_METHOD = "/bench.Echo/Echo"
 BROKER_METHOD = "/broker.v1.TokenBroker/GetAccessToken"
 CLIENT_ID = "spiffe://bench.example/caller"
 GRANT_ID = "g-bench"
+WARMUP_CALLS = 50
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
     request = _request_bytes()
     async with grpc.aio.secure_channel(args.target, creds, options=options) as channel:
         call = channel.unary_unary(args.method)
-        for _ in range(50):  # warm-up: handshake, code paths
+        for _ in range(WARMUP_CALLS):  # warm-up: handshake, code paths
             await call(request)
         latencies: list[float] = []
         stop_at = time.perf_counter() + args.duration
@@ -130,6 +131,7 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
     latencies.sort()
     return {
         "calls": len(latencies),
+        "total_calls": len(latencies) + WARMUP_CALLS,
         "rps": len(latencies) / elapsed,
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
@@ -238,6 +240,7 @@ async def _main(args: argparse.Namespace) -> int:
                             "--certs",
                             str(d),
                         ]
+                        cpu0 = time.process_time()
                         proc = await asyncio.create_subprocess_exec(
                             *cmd, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": _root()}
                         )
@@ -245,7 +248,10 @@ async def _main(args: argparse.Namespace) -> int:
                         if proc.returncode != 0:
                             print(f"client failed for {name}", file=sys.stderr)
                             return 1
-                        results.setdefault((name, conc), []).append(json.loads(out))
+                        run = json.loads(out)
+                        # server-process CPU (all threads) per request: robust to a busy box
+                        run["cpu_us"] = 1e6 * (time.process_time() - cpu0) / run["total_calls"]
+                        results.setdefault((name, conc), []).append(run)
                         print(name, conc, results[(name, conc)][-1], file=sys.stderr)
         finally:
             await broker.stop(None)
@@ -270,8 +276,8 @@ def _report(args: argparse.Namespace, results: dict[tuple[str, int], list[dict[s
         *_machine(),
         "",
         "| callers | echo req/s | broker req/s | throughput ratio | echo p50 / p99 ms "
-        "| broker p50 / p99 ms | p99 ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| broker p50 / p99 ms | p99 ratio | server CPU us/req echo / broker (ratio) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for conc in (1, 16):
@@ -280,6 +286,7 @@ def _report(args: argparse.Namespace, results: dict[tuple[str, int], list[dict[s
         e50, e99 = _median(echo, "p50_ms"), _median(echo, "p99_ms")
         b50, b99 = _median(brk, "p50_ms"), _median(brk, "p99_ms")
         ratio, p99_ratio = b_rps / e_rps, b99 / e99
+        e_cpu, b_cpu = _median(echo, "cpu_us"), _median(brk, "cpu_us")
         verdicts.append(
             f"- {conc} caller(s): throughput {ratio:.2f}x (target >= 0.85x: "
             f"{'met' if ratio >= 0.85 else 'NOT met'}), p99 {p99_ratio:.2f}x (target <= 1.2x: "
@@ -287,7 +294,8 @@ def _report(args: argparse.Namespace, results: dict[tuple[str, int], list[dict[s
         )
         lines.append(
             f"| {conc} | {e_rps:,.0f} | {b_rps:,.0f} | {ratio:.2f}x | {e50:.2f} / {e99:.2f} "
-            f"| {b50:.2f} / {b99:.2f} | {p99_ratio:.2f}x |"
+            f"| {b50:.2f} / {b99:.2f} | {p99_ratio:.2f}x "
+            f"| {e_cpu:.0f} / {b_cpu:.0f} ({e_cpu / b_cpu:.2f}x) |"
         )
     lines += ["", *verdicts, ""]
     text = "\n".join(lines)
