@@ -7,10 +7,12 @@ are in test_ceremony_subprocess.py.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from broker.audit import verify_chain
 from broker.ceremony import commands
 from broker.cli import GROUPS, Registrar, main
 from broker.clock import FakeClock
+from broker.errors import KeyNotFound
 from broker.keys.didkey import did_from_public_key, public_key_from_did
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.soft import SoftSigner
@@ -99,9 +102,22 @@ class Env:
 
 
 @pytest.fixture(params=["soft", pytest.param("softhsm", marks=pytest.mark.softhsm)])
-def env(request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Env:
-    softhsm = request.getfixturevalue("softhsm_env") if request.param == "softhsm" else None
-    return Env(request.param, tmp_path, capsys, softhsm)
+def env(
+    request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Env]:
+    if request.param == "soft":
+        yield Env("soft", tmp_path, capsys, None)
+        return
+    softhsm: SoftHsmEnv = request.getfixturevalue("softhsm_env")
+    store: Pkcs11KeyStore = request.getfixturevalue("hsm_store")
+    cli_env = Env("softhsm", tmp_path, capsys, softhsm)
+    yield cli_env
+    # The session token is shared with other suites: destroy what this test created.
+    labels = {info.label for info in store.list() if info.label.endswith(cli_env.suffix)}
+    labels.add(cli_env.label("seal-2026"))
+    for label in labels:
+        with contextlib.suppress(KeyNotFound):
+            store.delete(label)
 
 
 def _assert_no_secret(env: Env, *texts: str) -> None:
