@@ -1,0 +1,266 @@
+"""``broker serve``: wire the concrete parts from :class:`broker.config.Settings` and run them.
+
+The one place that knows every implementation. Start order: key store and self-test (fail
+closed, TEST-CATALOGUE D11) -> sealer -> grant store -> OAuth client -> token core (crash
+recovery, background refresher) -> login service -> HTTPS listener -> gRPC listener (SERVING).
+Stop order (SIGTERM/SIGINT, J05): NOT_SERVING -> gRPC drain -> token core stop (in-flight
+refreshes finish persisting) -> HTTPS listener -> store -> HTTP client -> key store ->
+telemetry flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import httpx
+from opentelemetry import trace
+
+from broker.ceremony.selftest import run_selftest
+from broker.clock import Clock, SystemClock
+from broker.config import Settings
+from broker.errors import ConfigError
+from broker.keys.api import Sealer, Signer
+from broker.keys.pkcs11 import Pkcs11KeyStore
+from broker.keys.uri import parse_key_uri
+from broker.oauth.client import OAuthClient
+from broker.oauth.config import ClientConfig
+from broker.oauth.login import LoginService
+from broker.server.app import RunningServer, start_server
+from broker.server.policy import PolicyHolder
+from broker.telemetry.metrics import BrokerMetrics
+from broker.telemetry.observer import MetricsObserver
+from broker.tokens.broker import TokenBroker
+from broker.tokens.postgres import PostgresGrantStore
+from broker.tokens.sqlite import SqliteGrantStore
+from broker.tokens.store import GrantStore
+from broker.web.app import create_app
+from broker.web.server import TlsFiles, WebServer
+
+log = logging.getLogger("broker.service")
+
+DRAIN_GRACE_SECONDS = 10.0
+
+
+@dataclass
+class Running:
+    """The started service; ``stop()`` shuts it down in order."""
+
+    settings: Settings
+    did: str
+    grpc: RunningServer
+    web: WebServer
+    broker: TokenBroker
+    logins: LoginService
+    client: OAuthClient
+    _closers: list[tuple[str, Callable[[], object]]] = field(default_factory=list, repr=False)
+
+    @property
+    def grpc_port(self) -> int:
+        return self.grpc.port
+
+    async def stop(self) -> None:
+        await self.grpc.set_serving(False)
+        await self.grpc.stop(DRAIN_GRACE_SECONDS)
+        await self.grpc.policy.stop()
+        await self.broker.stop()
+        await self.web.stop()
+        for name, closer in reversed(self._closers):
+            try:
+                result = closer()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("closing %s failed", name)
+
+
+def client_config(settings: Settings, did: str) -> ClientConfig:
+    o = settings.oauth
+    if o.client_id is not None and o.client_id != did:
+        raise ConfigError(
+            "[oauth].client_id differs from the did:key of the configured key "
+            "(the Verifier would reject every assertion)"
+        )
+    return ClientConfig(
+        issuer=o.issuer,
+        client_id=did,
+        redirect_uri=o.redirect_uri,
+        scope=o.scope,
+        use_pkce=o.use_pkce,
+        use_par=o.use_par,
+        assertion_audience=o.assertion_audience,
+        dome_compat=o.dome_compat,
+        clock_skew=o.clock_skew,
+        http_timeout=o.http_timeout,
+        allow_http_issuer=o.allow_insecure_http,
+    )
+
+
+def http_client(settings: Settings) -> httpx.AsyncClient:
+    """The outbound client to the AS: TLS verified (extra CA optional), no redirects followed."""
+    context = ssl.create_default_context()
+    if settings.oauth.ca_file is not None:
+        context.load_verify_locations(cafile=str(settings.oauth.ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return httpx.AsyncClient(
+        verify=context,
+        follow_redirects=False,
+        timeout=httpx.Timeout(settings.oauth.http_timeout),
+        trust_env=False,
+    )
+
+
+async def open_store(settings: Settings, sealer: Sealer, clock: Clock) -> GrantStore:
+    s = settings.store
+    if s.kind == "postgres":
+        if s.dsn is None:
+            raise ConfigError("[store].dsn is required for the postgres store")
+        return await PostgresGrantStore.connect(s.dsn, sealer, clock)
+    if s.path is None:
+        raise ConfigError("[store].path is required for the sqlite store")
+    return await SqliteGrantStore.connect(str(s.path), sealer, clock)
+
+
+def open_key(settings: Settings, clock: Clock) -> tuple[Pkcs11KeyStore, Signer, str, Sealer]:
+    """Open the token, self-test the client key (fail closed) and find the sealing key."""
+    ref = parse_key_uri(settings.key.uri)
+    if ref.object is None:
+        raise ConfigError("[key].uri must name the key with object=<label>")
+    keystore = Pkcs11KeyStore.from_ref(ref)
+    try:
+        info = keystore.get(ref.object)
+        signer = keystore.signer(ref.object)
+        run_selftest(signer, info, clock=clock)
+        if settings.key.sealing_key_label is None:
+            raise ConfigError("[key].sealing_key_label is required (tokens are sealed at rest)")
+        sealer = keystore.sealer(settings.key.sealing_key_label)
+    except BaseException:
+        keystore.close()
+        raise
+    return keystore, signer, info.did, sealer
+
+
+async def start(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    metrics: BrokerMetrics | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> Running:
+    """Start every listener; raises (after undoing what started) when anything fails."""
+    clock = clock or SystemClock()
+    closers: list[tuple[str, Callable[[], object]]] = []
+    stack = contextlib.AsyncExitStack()
+    try:
+        keystore, signer, did, sealer = await asyncio.to_thread(open_key, settings, clock)
+        stack.callback(keystore.close)
+        closers.append(("key store", keystore.close))
+        store = await open_store(settings, sealer, clock)
+        stack.push_async_callback(store.close)
+        closers.append(("grant store", store.close))
+        http = http_client(settings)
+        stack.push_async_callback(http.aclose)
+        closers.append(("http client", http.aclose))
+        config = client_config(settings, did)
+        client = OAuthClient(config, http, signer, clock, tracer_provider=tracer_provider)
+        t = settings.tokens
+        broker = TokenBroker(
+            store,
+            client,
+            clock,
+            refresh_threshold=t.refresh_threshold,
+            min_serve_ttl=t.min_serve_ttl,
+            background_interval=t.background_interval,
+            observer=MetricsObserver(metrics) if metrics is not None else None,
+            tracer_provider=tracer_provider,
+        )
+        await broker.start()
+        stack.push_async_callback(broker.stop)
+        logins = LoginService(
+            client,
+            config,
+            signer,
+            broker,
+            clock,
+            public_base_url=settings.web.public_base_url.rstrip("/"),
+            login_ttl=settings.oauth.login_ttl,
+        )
+        w = settings.web
+        tls = TlsFiles(str(w.tls_cert), str(w.tls_key)) if w.tls_cert and w.tls_key else None
+        web = WebServer(
+            create_app(
+                logins,
+                redirect_uri=config.redirect_uri,
+                post_login_url=w.post_login_url,
+                tracer_provider=tracer_provider,
+            ),
+            host=w.host,
+            port=w.port,
+            tls=tls,
+        )
+        await web.start()
+        stack.push_async_callback(web.stop)
+        g = settings.grpc
+        policy = PolicyHolder(g.policy_file)
+        grpc_server = await start_server(
+            broker=broker,
+            logins=logins,
+            policy=policy,
+            bind=g.bind,
+            server_cert_pem=g.server_cert.read_bytes(),
+            server_key_pem=g.server_key.read_bytes(),
+            client_ca_pem=g.client_ca.read_bytes(),
+            max_message_bytes=g.max_message_bytes,
+            max_concurrent_rpcs=g.max_concurrent_rpcs,
+            reflection=g.reflection,
+            tracer_provider=tracer_provider,
+        )
+    except BaseException:
+        await stack.aclose()
+        raise
+    stack.pop_all()
+    log.info(
+        "broker serving",
+        extra={"did": did, "grpc_port": grpc_server.port, "web_port": web.port},
+    )
+    return Running(
+        settings=settings,
+        did=did,
+        grpc=grpc_server,
+        web=web,
+        broker=broker,
+        logins=logins,
+        client=client,
+        _closers=closers,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, **kwargs: object) -> AsyncIterator[Running]:
+    service = await start(settings, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+async def serve_until_signalled(settings: Settings, *, metrics: BrokerMetrics | None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop in order."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    service = await start(settings, metrics=metrics)
+    print(
+        f"broker serving: grpc port {service.grpc_port}, https port {service.web.port}", flush=True
+    )
+    try:
+        await stop.wait()
+        log.info("signal received: draining")
+    finally:
+        await service.stop()
