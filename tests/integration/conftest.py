@@ -14,152 +14,42 @@
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import shutil
-import socket
-import ssl
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import trustme
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from broker.devtools.peer import (
+    Peer,
+    PeerSettings,
+    PeerUnavailable,
+    Pki,
+    free_port,
+    stop_peer,
+)
+from broker.devtools.peer import ensure_node_modules as _ensure_node_modules
+from broker.devtools.peer import start_peer as _start_peer
 from broker.keys.api import KeyStore, Signer
 from broker.keys.didkey import public_jwk, public_key_from_did
-from broker.web.server import TlsFiles, WebServer
+from broker.web.server import WebServer
 
 ROOT = Path(__file__).resolve().parents[2]
-PEER_DIR = ROOT / "tests" / "peer"
 CALLBACK_PATH = "/callback"
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca_file))
-
-    @property
-    def tls(self) -> TlsFiles:
-        return TlsFiles(certfile=str(self.cert_file), keyfile=str(self.key_file))
-
-
-@dataclass(frozen=True)
-class Peer:
-    issuer: str
-    process: subprocess.Popen[bytes] = field(repr=False)
-    pki: Pki
-
-    def admin_log(self) -> dict[str, Any]:
-        with httpx.Client(verify=self.pki.ssl_context()) as http:
-            resp = http.get(f"{self.issuer}/admin/log")
-            resp.raise_for_status()
-            data: dict[str, Any] = resp.json()
-            return data
-
-    def reset_log(self) -> None:
-        with httpx.Client(verify=self.pki.ssl_context()) as http:
-            http.post(f"{self.issuer}/admin/reset").raise_for_status()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def ensure_node_modules() -> None:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node/npm are not installed")
-    if not (PEER_DIR / "node_modules" / "oidc-provider").is_dir():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund"], cwd=PEER_DIR, check=True, capture_output=True
-        )
-
-
-@dataclass
-class PeerSettings:
-    client_id: str
-    client_jwk: dict[str, str]
-    redirect_uris: list[str]
-    pkce_required: bool = True
-    access_token_ttl: int = 120
-    token_delay_ms: int = 0
+    try:
+        _ensure_node_modules()
+    except PeerUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: float = 30.0) -> Peer:
-    """Start the peer and wait for its discovery document (bounded by ``timeout``)."""
     ensure_node_modules()
-    config = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "tls_cert": str(pki.cert_file),
-        "tls_key": str(pki.key_file),
-        "client": {
-            "client_id": settings.client_id,
-            "jwk": settings.client_jwk,
-            "redirect_uris": settings.redirect_uris,
-        },
-        "pkce_required": settings.pkce_required,
-        "access_token_ttl": settings.access_token_ttl,
-        "token_delay_ms": settings.token_delay_ms,
-        "vc_file": str(PEER_DIR / "learcredential-employee.json"),
-    }
-    config_path = workdir / f"peer-{secrets.token_hex(4)}.json"
-    config_path.write_text(json.dumps(config))
-    env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(pki.ca_file)}
-    env.pop("PEER_TOKEN_DELAY_MS", None)
-    stderr_path = workdir / f"{config_path.stem}.stderr"
-    stderr = stderr_path.open("wb")
-    process = subprocess.Popen(
-        ["node", str(PEER_DIR / "peer.mjs"), str(config_path)],
-        cwd=PEER_DIR,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        env=env,
-    )
-    stderr.close()
-    assert process.stdout is not None
-    line = process.stdout.readline()  # the peer prints one JSON line when listening
-    if not line:
-        process.wait(timeout=5)
-        raise RuntimeError(f"peer did not start: {stderr_path.read_text()[-2000:]}")
-    issuer = json.loads(line)["issuer"]
-    deadline = time.monotonic() + timeout
-    with httpx.Client(verify=pki.ssl_context()) as http:
-        while True:
-            try:
-                if http.get(f"{issuer}/.well-known/openid-configuration").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("peer discovery did not answer")
-            time.sleep(0.05)
-    return Peer(issuer=issuer, process=process, pki=pki)
-
-
-def stop_peer(peer: Peer) -> None:
-    peer.process.terminate()
-    try:
-        peer.process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        peer.process.kill()
-        peer.process.wait(timeout=5)
-    if peer.process.stdout is not None:
-        peer.process.stdout.close()
+    return _start_peer(pki, settings, workdir, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
