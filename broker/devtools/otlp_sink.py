@@ -8,6 +8,7 @@ opentelemetry-proto), keeps everything in memory, and answers 200 with an empty 
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ class SinkSpan:
     @property
     def duration_ms(self) -> float:
         return (self.end_ns - self.start_ns) / 1e6
+
+
+def _hex_id(value: str) -> str:
+    """OTLP JSON mapping renders ids as base64; show them as W3C hex."""
+    return base64.b64decode(value).hex() if value else ""
 
 
 def _attr_value(value: Any) -> Any:
@@ -137,9 +143,9 @@ class OtlpSink:
                 for s in ss.get("spans", []):
                     found.append(
                         SinkSpan(
-                            trace_id=s.get("traceId", ""),
-                            span_id=s.get("spanId", ""),
-                            parent_span_id=s.get("parentSpanId", ""),
+                            trace_id=_hex_id(s.get("traceId", "")),
+                            span_id=_hex_id(s.get("spanId", "")),
+                            parent_span_id=_hex_id(s.get("parentSpanId", "")),
                             name=s.get("name", ""),
                             service=service,
                             start_ns=int(s.get("startTimeUnixNano", 0)),

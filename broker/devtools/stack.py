@@ -1,0 +1,402 @@
+"""A whole local system, as real processes: the demo and the end-to-end tests run on it.
+
+``DevStack.up(workdir)``:
+1. a private SoftHSM token (``softhsm/init-token.sh``, PINs in files) and, through the ceremony
+   CLI, the client key and the sealing key (audit log in ``workdir``);
+2. a throw-away mTLS PKI: one CA, a server certificate for 127.0.0.1/localhost (gRPC, HTTPS
+   listener and the verifier), a client certificate with a SPIFFE URI SAN;
+3. the DOME-like verifier (oidc-provider 8.8.1 in ``tests/peer``) registering our did:key;
+4. ``broker.toml`` + ``policy.toml`` and ``broker serve`` as a child process, ready once its
+   gRPC health check answers SERVING.
+``down()`` stops everything it started. Nothing is left running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from broker.devtools.peer import ROOT, Peer, PeerSettings, Pki, free_port, start_peer, stop_peer
+from broker.devtools.pki import Ca
+from broker.keys.didkey import jwk_from_did
+from broker.server.gen.broker.v1 import broker_pb2_grpc
+
+TOKEN_LABEL = "broker-demo"  # noqa: S105 - a PKCS#11 token label, not a secret
+CLIENT_KEY_LABEL = "client"
+SEALING_KEY_LABEL = "sealing"
+CALLER_IDENTITY = "spiffe://demo.local/app"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _run(argv: list[str], env: dict[str, str], what: str) -> str:
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, cwd=ROOT)
+    if proc.returncode != 0:
+        raise StackError(f"{what} failed: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+@dataclass
+class DevStack:
+    workdir: Path
+    env: dict[str, str] = field(repr=False)
+    key_uri: str
+    did: str
+    ca_file: Path
+    client_cert: Path
+    client_key: Path
+    peer: Peer
+    grpc_port: int
+    web_port: int
+    config_path: Path
+    audit_log: Path
+    broker: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    ceremony_outputs: dict[str, str] = field(default_factory=dict, repr=False)
+
+    # --- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def up(
+        cls,
+        workdir: Path,
+        *,
+        otlp_endpoint: str | None = None,
+        store_kind: str = "sqlite",
+        store_dsn: str | None = None,
+        access_token_ttl: int = 120,
+        token_delay_ms: int = 0,
+        refresh_threshold: float = 60.0,
+        min_serve_ttl: float = 10.0,
+        start_broker: bool = True,
+    ) -> DevStack:
+        workdir.mkdir(parents=True, exist_ok=True)
+        hsm_dir = workdir / "hsm"
+        secrets_dir = workdir / "secrets"
+        secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        so_pin, user_pin = secrets_dir / "so_pin", secrets_dir / "user_pin"
+        for path in (so_pin, user_pin):
+            if not path.exists():
+                path.write_text(secrets.token_hex(8) + "\n")
+                path.chmod(0o600)
+        _run(
+            [
+                "bash",
+                str(ROOT / "softhsm" / "init-token.sh"),
+                str(hsm_dir),
+                TOKEN_LABEL,
+                str(so_pin),
+                str(user_pin),
+            ],
+            dict(os.environ),
+            "SoftHSM token initialisation",
+        )
+        env = {**os.environ, "SOFTHSM2_CONF": str(hsm_dir / "softhsm2.conf")}
+        env.pop("BROKER_CONFIG", None)
+        audit_log = workdir / "audit.jsonl"
+        key_uri = (
+            f"pkcs11:token={TOKEN_LABEL};object={CLIENT_KEY_LABEL};id=%01"
+            f"?pin-source=file:{user_pin}"
+        )
+        sealing_uri = (
+            f"pkcs11:token={TOKEN_LABEL};object={SEALING_KEY_LABEL};id=%02"
+            f"?pin-source=file:{user_pin}"
+        )
+        cli = [sys.executable, "-m", "broker.cli", "keys"]
+        outputs: dict[str, str] = {}
+        listed = json.loads(_run([*cli, "list", "--key", key_uri, "--json"], env, "keys list"))
+        if not _has_label(listed, CLIENT_KEY_LABEL):
+            outputs["generate"] = _run(
+                [
+                    *cli,
+                    "generate",
+                    "--key",
+                    key_uri,
+                    "--audit-log",
+                    str(audit_log),
+                    "--operator",
+                    "demo",
+                ],
+                env,
+                "keys generate",
+            )
+            outputs["generate-sealing-key"] = _run(
+                [
+                    *cli,
+                    "generate-sealing-key",
+                    "--key",
+                    sealing_uri,
+                    "--audit-log",
+                    str(audit_log),
+                    "--operator",
+                    "demo",
+                ],
+                env,
+                "keys generate-sealing-key",
+            )
+        shown = json.loads(_run([*cli, "show", "--key", key_uri, "--json"], env, "keys show"))
+        did = _find_did(shown)
+        outputs["show"] = _run([*cli, "show", "--key", key_uri], env, "keys show")
+        outputs["selftest"] = _run(
+            [
+                *cli,
+                "selftest",
+                "--key",
+                key_uri,
+                "--audit-log",
+                str(audit_log),
+                "--operator",
+                "demo",
+            ],
+            env,
+            "keys selftest",
+        )
+
+        pki_dir = workdir / "pki"
+        pki_dir.mkdir(exist_ok=True)
+        ca = Ca("broker demo CA")
+        server = ca.issue(cn="localhost", dns=("localhost",), ips=("127.0.0.1",), server=True)
+        client = ca.issue(cn="demo-app", uris=(CALLER_IDENTITY,))
+        files = {
+            "ca.pem": ca.pem,
+            "server.pem": server.cert_pem,
+            "server-key.pem": server.key_pem,
+            "client.pem": client.cert_pem,
+            "client-key.pem": client.key_pem,
+        }
+        for name, data in files.items():
+            (pki_dir / name).write_bytes(data)
+            (pki_dir / name).chmod(0o600)
+        pki = Pki(pki_dir / "ca.pem", pki_dir / "server.pem", pki_dir / "server-key.pem")
+
+        web_port, grpc_port = free_port(), free_port()
+        public = f"https://127.0.0.1:{web_port}"
+        issuer_tls = pki
+        peer = start_peer(
+            issuer_tls,
+            PeerSettings(
+                client_id=did,
+                client_jwk=jwk_from_did(did),
+                redirect_uris=[f"{public}/callback"],
+                access_token_ttl=access_token_ttl,
+                token_delay_ms=token_delay_ms,
+            ),
+            workdir,
+        )
+        outputs["tsl-entry"] = _run(
+            [
+                *cli,
+                "tsl-entry",
+                "--key",
+                key_uri,
+                "--issuer",
+                peer.issuer,
+                "--url",
+                public,
+                "--redirect-uri",
+                f"{public}/callback",
+            ],
+            env,
+            "keys tsl-entry",
+        )
+        policy = workdir / "policy.toml"
+        policy.write_text(f'[identities."{CALLER_IDENTITY}"]\nmethods = ["*"]\ngrants = ["*"]\n')
+        config_path = workdir / "broker.toml"
+        store = (
+            f'kind = "postgres"\ndsn = "{store_dsn}"\n'
+            if store_kind == "postgres"
+            else f'kind = "sqlite"\npath = "{workdir / "broker.db"}"\n'
+        )
+        telemetry = (
+            f'traces = "otlp-http"\nmetrics = "otlp-http"\nendpoint = "{otlp_endpoint}"\n'
+            if otlp_endpoint
+            else 'traces = "off"\nmetrics = "off"\n'
+        )
+        config_path.write_text(
+            f"""# written by broker.devtools.stack
+[key]
+uri = "{key_uri}"
+sealing_key_label = "{SEALING_KEY_LABEL}"
+
+[oauth]
+issuer = "{peer.issuer}"
+client_id = "{did}"
+redirect_uri = "{public}/callback"
+ca_file = "{pki.ca_file}"
+http_timeout = 10
+
+[web]
+host = "127.0.0.1"
+port = {web_port}
+public_base_url = "{public}"
+tls_cert = "{pki.cert_file}"
+tls_key = "{pki.key_file}"
+
+[grpc]
+bind = "127.0.0.1:{grpc_port}"
+server_cert = "{pki.cert_file}"
+server_key = "{pki.key_file}"
+client_ca = "{pki.ca_file}"
+policy_file = "{policy}"
+reflection = true
+
+[store]
+{store}
+[tokens]
+refresh_threshold = {refresh_threshold}
+min_serve_ttl = {min_serve_ttl}
+background_interval = 5
+
+[telemetry]
+{telemetry}service_name = "broker"
+log_format = "json"
+log_level = "INFO"
+
+[audit]
+path = "{audit_log}"
+"""
+        )
+        stack = cls(
+            workdir=workdir,
+            env=env,
+            key_uri=key_uri,
+            did=did,
+            ca_file=pki.ca_file,
+            client_cert=pki_dir / "client.pem",
+            client_key=pki_dir / "client-key.pem",
+            peer=peer,
+            grpc_port=grpc_port,
+            web_port=web_port,
+            config_path=config_path,
+            audit_log=audit_log,
+            ceremony_outputs=outputs,
+        )
+        if start_broker:
+            try:
+                stack.start_broker()
+            except BaseException:
+                stack.down()
+                raise
+        return stack
+
+    # --- the broker process ------------------------------------------------------------------
+
+    def start_broker(self, *, timeout: float = 30.0) -> None:
+        log = (self.workdir / "broker.log").open("ab")
+        self.broker = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "serve", "--config", str(self.config_path)],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.broker.poll() is not None:
+                raise StackError(f"broker exited early:\n{self.broker_log()[-3000:]}")
+            try:
+                with self.channel() as channel:
+                    resp = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=""), timeout=1.0
+                    )
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"broker not serving after {timeout}s:\n{self.broker_log()[-3000:]}"
+                )
+            time.sleep(0.2)
+
+    def stop_broker(self, *, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        if self.broker is None:
+            return None
+        if self.broker.poll() is None:
+            self.broker.send_signal(sig)
+            try:
+                self.broker.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.broker.kill()
+                self.broker.wait(timeout=5)
+        code = self.broker.returncode
+        self.broker = None
+        return code
+
+    def broker_log(self) -> str:
+        path = self.workdir / "broker.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def down(self) -> None:
+        self.stop_broker()
+        stop_peer(self.peer)
+
+    # --- clients -----------------------------------------------------------------------------
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes(),
+            private_key=self.client_key.read_bytes(),
+            certificate_chain=self.client_cert.read_bytes(),
+        )
+
+    def channel(self) -> grpc.Channel:
+        return grpc.secure_channel(f"127.0.0.1:{self.grpc_port}", self.channel_credentials())
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(f"127.0.0.1:{self.grpc_port}", self.channel_credentials())
+
+    def stub(self, channel: grpc.Channel) -> broker_pb2_grpc.TokenBrokerStub:
+        return broker_pb2_grpc.TokenBrokerStub(channel)  # type: ignore[no-untyped-call]
+
+
+def follow_login(authorization_url: str, ca_file: Path, *, max_hops: int = 12) -> str:
+    """Act as the user agent: follow the verifier's redirects (auto-login, no browser) until the
+    broker's callback answers; returns the final URL reached."""
+    url = authorization_url
+    with httpx.Client(verify=str(ca_file), follow_redirects=False, timeout=15.0) as http:
+        for _ in range(max_hops):
+            resp = http.get(url)
+            if resp.status_code in (301, 302, 303, 307, 308):
+                url = urljoin(url, resp.headers["location"])
+                continue
+            if resp.status_code >= 400:
+                raise StackError(f"login stopped at HTTP {resp.status_code}")
+            return url
+    raise StackError("too many redirects during login")
+
+
+def _has_label(listed: Any, label: str) -> bool:
+    text = json.dumps(listed)
+    return f'"{label}"' in text
+
+
+def _find_did(doc: Any) -> str:
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key == "did" and isinstance(value, str):
+                return value
+            found = _find_did(value)
+            if found:
+                return found
+    if isinstance(doc, list):
+        for value in doc:
+            found = _find_did(value)
+            if found:
+                return found
+    return ""
