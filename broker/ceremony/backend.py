@@ -48,6 +48,11 @@ class KeyBackend(Protocol):
         """Decode a P-256 private key from PEM, JWK JSON or a 32-byte hex scalar."""
         ...
 
+    def sealing_key_uri(self, target: KeyTarget, key_id: bytes) -> str:
+        """The printable URI (no PIN) of the AES key ``target`` names, with ``id=key_id`` and
+        RFC 7512 ``type=secret-key``."""
+        ...
+
 
 def refuse_inline_pin(text: str) -> None:
     """A key URI given on argv or in the environment must not carry the PIN itself.

@@ -233,9 +233,11 @@ def cmd_destroy(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
 def cmd_generate_sealing_key(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = _target(deps, args, facts, need_label=True)
     key_id = _new_id(target)
+    uri = deps.backend.sealing_key_uri(target, key_id)
+    facts.key_uri = uri
     with _store(deps, target, args) as store:
         store.generate_sealing_key(_label(target), key_id)
-    document = {"label": target.label, "id": key_id.hex(), "type": "AES-256", "uri": target.uri}
+    document = {"label": target.label, "id": key_id.hex(), "type": "AES-256", "uri": uri}
     text = f"generated AES-256 sealing key {target.label!r} (id {key_id.hex()}) in the token\n"
     return document, text
 

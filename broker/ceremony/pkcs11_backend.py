@@ -37,3 +37,9 @@ class Pkcs11Backend:
 
     def load_private_key(self, text: str) -> ec.EllipticCurvePrivateKey:
         return load_private_key(text)
+
+    def sealing_key_uri(self, target: KeyTarget, key_id: bytes) -> str:
+        if not isinstance(target.ref, KeyRef):
+            raise InvalidKeyUri("the key target was not parsed by the PKCS#11 backend")
+        uri = str(dataclasses.replace(target.ref, id=key_id))
+        return uri.replace(";type=private", ";type=secret-key", 1)

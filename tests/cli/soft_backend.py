@@ -70,3 +70,8 @@ class SoftBackend:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise InvalidKey("not an EC key")
         return key
+
+    def sealing_key_uri(self, target: KeyTarget, key_id: bytes) -> str:
+        assert isinstance(target.ref, KeyRef)
+        uri = str(dataclasses.replace(target.ref, id=key_id))
+        return uri.replace(";type=private", ";type=secret-key", 1)

@@ -443,6 +443,8 @@ def test_generate_sealing_key(env: Env) -> None:
     doc = json.loads(out)
     assert doc["label"] == env.label("seal-2026") and doc["type"] == "AES-256"
     assert len(bytes.fromhex(doc["id"])) == 8
+    assert f";id=%{doc['id'][:2].upper()}" in doc["uri"] and ";type=secret-key" in doc["uri"]
+    assert env.records()[-1]["key_uri"] == doc["uri"]  # the audit names the generated id
     code, _, err = env.run("generate-sealing-key", key=env.uri("seal-2026"))
     assert code == 1 and "[key_exists]" in err  # it really is on the token
     assert env.records()[-1]["action"] == "keys.generate_sealing_key"
