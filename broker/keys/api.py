@@ -82,7 +82,9 @@ class KeyStore(Protocol):
         """Generate a P-256 pair on the token: private key sensitive, non-extractable, sign-only."""
         ...
 
-    def import_key(self, label: str, key_id: bytes, private_key: ec.EllipticCurvePrivateKey) -> KeyInfo:
+    def import_key(
+        self, label: str, key_id: bytes, private_key: ec.EllipticCurvePrivateKey
+    ) -> KeyInfo:
         """Import an existing P-256 private key as a sensitive, non-extractable token object."""
         ...
 

@@ -13,6 +13,7 @@ import base64
 from dataclasses import dataclass
 
 import base58
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.errors import DidError
@@ -41,8 +42,6 @@ def did_from_public_key(public_key: ec.EllipticCurvePublicKey) -> str:
     """Encode a P-256 public key as ``did:key:zDn...`` (compressed point)."""
     if not isinstance(public_key.curve, ec.SECP256R1):
         raise DidError(f"did:key here is for P-256 keys, not {public_key.curve.name}")
-    from cryptography.hazmat.primitives import serialization
-
     point = public_key.public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
     )

@@ -25,4 +25,6 @@ class Refresher(Protocol):
 class GrantSink(Protocol):
     """Where a completed login hands its new grant (implemented by the token core)."""
 
-    async def add_grant(self, tokens: TokenSet, *, label: str, issuer: str, client_id: str) -> Grant: ...
+    async def add_grant(
+        self, tokens: TokenSet, *, label: str, issuer: str, client_id: str
+    ) -> Grant: ...
