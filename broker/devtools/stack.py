@@ -108,6 +108,7 @@ class DevStack:
         env = {**os.environ, "SOFTHSM2_CONF": str(hsm_dir / "softhsm2.conf")}
         env.pop("BROKER_CONFIG", None)
         audit_log = workdir / "audit.jsonl"
+        env["BROKER_AUDIT_LOG"] = str(audit_log)  # every ceremony step, reads included
         key_uri = (
             f"pkcs11:token={TOKEN_LABEL};object={CLIENT_KEY_LABEL};id=%01"
             f"?pin-source=file:{user_pin}"
