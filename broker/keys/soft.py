@@ -83,7 +83,9 @@ class SoftKeyStore:
     def generate(self, label: str, key_id: bytes) -> KeyInfo:
         return self.import_key(label, key_id, ec.generate_private_key(ec.SECP256R1()))
 
-    def import_key(self, label: str, key_id: bytes, private_key: ec.EllipticCurvePrivateKey) -> KeyInfo:
+    def import_key(
+        self, label: str, key_id: bytes, private_key: ec.EllipticCurvePrivateKey
+    ) -> KeyInfo:
         if not isinstance(private_key, ec.EllipticCurvePrivateKey) or not isinstance(
             private_key.curve, ec.SECP256R1
         ):
