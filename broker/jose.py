@@ -2,52 +2,116 @@
 
 Assembly is a pure function of the header, the claims and the signer; the private key never
 leaves the signer (the HSM). ES256 signatures are the raw 64-byte r||s (RFC 7518 section 3.4).
+
+Hot path (every client assertion and request object): the encoded protected header depends only on
+(alg, kid, typ, extra header), so its base64url segment is memoised (a bounded, pure LRU memo: the
+same inputs always give the same bytes); the claims are encoded with one pre-built compact JSON
+encoder and base64url is done on bytes, without str round trips.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 from broker.keys.api import Signer
 
+# Immutable helpers (no state): the compact encoder json.dumps(separators=...) would build per call,
+# and the standard -> URL-safe base64 alphabet translation.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_HEADER_CACHE_SIZE = 64
+
+
+def _b64url_bytes(data: bytes) -> bytes:
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").translate(_TO_URLSAFE)
+
 
 def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return _b64url_bytes(data).decode("ascii")
 
 
 def b64url_decode(data: str) -> bytes:
     return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
 
 
+def _segment_bytes(obj: Mapping[str, Any]) -> bytes:
+    # ensure_ascii (the default) makes the JSON text pure ASCII: encoding it cannot fail.
+    return _b64url_bytes(_COMPACT_JSON.encode(obj).encode("ascii"))
+
+
 def _segment(obj: Mapping[str, Any]) -> str:
-    return b64url(json.dumps(obj, separators=(",", ":"), sort_keys=False).encode("utf-8"))
+    return _segment_bytes(obj).decode("ascii")
 
 
 def signing_input(header: Mapping[str, Any], claims: Mapping[str, Any]) -> bytes:
-    return f"{_segment(header)}.{_segment(claims)}".encode("ascii")
+    return _segment_bytes(header) + b"." + _segment_bytes(claims)
+
+
+def _build_header(
+    alg: str, kid: str, typ: str | None, extra_header: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    header: dict[str, Any] = {"alg": alg}
+    if typ is not None:
+        header["typ"] = typ
+    header["kid"] = kid
+    if extra_header:
+        header.update(extra_header)
+    return header
+
+
+# Value types whose (type, value) pair identifies the JSON text exactly (1, 1.0 and True are equal
+# as dict keys but encode differently, hence the type in the memo key).
+_SCALARS = (str, int, float, bool, type(None))
+
+
+@functools.lru_cache(maxsize=_HEADER_CACHE_SIZE)
+def _cached_header_segment(
+    alg: str, kid: str, typ: str | None, extra_items: tuple[tuple[str, type, Hashable], ...]
+) -> bytes:
+    return _segment_bytes(_build_header(alg, kid, typ, {k: v for k, _, v in extra_items}))
+
+
+def header_segment(
+    alg: str, kid: str, typ: str | None = "JWT", extra_header: Mapping[str, Any] | None = None
+) -> bytes:
+    """The base64url protected-header segment ``{"alg", "typ"?, "kid", **extra_header}``.
+
+    Memoised per (alg, kid, typ, extra header) when the extra header holds only string keys and
+    scalar values; the result is byte-identical to encoding the header afresh.
+    """
+    if not extra_header:
+        return _cached_header_segment(alg, kid, typ, ())
+    items = tuple((k, type(v), v) for k, v in extra_header.items())
+    if all(type(k) is str and t in _SCALARS for k, t, _ in items):
+        return _cached_header_segment(alg, kid, typ, items)
+    return _segment_bytes(_build_header(alg, kid, typ, extra_header))
 
 
 def sign_compact(
-    signer: Signer, claims: Mapping[str, Any], *, typ: str | None = "JWT", extra_header: Mapping[str, Any] | None = None
+    signer: Signer,
+    claims: Mapping[str, Any],
+    *,
+    typ: str | None = "JWT",
+    extra_header: Mapping[str, Any] | None = None,
 ) -> str:
     """Return ``header.payload.signature`` signed by ``signer`` with ``kid`` = its kid."""
-    header: dict[str, Any] = {"alg": signer.alg}
-    if typ is not None:
-        header["typ"] = typ
-    header["kid"] = signer.kid
-    if extra_header:
-        header.update(extra_header)
-    data = signing_input(header, claims)
+    data = header_segment(signer.alg, signer.kid, typ, extra_header) + b"." + _segment_bytes(claims)
     signature = signer.sign(data)
-    return f"{data.decode('ascii')}.{b64url(signature)}"
+    return (data + b"." + _b64url_bytes(signature)).decode("ascii")
 
 
 async def sign_compact_async(
-    signer: Signer, claims: Mapping[str, Any], *, typ: str | None = "JWT", extra_header: Mapping[str, Any] | None = None
+    signer: Signer,
+    claims: Mapping[str, Any],
+    *,
+    typ: str | None = "JWT",
+    extra_header: Mapping[str, Any] | None = None,
 ) -> str:
     """:func:`sign_compact` in a worker thread: HSM calls never block the event loop."""
     return await asyncio.to_thread(sign_compact, signer, claims, typ=typ, extra_header=extra_header)
