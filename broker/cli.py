@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, cast
 
-from broker import errors, serve_cli
+from broker import doctor, errors, serve_cli
 from broker.ceremony import commands as ceremony_commands
 
 EXIT_OK = 0
@@ -26,7 +26,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
-GROUPS: tuple[Registrar, ...] = (ceremony_commands.register, serve_cli.register)
+GROUPS: tuple[Registrar, ...] = (ceremony_commands.register, serve_cli.register, doctor.register)
 
 # Most specific first: the first class that matches names what failed.
 _WHAT_FAILED: tuple[tuple[type[errors.BrokerError], str], ...] = (

@@ -1,0 +1,9 @@
+"""``broker doctor``: one command an operator runs before go-live (issue 5).
+
+Each check is a small function returning :class:`broker.doctor.result.CheckResult` and never
+raising; :func:`broker.doctor.runner.run_doctor` runs them in dependency order.
+"""
+
+from broker.doctor.cli import register
+
+__all__ = ["register"]
