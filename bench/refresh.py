@@ -250,7 +250,9 @@ def main() -> None:
     args = parser.parse_args()
     samples, info = asyncio.run(run(args.iterations, args.warmup))
     text = report(samples, info)
-    out = args.out or ROOT / "bench" / "results" / f"refresh-{dt.date.today().isoformat()}.md"
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d-%H%M")
+    out = args.out or ROOT / "bench" / "results" / f"refresh-{stamp}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)
     print(f"written to {out}")

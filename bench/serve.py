@@ -301,7 +301,9 @@ def _report(args: argparse.Namespace, results: dict[tuple[str, int], list[dict[s
     text = "\n".join(lines)
     print(text)
     if args.out:
-        out = Path(args.out) / f"serve-{dt.date.today().isoformat()}.md"
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d-%H%M")
+        out = Path(args.out) / f"serve-{stamp}.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         print(f"written {out}", file=sys.stderr)
     return 0

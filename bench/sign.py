@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"sign-{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d')}.md"
+    out = args.out / f"sign-{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d-%H%M')}.md"
     out.write_text(text)
     print(f"written to {out}")
     return 0 if all(verdicts) else 1
