@@ -97,20 +97,13 @@ async def run(iterations: int, warmup: int) -> tuple[dict[str, list[float]], dic
     import trustme
 
     from broker.clock import SystemClock
+    from broker.devtools.peer import PeerSettings, Pki, free_port, start_peer, stop_peer
     from broker.keys.didkey import public_jwk, public_key_from_did
     from broker.keys.pkcs11 import Pkcs11KeyStore
     from broker.keys.pkcs11_lib import default_module_path
     from broker.oauth.client_auth import client_assertion, client_auth_form
     from broker.web.server import WebServer
-    from tests.integration.conftest import (
-        CALLBACK_PATH,
-        PeerSettings,
-        Pki,
-        SwappableApp,
-        free_port,
-        start_peer,
-        stop_peer,
-    )
+    from tests.integration.conftest import CALLBACK_PATH, SwappableApp
     from tests.integration.flow import follow_to_callback, make_stack
 
     work = Path(tempfile.mkdtemp(prefix="broker-bench-"))
