@@ -45,6 +45,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 _EXPORTERS: tuple[Exporter, ...] = ("otlp-grpc", "otlp-http", "console", "off")
 _LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # as broker.tokens.postgres checks it
 MAX_CLOCK_SKEW = 60.0  # TEST-CATALOGUE B05: a configured skew of at most 60 s
 
 
@@ -120,11 +121,14 @@ class GrpcSettings:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """``[store]``: where grants live. ``path`` for SQLite, ``dsn`` (no password) for PostgreSQL."""
+    """``[store]``: where grants live. ``path`` for SQLite, ``dsn`` (no password) for PostgreSQL;
+    ``schema`` (PostgreSQL only) names the schema holding the grant tables, shared by every
+    replica of one deployment."""
 
     kind: StoreKind = "sqlite"
     path: Path | None = None
     dsn: str | None = None
+    schema: str = "broker"
 
 
 @dataclass(frozen=True)
@@ -467,11 +471,19 @@ def _store(section: _Section) -> StoreSettings:
     kind: StoreKind = section.choice("kind", ("sqlite", "postgres"), "sqlite")
     path = section.path("path", must_exist=False)
     dsn = section.string("dsn")
+    schema = section.string("schema")
+    if schema is not None and not _SCHEMA_RE.match(schema):
+        raise ConfigError(
+            f"{section.key('schema')} must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*, "
+            "at most 63 characters)"
+        )
     if kind == "sqlite":
         if path is None:
             raise ConfigError(f"{section.key('path')} is required when kind = 'sqlite'")
         if dsn is not None:
             raise ConfigError(f"{section.key('dsn')} is for kind = 'postgres' only")
+        if schema is not None:
+            raise ConfigError(f"{section.key('schema')} is for kind = 'postgres' only")
         if section.check_files and not path.parent.is_dir():
             raise ConfigError(f"{section.key('path')}: directory {path.parent} does not exist")
     else:
@@ -480,7 +492,7 @@ def _store(section: _Section) -> StoreSettings:
         if path is not None:
             raise ConfigError(f"{section.key('path')} is for kind = 'sqlite' only")
         _check_dsn(dsn, section.key("dsn"))
-    return StoreSettings(kind=kind, path=path, dsn=dsn)
+    return StoreSettings(kind=kind, path=path, dsn=dsn, schema=schema or "broker")
 
 
 def _check_dsn(dsn: str, key: str) -> None:

@@ -120,7 +120,7 @@ async def open_store(settings: Settings, sealer: Sealer, clock: Clock) -> GrantS
     if s.kind == "postgres":
         if s.dsn is None:
             raise ConfigError("[store].dsn is required for the postgres store")
-        return await PostgresGrantStore.connect(s.dsn, sealer, clock)
+        return await PostgresGrantStore.connect(s.dsn, sealer, clock, schema=s.schema)
     if s.path is None:
         raise ConfigError("[store].path is required for the sqlite store")
     return await SqliteGrantStore.connect(str(s.path), sealer, clock)

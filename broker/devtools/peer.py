@@ -91,6 +91,8 @@ class PeerSettings:
     pkce_required: bool = True
     access_token_ttl: int = 120
     token_delay_ms: int = 0
+    refresh_grace_seconds: int = 0
+    """A rotated-out refresh token is still accepted once within this many seconds (0: strict)."""
 
 
 def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: float = 30.0) -> Peer:
@@ -109,6 +111,7 @@ def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: floa
         "pkce_required": settings.pkce_required,
         "access_token_ttl": settings.access_token_ttl,
         "token_delay_ms": settings.token_delay_ms,
+        "refresh_grace_seconds": settings.refresh_grace_seconds,
         "vc_file": str(PEER_DIR / "learcredential-employee.json"),
     }
     config_path = workdir / f"peer-{secrets.token_hex(4)}.json"

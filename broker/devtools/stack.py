@@ -9,6 +9,11 @@
 4. ``broker.toml`` + ``policy.toml`` and ``broker serve`` as a child process, ready once its
    gRPC health check answers SERVING.
 ``down()`` stops everything it started. Nothing is left running.
+
+For the end-to-end tests: ``replica(name)`` is a second ``broker serve`` on the same key, peer and
+store with its own gRPC/HTTPS ports; ``issue_client_cert(identity)`` makes a client certificate
+from the stack's CA for another caller identity; ``refresh_requests()`` counts the
+``refresh_token`` requests the peer received.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -30,7 +35,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.devtools.peer import ROOT, Peer, PeerSettings, Pki, free_port, start_peer, stop_peer
-from broker.devtools.pki import Ca
+from broker.devtools.pki import Ca, Issued
 from broker.keys.didkey import jwk_from_did
 from broker.server.gen.broker.v1 import broker_pb2_grpc
 
@@ -51,6 +56,80 @@ def _run(argv: list[str], env: dict[str, str], what: str) -> str:
     return proc.stdout
 
 
+@dataclass(frozen=True)
+class BrokerConfig:
+    """What ``broker.toml`` is rendered from (see :func:`render_config`)."""
+
+    key_uri: str
+    issuer: str
+    did: str
+    redirect_uri: str
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    web_port: int
+    grpc_port: int
+    policy_file: Path
+    store: str
+    telemetry: str
+    refresh_threshold: float
+    min_serve_ttl: float
+    background_interval: float
+    max_concurrent_rpcs: int | None
+    audit_log: Path
+
+
+def render_config(c: BrokerConfig) -> str:
+    public = f"https://127.0.0.1:{c.web_port}"
+    limits = (
+        f"max_concurrent_rpcs = {c.max_concurrent_rpcs}\n"
+        if c.max_concurrent_rpcs is not None
+        else ""
+    )
+    return f"""# written by broker.devtools.stack
+[key]
+uri = "{c.key_uri}"
+sealing_key_label = "{SEALING_KEY_LABEL}"
+
+[oauth]
+issuer = "{c.issuer}"
+client_id = "{c.did}"
+redirect_uri = "{c.redirect_uri}"
+ca_file = "{c.ca_file}"
+http_timeout = 10
+
+[web]
+host = "127.0.0.1"
+port = {c.web_port}
+public_base_url = "{public}"
+tls_cert = "{c.cert_file}"
+tls_key = "{c.key_file}"
+
+[grpc]
+bind = "127.0.0.1:{c.grpc_port}"
+server_cert = "{c.cert_file}"
+server_key = "{c.key_file}"
+client_ca = "{c.ca_file}"
+policy_file = "{c.policy_file}"
+reflection = true
+{limits}
+[store]
+{c.store}
+[tokens]
+refresh_threshold = {c.refresh_threshold}
+min_serve_ttl = {c.min_serve_ttl}
+background_interval = {c.background_interval}
+
+[telemetry]
+{c.telemetry}service_name = "broker"
+log_format = "json"
+log_level = "INFO"
+
+[audit]
+path = "{c.audit_log}"
+"""
+
+
 @dataclass
 class DevStack:
     workdir: Path
@@ -67,6 +146,11 @@ class DevStack:
     audit_log: Path
     broker: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     ceremony_outputs: dict[str, str] = field(default_factory=dict, repr=False)
+    ca: Ca | None = field(default=None, repr=False)
+    config: BrokerConfig | None = field(default=None, repr=False)
+    log_name: str = "broker.log"
+    owns_peer: bool = True
+    """``down()`` stops the peer only when this stack started it (not on a replica)."""
 
     # --- construction ------------------------------------------------------------------------
 
@@ -83,6 +167,10 @@ class DevStack:
         refresh_threshold: float = 60.0,
         min_serve_ttl: float = 10.0,
         start_broker: bool = True,
+        store_schema: str | None = None,
+        background_interval: float = 5.0,
+        max_concurrent_rpcs: int | None = None,
+        refresh_grace_seconds: int = 0,
     ) -> DevStack:
         workdir.mkdir(parents=True, exist_ok=True)
         hsm_dir = workdir / "hsm"
@@ -195,6 +283,7 @@ class DevStack:
                 redirect_uris=[f"{public}/callback"],
                 access_token_ttl=access_token_ttl,
                 token_delay_ms=token_delay_ms,
+                refresh_grace_seconds=refresh_grace_seconds,
             ),
             workdir,
         )
@@ -219,6 +308,7 @@ class DevStack:
         config_path = workdir / "broker.toml"
         store = (
             f'kind = "postgres"\ndsn = "{store_dsn}"\n'
+            + (f'schema = "{store_schema}"\n' if store_schema else "")
             if store_kind == "postgres"
             else f'kind = "sqlite"\npath = "{workdir / "broker.db"}"\n'
         )
@@ -227,50 +317,26 @@ class DevStack:
             if otlp_endpoint
             else 'traces = "off"\nmetrics = "off"\n'
         )
-        config_path.write_text(
-            f"""# written by broker.devtools.stack
-[key]
-uri = "{key_uri}"
-sealing_key_label = "{SEALING_KEY_LABEL}"
-
-[oauth]
-issuer = "{peer.issuer}"
-client_id = "{did}"
-redirect_uri = "{public}/callback"
-ca_file = "{pki.ca_file}"
-http_timeout = 10
-
-[web]
-host = "127.0.0.1"
-port = {web_port}
-public_base_url = "{public}"
-tls_cert = "{pki.cert_file}"
-tls_key = "{pki.key_file}"
-
-[grpc]
-bind = "127.0.0.1:{grpc_port}"
-server_cert = "{pki.cert_file}"
-server_key = "{pki.key_file}"
-client_ca = "{pki.ca_file}"
-policy_file = "{policy}"
-reflection = true
-
-[store]
-{store}
-[tokens]
-refresh_threshold = {refresh_threshold}
-min_serve_ttl = {min_serve_ttl}
-background_interval = 5
-
-[telemetry]
-{telemetry}service_name = "broker"
-log_format = "json"
-log_level = "INFO"
-
-[audit]
-path = "{audit_log}"
-"""
+        config = BrokerConfig(
+            key_uri=key_uri,
+            issuer=peer.issuer,
+            did=did,
+            redirect_uri=f"{public}/callback",
+            ca_file=pki.ca_file,
+            cert_file=pki.cert_file,
+            key_file=pki.key_file,
+            web_port=web_port,
+            grpc_port=grpc_port,
+            policy_file=policy,
+            store=store,
+            telemetry=telemetry,
+            refresh_threshold=refresh_threshold,
+            min_serve_ttl=min_serve_ttl,
+            background_interval=background_interval,
+            max_concurrent_rpcs=max_concurrent_rpcs,
+            audit_log=audit_log,
         )
+        config_path.write_text(render_config(config))
         stack = cls(
             workdir=workdir,
             env=env,
@@ -285,6 +351,8 @@ path = "{audit_log}"
             config_path=config_path,
             audit_log=audit_log,
             ceremony_outputs=outputs,
+            ca=ca,
+            config=config,
         )
         if start_broker:
             try:
@@ -297,7 +365,7 @@ path = "{audit_log}"
     # --- the broker process ------------------------------------------------------------------
 
     def start_broker(self, *, timeout: float = 30.0) -> None:
-        log = (self.workdir / "broker.log").open("ab")
+        log = (self.workdir / self.log_name).open("ab")
         self.broker = subprocess.Popen(
             [sys.executable, "-m", "broker.cli", "serve", "--config", str(self.config_path)],
             env=self.env,
@@ -340,27 +408,95 @@ path = "{audit_log}"
         return code
 
     def broker_log(self) -> str:
-        path = self.workdir / "broker.log"
+        path = self.workdir / self.log_name
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill_broker(self) -> int | None:
+        """``kill -9`` the broker process (no drain, no flush) and reap it."""
+        return self.stop_broker(sig=signal.SIGKILL)
 
     def down(self) -> None:
         self.stop_broker()
-        stop_peer(self.peer)
+        if self.owns_peer:
+            stop_peer(self.peer)
+
+    # --- more processes and callers ----------------------------------------------------------
+
+    def replica(self, name: str) -> DevStack:
+        """Another ``broker serve`` sharing this stack's key (same SoftHSM token), peer, policy
+        and store (a shared store needs PostgreSQL), on its own gRPC and HTTPS ports, with its
+        own ``broker-<name>.toml``, log and audit log. Not started: call ``start_broker()``.
+        Its ``down()`` leaves the peer running."""
+        if self.config is None:
+            raise StackError("this stack has no rendered configuration to derive a replica from")
+        if not name.isidentifier():
+            raise StackError("a replica name must be an identifier")
+        config = replace(
+            self.config,
+            grpc_port=free_port(),
+            web_port=free_port(),
+            audit_log=self.workdir / f"audit-{name}.jsonl",
+        )
+        config_path = self.workdir / f"broker-{name}.toml"
+        config_path.write_text(render_config(config))
+        return replace(
+            self,
+            grpc_port=config.grpc_port,
+            web_port=config.web_port,
+            config_path=config_path,
+            audit_log=config.audit_log,
+            broker=None,
+            config=config,
+            log_name=f"broker-{name}.log",
+            owns_peer=False,
+        )
+
+    def issue_client_cert(self, identity: str, name: str) -> tuple[Path, Path]:
+        """A client certificate from this stack's CA with ``identity`` as its URI SAN (and CN
+        ``name``); returns (certificate file, key file)."""
+        if self.ca is None:
+            raise StackError("this stack has no CA to issue client certificates from")
+        if not name.replace("-", "").isalnum():
+            raise StackError("a certificate name must be alphanumeric (dashes allowed)")
+        issued: Issued = self.ca.issue(cn=name, uris=(identity,))
+        cert, key = self.workdir / "pki" / f"{name}.pem", self.workdir / "pki" / f"{name}-key.pem"
+        for path, data in ((cert, issued.cert_pem), (key, issued.key_pem)):
+            path.write_bytes(data)
+            path.chmod(0o600)
+        return cert, key
+
+    def refresh_requests(self) -> int:
+        """How many ``refresh_token`` grant requests the peer has received (since its last
+        ``reset_log``)."""
+        return sum(1 for r in self.peer.token_requests() if r.get("grant_type") == "refresh_token")
 
     # --- clients -----------------------------------------------------------------------------
 
-    def channel_credentials(self) -> grpc.ChannelCredentials:
+    def channel_credentials(
+        self, cert: Path | None = None, key: Path | None = None
+    ) -> grpc.ChannelCredentials:
+        """mTLS credentials: the stack's client certificate unless ``cert``/``key`` are given
+        (e.g. from :meth:`issue_client_cert`)."""
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca_file.read_bytes(),
-            private_key=self.client_key.read_bytes(),
-            certificate_chain=self.client_cert.read_bytes(),
+            private_key=(key or self.client_key).read_bytes(),
+            certificate_chain=(cert or self.client_cert).read_bytes(),
         )
 
-    def channel(self) -> grpc.Channel:
-        return grpc.secure_channel(f"127.0.0.1:{self.grpc_port}", self.channel_credentials())
+    def channel(self, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:
+        return grpc.secure_channel(
+            f"127.0.0.1:{self.grpc_port}", self.channel_credentials(cert, key)
+        )
 
-    def aio_channel(self) -> grpc.aio.Channel:
-        return grpc.aio.secure_channel(f"127.0.0.1:{self.grpc_port}", self.channel_credentials())
+    def aio_channel(
+        self,
+        cert: Path | None = None,
+        key: Path | None = None,
+        options: list[tuple[str, int | str]] | None = None,
+    ) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(
+            f"127.0.0.1:{self.grpc_port}", self.channel_credentials(cert, key), options=options
+        )
 
     def stub(self, channel: grpc.Channel) -> broker_pb2_grpc.TokenBrokerStub:
         return broker_pb2_grpc.TokenBrokerStub(channel)  # type: ignore[no-untyped-call]

@@ -6,18 +6,23 @@
 //   client: { client_id, jwk, redirect_uris }          our did:key client and its public JWK
 //   pkce_required (bool), access_token_ttl (s), id_token_ttl (s), refresh_token_ttl (s)
 //   token_delay_ms                                     artificial delay before /token (env PEER_TOKEN_DELAY_MS wins)
+//   refresh_grace_seconds (default 0)                  refresh-token reuse grace: a rotated-out refresh token
+//                                                      is still accepted ONCE within this many seconds of its
+//                                                      rotation (Cognito/Connect2id-style grace; 0 = oidc-provider's
+//                                                      strict rotation: reuse -> invalid_grant + grant revoked)
 //   account_id, vc_file                                the user and the LEARCredentialEmployee sample
 // When listening it prints one JSON line to stdout: {"ready": true, "issuer": "...", "port": N}.
 //
 // Test-only admin endpoints (never part of a real AS):
-//   GET  /admin/log    everything the AS received: token requests (form + decoded client assertion),
+//   GET  /admin/log    everything the AS received: token requests (form + decoded client assertion,
+//                      request headers, and the tokens the AS issued in the response),
 //                      authorization requests (query), request objects fetched by reference, PAR bodies
 //   POST /admin/reset  clears the log
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as https from 'node:https';
 
-import Provider from 'oidc-provider';
+import Provider, { errors as oidcErrors } from 'oidc-provider';
 import RequestUriCache from 'oidc-provider/lib/helpers/request_uri_cache.js';
 
 const configPath = process.argv[2];
@@ -28,12 +33,15 @@ if (!configPath) {
 const cfg = JSON.parse(fs.readFileSync(configPath, 'utf8'));
 const vc = JSON.parse(fs.readFileSync(cfg.vc_file, 'utf8'));
 const tokenDelayMs = Number(process.env.PEER_TOKEN_DELAY_MS ?? cfg.token_delay_ms ?? 0);
+const refreshGraceMs = Number(cfg.refresh_grace_seconds ?? 0) * 1000;
 const accountId = cfg.account_id ?? 'did:key:zDnaeVYnWTZu5nbrH1qmBVMvNwSrtKnkRbCZ4xH5h2LQPnzdr';
 const RESOURCE = 'urn:dome:verifier';
 const SCOPE = 'openid learcredential';
 
 // --- what the AS received --------------------------------------------------------------------
-const log = { token_requests: [], authorizations: [], request_objects: [], par_requests: [] };
+const log = {
+  token_requests: [], authorizations: [], request_objects: [], par_requests: [], grace_events: [],
+};
 
 function decodeJwt(jwt) {
   try {
@@ -167,6 +175,31 @@ function buildProvider(issuer) {
 
   const provider = new Provider(issuer, configuration);
 
+  // Refresh-token reuse grace (off by default). oidc-provider 8.8.1's refresh_token grant
+  // (lib/actions/grants/refresh_token.js) rejects a token whose `consumed` flag is set (and
+  // revokes the grant), and sets that flag through RefreshToken#consume() when it rotates. With a
+  // grace, the first rotation only notes the time and leaves the old token unconsumed; the next
+  // presentation of that old token consumes it for good and is accepted only within the grace.
+  // A third presentation finds it consumed: oidc-provider's own reuse detection applies.
+  if (refreshGraceMs > 0) {
+    const rotatedAt = new Map(); // refresh token jti -> ms of its first rotation
+    const consumeForGood = provider.RefreshToken.prototype.consume;
+    provider.RefreshToken.prototype.consume = async function consumeWithGrace() {
+      const first = rotatedAt.get(this.jti);
+      if (first === undefined) {
+        rotatedAt.set(this.jti, Date.now());
+        log.grace_events.push({ event: 'rotated_kept', at: Date.now() });
+        return;
+      }
+      await consumeForGood.call(this);
+      if (Date.now() - first > refreshGraceMs) {
+        log.grace_events.push({ event: 'reuse_after_grace', at: Date.now() });
+        throw new oidcErrors.InvalidGrant('refresh token already used (reuse grace period over)');
+      }
+      log.grace_events.push({ event: 'reused_within_grace', at: Date.now() });
+    };
+  }
+
   provider.use(async (ctx, next) => {
     if (ctx.method === 'POST' && ctx.path === '/token' && tokenDelayMs > 0) {
       await new Promise((resolve) => { setTimeout(resolve, tokenDelayMs); });
@@ -175,12 +208,21 @@ function buildProvider(issuer) {
     const route = ctx.oidc?.route;
     if (route === 'token') {
       const body = { ...(ctx.oidc.body ?? {}) };
+      const issued = ctx.status === 200 && ctx.body && typeof ctx.body === 'object'
+        ? {
+          access_token: ctx.body.access_token ?? null,
+          refresh_token: ctx.body.refresh_token ?? null,
+          id_token: ctx.body.id_token ?? null,
+        }
+        : null;
       const entry = {
         grant_type: body.grant_type ?? null,
         form: body,
         assertion: decodeJwt(body.client_assertion),
         status: ctx.status,
         error: ctx.body?.error ?? null,
+        headers: { ...ctx.headers },
+        issued,
       };
       log.token_requests.push(entry);
       process.stderr.write(`peer: token request #${log.token_requests.length} grant_type=${entry.grant_type} status=${entry.status} error=${entry.error}\n`);
