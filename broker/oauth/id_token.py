@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -18,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from jwcrypto import jwk
 from opentelemetry import trace
 
 from broker.clock import Clock
@@ -65,6 +67,24 @@ def verify_es256(public_key: ec.EllipticCurvePublicKey, signing_input: bytes, si
         public_key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise _fail("bad_signature", "id_token signature does not verify") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _op_key(public_params: tuple[tuple[str, str], ...]) -> object:
+    """The cryptography verification key of a JWK given by its public string members.
+
+    A pure memo (the same members always give the same key): importing a JWK and building its
+    key costs more than the ES256 verification itself. Errors are not cached (lru_cache).
+    """
+    key: object = jwk.JWK(**dict(public_params)).get_op_key("verify")
+    return key
+
+
+def _verification_key(key: jwk.JWK) -> object:
+    params = tuple(sorted(key.items()))
+    if all(isinstance(v, str) for _, v in params):
+        return _op_key(params)
+    return key.get_op_key("verify")  # unusual members: no memo
 
 
 def _at_hash(access_token: str) -> str:
@@ -175,7 +195,7 @@ async def _validate(
     if kid is not None and not isinstance(kid, str):
         raise _fail("malformed", "id_token kid is not a string")
     key = await jwks.key_for(kid)
-    public_key = key.get_op_key("verify")
+    public_key = _verification_key(key)
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
         public_key.curve, ec.SECP256R1
     ):
