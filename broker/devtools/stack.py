@@ -426,15 +426,19 @@ class DevStack:
         """Another ``broker serve`` sharing this stack's key (same SoftHSM token), peer, policy
         and store (a shared store needs PostgreSQL), on its own gRPC and HTTPS ports, with its
         own ``broker-<name>.toml``, log and audit log. Not started: call ``start_broker()``.
+        Its redirect_uri is its own callback, which the peer does not know: logins go through
+        the primary stack; the replica serves the grants it finds in the shared store.
         Its ``down()`` leaves the peer running."""
         if self.config is None:
             raise StackError("this stack has no rendered configuration to derive a replica from")
         if not name.isidentifier():
             raise StackError("a replica name must be an identifier")
+        web_port = free_port()
         config = replace(
             self.config,
             grpc_port=free_port(),
-            web_port=free_port(),
+            web_port=web_port,
+            redirect_uri=f"https://127.0.0.1:{web_port}/callback",
             audit_log=self.workdir / f"audit-{name}.jsonl",
         )
         config_path = self.workdir / f"broker-{name}.toml"

@@ -1,0 +1,192 @@
+"""G07 with the real service: two ``broker serve`` replicas on one PostgreSQL schema, one key (the
+same SoftHSM token), one verifier. A grant created through replica A needs a blocking refresh;
+concurrent GetAccessToken calls against BOTH replicas -> exactly one refresh_token request at the
+AS (the per-grant advisory lock plus the re-read after taking it), and both serve the same token.
+
+PostgreSQL is the local server (127.0.0.1:5432, user postgres, database test) with a schema per
+run, dropped afterwards. When it is unreachable the test is skipped with a loud reason, or fails
+when ``BROKER_REQUIRE_POSTGRES=1`` (``.ci/run`` sets it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1.health_pb2 import HealthCheckRequest
+from grpc_health.v1.health_pb2_grpc import HealthStub
+
+from broker.config import load_settings
+from broker.devtools.stack import DevStack, StackError
+from broker.errors import ConfigError
+from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc
+from tests.e2e.conftest import RPC_TIMEOUT, Stacks, get_token, login
+from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
+
+ACCESS_TOKEN_TTL = 24
+REFRESH_THRESHOLD = 12.0
+MIN_SERVE_TTL = 11.0
+CALLS_PER_REPLICA = 200
+CHANNELS_PER_REPLICA = 3  # under 100 calls in flight per HTTP/2 connection (see test_single_flight)
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[tuple[str, str]]:
+    dsn = postgres_dsn_or_skip()
+    schema = f"e2e_{time.time_ns():x}"
+    try:
+        yield dsn, schema
+    finally:
+        drop_pg_schema(dsn, schema)
+
+
+def start_with_retry(stack: DevStack, attempts: int = 3) -> None:
+    """Start ``broker serve``; a concurrent PKCS#11 login to one file token can fail with
+    GeneralError (a fact of SoftHSM), so a start that fails is retried a bounded number of times."""
+    for attempt in range(1, attempts + 1):
+        try:
+            stack.start_broker()
+            return
+        except StackError:
+            stack.stop_broker()
+            if attempt == attempts:
+                raise
+
+
+async def burst(stack: DevStack, grant_id: str, calls: int) -> list[str | tuple[str, str]]:
+    channels = [stack.aio_channel() for _ in range(CHANNELS_PER_REPLICA)]
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), RPC_TIMEOUT)
+            await HealthStub(channel).Check(HealthCheckRequest(), timeout=RPC_TIMEOUT)
+        stubs = [broker_pb2_grpc.TokenBrokerStub(c) for c in channels]  # type: ignore[no-untyped-call]
+        request = broker_pb2.GetAccessTokenRequest(grant_id=grant_id)
+
+        async def one(i: int) -> str | tuple[str, str]:
+            try:
+                resp = await stubs[i % len(stubs)].GetAccessToken(request, timeout=RPC_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                return (exc.code().name, str(exc.details()))
+            return str(resp.token.access_token)
+
+        return list(await asyncio.gather(*(one(i) for i in range(calls))))
+    finally:
+        await asyncio.gather(*(c.close() for c in channels))
+
+
+@pytest.mark.peer
+@pytest.mark.postgres
+@pytest.mark.softhsm
+@pytest.mark.slow
+async def test_g07_two_replicas_on_postgres_refresh_once_and_serve_the_same_token(
+    stacks: Stacks, pg_schema: tuple[str, str]
+) -> None:
+    dsn, schema = pg_schema
+    a = await asyncio.to_thread(
+        stacks.up,
+        "a",
+        store_kind="postgres",
+        store_dsn=dsn,
+        store_schema=schema,
+        access_token_ttl=ACCESS_TOKEN_TTL,
+        refresh_threshold=REFRESH_THRESHOLD,
+        min_serve_ttl=MIN_SERVE_TTL,
+        background_interval=3600,
+        max_concurrent_rpcs=1000,
+    )
+    b = stacks.replica(a, "b")
+    await asyncio.to_thread(start_with_retry, b)
+    assert b.grpc_port != a.grpc_port and b.web_port != a.web_port
+
+    grant_id = await asyncio.to_thread(login, a)
+    from_a = (await asyncio.to_thread(get_token, a, grant_id)).token
+    from_b = (await asyncio.to_thread(get_token, b, grant_id)).token  # read from the shared store
+    assert from_b.access_token == from_a.access_token
+    assert from_a.expires_at.seconds - time.time() > MIN_SERVE_TTL
+
+    await asyncio.sleep(max(0.0, from_a.expires_at.seconds - time.time() - MIN_SERVE_TTL + 1.0))
+    before = await asyncio.to_thread(a.refresh_requests)
+    results_a, results_b = await asyncio.gather(
+        burst(a, grant_id, CALLS_PER_REPLICA), burst(b, grant_id, CALLS_PER_REPLICA)
+    )
+    after = await asyncio.to_thread(a.refresh_requests)
+
+    failures = Counter(r for r in [*results_a, *results_b] if isinstance(r, tuple))
+    tokens_a = {r for r in results_a if isinstance(r, str)}
+    tokens_b = {r for r in results_b if isinstance(r, str)}
+    print(
+        f"G07: 2 replicas x {CALLS_PER_REPLICA} callers, {failures.total()} failed, "
+        f"tokens A={len(tokens_a)} B={len(tokens_b)}, {after - before} refresh_token request(s)"
+    )
+    assert not failures, failures
+    assert tokens_a == tokens_b and len(tokens_a) == 1
+    assert tokens_a != {from_a.access_token}
+    assert after - before == 1
+    assert [r["status"] for r in a.peer.token_requests() if r["grant_type"] == "refresh_token"][
+        -1
+    ] == 200
+
+
+# --- [store].schema (added to the configuration for the per-run schema above) -----------------
+
+
+def _config(tmp_path: Path, store: str) -> Path:
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        f"""[key]
+uri = "pkcs11:token=t;object=client?pin-source=file:/run/secrets/pin"
+[oauth]
+issuer = "https://verifier.example"
+redirect_uri = "https://broker.example/callback"
+[web]
+public_base_url = "https://broker.example"
+[grpc]
+server_cert = "c.pem"
+server_key = "k.pem"
+client_ca = "ca.pem"
+policy_file = "policy.toml"
+[store]
+{store}
+"""
+    )
+    return path
+
+
+def test_store_schema_is_read_for_postgres(tmp_path: Path) -> None:
+    store = 'kind = "postgres"\ndsn = "postgresql://broker@db/broker"\nschema = "tenant_7"'
+    settings = load_settings(_config(tmp_path, store), check_files=False)
+    assert settings.store.schema == "tenant_7"
+    default = load_settings(
+        _config(tmp_path, 'kind = "postgres"\ndsn = "host=db"'), check_files=False
+    )
+    assert default.store.schema == "broker"
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        (
+            'kind = "postgres"\ndsn = "host=db"\nschema = "a-b"',
+            r"\[store\]\.schema must be a plain",
+        ),
+        (
+            'kind = "postgres"\ndsn = "host=db"\nschema = "1abc"',
+            r"\[store\]\.schema must be a plain",
+        ),
+        ('kind = "postgres"\ndsn = "host=db"\nschema = "x; DROP"', r"\[store\]\.schema must be"),
+        ('kind = "postgres"\ndsn = "host=db"\nschema = ' + '"' + "s" * 64 + '"', r"\.schema must"),
+        ('kind = "postgres"\ndsn = "host=db"\nschema = 7', r"\[store\]\.schema must be a string"),
+        (
+            'kind = "sqlite"\npath = "b.db"\nschema = "s"',
+            r"\[store\]\.schema is for kind = 'postgres'",
+        ),
+    ],
+)
+def test_store_schema_is_validated(tmp_path: Path, store: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(_config(tmp_path, store), check_files=False)
