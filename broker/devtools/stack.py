@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -510,7 +511,8 @@ def follow_login(authorization_url: str, ca_file: Path, *, max_hops: int = 12) -
     """Act as the user agent: follow the verifier's redirects (auto-login, no browser) until the
     broker's callback answers; returns the final URL reached."""
     url = authorization_url
-    with httpx.Client(verify=str(ca_file), follow_redirects=False, timeout=15.0) as http:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    with httpx.Client(verify=context, follow_redirects=False, timeout=15.0) as http:
         for _ in range(max_hops):
             resp = http.get(url)
             if resp.status_code in (301, 302, 303, 307, 308):
