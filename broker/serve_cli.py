@@ -7,11 +7,14 @@ import asyncio
 import os
 
 from broker.config import load_settings, resolve_config_path
-from broker.service import serve_until_signalled
-from broker.telemetry import build_providers, configure_logging, install_global
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # The service pulls in grpc, uvicorn and the stores: imported when `serve` runs, so the
+    # ceremony commands start fast.
+    from broker.service import serve_until_signalled  # noqa: PLC0415
+    from broker.telemetry import build_providers, configure_logging, install_global  # noqa: PLC0415
+
     settings = load_settings(resolve_config_path(args.config, os.environ))
     telemetry = build_providers(settings.telemetry)
     install_global(telemetry)

@@ -10,6 +10,8 @@ from typing import Any
 
 from broker.errors import BrokerError
 
+DEFAULT_WARN_DAYS = 30.0  # certificates expiring sooner than this warn
+
 
 class Status(enum.StrEnum):
     OK = "ok"

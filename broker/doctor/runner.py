@@ -20,7 +20,7 @@ from opentelemetry.trace import TracerProvider
 from broker.clock import Clock, SystemClock
 from broker.config import Settings
 from broker.doctor import authserver, config_checks, hsm, store, tls
-from broker.doctor.result import CheckResult, Status, failed, skip, warn
+from broker.doctor.result import DEFAULT_WARN_DAYS, CheckResult, Status, failed, skip, warn
 from broker.service import http_client
 
 ALL_NAMES = (
@@ -41,7 +41,7 @@ ALL_NAMES = (
 
 @dataclass(frozen=True)
 class DoctorOptions:
-    cert_warn_days: float = tls.DEFAULT_WARN_DAYS
+    cert_warn_days: float = DEFAULT_WARN_DAYS
     skew_warn_seconds: float = authserver.SKEW_WARN_SECONDS
     pg_schema: str = "broker"  # the schema serve uses; tests give their own
 

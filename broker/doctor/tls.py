@@ -13,8 +13,6 @@ from cryptography.hazmat.primitives import serialization
 from broker.clock import Clock
 from broker.doctor.result import CheckResult, fail, ok, skip, warn
 
-DEFAULT_WARN_DAYS = 30.0
-
 
 def _load_certs(path: Path) -> list[x509.Certificate]:
     certs = x509.load_pem_x509_certificates(path.read_bytes())
