@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import datetime as dt
 import json
 import os
 import platform
+import pstats
 import statistics
 import subprocess
 import sys
@@ -187,6 +189,7 @@ def _machine() -> list[str]:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    profiler = cProfile.Profile() if args.profile else None
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         d = Path(tmp)
         client_ca, server_ca = Ca("bench-client-ca"), Ca("bench-server-ca")
@@ -240,11 +243,15 @@ async def _main(args: argparse.Namespace) -> int:
                             "--certs",
                             str(d),
                         ]
+                        if profiler is not None and name == args.profile:
+                            profiler.enable()
                         cpu0 = time.process_time()
                         proc = await asyncio.create_subprocess_exec(
                             *cmd, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": _root()}
                         )
                         out, _ = await asyncio.wait_for(proc.communicate(), args.duration * 5 + 30)
+                        if profiler is not None:
+                            profiler.disable()
                         if proc.returncode != 0:
                             print(f"client failed for {name}", file=sys.stderr)
                             return 1
@@ -256,6 +263,10 @@ async def _main(args: argparse.Namespace) -> int:
         finally:
             await broker.stop(None)
             await echo_server.stop(None)
+    if profiler is not None:
+        stats = pstats.Stats(profiler, stream=sys.stderr)
+        stats.sort_stats("tottime").print_stats(35)
+        stats.sort_stats("cumulative").print_stats("broker/", 30)
     return _report(args, results)
 
 
@@ -324,6 +335,12 @@ def main() -> int:
     client.add_argument("--certs", required=True)
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--profile",
+        choices=("broker", "echo"),
+        default=None,
+        help="cProfile the server during this path's runs (stderr)",
+    )
     parser.add_argument("--out", default=str(Path(_root()) / "bench" / "results"))
     args = parser.parse_args()
     if args.mode == "client":

@@ -18,7 +18,13 @@ from broker.errors import NotFound
 from broker.server import convert, validation
 from broker.server.errors import to_status
 from broker.server.gen.broker.v1 import broker_pb2 as pb
-from broker.server.identity import CallerIdentity, identity_from_auth_context
+from broker.server.identity import (
+    CN_KEY,
+    PEM_KEY,
+    SAN_KEY,
+    CallerIdentity,
+    identity_from_auth_context,
+)
 from broker.server.policy import Policy, Rule
 from broker.server.ports import LoginService, TokenBroker
 
@@ -28,6 +34,8 @@ T = TypeVar("T")
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
 
 DEFAULT_MAX_DEADLINE = 30.0
+_IDENTITY_CACHE_SIZE = 1024
+_IDENTITY_KEYS = (PEM_KEY, SAN_KEY, CN_KEY)
 
 
 class PolicySource(Protocol):
@@ -54,11 +62,24 @@ class TokenBrokerServicer:
         self._logins = logins
         self._policy = policy
         self._max_deadline = max_deadline
+        # Identity by the exact certificate properties it is derived from (a caller reuses one
+        # certificate per channel); failures are never cached. Bounded: cleared when full.
+        self._identities: dict[tuple[tuple[bytes, ...], ...], CallerIdentity] = {}
 
     # --- plumbing ---------------------------------------------------------------------------
 
+    def _identity(self, auth: Any) -> CallerIdentity:
+        key = tuple(tuple(auth.get(name) or ()) for name in _IDENTITY_KEYS)
+        caller = self._identities.get(key)
+        if caller is None:
+            caller = identity_from_auth_context(auth)
+            if len(self._identities) >= _IDENTITY_CACHE_SIZE:
+                self._identities.clear()
+            self._identities[key] = caller
+        return caller
+
     def _authorize(self, context: Context, method: str) -> tuple[CallerIdentity, Rule]:
-        caller = identity_from_auth_context(context.auth_context())
+        caller = self._identity(context.auth_context())
         return caller, self._policy.current.authorize_method(caller, method)
 
     async def _authorize_grant(
