@@ -92,6 +92,8 @@ class PeerSettings:
     access_token_ttl: int = 120
     token_delay_ms: int = 0
     refresh_grace_seconds: int = 0
+    token_delay_after_ms: int = 0
+    """Delay after /token was processed (refresh token rotated), before the response is sent."""
     """A rotated-out refresh token is still accepted once within this many seconds (0: strict)."""
 
 
@@ -112,6 +114,7 @@ def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: floa
         "access_token_ttl": settings.access_token_ttl,
         "token_delay_ms": settings.token_delay_ms,
         "refresh_grace_seconds": settings.refresh_grace_seconds,
+        "token_delay_after_ms": settings.token_delay_after_ms,
         "vc_file": str(PEER_DIR / "learcredential-employee.json"),
     }
     config_path = workdir / f"peer-{secrets.token_hex(4)}.json"

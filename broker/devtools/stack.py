@@ -172,6 +172,7 @@ class DevStack:
         background_interval: float = 5.0,
         max_concurrent_rpcs: int | None = None,
         refresh_grace_seconds: int = 0,
+        token_delay_after_ms: int = 0,
     ) -> DevStack:
         workdir.mkdir(parents=True, exist_ok=True)
         hsm_dir = workdir / "hsm"
@@ -285,6 +286,7 @@ class DevStack:
                 access_token_ttl=access_token_ttl,
                 token_delay_ms=token_delay_ms,
                 refresh_grace_seconds=refresh_grace_seconds,
+                token_delay_after_ms=token_delay_after_ms,
             ),
             workdir,
         )

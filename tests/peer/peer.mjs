@@ -6,6 +6,8 @@
 //   client: { client_id, jwk, redirect_uris }          our did:key client and its public JWK
 //   pkce_required (bool), access_token_ttl (s), id_token_ttl (s), refresh_token_ttl (s)
 //   token_delay_ms                                     artificial delay before /token (env PEER_TOKEN_DELAY_MS wins)
+//   token_delay_after_ms (default 0)                   delay after /token was processed (tokens issued, refresh
+//                                                      token rotated), before the response is sent
 //   refresh_grace_seconds (default 0)                  refresh-token reuse grace: a rotated-out refresh token
 //                                                      is still accepted ONCE within this many seconds of its
 //                                                      rotation (Cognito/Connect2id-style grace; 0 = oidc-provider's
@@ -33,6 +35,7 @@ if (!configPath) {
 const cfg = JSON.parse(fs.readFileSync(configPath, 'utf8'));
 const vc = JSON.parse(fs.readFileSync(cfg.vc_file, 'utf8'));
 const tokenDelayMs = Number(process.env.PEER_TOKEN_DELAY_MS ?? cfg.token_delay_ms ?? 0);
+const tokenDelayAfterMs = Number(cfg.token_delay_after_ms ?? 0);
 const refreshGraceMs = Number(cfg.refresh_grace_seconds ?? 0) * 1000;
 const accountId = cfg.account_id ?? 'did:key:zDnaeVYnWTZu5nbrH1qmBVMvNwSrtKnkRbCZ4xH5h2LQPnzdr';
 const RESOURCE = 'urn:dome:verifier';
@@ -226,6 +229,9 @@ function buildProvider(issuer) {
       };
       log.token_requests.push(entry);
       process.stderr.write(`peer: token request #${log.token_requests.length} grant_type=${entry.grant_type} status=${entry.status} error=${entry.error}\n`);
+      if (tokenDelayAfterMs > 0) {
+        await new Promise((resolve) => { setTimeout(resolve, tokenDelayAfterMs); });
+      }
     } else if (route === 'authorization') {
       log.authorizations.push({ query: { ...ctx.query }, status: ctx.status, location: ctx.response.get('location') || null });
     } else if (route === 'pushed_authorization_request') {
