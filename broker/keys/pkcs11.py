@@ -7,6 +7,9 @@
   ``CKM_ECDSA_SHA256`` when the token offers it; the output is the raw 64-byte r||s.
 - Failures are classified by the one table in :mod:`broker.keys.pkcs11_errors`; a lost session,
   a lost login or a re-initialised library is recovered once (TEST-CATALOGUE D01, D03-D06).
+- With an injected :class:`broker.keys.health.HsmHealth` (D02, D03, D08): busy errors are retried
+  with backoff, device calls are bounded in time, and a failed recovery puts the store DOWN (fail
+  fast) until the background probe (:meth:`Pkcs11KeyStore.probe`) brings it back.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from broker.errors import (
 )
 from broker.keys import pkcs11_lib
 from broker.keys.api import ES256, KeyInfo
+from broker.keys.health import HsmHealth
 from broker.keys.pkcs11_errors import RECOVERABLE, Action, rule_for, to_broker_error
 from broker.keys.uri import KeyRef
 
@@ -49,6 +53,18 @@ GCM_TAG_BITS = 128
 _LOGIN_ATTEMPTS = 4
 _LOGIN_BACKOFF = 0.05  # seconds, doubled per attempt
 _MAX_LABEL = 255
+# How CloudHSM reports throttling (D08): retried with backoff when a HsmHealth is injected.
+_BUSY_ERRORS: tuple[type[p11e.PKCS11Error], ...] = (p11e.FunctionFailed, p11e.OperationActive)
+
+
+class _Busy(Exception):
+    """Internal: a busy device answered; the caller backs off (lock released) and retries."""
+
+    def __init__(self, cause: p11e.PKCS11Error, what: str) -> None:
+        super().__init__(what)
+        self.cause = cause
+        self.what = what
+
 
 KEY_ATTRIBUTES: Mapping[str, Attribute] = {
     "sensitive": Attribute.SENSITIVE,
@@ -145,6 +161,7 @@ class Pkcs11KeyStore:
         pin: str,
         *,
         tracer_provider: TracerProvider | None = None,
+        health: HsmHealth | None = None,
     ) -> None:
         if not token_label:
             raise InvalidArgument("a token label is required")
@@ -163,16 +180,27 @@ class Pkcs11KeyStore:
         self._handles: dict[tuple[ObjectClass, str], Any] = {}
         self._closed = False
         self.recoveries = 0  # how many times a session was rebuilt (for tests and metrics)
+        self._health = health
+        self._signing_labels: set[str] = set()  # keys the probe re-finds (D02)
+        self._sealing_labels: set[str] = set()
         with self._lock:
             self._connect()
+        if health is not None:
+            health.bind(self.probe)
 
     @classmethod
     def from_ref(
-        cls, ref: KeyRef, *, tracer_provider: TracerProvider | None = None
+        cls,
+        ref: KeyRef,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        health: HsmHealth | None = None,
     ) -> Pkcs11KeyStore:
         """A store for ``ref.token`` using its module (default: SoftHSM2) and PIN source."""
         module = ref.module_path or pkcs11_lib.default_module_path()
-        return cls(module, ref.token, ref.read_pin(), tracer_provider=tracer_provider)
+        return cls(
+            module, ref.token, ref.read_pin(), tracer_provider=tracer_provider, health=health
+        )
 
     def __repr__(self) -> str:
         return (
@@ -197,6 +225,10 @@ class Pkcs11KeyStore:
     @property
     def module_path(self) -> str:
         return self._lib.path
+
+    @property
+    def health(self) -> HsmHealth | None:
+        return self._health
 
     @property
     def mechanisms(self) -> frozenset[Mechanism]:
@@ -277,35 +309,101 @@ class Pkcs11KeyStore:
                 raise HsmUnavailable("PKCS#11 library could not be re-initialised") from exc
         self._connect()
 
-    def _run(self, operation: str, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(session)`` under the lock; recover once from a lost session/login/library."""
-        with self._lock:
-            if self._closed:
-                raise KeyStoreError(f"key store for token {self._token_label!r} is closed")
-            if self._session is None or self._lib_generation != self._lib.generation:
-                self._recover(Action.NEW_SESSION)
+    def _recover_or_down(self, action: Action, first: p11e.PKCS11Error | None) -> None:
+        """Recover; a retryable failure of the recovery itself puts the HSM DOWN (D02, D03)."""
+        try:
+            self._recover(action)
+        except KeyStoreError as err:
+            if isinstance(err, HsmUnavailable) or err.retryable:
+                if self._health is not None:
+                    self._health.mark_down(err)
+                if first is not None:
+                    raise err from first
+            raise
+
+    def _attempt(self, operation: str, fn: Callable[[Any], T]) -> T:
+        """``fn(session)`` with at most one recovery (lock held). Raises :class:`_Busy` for a
+        busy device only when a :class:`HsmHealth` is injected."""
+        if self._closed:
+            raise KeyStoreError(f"key store for token {self._token_label!r} is closed")
+        if self._session is None or self._lib_generation != self._lib.generation:
+            self._recover_or_down(Action.NEW_SESSION, None)
+        recovered = False
+        while True:
             try:
                 return fn(self._session)
             except p11e.PKCS11Error as exc:
                 rule = rule_for(exc)
+                busy = self._health is not None and (
+                    rule.action is Action.BUSY or isinstance(exc, _BUSY_ERRORS)
+                )
+                if busy:
+                    if rule.action in RECOVERABLE:  # never reuse the session (D06)
+                        self._recover_or_down(rule.action, exc)
+                    raise _Busy(exc, rule.what) from exc
+                if recovered and (rule.action in RECOVERABLE or rule.action is Action.BUSY):
+                    err = HsmUnavailable(
+                        f"PKCS#11 {operation} failed again after recovery: {rule.what}"
+                    )
+                    if self._health is not None and rule.action in RECOVERABLE:
+                        self._health.mark_down(err)
+                    raise err from exc
                 if rule.action not in RECOVERABLE:
                     raise to_broker_error(exc, operation) from exc
-                first: p11e.PKCS11Error = exc
+                self._recover_or_down(rule.action, exc)
+                recovered = True
+
+    def _run(self, operation: str, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(session)`` under the lock; recover once from a lost session/login/library.
+
+        With a :class:`HsmHealth`: fail fast while DOWN, and retry a busy device at most
+        ``busy_retries`` times with backoff, sleeping without the lock (D08).
+        """
+        health = self._health
+        if health is None:
+            with self._lock:
+                return self._attempt(operation, fn)
+        delays = health.busy_delays()
+        while True:
+            health.check()
+            with self._lock:
+                try:
+                    return self._attempt(operation, fn)
+                except _Busy as busy:
+                    delay = next(delays, None)
+                    if delay is None:
+                        raise HsmUnavailable(
+                            f"PKCS#11 {operation}: HSM still busy after "
+                            f"{health.busy_retries} retries: {busy.what}"
+                        ) from busy.cause
+            health.sleep(delay)
+
+    def probe(self) -> None:
+        """Reopen the token from scratch (D02, D03): ``C_Finalize`` + ``C_Initialize``, find the
+        token by label, log in, re-find every key a signer or sealer was made for.
+
+        Raises a :class:`broker.errors.KeyStoreError` while that fails. Used by the health probe.
+        """
+        with self._lock:
+            if self._closed:
+                raise KeyStoreError(f"key store for token {self._token_label!r} is closed")
+            self._drop_session()
             try:
-                self._recover(rule.action)
-            except KeyStoreError as err:
-                if isinstance(err, HsmUnavailable) or err.retryable:
-                    raise err from first
-                raise
-            try:
-                return fn(self._session)
+                self._lib.reinitialize()
             except p11e.PKCS11Error as exc:
-                again = rule_for(exc)
-                if again.action in RECOVERABLE or again.action is Action.BUSY:
-                    raise HsmUnavailable(
-                        f"PKCS#11 {operation} failed again after recovery: {again.what}"
-                    ) from exc
-                raise to_broker_error(exc, operation) from exc
+                raise HsmUnavailable("PKCS#11 library could not be re-initialised") from exc
+            self._connect()
+            try:
+                for label in sorted(self._signing_labels):
+                    self._private_ec(self._session, label)
+                for label in sorted(self._sealing_labels):
+                    self._handle(self._session, ObjectClass.SECRET_KEY, label)
+            except p11e.PKCS11Error as exc:
+                self._drop_session()
+                raise to_broker_error(exc, "probe") from exc
+            except KeyStoreError:
+                self._drop_session()
+                raise
 
     # --- object lookup (inside _run) --------------------------------------------------------
 
@@ -464,6 +562,7 @@ class Pkcs11KeyStore:
         info = self.get(label)
         if not info.attributes.get("sign"):
             raise InvalidKey(f"key {label!r} is not allowed to sign (CKA_SIGN is false)")
+        self._signing_labels.add(label)
         return Pkcs11Signer(self, label, info.kid, self.sign_mechanism, tracer=self._tracer)
 
     def delete(self, label: str) -> None:
@@ -492,6 +591,8 @@ class Pkcs11KeyStore:
 
     def close(self) -> None:
         """Close the session (this logs the process out of the token). Idempotent."""
+        if self._health is not None:
+            self._health.stop()  # before the lock: the probe may be waiting for it
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -505,6 +606,8 @@ class Pkcs11KeyStore:
         def fn(session: Any) -> bytes:
             return bytes(self._private_ec(session, label).sign(data, mechanism=mechanism))
 
+        if self._health is not None and self._health.op_timeout is not None:
+            return self._health.bounded("sign", lambda: self._run("sign", fn))
         return self._run("sign", fn)
 
     def generate_sealing_key(self, label: str, key_id: bytes) -> None:
@@ -540,6 +643,7 @@ class Pkcs11KeyStore:
                 raise InvalidKey(f"sealing key {label!r} is not an AES-256 key")
 
         self._run("find sealing key", fn)
+        self._sealing_labels.add(label)
         return Pkcs11Sealer(self, label)
 
     def gcm(self, label: str, data: bytes, iv: bytes, aad: bytes, *, encrypt: bool) -> bytes:
