@@ -3,6 +3,8 @@
 The one place that knows every implementation. Start order: key store and self-test (fail
 closed, TEST-CATALOGUE D11) -> sealer -> grant store -> OAuth client -> token core (crash
 recovery, background refresher) -> login service -> HTTPS listener -> gRPC listener (SERVING).
+While the HSM is DOWN (TEST-CATALOGUE D02, D03) the broker service reports NOT_SERVING in gRPC
+health and SERVING again once the probe recovers it (F08); warm-cache tokens are still served.
 Stop order (SIGTERM/SIGINT, J05): NOT_SERVING -> gRPC drain -> token core stop (in-flight
 refreshes finish persisting) -> HTTPS listener -> store -> HTTP client -> key store ->
 telemetry flush.
@@ -26,6 +28,7 @@ from broker.clock import Clock, SystemClock
 from broker.config import Settings
 from broker.errors import ConfigError
 from broker.keys.api import Sealer, Signer
+from broker.keys.health import HsmHealth, HsmState
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.uri import parse_key_uri
 from broker.oauth.client import OAuthClient
@@ -47,6 +50,54 @@ log = logging.getLogger("broker.service")
 DRAIN_GRACE_SECONDS = 10.0
 
 
+class HsmServingReporter:
+    """Mirrors the HSM state into gRPC health (F08): DOWN -> NOT_SERVING, UP -> SERVING.
+
+    HSM listeners run on worker threads; they only wake this task, which reads the current state,
+    so the last state always wins.
+    """
+
+    def __init__(self, health: HsmHealth, server: RunningServer) -> None:
+        self._health = health
+        self._server = server
+        self._changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._remove: Callable[[], None] | None = None
+        self.applied: list[HsmState] = []  # states written to gRPC health, in order
+
+    def _on_change(self, _state: HsmState) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._changed.set)
+
+    async def _run(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            state = self._health.state
+            await self._server.set_serving(state is HsmState.UP)
+            self.applied.append(state)
+            log.info("gRPC health follows the HSM: %s", state.value)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._remove = self._health.add_listener(self._on_change)
+        self._task = self._loop.create_task(self._run(), name="hsm-serving")
+        if self._health.state is not HsmState.UP:
+            self._changed.set()
+
+    async def stop(self) -> None:
+        if self._remove is not None:
+            self._remove()
+            self._remove = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
 @dataclass
 class Running:
     """The started service; ``stop()`` shuts it down in order."""
@@ -58,6 +109,8 @@ class Running:
     broker: TokenBroker
     logins: LoginService
     client: OAuthClient
+    hsm: HsmHealth | None = None
+    hsm_reporter: HsmServingReporter | None = None
     _closers: list[tuple[str, Callable[[], object]]] = field(default_factory=list, repr=False)
 
     @property
@@ -65,6 +118,8 @@ class Running:
         return self.grpc.port
 
     async def stop(self) -> None:
+        if self.hsm_reporter is not None:
+            await self.hsm_reporter.stop()
         await self.grpc.set_serving(False)
         await self.grpc.stop(DRAIN_GRACE_SECONDS)
         await self.grpc.policy.stop()
@@ -126,12 +181,14 @@ async def open_store(settings: Settings, sealer: Sealer, clock: Clock) -> GrantS
     return await SqliteGrantStore.connect(str(s.path), sealer, clock)
 
 
-def open_key(settings: Settings, clock: Clock) -> tuple[Pkcs11KeyStore, Signer, str, Sealer]:
+def open_key(
+    settings: Settings, clock: Clock, health: HsmHealth | None = None
+) -> tuple[Pkcs11KeyStore, Signer, str, Sealer]:
     """Open the token, self-test the client key (fail closed) and find the sealing key."""
     ref = parse_key_uri(settings.key.uri)
     if ref.object is None:
         raise ConfigError("[key].uri must name the key with object=<label>")
-    keystore = Pkcs11KeyStore.from_ref(ref)
+    keystore = Pkcs11KeyStore.from_ref(ref, health=health)
     try:
         info = keystore.get(ref.object)
         signer = keystore.signer(ref.object)
@@ -157,7 +214,8 @@ async def start(
     closers: list[tuple[str, Callable[[], object]]] = []
     stack = contextlib.AsyncExitStack()
     try:
-        keystore, signer, did, sealer = await asyncio.to_thread(open_key, settings, clock)
+        hsm = HsmHealth(clock=clock)
+        keystore, signer, did, sealer = await asyncio.to_thread(open_key, settings, clock, hsm)
         stack.callback(keystore.close)
         closers.append(("key store", keystore.close))
         store = await open_store(settings, sealer, clock)
@@ -220,6 +278,8 @@ async def start(
             reflection=g.reflection,
             tracer_provider=tracer_provider,
         )
+        reporter = HsmServingReporter(hsm, grpc_server)
+        reporter.start()
     except BaseException:
         await stack.aclose()
         raise
@@ -236,6 +296,8 @@ async def start(
         broker=broker,
         logins=logins,
         client=client,
+        hsm=hsm,
+        hsm_reporter=reporter,
         _closers=closers,
     )
 
