@@ -34,7 +34,7 @@ from broker.keys.uri import parse_key_uri
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.oauth.login import LoginService
-from broker.server.app import RunningServer, start_server
+from broker.server.app import RunningServer, ServerTlsReloader, start_server
 from broker.server.policy import PolicyHolder
 from broker.telemetry.metrics import BrokerMetrics
 from broker.telemetry.observer import MetricsObserver
@@ -265,14 +265,16 @@ async def start(
         stack.push_async_callback(web.stop)
         g = settings.grpc
         policy = PolicyHolder(g.policy_file)
+        grpc_tls = ServerTlsReloader(g.server_cert, g.server_key, g.client_ca)  # rotation: E09
         grpc_server = await start_server(
             broker=broker,
             logins=logins,
             policy=policy,
             bind=g.bind,
-            server_cert_pem=g.server_cert.read_bytes(),
+            server_cert_pem=grpc_tls.server_cert_pem,
             server_key_pem=g.server_key.read_bytes(),
-            client_ca_pem=g.client_ca.read_bytes(),
+            client_ca_pem=grpc_tls.client_ca_pem,
+            tls_reloader=grpc_tls,
             max_message_bytes=g.max_message_bytes,
             max_concurrent_rpcs=g.max_concurrent_rpcs,
             reflection=g.reflection,
