@@ -155,9 +155,20 @@ class TelemetrySettings:
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """``[audit]``: the append-only audit log (JSON lines). None: audit events go to the log."""
+    """``[audit]``: the append-only, hash-chained audit log (JSON lines). None: audit events go
+    to the ``broker.audit`` logger.
+
+    ``path`` is the same file the key ceremonies write (one chain, one hash to anchor); the
+    service's events use their own action namespace (``grant.*``, ``token.*``, ``login.*``,
+    ``caller.*``; ceremonies: ``keys.*``). ``mirror_path``: a second log written in parallel;
+    ``require`` says whether a record must reach ``"all"`` logs or ``"any"`` one of them.
+    ``write_timeout``: seconds a record may take before it counts as failed (H01).
+    """
 
     path: Path | None = None
+    mirror_path: Path | None = None
+    require: Literal["all", "any"] = "all"
+    write_timeout: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -560,9 +571,17 @@ def _telemetry(section: _Section) -> TelemetrySettings:
 
 def _audit(section: _Section) -> AuditSettings:
     path = section.path("path", must_exist=False)
-    if path is not None and section.check_files and not path.parent.is_dir():
-        raise ConfigError(f"{section.key('path')}: directory {path.parent} does not exist")
-    return AuditSettings(path=path)
+    mirror = section.path("mirror_path", must_exist=False)
+    for key, value in (("path", path), ("mirror_path", mirror)):
+        if value is not None and section.check_files and not value.parent.is_dir():
+            raise ConfigError(f"{section.key(key)}: directory {value.parent} does not exist")
+    if mirror is not None and path is None:
+        raise ConfigError(f"{section.key('mirror_path')} needs {section.key('path')}")
+    if mirror is not None and mirror == path:
+        raise ConfigError(f"{section.key('mirror_path')} must differ from {section.key('path')}")
+    require: Literal["all", "any"] = section.choice("require", ("all", "any"), "all")
+    timeout = section.number("write_timeout", 2.0, low=0.05, high=60.0)
+    return AuditSettings(path=path, mirror_path=mirror, require=require, write_timeout=timeout)
 
 
 _REQUIRED = ("key", "oauth", "web", "grpc", "store")

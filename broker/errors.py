@@ -124,6 +124,15 @@ class AuditError(BrokerError):
     reason = "audit"
 
 
+class AuditUnavailable(AuditError):
+    """The runtime audit trail did not take a record in time (blocked or failing sink).
+
+    Whatever needed that record (a new grant) is refused; retry later (H01)."""
+
+    reason = "audit_unavailable"
+    retryable = True
+
+
 class ConfirmationMismatch(BrokerError):
     """The operator did not confirm a destructive step (typed another value, or nothing)."""
 

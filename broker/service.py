@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
+from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 
 from broker.ceremony.selftest import run_selftest
@@ -38,6 +39,14 @@ from broker.server.app import RunningServer, ServerTlsReloader, start_server
 from broker.server.policy import PolicyHolder
 from broker.telemetry.metrics import BrokerMetrics
 from broker.telemetry.observer import MetricsObserver
+from broker.tokens.audit_events import (
+    AuditSink,
+    AuditTrail,
+    FanoutAuditSink,
+    FileAuditSink,
+    LogAuditSink,
+    MeterFailureObserver,
+)
 from broker.tokens.broker import TokenBroker
 from broker.tokens.postgres import PostgresGrantStore
 from broker.tokens.sqlite import SqliteGrantStore
@@ -202,18 +211,53 @@ def open_key(
     return keystore, signer, info.did, sealer
 
 
+def audit_trail(
+    settings: Settings,
+    clock: Clock,
+    *,
+    meter_provider: otel_metrics.MeterProvider | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> tuple[AuditTrail, list[FileAuditSink]]:
+    """The runtime audit trail from ``[audit]`` (see :mod:`broker.tokens.audit_events`):
+    the log file (plus its mirror, fanned out with ``require``), else the ``broker.audit``
+    logger. Returns the file sinks too, to close on stop."""
+    a = settings.audit
+    observer = MeterFailureObserver(meter_provider)
+    files = [
+        FileAuditSink(p, clock=clock, timeout=a.write_timeout, tracer_provider=tracer_provider)
+        for p in (a.path, a.mirror_path)
+        if p is not None
+    ]
+    sink: AuditSink
+    if not files:
+        sink = LogAuditSink()
+    elif len(files) == 1:
+        sink = files[0]
+    else:
+        sink = FanoutAuditSink(files, require=a.require, timeout=a.write_timeout, observer=observer)
+    # The trail's own bound sits just above the sinks': their timeout error names the sink.
+    return AuditTrail(sink, timeout=a.write_timeout * 1.5, observer=observer), files
+
+
 async def start(
     settings: Settings,
     *,
     clock: Clock | None = None,
     metrics: BrokerMetrics | None = None,
     tracer_provider: trace.TracerProvider | None = None,
+    meter_provider: otel_metrics.MeterProvider | None = None,
 ) -> Running:
     """Start every listener; raises (after undoing what started) when anything fails."""
     clock = clock or SystemClock()
     closers: list[tuple[str, Callable[[], object]]] = []
     stack = contextlib.AsyncExitStack()
     try:
+        audit, audit_files = audit_trail(
+            settings, clock, meter_provider=meter_provider, tracer_provider=tracer_provider
+        )
+        for audit_file in audit_files:
+            stack.callback(audit_file.close)
+            closers.append((f"audit sink {audit_file.name}", audit_file.close))
         hsm = HsmHealth(clock=clock)
         keystore, signer, did, sealer = await asyncio.to_thread(open_key, settings, clock, hsm)
         stack.callback(keystore.close)
@@ -236,6 +280,7 @@ async def start(
             background_interval=t.background_interval,
             observer=MetricsObserver(metrics) if metrics is not None else None,
             tracer_provider=tracer_provider,
+            audit=audit,
         )
         await broker.start()
         stack.push_async_callback(broker.stop)
@@ -247,6 +292,7 @@ async def start(
             clock,
             public_base_url=settings.web.public_base_url.rstrip("/"),
             login_ttl=settings.oauth.login_ttl,
+            audit=audit,
         )
         w = settings.web
         tls = TlsFiles(str(w.tls_cert), str(w.tls_key)) if w.tls_cert and w.tls_key else None
@@ -279,6 +325,7 @@ async def start(
             max_concurrent_rpcs=g.max_concurrent_rpcs,
             reflection=g.reflection,
             tracer_provider=tracer_provider,
+            audit=audit,
         )
         reporter = HsmServingReporter(hsm, grpc_server)
         reporter.start()

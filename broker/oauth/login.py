@@ -30,6 +30,7 @@ from typing import Protocol
 
 from broker.clock import Clock
 from broker.errors import (
+    AuditError,
     AuthorizationDenied,
     AuthorizationResponseError,
     BrokerError,
@@ -52,6 +53,7 @@ from broker.oauth.request_object import (
     sign_request_object,
 )
 from broker.oauth.types import TokenSet
+from broker.tokens.audit_events import AuditAction, AuditEvent, AuditTrail, reason_code
 from broker.tokens.ports import GrantSink
 
 REQUEST_OBJECT_PATH = "/request-objects/"
@@ -139,6 +141,7 @@ class LoginService:
         label_default: str = "default",
         max_pending: int = MAX_PENDING_LOGINS,
         retention: float | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         if not public_base_url.startswith(("https://", "http://")) or public_base_url.endswith("/"):
             raise InvalidArgument("public_base_url must be an absolute URL without a trailing '/'")
@@ -147,6 +150,7 @@ class LoginService:
         if max_pending < 1:
             raise InvalidArgument("max_pending must be at least 1")
         self._client = client
+        self._audit = audit or AuditTrail.disabled()
         self._config = config
         self._signer = signer
         self._sink = sink
@@ -326,9 +330,11 @@ class LoginService:
             )
         except BrokerError as exc:
             self._finish(login, LoginState.FAILED, error=exc.reason)
+            await self._audit_failure(login, exc.reason, audit_down=isinstance(exc, AuditError))
             raise
         except Exception:
             self._finish(login, LoginState.FAILED, error="internal")
+            await self._audit_failure(login, "internal", audit_down=False)
             raise
         self._finish(login, LoginState.COMPLETED, grant_id=grant.grant_id)
         return self._view(login)
@@ -348,6 +354,19 @@ class LoginService:
         return sum(1 for lg in self._logins.values() if lg.status is LoginState.PENDING)
 
     # --- internals ------------------------------------------------------------------------
+
+    async def _audit_failure(self, login: _Login, reason: str, *, audit_down: bool) -> None:
+        """``login.failed`` (best effort) for a found login whose response failed; B10: one
+        event per failed exchange. Not written when the failure *is* the audit trail (it was
+        just counted and logged; writing again would only double the wait). Responses with an
+        unknown state are not audited: anyone can send those (the web log has them)."""
+        if audit_down:
+            return
+        await self._audit.note(
+            AuditEvent(
+                AuditAction.LOGIN_FAILED, "error", label=login.label, reason=reason_code(reason)
+            )
+        )
 
     def _expired(self, login: _Login) -> bool:
         return self._clock.now() >= login.expires_at

@@ -29,6 +29,7 @@ from broker.server.policy import PolicyHolder
 from broker.server.ports import LoginService, TokenBroker
 from broker.server.servicer import DEFAULT_MAX_DEADLINE, TokenBrokerServicer
 from broker.server.tracing import TracingInterceptor
+from broker.tokens.audit_events import AuditTrail
 
 log = logging.getLogger("broker.server.app")
 
@@ -228,6 +229,7 @@ async def start_server(
     max_deadline: float = DEFAULT_MAX_DEADLINE,
     reflection: bool = False,
     tracer_provider: trace.TracerProvider | None = None,
+    audit: AuditTrail | None = None,
     tls_reloader: ServerTlsReloader | None = None,
 ) -> RunningServer:
     """Start the broker's gRPC server over mutual TLS and report SERVING.
@@ -247,7 +249,7 @@ async def start_server(
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     servicer = TokenBrokerServicer(
-        broker=broker, logins=logins, policy=policy, max_deadline=max_deadline
+        broker=broker, logins=logins, policy=policy, max_deadline=max_deadline, audit=audit
     )
     broker_pb2_grpc.add_TokenBrokerServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()

@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from broker.errors import NotFound
+from broker.errors import NotFound, PermissionDenied
 from broker.server import convert, validation
 from broker.server.errors import to_status
 from broker.server.gen.broker.v1 import broker_pb2 as pb
@@ -27,6 +27,7 @@ from broker.server.identity import (
 )
 from broker.server.policy import Policy, Rule
 from broker.server.ports import LoginService, TokenBroker
+from broker.tokens.audit_events import AuditAction, AuditEvent, AuditTrail, identifier, reason_code
 
 log = logging.getLogger("broker.server")
 
@@ -57,8 +58,10 @@ class TokenBrokerServicer:
         logins: LoginService,
         policy: PolicySource,
         max_deadline: float = DEFAULT_MAX_DEADLINE,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._broker = broker
+        self._audit = audit or AuditTrail.disabled()
         self._logins = logins
         self._policy = policy
         self._max_deadline = max_deadline
@@ -78,9 +81,25 @@ class TokenBrokerServicer:
             self._identities[key] = caller
         return caller
 
-    def _authorize(self, context: Context, method: str) -> tuple[CallerIdentity, Rule]:
-        caller = self._identity(context.auth_context())
-        return caller, self._policy.current.authorize_method(caller, method)
+    def _authorize(self, caller: CallerIdentity, method: str) -> Rule:
+        return self._policy.current.authorize_method(caller, method)
+
+    async def _audit_denied(
+        self, exc: Exception, method: str, caller: CallerIdentity | None
+    ) -> None:
+        """E05: ``caller.denied`` (identity + method + reason, never the grant or label asked
+        for: no inventory). Best effort: the denial stands whatever the audit trail does."""
+        if not isinstance(exc, PermissionDenied):
+            return
+        await self._audit.note(
+            AuditEvent(
+                AuditAction.CALLER_DENIED,
+                "error",
+                caller=identifier(caller.name) if caller is not None else None,
+                method=method,
+                reason=reason_code(exc.reason),
+            )
+        )
 
     async def _authorize_grant(
         self, caller: CallerIdentity, method: str, rule: Rule, grant_id: str
@@ -107,13 +126,16 @@ class TokenBrokerServicer:
         method: str,
         handler: Callable[[CallerIdentity, Rule], Awaitable[T]],
     ) -> T:
+        caller: CallerIdentity | None = None
         try:
-            caller, rule = self._authorize(context, method)
+            caller = self._identity(context.auth_context())
+            rule = self._authorize(caller, method)
             # asyncio.timeout, not wait_for: no extra task per call on the hot path.
             async with asyncio.timeout(self._timeout(context)):
                 return await handler(caller, rule)
         except Exception as exc:
             code, message = self._status(exc, method)
+            await self._audit_denied(exc, method, caller)
         await context.abort(code, message)
         raise AssertionError("context.abort returned")  # pragma: no cover
 
@@ -178,8 +200,10 @@ class TokenBrokerServicer:
         self, request: pb.WatchAccessTokenRequest, context: Context
     ) -> AsyncIterator[pb.WatchAccessTokenResponse]:
         method = "WatchAccessToken"
+        caller: CallerIdentity | None = None
         try:
-            caller, rule = self._authorize(context, method)
+            caller = self._identity(context.auth_context())
+            rule = self._authorize(caller, method)
             grant_id = validation.grant_id(request.grant_id)
             async with asyncio.timeout(self._timeout(context)):
                 await self._authorize_grant(caller, method, rule, grant_id)
@@ -188,6 +212,7 @@ class TokenBrokerServicer:
             return
         except Exception as exc:
             code, message = self._status(exc, method)
+            await self._audit_denied(exc, method, caller)
         await context.abort(code, message)
 
     async def GetGrant(self, request: pb.GetGrantRequest, context: Context) -> pb.GetGrantResponse:

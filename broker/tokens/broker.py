@@ -28,6 +28,10 @@ Failures:
   jitter (first >= ``backoff_initial``, honouring ``Retry-After``); during a back-off a caller
   who needs a refresh fails fast with the last error instead of hitting the AS again.
 
+Audit (``audit_events.py``): ``grant.created`` is written before the grant is stored and fails
+the call when it cannot be written (H01, fail closed); ``grant.reauthorization_required`` (A05),
+``grant.revoked`` and ``token.refresh_rejected`` (B10) are written once each, best effort.
+
 Crash recovery (G02): ``start()`` looks for ACTIVE grants whose intent record
 (``refresh_started_at``) is set: a refresh was in flight when a process died, and the AS may or may
 not have rotated the refresh token. Each is refreshed once, normally, with the stored (old)
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -63,6 +68,14 @@ from broker.errors import (
     UnexpectedResponse,
 )
 from broker.oauth.types import TokenSet
+from broker.tokens.audit_events import (
+    AuditAction,
+    AuditEvent,
+    AuditTrail,
+    Outcome,
+    identifier,
+    reason_code,
+)
 from broker.tokens.freshness import MIN_SERVE_TTL, REFRESH_THRESHOLD, Freshness, freshness
 from broker.tokens.model import AccessToken, Grant, GrantStatus
 from broker.tokens.observer import NullObserver, RefreshOutcome, TokenBrokerObserver
@@ -143,6 +156,7 @@ class TokenBroker:
         watch_queue_size: int = 8,
         backoff_initial: float = 5.0,
         backoff_max: float = 300.0,
+        audit: AuditTrail | None = None,
     ) -> None:
         if refresh_threshold <= 0:
             raise InvalidArgument("refresh_threshold must be positive")
@@ -157,6 +171,7 @@ class TokenBroker:
         if background_interval <= 0 or background_concurrency < 1:
             raise InvalidArgument("background interval and concurrency must be positive")
         self._store = store
+        self._audit = audit or AuditTrail.disabled()
         self._tracer = trace.get_tracer("broker.tokens", tracer_provider=tracer_provider)
         self._refresher = refresher
         self._clock = clock
@@ -265,9 +280,25 @@ class TokenBroker:
                 updated_at=now,
                 id_claims=tokens.id_claims,
             )
+            # H01: written ahead of the store commit, fail closed: no grant (and so no token)
+            # exists that the audit trail does not know about.
+            created = AuditEvent(
+                AuditAction.GRANT_CREATED,
+                "ok",
+                grant_id=grant.grant_id,
+                label=label,
+                subject=subject,
+            )
+            await self._audit.require(created)
             try:
                 await self._store.create(grant)
-            except GrantExists:
+            except BrokerError as exc:
+                # Withdraw the write-ahead record: this grant id was never stored.
+                await self._audit.note(
+                    dataclasses.replace(created, outcome="error", reason=reason_code(exc.reason))
+                )
+                if not isinstance(exc, GrantExists):
+                    raise
                 attempts += 1
                 if attempts >= _MAX_ID_ATTEMPTS:
                     raise
@@ -288,6 +319,7 @@ class TokenBroker:
         async with self._store.refresh_lock(grant_id):
             grant = await self._store.set_status(grant_id, GrantStatus.REVOKED, reason="revoked")
         self._bury(grant_id, GrantRevoked)
+        await self._audit_grant(AuditAction.GRANT_REVOKED, grant, "ok", "revoked")
         return grant
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -553,6 +585,9 @@ class TokenBroker:
                     grant_id, GrantStatus.REAUTHORIZATION_REQUIRED, reason="no_refresh_token"
                 )
                 self._bury(grant_id, ReauthorizationRequired)
+                await self._audit_grant(
+                    AuditAction.GRANT_REAUTHORIZATION_REQUIRED, grant, "error", "no_refresh_token"
+                )
                 raise ReauthorizationRequired(f"grant {grant_id} has no refresh token")
             await self._store.mark_refresh_started(grant_id, self._clock.now())
             try:
@@ -563,10 +598,20 @@ class TokenBroker:
                     grant_id, GrantStatus.REAUTHORIZATION_REQUIRED, reason=exc.reason
                 )
                 self._bury(grant_id, ReauthorizationRequired)
+                # A05: one event, by the refresh that flipped the status; later calls stop at
+                # the dead-grant check and never get here again.
+                await self._audit_grant(
+                    AuditAction.GRANT_REAUTHORIZATION_REQUIRED, grant, "error", exc.reason
+                )
                 raise ReauthorizationRequired(f"grant {grant_id} needs re-authorization") from exc
             except BrokerError as exc:
                 if exc.retryable:
                     await self._record_error(grant_id, exc)
+                elif isinstance(exc, TokenValidationError):
+                    # B10: the response is dropped (nothing stored or served); one event.
+                    await self._audit_grant(
+                        AuditAction.TOKEN_REFRESH_REJECTED, grant, "error", exc.reason
+                    )
                 raise
             try:
                 stored = await self._store.rotate(grant_id, tokens, expected_version=grant.version)
@@ -579,6 +624,21 @@ class TokenBroker:
             self._backoff.pop(grant_id, None)
             self._publish(entry)
             return entry, RefreshOutcome.REFRESHED
+
+    async def _audit_grant(
+        self, action: AuditAction, grant: Grant, outcome: Outcome, reason: str
+    ) -> None:
+        """Best effort (retried once, then logged and counted): see audit_events."""
+        await self._audit.note(
+            AuditEvent(
+                action,
+                outcome,
+                grant_id=grant.grant_id,
+                label=identifier(grant.label),
+                subject=identifier(grant.subject),
+                reason=reason_code(reason),
+            )
+        )
 
     async def _record_error(self, grant_id: str, exc: BrokerError) -> None:
         try:

@@ -45,6 +45,7 @@ EXPECTED: dict[str, Any] = {
     "GrantExists": S.ALREADY_EXISTS,
     "VersionConflict": S.ABORTED,
     "AuditError": S.UNAVAILABLE,
+    "AuditUnavailable": S.UNAVAILABLE,
     "ConfirmationMismatch": S.FAILED_PRECONDITION,
     "SelfTestFailed": S.UNAVAILABLE,
     "AuthorizationDenied": S.FAILED_PRECONDITION,
