@@ -130,8 +130,10 @@ def create_app(
                 span.set_attribute("oauth.error", exc.reason)
                 if isinstance(exc, AuthorizationDenied):
                     span.set_attribute("oauth.as_error", exc.error)
-                span.set_attribute("http.status_code", 400)
-                return _page("Login failed", f"The login did not complete ({exc.reason}).", 400)
+                # Our side's trouble (AS down, HSM, audit trail): 503, the user may retry.
+                status = 503 if exc.retryable else 400
+                span.set_attribute("http.status_code", status)
+                return _page("Login failed", f"The login did not complete ({exc.reason}).", status)
             span.set_attribute("login.state", str(view.state))
             if view.state is LoginState.PENDING and view.authorization_url:
                 # DOME compatibility restart: send the user agent to the new request we made.

@@ -181,3 +181,17 @@ def test_callback_path_must_not_collide_with_other_routes(service: LoginService)
             create_app(service, redirect_uri=uri)
     with pytest.raises(InvalidArgument):
         create_app(service, redirect_uri=REDIRECT_URI, post_login_url="javascript:alert(1)")
+
+
+async def test_callback_shows_503_when_our_side_is_unavailable(
+    web: httpx.AsyncClient, service: LoginService, fake_client: FakeClient
+) -> None:
+    """AS down during the exchange (retryable): 503 and the reason code, never the code."""
+    from broker.errors import AuthServerUnavailable
+
+    view = await service.start(label="ops")
+    _, state = ref_and_state(view)
+    fake_client.exchange_error = AuthServerUnavailable("AS down")
+    resp = await web.get("/callback", params={"code": "c-9", "state": state, "iss": ISSUER})
+    assert resp.status_code == 503
+    assert "as_unavailable" in resp.text and "c-9" not in resp.text
