@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from broker.errors import InvalidArgument
+from broker.errors import AuthServerUnavailable, InvalidArgument
 from broker.oauth.login import LoginService, LoginView
 from broker.web.app import create_app
 from tests.web.fakes import ISSUER, REDIRECT_URI, FakeClient
@@ -187,7 +187,6 @@ async def test_callback_shows_503_when_our_side_is_unavailable(
     web: httpx.AsyncClient, service: LoginService, fake_client: FakeClient
 ) -> None:
     """AS down during the exchange (retryable): 503 and the reason code, never the code."""
-    from broker.errors import AuthServerUnavailable
 
     view = await service.start(label="ops")
     _, state = ref_and_state(view)
