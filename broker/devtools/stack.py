@@ -50,8 +50,22 @@ class StackError(RuntimeError):
     pass
 
 
+CLI_TIMEOUT_S = 120.0  # a bound on a hung ceremony command
+
+
 def _run(argv: list[str], env: dict[str, str], what: str) -> str:
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, cwd=ROOT)
+    try:
+        proc = subprocess.run(
+            argv,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+            timeout=CLI_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise StackError(f"{what} did not finish within {CLI_TIMEOUT_S:g}s") from exc
     if proc.returncode != 0:
         raise StackError(f"{what} failed: {proc.stderr.strip()[-2000:]}")
     return proc.stdout
@@ -290,56 +304,62 @@ class DevStack:
             ),
             workdir,
         )
-        outputs["tsl-entry"] = _run(
-            [
-                *cli,
-                "tsl-entry",
-                "--key",
-                key_uri,
-                "--issuer",
-                peer.issuer,
-                "--url",
-                public,
-                "--redirect-uri",
-                f"{public}/callback",
-            ],
-            env,
-            "keys tsl-entry",
-        )
-        policy = workdir / "policy.toml"
-        policy.write_text(f'[identities."{CALLER_IDENTITY}"]\nmethods = ["*"]\ngrants = ["*"]\n')
-        config_path = workdir / "broker.toml"
-        store = (
-            f'kind = "postgres"\ndsn = "{store_dsn}"\n'
-            + (f'schema = "{store_schema}"\n' if store_schema else "")
-            if store_kind == "postgres"
-            else f'kind = "sqlite"\npath = "{workdir / "broker.db"}"\n'
-        )
-        telemetry = (
-            f'traces = "otlp-http"\nmetrics = "otlp-http"\nendpoint = "{otlp_endpoint}"\n'
-            if otlp_endpoint
-            else 'traces = "off"\nmetrics = "off"\n'
-        )
-        config = BrokerConfig(
-            key_uri=key_uri,
-            issuer=peer.issuer,
-            did=did,
-            redirect_uri=f"{public}/callback",
-            ca_file=pki.ca_file,
-            cert_file=pki.cert_file,
-            key_file=pki.key_file,
-            web_port=web_port,
-            grpc_port=grpc_port,
-            policy_file=policy,
-            store=store,
-            telemetry=telemetry,
-            refresh_threshold=refresh_threshold,
-            min_serve_ttl=min_serve_ttl,
-            background_interval=background_interval,
-            max_concurrent_rpcs=max_concurrent_rpcs,
-            audit_log=audit_log,
-        )
-        config_path.write_text(render_config(config))
+        try:  # from here on, a failure must not leave the peer running
+            outputs["tsl-entry"] = _run(
+                [
+                    *cli,
+                    "tsl-entry",
+                    "--key",
+                    key_uri,
+                    "--issuer",
+                    peer.issuer,
+                    "--url",
+                    public,
+                    "--redirect-uri",
+                    f"{public}/callback",
+                ],
+                env,
+                "keys tsl-entry",
+            )
+            policy = workdir / "policy.toml"
+            policy.write_text(
+                f'[identities."{CALLER_IDENTITY}"]\nmethods = ["*"]\ngrants = ["*"]\n'
+            )
+            config_path = workdir / "broker.toml"
+            store = (
+                f'kind = "postgres"\ndsn = "{store_dsn}"\n'
+                + (f'schema = "{store_schema}"\n' if store_schema else "")
+                if store_kind == "postgres"
+                else f'kind = "sqlite"\npath = "{workdir / "broker.db"}"\n'
+            )
+            telemetry = (
+                f'traces = "otlp-http"\nmetrics = "otlp-http"\nendpoint = "{otlp_endpoint}"\n'
+                if otlp_endpoint
+                else 'traces = "off"\nmetrics = "off"\n'
+            )
+            config = BrokerConfig(
+                key_uri=key_uri,
+                issuer=peer.issuer,
+                did=did,
+                redirect_uri=f"{public}/callback",
+                ca_file=pki.ca_file,
+                cert_file=pki.cert_file,
+                key_file=pki.key_file,
+                web_port=web_port,
+                grpc_port=grpc_port,
+                policy_file=policy,
+                store=store,
+                telemetry=telemetry,
+                refresh_threshold=refresh_threshold,
+                min_serve_ttl=min_serve_ttl,
+                background_interval=background_interval,
+                max_concurrent_rpcs=max_concurrent_rpcs,
+                audit_log=audit_log,
+            )
+            config_path.write_text(render_config(config))
+        except BaseException:
+            stop_peer(peer)
+            raise
         stack = cls(
             workdir=workdir,
             env=env,
@@ -391,6 +411,7 @@ class DevStack:
             except grpc.RpcError:
                 pass
             if time.monotonic() > deadline:
+                self.kill_broker()  # never leave a broker that did not come up running
                 raise StackError(
                     f"broker not serving after {timeout}s:\n{self.broker_log()[-3000:]}"
                 )

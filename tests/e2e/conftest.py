@@ -4,13 +4,15 @@
 it; every stack and replica a test started is taken down by the fixture's finalizer, even when the
 test fails, so no ``node peer.mjs`` or ``broker serve`` outlives a test. ``login(stack)`` drives
 StartAuthorization -> the verifier's auto-login -> GetLogin like ``make demo`` and returns the
-grant id.
+grant id. ``get_token``, ``grant_of``, ``call_get_token`` (for a thread, reports the status code
+instead of raising) and ``start_with_retry`` are the other helpers the tests share.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +98,46 @@ def get_token(
         return resp
 
 
-def rpc_code(call: Callable[[], object]) -> grpc.StatusCode | None:
-    """The status code ``call`` failed with, or None when it succeeded."""
+def start_with_retry(stack: DevStack, attempts: int = 3) -> None:
+    """Start ``broker serve``; a concurrent PKCS#11 login to one file token can fail with
+    GeneralError (a fact of SoftHSM), so a start that fails is retried a bounded number of times."""
+    for attempt in range(1, attempts + 1):
+        try:
+            stack.start_broker()
+            return
+        except StackError:
+            stack.stop_broker()
+            if attempt == attempts:
+                raise
+
+
+def grant_of(stack: DevStack, grant_id: str) -> broker_pb2.Grant:
+    with stack.channel() as channel:
+        resp = stack.stub(channel).GetGrant(
+            broker_pb2.GetGrantRequest(grant_id=grant_id), timeout=RPC_TIMEOUT
+        )
+        grant: broker_pb2.Grant = resp.grant
+        return grant
+
+
+def call_get_token(
+    stack: DevStack, grant_id: str, out: list[object], sent: threading.Event | None = None
+) -> None:
+    """GetAccessToken on a connected channel; ``sent`` is set just before the call goes out
+    (the TLS handshake is not part of the refresh window)."""
     try:
-        call()
+        with stack.channel() as channel:
+            grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT)
+            stub = stack.stub(channel)
+            stub.GetGrant(broker_pb2.GetGrantRequest(grant_id=grant_id), timeout=RPC_TIMEOUT)
+            if sent is not None:
+                sent.set()
+            resp = stub.GetAccessToken(
+                broker_pb2.GetAccessTokenRequest(grant_id=grant_id), timeout=RPC_TIMEOUT
+            )
+            out.append(resp.token.access_token)
     except grpc.RpcError as exc:
-        code: grpc.StatusCode = exc.code()
-        return code
-    return None
+        out.append(exc.code())
+    finally:
+        if sent is not None:
+            sent.set()

@@ -26,8 +26,14 @@ import pytest
 
 from broker.devtools.stack import DevStack
 from broker.server.gen.broker.v1 import broker_pb2
-from tests.e2e.conftest import RPC_TIMEOUT, Stacks, login
-from tests.e2e.test_replicas_postgres import start_with_retry
+from tests.e2e.conftest import (
+    RPC_TIMEOUT,
+    Stacks,
+    call_get_token,
+    grant_of,
+    login,
+    start_with_retry,
+)
 from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow, pytest.mark.softhsm]
@@ -60,43 +66,11 @@ def store_options(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         drop_pg_schema(dsn, schema)
 
 
-def grant_of(stack: DevStack, grant_id: str) -> broker_pb2.Grant:
-    with stack.channel() as channel:
-        resp = stack.stub(channel).GetGrant(
-            broker_pb2.GetGrantRequest(grant_id=grant_id), timeout=RPC_TIMEOUT
-        )
-        grant: broker_pb2.Grant = resp.grant
-        return grant
-
-
 def sleep_until_invalid(stack: DevStack, grant_id: str) -> None:
     """Wait (without asking for a token: that could start a refresh) until the stored access
     token has at most MIN_SERVE_TTL left."""
     expires = grant_of(stack, grant_id).access_expires_at.ToNanoseconds() / 1e9
     time.sleep(max(0.0, expires - time.time() - MIN_SERVE_TTL + 0.3))
-
-
-def call_get_token(
-    stack: DevStack, grant_id: str, out: list[object], sent: threading.Event | None = None
-) -> None:
-    """GetAccessToken on a connected channel; ``sent`` is set just before the call goes out
-    (the TLS handshake is not part of the refresh window)."""
-    try:
-        with stack.channel() as channel:
-            grpc.channel_ready_future(channel).result(timeout=RPC_TIMEOUT)
-            stub = stack.stub(channel)
-            stub.GetGrant(broker_pb2.GetGrantRequest(grant_id=grant_id), timeout=RPC_TIMEOUT)
-            if sent is not None:
-                sent.set()
-            resp = stub.GetAccessToken(
-                broker_pb2.GetAccessTokenRequest(grant_id=grant_id), timeout=RPC_TIMEOUT
-            )
-            out.append(resp.token.access_token)
-    except grpc.RpcError as exc:
-        out.append(exc.code())
-    finally:
-        if sent is not None:
-            sent.set()
 
 
 ROTATED_NOT_COMMITTED = "after the AS rotated, before the commit"

@@ -11,6 +11,7 @@ when ``BROKER_REQUIRE_POSTGRES=1`` (``.ci/run`` sets it).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,10 +23,18 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest
 from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from broker.config import load_settings
-from broker.devtools.stack import DevStack, StackError
+from broker.devtools.stack import DevStack
 from broker.errors import ConfigError
 from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc
-from tests.e2e.conftest import RPC_TIMEOUT, Stacks, get_token, login
+from tests.e2e.conftest import (
+    RPC_TIMEOUT,
+    Stacks,
+    call_get_token,
+    get_token,
+    grant_of,
+    login,
+    start_with_retry,
+)
 from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
 
 ACCESS_TOKEN_TTL = 24
@@ -43,19 +52,6 @@ def pg_schema() -> Iterator[tuple[str, str]]:
         yield dsn, schema
     finally:
         drop_pg_schema(dsn, schema)
-
-
-def start_with_retry(stack: DevStack, attempts: int = 3) -> None:
-    """Start ``broker serve``; a concurrent PKCS#11 login to one file token can fail with
-    GeneralError (a fact of SoftHSM), so a start that fails is retried a bounded number of times."""
-    for attempt in range(1, attempts + 1):
-        try:
-            stack.start_broker()
-            return
-        except StackError:
-            stack.stop_broker()
-            if attempt == attempts:
-                raise
 
 
 async def burst(stack: DevStack, grant_id: str, calls: int) -> list[str | tuple[str, str]]:
@@ -190,3 +186,60 @@ def test_store_schema_is_read_for_postgres(tmp_path: Path) -> None:
 def test_store_schema_is_validated(tmp_path: Path, store: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(_config(tmp_path, store), check_files=False)
+
+
+@pytest.mark.peer
+@pytest.mark.postgres
+@pytest.mark.softhsm
+@pytest.mark.slow
+def test_g07_lock_holder_killed_mid_refresh_the_other_replica_takes_over(
+    stacks: Stacks, pg_schema: tuple[str, str]
+) -> None:
+    """Replica A holds the grant's refresh lock and the AS has rotated the refresh token when A is
+    killed (-9). PostgreSQL ends A's session, which frees the advisory lock: B is not blocked, finds
+    A's intent record, refreshes once with the stored (old) refresh token - accepted within the
+    AS's reuse grace - and serves; A, restarted, serves B's token without asking the AS."""
+    dsn, schema = pg_schema
+    a = stacks.up(
+        "a",
+        store_kind="postgres",
+        store_dsn=dsn,
+        store_schema=schema,
+        access_token_ttl=4,
+        refresh_threshold=3.0,
+        min_serve_ttl=2.5,
+        background_interval=3600,
+        token_delay_after_ms=1500,  # A waits for the answer, holding the lock, long enough
+        refresh_grace_seconds=60,
+    )
+    b = stacks.replica(a, "b")
+    start_with_retry(b)
+    grant_id = login(a)
+    expires = grant_of(a, grant_id).access_expires_at.ToNanoseconds() / 1e9
+    time.sleep(max(0.0, expires - time.time() - 2.5 + 0.3))
+    before = a.refresh_requests()
+
+    result: list[object] = []
+    caller = threading.Thread(target=call_get_token, args=(a, grant_id, result))
+    caller.start()
+    deadline = time.monotonic() + RPC_TIMEOUT
+    while a.refresh_requests() == before:  # the AS has rotated; A waits for the answer
+        assert time.monotonic() < deadline, "replica A never asked the AS"
+        time.sleep(0.02)
+    a.kill_broker()
+    caller.join(timeout=RPC_TIMEOUT + 5)
+    assert result == [grpc.StatusCode.UNAVAILABLE]
+
+    from_b = get_token(b, grant_id).token  # bounded by RPC_TIMEOUT: a deadlock fails here
+    log = a.peer.admin_log()
+    refreshes = [r for r in log["token_requests"] if r["grant_type"] == "refresh_token"][before:]
+    assert [r["status"] for r in refreshes] == [200, 200]
+    assert refreshes[0]["form"]["refresh_token"] == refreshes[1]["form"]["refresh_token"]
+    assert [e["event"] for e in log["grace_events"]][-1] == "reused_within_grace"
+    assert from_b.access_token == refreshes[1]["issued"]["access_token"]
+
+    start_with_retry(a)  # no intent record left: no recovery refresh
+    from_a = get_token(a, grant_id).token
+    assert from_a.access_token == from_b.access_token
+    assert a.refresh_requests() == before + 2
+    assert grant_of(a, grant_id).status == broker_pb2.GRANT_STATUS_ACTIVE
