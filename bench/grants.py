@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import cpu_model, percentile  # noqa: E402
+
 from broker.clock import SystemClock  # noqa: E402
 from broker.keys.soft import SoftSealer  # noqa: E402
 from broker.oauth.types import TokenSet  # noqa: E402
@@ -46,18 +48,6 @@ REPEATS = 5
 class NeverRefresher:
     async def refresh(self, refresh_token: str, *, subject: str) -> TokenSet:
         raise AssertionError("the bench keeps every token fresh")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 async def populate(store: SqliteGrantStore, n: int, now: float) -> list[str]:

@@ -32,14 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from common import cpu_model
 
+from broker.devtools.pki import Ca
 from broker.server.app import start_server
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.policy import PolicyHolder
 from broker.tokens.model import Grant
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' PKI helper
-from tests.server.pki import Ca
 
 ECHO_METHOD = "/bench.Echo/Echo"
 BROKER_METHOD = "/broker.v1.TokenBroker/GetAccessToken"
@@ -167,14 +166,7 @@ async def _start_echo(certs: dict[str, bytes]) -> Any:
 
 
 def _machine() -> list[str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import google.protobuf
 
     return [

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+from common import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RAW = 0.85
 TARGET_JWCRYPTO = 1.0
@@ -91,14 +93,7 @@ def _pct(values: list[int], q: float) -> float:
 
 
 def _machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         softhsm = subprocess.run(
             ["softhsm2-util", "--version"], capture_output=True, text=True, check=False
