@@ -94,6 +94,12 @@ class HsmUnavailable(KeyStoreError):
     retryable = True
 
 
+class HsmBusy(HsmUnavailable):
+    """Too many calls wait for the HSM: the bounded wait for it ran out (D07). Retry later."""
+
+    reason = "hsm_busy"
+
+
 class InvalidKey(KeyStoreError):
     """A key is of the wrong type or curve, or has the wrong attributes."""
 

@@ -10,6 +10,12 @@
 - With an injected :class:`broker.keys.health.HsmHealth` (D02, D03, D08): busy errors are retried
   with backoff, device calls are bounded in time, and a failed recovery puts the store DOWN (fail
   fast) until the background probe (:meth:`Pkcs11KeyStore.probe`) brings it back.
+- Bounded waiting (D07): a call waits at most ``lock_timeout`` seconds (default: the health's
+  ``op_timeout``) for the module lock, then fails with the retryable
+  :class:`broker.errors.HsmBusy`; a store holds one session, so a burst never opens more.
+- Fork safety (D12): in a child forked after ``C_Initialize`` the first call re-initialises the
+  module (:meth:`broker.keys.pkcs11_lib.LoadedLibrary.adopt`), logs in again and re-finds the
+  keys; the parent's sessions are forgotten, never closed from the child.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -32,6 +39,7 @@ from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from broker.errors import (
+    HsmBusy,
     HsmUnavailable,
     InvalidArgument,
     InvalidKey,
@@ -162,17 +170,24 @@ class Pkcs11KeyStore:
         *,
         tracer_provider: TracerProvider | None = None,
         health: HsmHealth | None = None,
+        lock_timeout: float | None = None,
     ) -> None:
+        """``lock_timeout``: seconds a call may wait for the module lock before
+        :class:`broker.errors.HsmBusy`; default the health's ``op_timeout``, else unbounded."""
         if not token_label:
             raise InvalidArgument("a token label is required")
         if not pin:
             raise InvalidArgument("a user PIN is required")
+        if lock_timeout is not None and not lock_timeout > 0:
+            raise InvalidArgument("lock_timeout must be positive (or None)")
         self._module_path = module_path
         self._token_label = token_label
         self.__pin = pin
         self._tracer = trace.get_tracer("broker.keys", tracer_provider=tracer_provider)
         self._lib = pkcs11_lib.load(module_path)
-        self._lock = self._lib.lock
+        if lock_timeout is None and health is not None:
+            lock_timeout = health.op_timeout
+        self._lock_timeout = lock_timeout
         self._token: Any = None
         self._session: Any = None
         self._lib_generation = -1
@@ -180,6 +195,10 @@ class Pkcs11KeyStore:
         self._handles: dict[tuple[ObjectClass, str], Any] = {}
         self._closed = False
         self.recoveries = 0  # how many times a session was rebuilt (for tests and metrics)
+        self.sessions_opened = 0  # C_OpenSession calls that succeeded
+        self.sessions_closed = 0  # C_CloseSession by this store
+        self.sessions_abandoned = 0  # forgotten: the library was re-initialised or forked
+        self.max_session_handle = 0  # the highest session handle this store was given
         self._health = health
         self._signing_labels: set[str] = set()  # keys the probe re-finds (D02)
         self._sealing_labels: set[str] = set()
@@ -221,6 +240,41 @@ class Pkcs11KeyStore:
     @property
     def token_label(self) -> str:
         return self._token_label
+
+    @property
+    def _lock(self) -> threading.RLock:
+        # Looked up at every use: a forked child gets a fresh lock (pkcs11_lib, D12).
+        return self._lib.lock
+
+    @property
+    def lock_timeout(self) -> float | None:
+        return self._lock_timeout
+
+    @property
+    def open_sessions(self) -> int:
+        """Sessions this store holds open now (0 or 1): opened - closed - abandoned."""
+        return self.sessions_opened - self.sessions_closed - self.sessions_abandoned
+
+    def count_open_sessions(self) -> int | None:
+        """Open sessions of the whole process on the module (``C_GetSessionInfo`` over every
+        handle up to the highest this store saw, plus a margin); None if not measurable (D07)."""
+        with self._acquire("count sessions"):
+            return self._lib.count_open_sessions(self.max_session_handle + 64)
+
+    @contextlib.contextmanager
+    def _acquire(self, operation: str) -> Iterator[None]:
+        """The module lock, waiting at most :attr:`lock_timeout` (D07)."""
+        lock = self._lib.lock
+        if self._lock_timeout is None:
+            lock.acquire()
+        elif not lock.acquire(timeout=self._lock_timeout):
+            raise HsmBusy(
+                f"PKCS#11 {operation}: the HSM stayed busy for {self._lock_timeout:g} s; retry"
+            )
+        try:
+            yield
+        finally:
+            lock.release()
 
     @property
     def module_path(self) -> str:
@@ -268,20 +322,20 @@ class Pkcs11KeyStore:
         # A store whose PIN differs from the one this process logged in with is refused, so a
         # wrong PIN is never accepted just because the token is already open.
         if self._lib.can_probe:
-            plain = token.open(rw=True)
+            plain = self._open(token)
             if self._logged_in(plain):
                 if not self._lib.pin_matches(self._token_label, self.__pin):
-                    plain.close()
+                    self._close(plain)
                     raise p11e.PinIncorrect()
                 return plain
-            plain.close()  # a session opened without a PIN: C_CloseSession only, no logout
+            self._close(plain)  # a session opened without a PIN: C_CloseSession only, no logout
         for attempt in range(_LOGIN_ATTEMPTS):
             try:
-                session = token.open(rw=True, user_pin=self.__pin)
+                session = self._open(token, user_pin=self.__pin)
             except p11e.UserAlreadyLoggedIn:
                 if not self._lib.pin_matches(self._token_label, self.__pin):
                     raise p11e.PinIncorrect() from None
-                return token.open(rw=True)
+                return self._open(token)
             except p11e.GeneralError:
                 # Concurrent logins of several processes to one file token: transient.
                 if attempt == _LOGIN_ATTEMPTS - 1:
@@ -292,12 +346,30 @@ class Pkcs11KeyStore:
             return session
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _open(self, token: Any, user_pin: str | None = None) -> Any:
+        session = token.open(rw=True, user_pin=user_pin)
+        self.sessions_opened += 1
+        handle = getattr(session, "handle", None)
+        if isinstance(handle, int):
+            self.max_session_handle = max(self.max_session_handle, handle)
+        return session
+
+    def _close(self, session: Any) -> None:
+        self.sessions_closed += 1
+        with contextlib.suppress(p11e.PKCS11Error):  # already gone: that is why we drop it
+            session.close()
+
     def _drop_session(self) -> None:
         session, self._session = self._session, None
         self._handles.clear()
-        if session is not None:
-            with contextlib.suppress(p11e.PKCS11Error):  # already gone: that is why we drop it
-                session.close()
+        if session is None:
+            return
+        if self._lib_generation != self._lib.generation or self._lib.stale:
+            # The handle belongs to an earlier C_Initialize or to the parent process: its
+            # number may now name another session (of this process), so never close it.
+            self.sessions_abandoned += 1
+            return
+        self._close(session)
 
     def _recover(self, action: Action) -> None:
         self.recoveries += 1
@@ -326,6 +398,8 @@ class Pkcs11KeyStore:
         busy device only when a :class:`HsmHealth` is injected."""
         if self._closed:
             raise KeyStoreError(f"key store for token {self._token_label!r} is closed")
+        if self._lib.stale:
+            self._adopt()
         if self._session is None or self._lib_generation != self._lib.generation:
             self._recover_or_down(Action.NEW_SESSION, None)
         recovered = False
@@ -353,6 +427,14 @@ class Pkcs11KeyStore:
                 self._recover_or_down(rule.action, exc)
                 recovered = True
 
+    def _adopt(self) -> None:
+        """In a forked child: re-initialise the module here before any other call (D12)."""
+        self._drop_session()  # forgotten, not closed: it is the parent's
+        try:
+            self._lib.adopt()
+        except p11e.PKCS11Error as exc:
+            raise HsmUnavailable("PKCS#11 library could not be re-initialised after fork") from exc
+
     def _run(self, operation: str, fn: Callable[[Any], T]) -> T:
         """Run ``fn(session)`` under the lock; recover once from a lost session/login/library.
 
@@ -361,12 +443,12 @@ class Pkcs11KeyStore:
         """
         health = self._health
         if health is None:
-            with self._lock:
+            with self._acquire(operation):
                 return self._attempt(operation, fn)
         delays = health.busy_delays()
         while True:
             health.check()
-            with self._lock:
+            with self._acquire(operation):
                 try:
                     return self._attempt(operation, fn)
                 except _Busy as busy:
@@ -387,6 +469,8 @@ class Pkcs11KeyStore:
         with self._lock:
             if self._closed:
                 raise KeyStoreError(f"key store for token {self._token_label!r} is closed")
+            if self._lib.stale:
+                self._adopt()
             self._drop_session()
             try:
                 self._lib.reinitialize()
