@@ -18,10 +18,16 @@ Failures:
   :class:`ReauthorizationRequired` without contacting the AS (A05: that refresh token is never
   sent again).
 - ``TokenValidationError`` (e.g. id_token ``iss``/``sub`` changed) -> grant unchanged, raised (A08c).
-- ``store.rotate`` failing (disk full, database down: G04) -> the new tokens stay in memory and
-  are written first, without asking the AS again, on the next attempt; the new access token is
-  not served before that write succeeds. They are lost if the process dies meanwhile (then the
-  intent record leads to G02 recovery with the old refresh token).
+- ``store.rotate`` failing (disk full, read-only file system, I/O error, database down: G04) ->
+  the new tokens stay in memory and are written first, without asking the AS again, on the next
+  attempt; the new access token is not served before that write succeeds. While any grant holds
+  such a result the broker is DEGRADED (:attr:`TokenBroker.unpersisted_grants`, and the
+  ``persistence_observer`` is told on every change); warm tokens keep being served. With an
+  :class:`broker.tokens.emergency.EmergencyVault` the result is also written to a sealed
+  emergency file at once and again on ``stop()``; ``start()`` re-imports those files into the
+  store (deleting each once it is stored or obsolete) before anything else, and keeps a record
+  it cannot store yet in memory: the old refresh token is never sent again once a newer one
+  exists in memory or in an emergency file.
 - retryable errors (AS down, 429, HSM, store) -> ``store.record_error``; the cached token keeps
   being served while it has more than ``min_serve_ttl`` left; after that the retryable error is
   raised (UNAVAILABLE at the gRPC layer) (A06). Further attempts back off exponentially with
@@ -59,6 +65,7 @@ from broker.errors import (
     AuthServerUnavailable,
     BrokerError,
     GrantExists,
+    GrantNotFound,
     GrantRevoked,
     InvalidArgument,
     InvalidGrant,
@@ -66,6 +73,7 @@ from broker.errors import (
     StoreError,
     TokenValidationError,
     UnexpectedResponse,
+    VersionConflict,
 )
 from broker.oauth.types import TokenSet
 from broker.tokens.audit_events import (
@@ -75,6 +83,12 @@ from broker.tokens.audit_events import (
     Outcome,
     identifier,
     reason_code,
+)
+from broker.tokens.emergency import (
+    EmergencyFileError,
+    EmergencyRecord,
+    EmergencyVault,
+    PersistenceObserver,
 )
 from broker.tokens.freshness import MIN_SERVE_TTL, REFRESH_THRESHOLD, Freshness, freshness
 from broker.tokens.model import AccessToken, Grant, GrantStatus
@@ -157,6 +171,8 @@ class TokenBroker:
         backoff_initial: float = 5.0,
         backoff_max: float = 300.0,
         audit: AuditTrail | None = None,
+        emergency: EmergencyVault | None = None,
+        persistence_observer: PersistenceObserver | None = None,
     ) -> None:
         if refresh_threshold <= 0:
             raise InvalidArgument("refresh_threshold must be positive")
@@ -188,6 +204,8 @@ class TokenBroker:
         self._flights: dict[str, asyncio.Task[_Entry]] = {}
         self._backoff: dict[str, _Backoff] = {}
         self._unpersisted: dict[str, _Unpersisted] = {}
+        self._emergency = emergency
+        self._persistence_observer = persistence_observer
         self._lifetimes: dict[str, float] = {}  # of the last token the AS issued, per grant
         self._watchers = Watchers(watch_queue_size)
         self._stopping = False
@@ -325,17 +343,162 @@ class TokenBroker:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover refreshes interrupted by a crash (G02), then start the background refresher."""
+        """Re-import emergency files (G04), recover refreshes interrupted by a crash (G02),
+        then start the background refresher."""
         self._stopping = False
+        await self.import_emergency()
         await self.recover_interrupted()
         self._background.start()
 
     async def stop(self) -> None:
-        """Stop the background refresher and wait until every refresh in flight has finished
-        persisting (J05). Blocking callers still get refreshes after this."""
+        """Stop the background refresher, wait until every refresh in flight has finished
+        persisting (J05), then write each refresh result the store still lacks to an emergency
+        file (G04). Blocking callers still get refreshes after this."""
         self._stopping = True
         await self._background.stop()
         await self.wait_idle()
+        await self.flush_emergency()
+
+    # --- G04: results the store could not write --------------------------------------------
+
+    @property
+    def unpersisted_grants(self) -> frozenset[str]:
+        """Grants holding a refresh result the store failed to write: non-empty = DEGRADED."""
+        return frozenset(self._unpersisted)
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self._unpersisted)
+
+    def _hold(self, grant_id: str, pending: _Unpersisted) -> None:
+        self._unpersisted[grant_id] = pending
+        self._notify_persistence()
+
+    def _release(self, grant_id: str) -> None:
+        if self._unpersisted.pop(grant_id, None) is not None:
+            self._notify_persistence()
+
+    def _notify_persistence(self) -> None:
+        observer = self._persistence_observer
+        if observer is not None:
+            ids = frozenset(self._unpersisted)
+            self._observe(lambda: observer.unpersisted_changed(ids))
+
+    async def _write_emergency(self, grant_id: str, pending: _Unpersisted) -> bool:
+        if self._emergency is None:
+            return False
+        try:
+            await asyncio.to_thread(
+                self._emergency.write, grant_id, pending.version, pending.tokens
+            )
+        except EmergencyFileError as exc:
+            _log.critical(
+                "the refresh result of grant %s is in memory only: %s", grant_id, exc.message
+            )
+            return False
+        return True
+
+    async def _remove_emergency(self, grant_id: str) -> None:
+        if self._emergency is None:
+            return
+        try:
+            await asyncio.to_thread(self._emergency.remove, grant_id)
+        except EmergencyFileError as exc:
+            # Harmless: on start an emergency record older than the store's is deleted.
+            _log.warning("%s", exc.message)
+
+    async def flush_emergency(self) -> list[str]:
+        """Write every unpersisted refresh result to its emergency file; returns the grant
+        ids written. A result that cannot be written is logged CRITICAL (it would be lost)."""
+        written = []
+        for grant_id, pending in list(self._unpersisted.items()):
+            if await self._write_emergency(grant_id, pending):
+                written.append(grant_id)
+            elif self._emergency is None:
+                _log.critical(
+                    "grant %s: its newest refresh token was never stored and no emergency "
+                    "directory is configured; it is lost at exit",
+                    grant_id,
+                )
+        return written
+
+    async def import_emergency(self) -> list[str]:
+        """Store the records of every emergency file (G04); returns the grant ids stored.
+
+        A file whose grant is gone, dead or already newer in the store is deleted. A record
+        the store cannot take now is kept in memory (DEGRADED) and on disk: it is written
+        before that grant's next refresh. An unreadable file is logged and left in place.
+        """
+        if self._emergency is None:
+            return []
+        try:
+            paths = await asyncio.to_thread(self._emergency.paths)
+        except EmergencyFileError as exc:
+            _log.error("%s", exc.message)
+            return []
+        imported = []
+        for path in paths:
+            try:
+                record = await asyncio.to_thread(self._emergency.read, path)
+            except (EmergencyFileError, BrokerError) as exc:
+                _log.error("emergency file not imported (kept): %s", exc.message)
+                continue
+            if await self._import_record(record):
+                imported.append(record.grant_id)
+        return imported
+
+    async def _import_record(self, record: EmergencyRecord) -> bool:
+        grant_id = record.grant_id
+        pending = _Unpersisted(record.tokens, record.version)
+        try:
+            async with self._store.refresh_lock(grant_id):
+                try:
+                    grant = await self._store.get(grant_id)
+                except GrantNotFound:
+                    _log.warning("emergency record of deleted grant %s dropped", grant_id)
+                    await self._remove_emergency(grant_id)
+                    return False
+                if grant.status is not GrantStatus.ACTIVE or grant.version > record.version:
+                    _log.warning(
+                        "emergency record of grant %s is obsolete (status %s, stored version "
+                        "%d, record version %d): dropped",
+                        grant_id,
+                        grant.status.value,
+                        grant.version,
+                        record.version,
+                    )
+                    await self._remove_emergency(grant_id)
+                    return False
+                if grant.version < record.version:
+                    _log.error(
+                        "emergency record of grant %s is ahead of the store (version %d < %d):"
+                        " kept, not imported",
+                        grant_id,
+                        grant.version,
+                        record.version,
+                    )
+                    return False
+                stored = await self._store.rotate(
+                    grant_id, record.tokens, expected_version=record.version
+                )
+        except VersionConflict:
+            _log.warning("emergency record of grant %s raced another rotation: dropped", grant_id)
+            await self._remove_emergency(grant_id)
+            return False
+        except StoreError as exc:
+            self._hold(grant_id, pending)
+            _log.error(
+                "emergency record of grant %s could not be stored yet (%s): kept in memory",
+                grant_id,
+                exc.reason,
+            )
+            return False
+        self._release(grant_id)
+        self._cache[grant_id] = self._entry(stored)
+        self._remember_lifetime(grant_id, record.tokens)
+        await self._remove_emergency(grant_id)
+        _log.info("emergency record of grant %s imported into the store", grant_id)
+        return True
 
     async def wait_idle(self) -> None:
         """Wait until no refresh is in flight."""
@@ -453,7 +616,7 @@ class TokenBroker:
         """Forget the grant's tokens and end its watchers; later calls raise ``error``."""
         self._dead[grant_id] = error
         self._cache.pop(grant_id, None)
-        self._unpersisted.pop(grant_id, None)
+        self._release(grant_id)
         self._lifetimes.pop(grant_id, None)
         self._backoff.pop(grant_id, None)
         self._watchers.publish(grant_id, error)
@@ -564,15 +727,23 @@ class TokenBroker:
         async with self._store.refresh_lock(grant_id):
             grant = await self._store.get(grant_id)  # re-read: another replica may have refreshed
             self._check_status(grant)
-            pending = self._unpersisted.pop(grant_id, None)
-            if pending is not None and pending.version == grant.version:
+            pending = self._unpersisted.get(grant_id)
+            if pending is not None and pending.version != grant.version:
+                # The store moved on (another replica rotated): its refresh token is newer.
+                self._release(grant_id)
+                await self._remove_emergency(grant_id)
+            elif pending is not None:
                 try:
                     grant = await self._store.rotate(
                         grant_id, pending.tokens, expected_version=grant.version
                     )
-                except StoreError:
-                    self._unpersisted[grant_id] = pending
+                except VersionConflict:
+                    self._release(grant_id)
+                    await self._remove_emergency(grant_id)
                     raise
+                self._release(grant_id)
+                await self._remove_emergency(grant_id)
+                self._remember_lifetime(grant_id, pending.tokens)
                 span.set_attribute("refresh.persisted_pending", True)
             entry = self._admit(grant)
             recovering = grant.refresh_started_at is not None
@@ -615,8 +786,13 @@ class TokenBroker:
                 raise
             try:
                 stored = await self._store.rotate(grant_id, tokens, expected_version=grant.version)
-            except StoreError:
-                self._unpersisted[grant_id] = _Unpersisted(tokens, grant.version)
+            except StoreError as exc:
+                if isinstance(exc, VersionConflict):
+                    raise  # rotated by someone else meanwhile: not ours to keep
+                pending = _Unpersisted(tokens, grant.version)
+                self._hold(grant_id, pending)
+                span.set_attribute("refresh.unpersisted", True)
+                await self._write_emergency(grant_id, pending)
                 raise
             entry = self._entry(stored)
             self._cache[grant_id] = entry
