@@ -204,6 +204,24 @@ class InvalidGrant(OAuthErrorResponse):
         super().__init__(error, status_code=status_code, description=description)
 
 
+class ClockSkewSuspected(OAuthErrorResponse):
+    """``invalid_client`` from the token endpoint while our clock is measured far off the AS's
+    (``Date`` headers, TEST-CATALOGUE C09): most likely the client assertion's ``iat``/``exp``
+    are outside the AS's window. Not retryable: retrying cannot help until the clock is fixed.
+    ``offset`` is the smoothed AS-minus-us offset in seconds."""
+
+    reason = "clock_skew_suspected"
+    retryable = False
+
+    def __init__(self, offset: float, *, status_code: int, description: str | None = None) -> None:
+        super().__init__("invalid_client", status_code=status_code, description=description)
+        self.args = (
+            f"authorization server answered {status_code} error=invalid_client while our clock "
+            f"is {-offset:+.1f} s off the server's (clock skew suspected)",
+        )
+        self.offset = offset
+
+
 class UnexpectedResponse(OAuthClientError):
     """A non-OAuth error or a malformed response (non-JSON, too large, bad fields)."""
 

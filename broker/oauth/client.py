@@ -5,6 +5,11 @@ DOME compatibility (DOME-PROFILE.md, known bug 1): the Verifier keeps one pendin
 per client, so a refresh that runs between a code's issue and its exchange kills the code.
 With ``config.dome_compat`` a refresh waits while any code exchange of this client is pending
 (:meth:`OAuthClient.exchange_gate`, held by the login flow; code exchanges never wait).
+
+Clock skew (TEST-CATALOGUE C09): with a :class:`broker.oauth.skew.SkewMonitor` every AS response
+feeds its ``Date`` header to the monitor (an httpx response hook on ``http``); client assertions
+use the AS's time when the monitor compensates; an ``invalid_client`` while the skew is large
+becomes :class:`broker.errors.ClockSkewSuspected` (not retryable: no retry storm).
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
@@ -21,12 +26,18 @@ from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from broker.clock import Clock
-from broker.errors import AuthServerUnavailable, TokenValidationError
+from broker.errors import (
+    AuthServerUnavailable,
+    ClockSkewSuspected,
+    OAuthErrorResponse,
+    TokenValidationError,
+)
 from broker.keys.api import Signer
 from broker.oauth import par, token_endpoint
 from broker.oauth.config import ClientConfig
 from broker.oauth.id_token import validate_id_token
 from broker.oauth.metadata import JwksCache, MetadataCache, ServerMetadata
+from broker.oauth.skew import SkewMonitor
 from broker.oauth.token_endpoint import RawTokenResponse, Sleep
 from broker.oauth.types import TokenSet
 
@@ -47,6 +58,7 @@ class OAuthClient:
         metadata_ttl: float = 3600.0,
         jwks_min_refetch_interval: float = 60.0,
         gate_wait_timeout: float | None = None,
+        skew: SkewMonitor | None = None,
     ) -> None:
         self.config = config
         self._http = http
@@ -55,6 +67,10 @@ class OAuthClient:
         self._sleep = sleep
         self._jitter = jitter
         self._tracer = trace.get_tracer("broker.oauth", tracer_provider=tracer_provider)
+        self.skew = skew
+        self._assertion_clock = skew.assertion_clock(clock) if skew is not None else clock
+        if skew is not None:
+            skew.attach(http)
         self._metadata = MetadataCache(http, config, clock, metadata_ttl, tracer=self._tracer)
         self.jwks = JwksCache(
             http,
@@ -114,6 +130,23 @@ class OAuthClient:
                 "a code exchange of this client is still pending (DOME compatibility mode)"
             ) from None
 
+    @contextmanager
+    def _skew_check(self) -> Iterator[None]:
+        """``invalid_client`` while our clock is far off the AS's -> ClockSkewSuspected."""
+        try:
+            yield
+        except OAuthErrorResponse as exc:
+            skew = self.skew
+            if exc.error == "invalid_client" and skew is not None and skew.suspected():
+                offset = skew.offset or 0.0
+                span = trace.get_current_span()
+                span.set_attribute("oauth.error", "invalid_client")
+                span.set_attribute("error.type", ClockSkewSuspected.reason)
+                raise ClockSkewSuspected(
+                    offset, status_code=exc.status_code, description=exc.description
+                ) from exc
+            raise
+
     def _token_set(self, raw: RawTokenResponse, claims: dict[str, Any] | None) -> TokenSet:
         return TokenSet(
             access_token=raw.access_token,
@@ -149,16 +182,18 @@ class OAuthClient:
         3.1.3.7) with the login's ``nonce``. One attempt; holds the exchange gate."""
         async with self.exchange_gate():
             md = await self.metadata()
-            raw = await token_endpoint.exchange_code(
-                self._http,
-                self._signer,
-                self.config,
-                md,
-                self._clock,
-                code=code,
-                code_verifier=code_verifier,
-                tracer=self._tracer,
-            )
+            with self._skew_check():
+                raw = await token_endpoint.exchange_code(
+                    self._http,
+                    self._signer,
+                    self.config,
+                    md,
+                    self._clock,
+                    code=code,
+                    code_verifier=code_verifier,
+                    tracer=self._tracer,
+                    assertion_clock=self._assertion_clock,
+                )
             if raw.id_token is None:
                 if "openid" in self.config.scope.split():
                     raise TokenValidationError(
@@ -174,17 +209,19 @@ class OAuthClient:
         is kept. Waits for pending code exchanges in DOME compatibility mode."""
         await self._wait_for_exchanges()
         md = await self.metadata()
-        raw = await token_endpoint.refresh(
-            self._http,
-            self._signer,
-            self.config,
-            md,
-            self._clock,
-            refresh_token=refresh_token,
-            sleep=self._sleep,
-            jitter=self._jitter,
-            tracer=self._tracer,
-        )
+        with self._skew_check():
+            raw = await token_endpoint.refresh(
+                self._http,
+                self._signer,
+                self.config,
+                md,
+                self._clock,
+                refresh_token=refresh_token,
+                sleep=self._sleep,
+                jitter=self._jitter,
+                tracer=self._tracer,
+                assertion_clock=self._assertion_clock,
+            )
         claims = None
         if raw.id_token is not None:
             claims = await self._validate(raw, nonce=None, subject=subject)
@@ -196,12 +233,14 @@ class OAuthClient:
     async def push_authorization_request(self, request_object: str) -> tuple[str, int]:
         """RFC 9126 PAR: returns ``(request_uri, expires_in)``."""
         md = await self.metadata()
-        return await par.push_authorization_request(
-            self._http,
-            self._signer,
-            self.config,
-            md,
-            self._clock,
-            request_object=request_object,
-            tracer=self._tracer,
-        )
+        with self._skew_check():
+            # The clock is used for the client assertion (and Retry-After dates): AS time.
+            return await par.push_authorization_request(
+                self._http,
+                self._signer,
+                self.config,
+                md,
+                self._assertion_clock,
+                request_object=request_object,
+                tracer=self._tracer,
+            )

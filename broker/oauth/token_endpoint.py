@@ -163,6 +163,7 @@ async def _token_request(
     requested_scope: str,
     attempt: int,
     tracer: Tracer,
+    assertion_clock: Clock | None = None,
 ) -> RawTokenResponse:
     grant_type = form["grant_type"]
     with tracer.start_as_current_span("oauth.token_request") as span:
@@ -170,7 +171,9 @@ async def _token_request(
         span.set_attribute("oauth.attempt", attempt)
         span.set_attribute("server.address", bounded.host_of(metadata.token_endpoint))
         try:
-            assertion = await client_assertion(signer, config, metadata, now=clock.now())
+            # ``assertion_clock``: the AS's time when clock-skew compensation is on (C09).
+            assertion_now = (assertion_clock or clock).now()
+            assertion = await client_assertion(signer, config, metadata, now=assertion_now)
             body = {**form, **client_auth_form(config.client_id, assertion)}
             resp = await bounded.request(
                 http,
@@ -212,6 +215,7 @@ async def exchange_code(
     code: str,
     code_verifier: str | None,
     tracer: Tracer | None = None,
+    assertion_clock: Clock | None = None,
 ) -> RawTokenResponse:
     """Authorization code grant (RFC 6749 section 4.1.3; PKCE RFC 7636 section 4.5).
 
@@ -233,6 +237,7 @@ async def exchange_code(
         requested_scope=config.scope,
         attempt=1,
         tracer=tracer or trace.get_tracer("broker.oauth"),
+        assertion_clock=assertion_clock,
     )
 
 
@@ -255,6 +260,7 @@ async def refresh(
     sleep: Sleep = asyncio.sleep,
     jitter: Callable[[], float] = random.random,
     tracer: Tracer | None = None,
+    assertion_clock: Clock | None = None,
 ) -> RawTokenResponse:
     """Refresh token grant (RFC 6749 section 6), with bounded retries.
 
@@ -282,6 +288,7 @@ async def refresh(
                 requested_scope=scope or config.scope,
                 attempt=attempt,
                 tracer=the_tracer,
+                assertion_clock=assertion_clock,
             )
         except AuthServerUnavailable as exc:
             if attempt >= config.refresh_max_attempts:
