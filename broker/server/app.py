@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +37,47 @@ SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["TokenBroker"].full_name
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 
 
-def server_options(*, max_message_bytes: int) -> list[tuple[str, int]]:
-    """Channel arguments bounding what one peer can make the server hold (F01, F02, F07)."""
+DEFAULT_MAX_METADATA_BYTES = 16 * 1024
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+MIN_STREAMS_PER_CONNECTION = 1024
+# RPCs never counted against ``max_concurrent_rpcs``: health must answer under overload (F06).
+LIMIT_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def streams_per_connection(max_concurrent_rpcs: int) -> int:
+    """The HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS the server advertises on each connection.
+
+    Deliberately well above ``max_concurrent_rpcs``: the admission limit is enforced by
+    :class:`ConcurrencyLimiter`, which answers excess calls with RESOURCE_EXHAUSTED (fail fast,
+    logged, counted). A stream refused by the transport instead reaches the caller as UNAVAILABLE
+    (RST_STREAM REFUSED_STREAM) with nothing logged, and grpcio 1.85 clients do not queue calls at
+    the advertised limit, not even once the SETTINGS frame is known (measured: 1,000 calls on one
+    ready channel with a limit of 100 or 256 streams -> 860 / 640 UNAVAILABLE). The stream limit
+    therefore only bounds the transport state one connection can hold; handlers stay bounded by
+    ``max_concurrent_rpcs`` whatever the peer does with RST_STREAM (F07, CVE-2023-44487), because
+    a slot is held until the handler returns.
+    """
+    return max(MIN_STREAMS_PER_CONNECTION, 4 * max_concurrent_rpcs)
+
+
+def server_options(
+    *,
+    max_message_bytes: int,
+    max_concurrent_rpcs: int = 256,
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+) -> list[tuple[str, int]]:
+    """Channel arguments bounding what one peer can make the server hold (F01, F02, F07).
+
+    The metadata soft and hard limits are equal, so the cut-off is deterministic (between the two
+    gRPC rejects at random). ``handshake_timeout`` closes connections that never finish TLS.
+    """
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", 4 * 1024 * 1024),
-        ("grpc.max_metadata_size", 16 * 1024),
-        ("grpc.max_concurrent_streams", 100),
+        ("grpc.max_metadata_size", max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", max_metadata_bytes),
+        ("grpc.max_concurrent_streams", streams_per_connection(max_concurrent_rpcs)),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 0),
@@ -52,8 +86,141 @@ def server_options(*, max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.max_connection_idle_ms", 300_000),
         ("grpc.max_connection_age_ms", 3_600_000),
         ("grpc.max_connection_age_grace_ms", 30_000),
-        ("grpc.server_handshake_timeout_ms", 10_000),
+        ("grpc.server_handshake_timeout_ms", max(1, round(handshake_timeout * 1000))),
     ]
+
+
+class ConcurrencyLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """At most ``limit`` broker RPCs at once; the excess fails fast with RESOURCE_EXHAUSTED (F06).
+
+    Replaces grpc.aio's ``maximum_concurrent_rpcs``, which counts every RPC, health checks
+    included, so an overloaded server would also fail its probes. Here health RPCs
+    (:data:`LIMIT_EXEMPT_PREFIXES`) are never counted nor refused. A slot is taken when the
+    handler starts (after the request was received and decoded, so a rejected message cannot
+    leak one) and given back when it returns, fails or is cancelled; a ``WatchAccessToken``
+    stream holds its slot while it is open. One warning is logged when an overload starts and
+    one line when it ends, with the number of rejected calls. Streaming handlers must be async
+    generators (as the broker's and grpcio-reflection's aio servicers are). Runs on the server's
+    event loop only, so the counters need no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ConfigError("max_concurrent_rpcs must be at least 1")
+        self.limit = limit
+        self.active = 0
+        self.rejected = 0  # since start
+        self._episode_rejected = 0
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    @property
+    def overloaded(self) -> bool:
+        return self._episode_rejected > 0
+
+    def _acquire(self) -> bool:
+        if self.active >= self.limit:
+            self.rejected += 1
+            self._episode_rejected += 1
+            if self._episode_rejected == 1:
+                log.warning(
+                    "gRPC overload: %d RPCs in flight, rejecting new calls with RESOURCE_EXHAUSTED",
+                    self.limit,
+                )
+            return False
+        self.active += 1
+        return True
+
+    def _release(self) -> None:
+        self.active -= 1
+        if self._episode_rejected and self.active < self.limit:
+            log.warning("gRPC overload over: %d calls were rejected", self._episode_rejected)
+            self._episode_rejected = 0
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[Any], Awaitable[Any]],
+        handler_call_details: Any,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(LIMIT_EXEMPT_PREFIXES):
+            return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Any) -> Any:
+        if handler.unary_unary is not None:
+            behavior = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                if not self._acquire():
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _OVERLOADED)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    self._release()
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            stream_behavior = handler.unary_stream
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                if not self._acquire():
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _OVERLOADED)
+                try:
+                    async for item in stream_behavior(request, context):
+                        yield item
+                finally:
+                    self._release()
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            client_stream_behavior = handler.stream_unary
+
+            async def client_stream(requests: Any, context: Any) -> Any:
+                if not self._acquire():
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _OVERLOADED)
+                try:
+                    return await client_stream_behavior(requests, context)
+                finally:
+                    self._release()
+
+            return grpc.stream_unary_rpc_method_handler(
+                client_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        bidi_behavior = handler.stream_stream
+
+        async def bidi(requests: Any, context: Any) -> AsyncIterator[Any]:
+            if not self._acquire():
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _OVERLOADED)
+            try:
+                async for item in bidi_behavior(requests, context):
+                    yield item
+            finally:
+                self._release()
+
+        return grpc.stream_stream_rpc_method_handler(
+            bidi,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+_OVERLOADED = "server overloaded, retry later with backoff"
 
 
 def check_client_ca_bundle(client_ca_pem: bytes) -> list[x509.Certificate]:
@@ -194,6 +361,7 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     policy: PolicyHolder
+    limiter: ConcurrencyLimiter | None = None
 
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING / NOT_SERVING for the overall server and the broker service (F08)."""
@@ -231,11 +399,16 @@ async def start_server(
     tracer_provider: trace.TracerProvider | None = None,
     audit: AuditTrail | None = None,
     tls_reloader: ServerTlsReloader | None = None,
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
 ) -> RunningServer:
     """Start the broker's gRPC server over mutual TLS and report SERVING.
 
     With ``tls_reloader`` the certificate, key and client CA come from its files and are
     reloaded live (E09); the ``*_pem`` arguments are then not used for the listener.
+    At most ``max_concurrent_rpcs`` broker RPCs run at once, health checks not counted (F06, see
+    :class:`ConcurrencyLimiter`); the per-connection stream limit follows from it
+    (:func:`streams_per_connection`).
     """
     check_client_ca_bundle(client_ca_pem)
     tracer = (
@@ -243,10 +416,15 @@ async def start_server(
         if tracer_provider is not None
         else trace.get_tracer("broker.server")
     )
+    limiter = ConcurrencyLimiter(max_concurrent_rpcs)
     server = grpc.aio.server(
-        interceptors=[TracingInterceptor(tracer)],
-        options=server_options(max_message_bytes=max_message_bytes),
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        interceptors=[limiter, TracingInterceptor(tracer)],
+        options=server_options(
+            max_message_bytes=max_message_bytes,
+            max_concurrent_rpcs=max_concurrent_rpcs,
+            max_metadata_bytes=max_metadata_bytes,
+            handshake_timeout=handshake_timeout,
+        ),
     )
     servicer = TokenBrokerServicer(
         broker=broker, logins=logins, policy=policy, max_deadline=max_deadline, audit=audit
@@ -270,7 +448,9 @@ async def start_server(
     if port == 0:
         raise ConfigError("gRPC server could not bind its address")
     await server.start()
-    running = RunningServer(server=server, port=port, health=health_servicer, policy=policy)
+    running = RunningServer(
+        server=server, port=port, health=health_servicer, policy=policy, limiter=limiter
+    )
     policy.start()
     await running.set_serving(True)
     return running
