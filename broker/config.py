@@ -83,6 +83,8 @@ class OAuthSettings:
     ca_file: Path | None = None
     login_ttl: float = 600.0
     allow_insecure_http: bool = False
+    compensate_skew: bool = False
+    """C09: sign client assertions on the AS's clock as measured from its ``Date`` headers."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,10 @@ class StoreSettings:
     path: Path | None = None
     dsn: str | None = None
     schema: str = "broker"
+    emergency_dir: Path | None = None
+    """G04: where refresh results the store could not write are sealed at shutdown (and
+    re-imported on start). SQLite default: ``emergency`` next to the database file; PostgreSQL
+    has no default (without one such a result is lost at exit, logged CRITICAL)."""
 
 
 @dataclass(frozen=True)
@@ -425,6 +431,7 @@ def _oauth(section: _Section) -> OAuthSettings:
         ca_file=section.path("ca_file"),
         login_ttl=section.number("login_ttl", 600.0, low=30.0, high=3600.0),
         allow_insecure_http=insecure,
+        compensate_skew=section.boolean("compensate_skew", False),
     )
 
 
@@ -503,7 +510,24 @@ def _store(section: _Section) -> StoreSettings:
         if path is not None:
             raise ConfigError(f"{section.key('path')} is for kind = 'sqlite' only")
         _check_dsn(dsn, section.key("dsn"))
-    return StoreSettings(kind=kind, path=path, dsn=dsn, schema=schema or "broker")
+    emergency = section.path("emergency_dir", must_exist=False)
+    if emergency is not None:
+        if section.check_files and emergency.exists() and not emergency.is_dir():
+            raise ConfigError(f"{section.key('emergency_dir')}: {emergency} is not a directory")
+        if section.check_files and not emergency.exists() and not emergency.parent.is_dir():
+            raise ConfigError(
+                f"{section.key('emergency_dir')}: directory {emergency.parent} does not exist"
+            )
+        if path is not None and emergency in (path, path.parent):
+            raise ConfigError(
+                f"{section.key('emergency_dir')} must be its own directory, not the database "
+                "file or its directory"
+            )
+    elif kind == "sqlite" and path is not None:
+        emergency = path.parent / "emergency"
+    return StoreSettings(
+        kind=kind, path=path, dsn=dsn, schema=schema or "broker", emergency_dir=emergency
+    )
 
 
 def _check_dsn(dsn: str, key: str) -> None:
