@@ -7,6 +7,7 @@ free port). Client certificates are required and checked against ``client_ca_pem
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -221,6 +222,36 @@ class ConcurrencyLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 _OVERLOADED = "server overloaded, retry later with backoff"
+
+
+def client_retry_service_config(*, max_attempts: int = 4) -> str:
+    """The gRPC service config callers should set (channel option ``grpc.service_config``).
+
+    Retries UNAVAILABLE (HSM or Verifier briefly down, connection lost, a stream refused by a
+    transport) with exponential backoff and jitter, never RESOURCE_EXHAUSTED: an overloaded
+    broker must not be hit again at once. ``retryThrottling`` stops retries when most calls fail.
+    Every broker RPC is safe to retry: token reads are idempotent, a repeated StartAuthorization
+    only opens a second login.
+    """
+    if not 2 <= max_attempts <= 5:  # gRPC caps maxAttempts at 5
+        raise ConfigError("max_attempts must be between 2 and 5")
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{"service": SERVICE_NAME}],
+                    "retryPolicy": {
+                        "maxAttempts": max_attempts,
+                        "initialBackoff": "0.1s",
+                        "maxBackoff": "2s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+            "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+        }
+    )
 
 
 def check_client_ca_bundle(client_ca_pem: bytes) -> list[x509.Certificate]:

@@ -18,16 +18,18 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, HsmUnavailable
 from broker.server.app import (
     MIN_STREAMS_PER_CONNECTION,
     ConcurrencyLimiter,
+    client_retry_service_config,
     server_options,
     streams_per_connection,
 )
 from broker.server.gen.broker.v1 import broker_pb2 as pb
-from tests.server.conftest import APP, Harness, make_harness
+from tests.server.conftest import ADMIN, APP, Harness, make_harness, stub
 
 BOUND = 60.0  # seconds: upper bound of any test here, never an assertion
 
@@ -233,6 +235,90 @@ async def test_f06_slots_come_back_after_errors_cancels_oversized_requests_and_s
         assert await _code(_get(s)) is grpc.StatusCode.OK
         assert limiter.rejected == 1
         await _until(lambda: limiter.active == 0)
+
+
+async def test_f06_reflection_streams_count_against_the_limit(tmp_path: Path) -> None:
+    async with (
+        asyncio.timeout(BOUND),
+        _started(tmp_path, max_concurrent_rpcs=2, reflection=True) as h,
+    ):
+        gate = asyncio.Event()
+        h.broker.gate = gate
+        limiter = _limiter(h)
+        s = h.stub_for(APP)
+        blocked = [asyncio.ensure_future(_code(_get(s))) for _ in range(2)]
+        await _until(lambda: limiter.active == 2)
+        refl = reflection_pb2_grpc.ServerReflectionStub(h.channel(h.ca.issue(uris=(ADMIN,))))
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        call = refl.ServerReflectionInfo(iter([request]))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        gate.set()
+        assert await asyncio.gather(*blocked) == [grpc.StatusCode.OK] * 2
+        await _until(lambda: limiter.active == 0)
+        call = refl.ServerReflectionInfo(iter([request]))
+        reply = await call.read()
+        assert "broker.v1.TokenBroker" in [x.name for x in reply.list_services_response.service]
+        await _until(lambda: limiter.active == 0)
+
+
+# -- the retry policy callers should use ------------------------------------------------------
+
+
+def _retrying_stub(h: Harness) -> Any:
+    client = h.ca.issue(uris=(APP,))
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=h.server_ca.pem,
+        private_key=client.key_pem,
+        certificate_chain=client.cert_pem,
+    )
+    channel = grpc.aio.secure_channel(
+        f"127.0.0.1:{h.port}",
+        creds,
+        options=[
+            ("grpc.ssl_target_name_override", "broker.test"),
+            ("grpc.service_config", client_retry_service_config()),
+        ],
+    )
+    h.channels.append(channel)
+    return stub(channel)
+
+
+async def test_f06_recommended_retry_policy_retries_unavailable_not_resource_exhausted(
+    small: Harness,
+) -> None:
+    async with asyncio.timeout(BOUND):
+        s = _retrying_stub(small)
+        original = small.broker.get_access_token
+        failures = [HsmUnavailable("hsm gone")]
+
+        async def flaky(grant_id: str, *, min_ttl: float) -> Any:
+            if failures:
+                small.broker.calls.append(("get_access_token", grant_id, min_ttl))
+                raise failures.pop()
+            return await original(grant_id, min_ttl=min_ttl)
+
+        small.broker.get_access_token = flaky  # type: ignore[method-assign]
+        reply = await _get(s)
+        assert reply.token.grant_id == "g-1"
+        assert len(small.broker.calls) == 2  # the UNAVAILABLE attempt, then the retry
+
+        gate = asyncio.Event()
+        small.broker.gate = gate
+        limiter = _limiter(small)
+        blocked = [asyncio.ensure_future(_code(_get(s))) for _ in range(2)]
+        await _until(lambda: limiter.active == 2)
+        assert await _code(_get(s)) is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert limiter.rejected == 1  # not retried
+        gate.set()
+        assert await asyncio.gather(*blocked) == [grpc.StatusCode.OK] * 2
+
+
+@pytest.mark.parametrize("attempts", [1, 6])
+def test_f06_retry_policy_attempts_are_bounded(attempts: int) -> None:
+    with pytest.raises(ConfigError):
+        client_retry_service_config(max_attempts=attempts)
 
 
 # -- F02: metadata ---------------------------------------------------------------------------
