@@ -35,6 +35,7 @@ from broker.keys.uri import parse_key_uri
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.oauth.login import LoginService
+from broker.oauth.skew import SkewMonitor
 from broker.server.app import RunningServer, ServerTlsReloader, start_server
 from broker.server.policy import PolicyHolder
 from broker.telemetry.metrics import BrokerMetrics
@@ -48,6 +49,7 @@ from broker.tokens.audit_events import (
     MeterFailureObserver,
 )
 from broker.tokens.broker import TokenBroker
+from broker.tokens.emergency import EmergencyVault
 from broker.tokens.postgres import PostgresGrantStore
 from broker.tokens.sqlite import SqliteGrantStore
 from broker.tokens.store import GrantStore
@@ -105,6 +107,51 @@ class HsmServingReporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+class PersistenceHealthLog:
+    """G04: turns the token core's unpersisted-result signal into DEGRADED / OK log lines.
+    gRPC health is left alone: warm tokens keep being served."""
+
+    def __init__(self) -> None:
+        self.degraded = False
+
+    def unpersisted_changed(self, grant_ids: frozenset[str]) -> None:
+        if grant_ids and not self.degraded:
+            log.error(
+                "health DEGRADED: the grant store failed to write a new refresh token "
+                "(kept in memory, retried before the next refresh)",
+                extra={"unpersisted_grants": sorted(grant_ids)},
+            )
+        elif not grant_ids and self.degraded:
+            log.warning("health OK: every refresh result is in the grant store again")
+        self.degraded = bool(grant_ids)
+
+
+def resilience_gauges(
+    meter_provider: otel_metrics.MeterProvider | None, skew: SkewMonitor, broker: TokenBroker
+) -> None:
+    """``as_clock_skew_seconds`` (C09) and ``tokens_unpersisted_grants`` (G04, > 0: DEGRADED)."""
+    meter = otel_metrics.get_meter("broker.service", meter_provider=meter_provider)
+
+    def skew_value(_options: otel_metrics.CallbackOptions) -> list[otel_metrics.Observation]:
+        offset = skew.offset
+        return [] if offset is None else [otel_metrics.Observation(offset)]
+
+    def unpersisted(_options: otel_metrics.CallbackOptions) -> list[otel_metrics.Observation]:
+        return [otel_metrics.Observation(len(broker.unpersisted_grants))]
+
+    meter.create_observable_gauge(
+        "as_clock_skew_seconds",
+        callbacks=[skew_value],
+        unit="s",
+        description="Smoothed clock offset of the authorization server (its Date minus ours)",
+    )
+    meter.create_observable_gauge(
+        "tokens_unpersisted_grants",
+        callbacks=[unpersisted],
+        description="Grants holding a refresh result the grant store failed to write",
+    )
 
 
 @dataclass
@@ -269,7 +316,19 @@ async def start(
         stack.push_async_callback(http.aclose)
         closers.append(("http client", http.aclose))
         config = client_config(settings, did)
-        client = OAuthClient(config, http, signer, clock, tracer_provider=tracer_provider)
+        skew = SkewMonitor(
+            clock,
+            alarm_threshold=settings.oauth.clock_skew,
+            compensate=settings.oauth.compensate_skew,
+        )
+        client = OAuthClient(
+            config, http, signer, clock, tracer_provider=tracer_provider, skew=skew
+        )
+        emergency_dir = settings.store.emergency_dir
+        if emergency_dir is None:
+            log.warning(
+                "no [store].emergency_dir: a refresh token the store fails to write is lost at exit"
+            )
         t = settings.tokens
         broker = TokenBroker(
             store,
@@ -281,7 +340,12 @@ async def start(
             observer=MetricsObserver(metrics) if metrics is not None else None,
             tracer_provider=tracer_provider,
             audit=audit,
+            emergency=EmergencyVault(emergency_dir, sealer, clock)
+            if emergency_dir is not None
+            else None,
+            persistence_observer=PersistenceHealthLog(),
         )
+        resilience_gauges(meter_provider, skew, broker)
         await broker.start()
         stack.push_async_callback(broker.stop)
         logins = LoginService(
