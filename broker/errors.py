@@ -213,10 +213,17 @@ class ClockSkewSuspected(OAuthErrorResponse):
     reason = "clock_skew_suspected"
     retryable = False
 
-    def __init__(self, offset: float, *, status_code: int, description: str | None = None) -> None:
-        super().__init__("invalid_client", status_code=status_code, description=description)
+    def __init__(
+        self,
+        error: str = "invalid_client",
+        *,
+        status_code: int,
+        description: str | None = None,
+        offset: float = 0.0,
+    ) -> None:
+        super().__init__(error, status_code=status_code, description=description)
         self.args = (
-            f"authorization server answered {status_code} error=invalid_client while our clock "
+            f"authorization server answered {status_code} error={error} while our clock "
             f"is {-offset:+.1f} s off the server's (clock skew suspected)",
         )
         self.offset = offset

@@ -143,7 +143,7 @@ class OAuthClient:
                 span.set_attribute("oauth.error", "invalid_client")
                 span.set_attribute("error.type", ClockSkewSuspected.reason)
                 raise ClockSkewSuspected(
-                    offset, status_code=exc.status_code, description=exc.description
+                    status_code=exc.status_code, description=exc.description, offset=offset
                 ) from exc
             raise
 
