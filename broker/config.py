@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from broker.errors import ConfigError, DidError, InvalidKeyUri
 from broker.keys.didkey import decode_did_key
+from broker.keys.health import DEFAULT_BUSY_RETRIES, DEFAULT_OP_TIMEOUT, PROBE_BACKOFF
 from broker.keys.uri import parse_key_uri
 
 CONFIG_ENV = "BROKER_CONFIG"
@@ -59,11 +60,20 @@ class KeySettings:
     ``uri`` is an RFC 7512 URI such as
     ``pkcs11:token=broker;object=client-2026?pin-source=file:/run/secrets/user_pin``; the keys
     package parses it. ``pin_file`` is the file its ``pin-source`` names (already resolved).
+
+    HSM resilience (:class:`broker.keys.health.HsmHealth`, TEST-CATALOGUE D02, D07, D08):
+    ``busy_retries`` retries of a busy HSM; ``sign_timeout`` seconds one HSM call (and the wait
+    for the HSM lock) may take, None for no bound (``0`` in the file); the recovery probe of a
+    DOWN HSM waits ``probe_initial`` seconds, then x1.5 per attempt up to ``probe_max``.
     """
 
     uri: str
     pin_file: Path
     sealing_key_label: str | None = None
+    busy_retries: int = DEFAULT_BUSY_RETRIES
+    sign_timeout: float | None = DEFAULT_OP_TIMEOUT
+    probe_initial: float = PROBE_BACKOFF.initial
+    probe_max: float = PROBE_BACKOFF.maximum
 
 
 @dataclass(frozen=True)
@@ -381,10 +391,35 @@ def _key_uri(section: _Section) -> tuple[str, Path]:
     return uri, pin_file
 
 
+MIN_SIGN_TIMEOUT = 0.05  # seconds; below this a healthy SoftHSM signature could time out
+
+
 def _key(section: _Section) -> KeySettings:
     uri, pin_file = _key_uri(section)
+    sign_timeout: float | None = section.number(
+        "sign_timeout", DEFAULT_OP_TIMEOUT, low=0.0, high=300.0
+    )
+    if sign_timeout == 0:
+        sign_timeout = None
+    elif sign_timeout is not None and sign_timeout < MIN_SIGN_TIMEOUT:
+        raise ConfigError(
+            f"{section.key('sign_timeout')} must be 0 (no bound) or at least "
+            f"{MIN_SIGN_TIMEOUT:g} seconds"
+        )
+    probe_initial = section.number("probe_initial", PROBE_BACKOFF.initial, low=0.1, high=300.0)
+    probe_max = section.number("probe_max", PROBE_BACKOFF.maximum, low=0.1, high=3600.0)
+    if probe_max < probe_initial:
+        raise ConfigError(
+            f"{section.key('probe_max')} must be at least {section.key('probe_initial')}"
+        )
     return KeySettings(
-        uri=uri, pin_file=pin_file, sealing_key_label=section.string("sealing_key_label")
+        uri=uri,
+        pin_file=pin_file,
+        sealing_key_label=section.string("sealing_key_label"),
+        busy_retries=section.integer("busy_retries", DEFAULT_BUSY_RETRIES, low=0, high=10),
+        sign_timeout=sign_timeout,
+        probe_initial=probe_initial,
+        probe_max=probe_max,
     )
 
 

@@ -29,7 +29,7 @@ from broker.clock import Clock, SystemClock
 from broker.config import Settings
 from broker.errors import ConfigError
 from broker.keys.api import Sealer, Signer
-from broker.keys.health import HsmHealth, HsmState
+from broker.keys.health import PROBE_BACKOFF, Backoff, HsmHealth, HsmState
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.uri import parse_key_uri
 from broker.oauth.client import OAuthClient
@@ -237,6 +237,21 @@ async def open_store(settings: Settings, sealer: Sealer, clock: Clock) -> GrantS
     return await SqliteGrantStore.connect(str(s.path), sealer, clock)
 
 
+def hsm_health(settings: Settings, clock: Clock) -> HsmHealth:
+    """The :class:`HsmHealth` of ``[key]``: busy retries, the per-call bound (which also bounds
+    the wait for the HSM lock, D07), and the probe backoff (x1.5 from ``probe_initial`` up to
+    ``probe_max``)."""
+    k = settings.key
+    return HsmHealth(
+        clock=clock,
+        busy_retries=k.busy_retries,
+        op_timeout=k.sign_timeout,
+        probe_backoff=Backoff(
+            initial=k.probe_initial, factor=PROBE_BACKOFF.factor, maximum=k.probe_max
+        ),
+    )
+
+
 def open_key(
     settings: Settings, clock: Clock, health: HsmHealth | None = None
 ) -> tuple[Pkcs11KeyStore, Signer, str, Sealer]:
@@ -305,7 +320,7 @@ async def start(
         for audit_file in audit_files:
             stack.callback(audit_file.close)
             closers.append((f"audit sink {audit_file.name}", audit_file.close))
-        hsm = HsmHealth(clock=clock)
+        hsm = hsm_health(settings, clock)
         keystore, signer, did, sealer = await asyncio.to_thread(open_key, settings, clock, hsm)
         stack.callback(keystore.close)
         closers.append(("key store", keystore.close))
