@@ -51,17 +51,24 @@ class Peer:
     issuer: str
     process: subprocess.Popen[bytes] = field(repr=False)
     pki: Pki
+    direct_url: str | None = None
+    """Where the peer itself listens when ``issuer`` names another port (a proxy in front, see
+    ``PeerSettings.public_port``); the admin endpoints are reached there."""
+
+    @property
+    def admin_base(self) -> str:
+        return self.direct_url or self.issuer
 
     def admin_log(self) -> dict[str, Any]:
         with httpx.Client(verify=self.pki.ssl_context()) as http:
-            resp = http.get(f"{self.issuer}/admin/log")
+            resp = http.get(f"{self.admin_base}/admin/log")
             resp.raise_for_status()
             data: dict[str, Any] = resp.json()
             return data
 
     def reset_log(self) -> None:
         with httpx.Client(verify=self.pki.ssl_context()) as http:
-            http.post(f"{self.issuer}/admin/reset").raise_for_status()
+            http.post(f"{self.admin_base}/admin/reset").raise_for_status()
 
     def token_requests(self) -> list[dict[str, Any]]:
         reqs = self.admin_log().get("token_requests", [])
@@ -95,6 +102,8 @@ class PeerSettings:
     token_delay_after_ms: int = 0
     """Delay after /token was processed (refresh token rotated), before the response is sent."""
     """A rotated-out refresh token is still accepted once within this many seconds (0: strict)."""
+    public_port: int | None = None
+    """The port the issuer URL names (a proxy in front of the peer); None: the listening port."""
 
 
 def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: float = 30.0) -> Peer:
@@ -117,6 +126,8 @@ def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: floa
         "token_delay_after_ms": settings.token_delay_after_ms,
         "vc_file": str(PEER_DIR / "learcredential-employee.json"),
     }
+    if settings.public_port is not None:
+        config["public_port"] = settings.public_port
     config_path = workdir / f"peer-{secrets.token_hex(4)}.json"
     config_path.write_text(json.dumps(config))
     env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(pki.ca_file)}
@@ -136,12 +147,15 @@ def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: floa
     if not line:
         process.wait(timeout=5)
         raise PeerUnavailable(f"peer did not start: {stderr_path.read_text()[-2000:]}")
-    issuer = json.loads(line)["issuer"]
+    ready = json.loads(line)
+    issuer = ready["issuer"]
+    direct = f"https://127.0.0.1:{int(ready['port'])}" if settings.public_port else None
     deadline = time.monotonic() + timeout
     with httpx.Client(verify=pki.ssl_context()) as http:
         while True:
             try:
-                if http.get(f"{issuer}/.well-known/openid-configuration").status_code == 200:
+                url = f"{direct or issuer}/.well-known/openid-configuration"
+                if http.get(url).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -149,7 +163,7 @@ def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: floa
                 process.kill()
                 raise PeerUnavailable("peer discovery did not answer")
             time.sleep(0.05)
-    return Peer(issuer=issuer, process=process, pki=pki)
+    return Peer(issuer=issuer, process=process, pki=pki, direct_url=direct)
 
 
 def stop_peer(peer: Peer) -> None:

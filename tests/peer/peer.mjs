@@ -13,6 +13,9 @@
 //                                                      rotation (Cognito/Connect2id-style grace; 0 = oidc-provider's
 //                                                      strict rotation: reuse -> invalid_grant + grant revoked)
 //   account_id, vc_file                                the user and the LEARCredentialEmployee sample
+//   public_port (optional)                             the port the issuer URL (and so discovery) names when
+//                                                      clients reach the peer through a proxy on that port;
+//                                                      the peer still listens on `port`
 // When listening it prints one JSON line to stdout: {"ready": true, "issuer": "...", "port": N}.
 //
 // Test-only admin endpoints (never part of a real AS):
@@ -226,6 +229,7 @@ function buildProvider(issuer) {
         error: ctx.body?.error ?? null,
         headers: { ...ctx.headers },
         issued,
+        at: Date.now(),
       };
       log.token_requests.push(entry);
       process.stderr.write(`peer: token request #${log.token_requests.length} grant_type=${entry.grant_type} status=${entry.status} error=${entry.error}\n`);
@@ -298,7 +302,7 @@ const server = https.createServer({
 
 server.listen(Number(cfg.port ?? 0), cfg.host ?? '127.0.0.1', () => {
   const { port } = server.address();
-  const issuer = `https://${cfg.host ?? '127.0.0.1'}:${port}`;
+  const issuer = `https://${cfg.host ?? '127.0.0.1'}:${Number(cfg.public_port ?? 0) || port}`;
   provider = buildProvider(issuer);
   provider.on('server_error', (ctx, err) => { process.stderr.write(`peer: server_error ${err.stack}\n`); });
   callback = provider.callback();
