@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import enum
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -110,6 +111,7 @@ class HsmHealth:
         self._probe: Probe | None = None
         self._probe_thread: threading.Thread | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
         self.down_since: float | None = None  # monotonic time of the last UP -> DOWN
         self.last_error: str | None = None  # class name of the error that took the HSM down
         self.downs = 0  # UP -> DOWN transitions
@@ -141,14 +143,32 @@ class HsmHealth:
         """The store's recovery probe: raises a :class:`BrokerError` while the HSM is gone."""
         self._probe = probe
 
+    def _ensure_process(self) -> None:
+        """After a fork (D12) the parent's lock may be held by a thread that does not exist here,
+        and its worker pool and probe thread are gone: start afresh in the child. While DOWN,
+        the child probes on its own (its PKCS#11 library re-initialises lazily)."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._pool = None
+        self._probe_thread = None
+        if self._state is HsmState.DOWN and self._probe is not None and not self._stopped.is_set():
+            self._probe_thread = threading.Thread(
+                target=self._probe_loop, name="hsm-probe", daemon=True
+            )
+            self._probe_thread.start()
+
     def check(self) -> None:
         """Fail fast (no device call) while DOWN."""
+        self._ensure_process()
         if self._state is HsmState.DOWN:
             self.fast_failures += 1
             raise HsmUnavailable("the HSM is down; a background probe is trying to recover it")
 
     def mark_down(self, error: BaseException) -> None:
         """Enter DOWN after a failed recovery: log the first error once, start the probe."""
+        self._ensure_process()
         with self._lock:
             if self._state is HsmState.DOWN or self._stopped.is_set():
                 return
@@ -227,6 +247,7 @@ class HsmHealth:
         """``fn()`` in a worker; :class:`HsmUnavailable` after ``op_timeout`` seconds."""
         if self.op_timeout is None:
             return fn()
+        self._ensure_process()
         with self._lock:
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(

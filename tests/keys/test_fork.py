@@ -234,3 +234,35 @@ def _grandchild(
     out.put(
         {"grandchild": (b"grandchild", signature), "grandchild_adoptions": store._lib.adoptions}
     )
+
+
+def test_d12_forked_child_signs_through_a_timed_hsm_health(softhsm_env: SoftHsmEnv) -> None:
+    """The service's store has an HsmHealth whose worker pool bounds each sign: the child gets
+    a pool (and lock) of its own instead of waiting on the parent's, which do not exist there."""
+    from broker.keys.health import HsmHealth
+
+    health = HsmHealth(op_timeout=20.0)
+    store = Pkcs11KeyStore(
+        softhsm_env.module_path, softhsm_env.token_label, softhsm_env.pin, health=health
+    )
+    label = f"fork-health-{uuid.uuid4().hex[:12]}"
+    store.generate(label, b"\x13")
+    try:
+        signer = store.signer(label)
+        assert verify_es256_raw(signer.kid, b"parent", signer.sign(b"parent"))  # pool started
+        child, results = _run_child(_child_signs_once, signer)
+        try:
+            report = results.get(timeout=HANG_GUARD_S)
+        except queue.Empty:
+            pytest.fail("the forked child could not sign through its HsmHealth")
+        finally:
+            child.join(HANG_GUARD_S)
+            if child.is_alive():
+                child.kill()
+        assert child.exitcode == 0
+        assert verify_es256_raw(signer.kid, report["message"], report["signature"])
+        assert verify_es256_raw(signer.kid, b"parent after", signer.sign(b"parent after"))
+    finally:
+        store.delete(label)
+        health.stop()
+        store.close()
