@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import selectors
 import shutil
 import socket
 import ssl
@@ -99,11 +100,47 @@ class PeerSettings:
     access_token_ttl: int = 120
     token_delay_ms: int = 0
     refresh_grace_seconds: int = 0
+    """A rotated-out refresh token is still accepted once within this many seconds (0: strict)."""
     token_delay_after_ms: int = 0
     """Delay after /token was processed (refresh token rotated), before the response is sent."""
-    """A rotated-out refresh token is still accepted once within this many seconds (0: strict)."""
     public_port: int | None = None
     """The port the issuer URL names (a proxy in front of the peer); None: the listening port."""
+
+
+START_ATTEMPTS = 3
+START_TIMEOUT = 15.0  # node prints its ready line in well under a second
+
+
+def _launch(
+    config_path: Path, env: dict[str, str], stderr_path: Path
+) -> tuple[subprocess.Popen[bytes], bytes]:
+    """Run node and read its ready line, never waiting for ever: node 20 was seen (once in many
+    hundred starts) to deadlock on a futex during start-up; such a start is killed and retried."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        with stderr_path.open("wb") as stderr:
+            process = subprocess.Popen(
+                ["node", str(PEER_DIR / "peer.mjs"), str(config_path)],
+                cwd=PEER_DIR,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+            )
+        assert process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            ready = selector.select(timeout=START_TIMEOUT)
+        if ready:
+            line = process.stdout.readline()  # one JSON line once listening
+            if line:
+                return process, line
+            process.wait(timeout=5)
+            raise PeerUnavailable(f"peer did not start: {stderr_path.read_text()[-2000:]}")
+        process.kill()
+        process.wait(timeout=5)
+        process.stdout.close()
+        if attempt == START_ATTEMPTS:
+            break
+    raise PeerUnavailable(f"peer printed nothing within {START_TIMEOUT:g}s, {START_ATTEMPTS} times")
 
 
 def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: float = 30.0) -> Peer:
@@ -133,20 +170,7 @@ def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: floa
     env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(pki.ca_file)}
     env.pop("PEER_TOKEN_DELAY_MS", None)
     stderr_path = workdir / f"{config_path.stem}.stderr"
-    stderr = stderr_path.open("wb")
-    process = subprocess.Popen(
-        ["node", str(PEER_DIR / "peer.mjs"), str(config_path)],
-        cwd=PEER_DIR,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        env=env,
-    )
-    stderr.close()
-    assert process.stdout is not None
-    line = process.stdout.readline()  # the peer prints one JSON line when listening
-    if not line:
-        process.wait(timeout=5)
-        raise PeerUnavailable(f"peer did not start: {stderr_path.read_text()[-2000:]}")
+    process, line = _launch(config_path, env, stderr_path)
     ready = json.loads(line)
     issuer = ready["issuer"]
     direct = f"https://127.0.0.1:{int(ready['port'])}" if settings.public_port else None
