@@ -25,7 +25,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -258,12 +258,15 @@ class Pkcs11KeyStore:
     def count_open_sessions(self) -> int | None:
         """Open sessions of the whole process on the module (``C_GetSessionInfo`` over every
         handle up to the highest this store saw, plus a margin); None if not measurable (D07)."""
-        with self._acquire("count sessions"):
+        lock = self._take_lock("count sessions")
+        try:
             return self._lib.count_open_sessions(self.max_session_handle + 64)
+        finally:
+            lock.release()
 
-    @contextlib.contextmanager
-    def _acquire(self, operation: str) -> Iterator[None]:
-        """The module lock, waiting at most :attr:`lock_timeout` (D07)."""
+    def _take_lock(self, operation: str) -> threading.RLock:
+        """Acquire the module lock, waiting at most :attr:`lock_timeout` (D07); the caller
+        releases it. (A plain function, not a context manager: this runs on every signature.)"""
         lock = self._lib.lock
         if self._lock_timeout is None:
             lock.acquire()
@@ -271,10 +274,7 @@ class Pkcs11KeyStore:
             raise HsmBusy(
                 f"PKCS#11 {operation}: the HSM stayed busy for {self._lock_timeout:g} s; retry"
             )
-        try:
-            yield
-        finally:
-            lock.release()
+        return lock
 
     @property
     def module_path(self) -> str:
@@ -443,21 +443,26 @@ class Pkcs11KeyStore:
         """
         health = self._health
         if health is None:
-            with self._acquire(operation):
+            lock = self._take_lock(operation)
+            try:
                 return self._attempt(operation, fn)
+            finally:
+                lock.release()
         delays = health.busy_delays()
         while True:
             health.check()
-            with self._acquire(operation):
-                try:
-                    return self._attempt(operation, fn)
-                except _Busy as busy:
-                    delay = next(delays, None)
-                    if delay is None:
-                        raise HsmUnavailable(
-                            f"PKCS#11 {operation}: HSM still busy after "
-                            f"{health.busy_retries} retries: {busy.what}"
-                        ) from busy.cause
+            lock = self._take_lock(operation)
+            try:
+                return self._attempt(operation, fn)
+            except _Busy as busy:
+                delay = next(delays, None)
+                if delay is None:
+                    raise HsmUnavailable(
+                        f"PKCS#11 {operation}: HSM still busy after "
+                        f"{health.busy_retries} retries: {busy.what}"
+                    ) from busy.cause
+            finally:
+                lock.release()
             health.sleep(delay)
 
     def probe(self) -> None:
