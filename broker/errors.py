@@ -41,6 +41,14 @@ class PermissionDenied(BrokerError):
     reason = "permission_denied"
 
 
+class MalformedIdentity(PermissionDenied):
+    """The caller's certificate does not carry a well-formed identity (not exactly one valid
+    SPIFFE ID URI SAN, a CA certificate as leaf, a malformed CN identity). Checked before any
+    policy lookup."""
+
+    reason = "malformed_identity"
+
+
 class NotFound(BrokerError):
     """An unknown grant, login or key."""
 
@@ -104,6 +112,20 @@ class InvalidKey(KeyStoreError):
     """A key is of the wrong type or curve, or has the wrong attributes."""
 
     reason = "invalid_key"
+
+
+class InsecurePinFile(KeyStoreError):
+    """A PIN file is readable or writable by group or others (as ssh refuses such key files)."""
+
+    reason = "insecure_pin_file"
+
+
+class OrphanKey(KeyStoreError):
+    """A key exists in the token with no audit record of its creation (an interrupted ceremony).
+
+    The operator adopts it (records it) or destroys it before any other ceremony continues."""
+
+    reason = "orphan_key"
 
 
 class InvalidKeyUri(KeyStoreError, InvalidArgument):
@@ -204,6 +226,16 @@ class InvalidGrant(OAuthErrorResponse):
         super().__init__(error, status_code=status_code, description=description)
 
 
+class ClientAuthenticationFailed(OAuthErrorResponse):
+    """``invalid_client`` (or an equivalent 401) from the token endpoint: the AS does not accept
+    our client authentication. Likely causes: the did:key is not (yet) in the Trusted Services
+    List, the registered ``jwkSetUrl`` names another did, or the assertion's ``kid`` does not
+    match. Not retryable: an operator has to act."""
+
+    reason = "client_authentication_failed"
+    retryable = False
+
+
 class ClockSkewSuspected(OAuthErrorResponse):
     """``invalid_client`` from the token endpoint while our clock is measured far off the AS's
     (``Date`` headers, TEST-CATALOGUE C09): most likely the client assertion's ``iat``/``exp``
@@ -284,6 +316,23 @@ class StoreError(BrokerError):
 
     reason = "store"
     retryable = True
+
+
+class DeploymentMismatch(StoreError):
+    """The grant store belongs to another deployment (issuer, client_id, did:key or schema), or a
+    grant belongs to another issuer/client than the one it would be sent to. Never retried."""
+
+    reason = "deployment_mismatch"
+    retryable = False
+
+
+class StoreUnusable(StoreError):
+    """The store file or schema exists but is not a store of ours (empty, truncated, foreign).
+
+    It is refused, never overwritten."""
+
+    reason = "store_unusable"
+    retryable = False
 
 
 class GrantExists(StoreError):

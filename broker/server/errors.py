@@ -59,7 +59,9 @@ def _code(exc: BaseException) -> grpc.StatusCode:
         | e.ReauthorizationRequired
         | e.LoginExpired
         | e.AuthorizationDenied
-        | e.ConfirmationMismatch,
+        | e.ConfirmationMismatch
+        | e.ClientAuthenticationFailed
+        | e.DeploymentMismatch,
     ):
         # The grant or login cannot be used as it is: a user has to act (log in again).
         return grpc.StatusCode.FAILED_PRECONDITION

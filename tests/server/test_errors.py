@@ -53,6 +53,12 @@ EXPECTED: dict[str, Any] = {
     "AuthorizationDenied": S.FAILED_PRECONDITION,
     "LoginCapacityExceeded": S.RESOURCE_EXHAUSTED,
     "GrantRevoked": S.FAILED_PRECONDITION,
+    "MalformedIdentity": S.PERMISSION_DENIED,
+    "InsecurePinFile": S.UNAVAILABLE,
+    "OrphanKey": S.UNAVAILABLE,
+    "ClientAuthenticationFailed": S.FAILED_PRECONDITION,
+    "DeploymentMismatch": S.FAILED_PRECONDITION,
+    "StoreUnusable": S.INTERNAL,
 }
 
 
