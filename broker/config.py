@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 from broker.errors import ConfigError, DidError, InvalidKeyUri
 from broker.keys.didkey import decode_did_key
 from broker.keys.health import DEFAULT_BUSY_RETRIES, DEFAULT_OP_TIMEOUT, PROBE_BACKOFF
-from broker.keys.uri import parse_key_uri
+from broker.keys.uri import check_pin_file, parse_key_uri
 
 CONFIG_ENV = "BROKER_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/broker/broker.toml")
@@ -388,6 +388,8 @@ def _key_uri(section: _Section) -> tuple[str, Path]:
         raise ConfigError(
             f"{name} pin-source: file {pin_file} does not exist or is not a regular file"
         )
+    if section.check_files:
+        check_pin_file(pin_file)  # InsecurePinFile when group or others may read or write it
     return uri, pin_file
 
 

@@ -13,11 +13,13 @@ but never echo a PIN.
 
 from __future__ import annotations
 
+import os
+import stat
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.errors import ConfigError, InvalidKeyUri
+from broker.errors import ConfigError, InsecurePinFile, InvalidKeyUri
 
 SCHEME = "pkcs11:"
 
@@ -96,16 +98,65 @@ class KeyRef:
         return read_pin_file(path)
 
 
-def read_pin_file(path: Path) -> str:
-    """A PIN from a file (trailing newline stripped); the error names the file, never the PIN."""
+def check_pin_file(path: Path) -> None:
+    """Refuse a PIN file that group or others may read or write, or that is not a regular file.
+
+    As ssh does with private keys: the mode of the file itself (a symlink is followed; its
+    target is what is checked) must grant nothing to group or others. Raises
+    :class:`broker.errors.InsecurePinFile` (mode) or :class:`broker.errors.ConfigError` (missing,
+    not a regular file); messages name the path and mode, never the content.
+    """
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"PIN file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"PIN file {path} is a directory") from None
+        info = os.stat(path)
     except OSError as exc:
-        raise ConfigError(f"PIN file {path} is unreadable ({exc.strerror})") from None
+        raise _open_error(path, exc) from None
+    _check_pin_stat(path, info)
+
+
+def _open_error(path: Path, exc: OSError) -> ConfigError:
+    if isinstance(exc, FileNotFoundError):
+        return ConfigError(f"PIN file {path} does not exist")
+    return ConfigError(f"PIN file {path} is unreadable ({exc.strerror})")
+
+
+def _check_pin_stat(path: Path, info: os.stat_result) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"PIN file {path} is a directory")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"PIN file {path} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise InsecurePinFile(
+            f"PIN file {path} has mode {mode:04o}; it must not be accessible by group or "
+            "others (chmod 600)"
+        )
+
+
+_MAX_PIN_FILE = 4096
+
+
+def read_pin_file(path: Path) -> str:
+    """A PIN from a file (trailing newline stripped); the error names the file, never the PIN.
+
+    Every PIN the broker reads comes through here. The file is opened first and its mode
+    checked on the open descriptor (no window between check and read); ``O_NONBLOCK`` keeps a
+    FIFO from hanging the open before it is refused as not a regular file.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    try:
+        _check_pin_stat(path, os.fstat(fd))
+        try:
+            raw = os.read(fd, _MAX_PIN_FILE + 1)
+        except OSError as exc:
+            raise ConfigError(f"PIN file {path} is unreadable ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(raw) > _MAX_PIN_FILE:
+        raise ConfigError(f"PIN file {path} is too large to hold a PIN")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -48,6 +48,7 @@ def base(tmp_path: Path) -> dict[str, dict[str, Any]]:
     for name in ("user_pin", "web.crt", "web.key", "grpc.crt", "grpc.key", "ca.pem", "policy.toml"):
         (tmp_path / name).write_text("x")
     (tmp_path / "user_pin").write_text(PIN)
+    (tmp_path / "user_pin").chmod(0o600)  # group/other access is refused (InsecurePinFile)
     return {
         "key": {
             "uri": f"pkcs11:token=broker;object=client-2026;id=%01?pin-source=file:{tmp_path}/user_pin",
