@@ -4,6 +4,12 @@ Same contract as the SQLite and PostgreSQL stores (the contract suite runs again
 except durability and sealing: everything lives in process memory. ``refresh_lock`` is a
 per-grant :class:`asyncio.Lock`.
 
+Binding: like the SQL stores, a store created with an ``identity`` records it (as its
+primary identity) and a store opened with another one is refused with
+:class:`broker.errors.DeploymentMismatch`. ``MemoryGrantStore(..., shared_with=other)`` opens
+the same in-memory data again (as a second process would open the same database), so the
+contract suite can test reopening.
+
 For fault injection, :meth:`MemoryGrantStore.fail_next` makes the next call of one operation
 raise a given error before it changes anything (e.g. a :class:`broker.errors.StoreError` on
 ``rotate`` to emulate a full disk, G04).
@@ -14,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from broker.clock import Clock, SystemClock
@@ -27,6 +33,15 @@ from broker.errors import (
     VersionConflict,
 )
 from broker.oauth.types import TokenSet
+from broker.tokens.deployment import (
+    DeploymentIdentity,
+    IdentityRole,
+    RecordedHow,
+    RecordedIdentity,
+    check_binding,
+    check_grant_owner,
+    log_adoption,
+)
 from broker.tokens.model import Grant, GrantStatus
 from broker.tokens.sealing import (
     check_expected_version,
@@ -92,9 +107,36 @@ def _not_found(grant_id: str) -> GrantNotFound:
 class MemoryGrantStore:
     """GrantStore in a dict. Not durable, not shared between processes."""
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    SCHEMA_VERSION = 2  # the identity record exists from this version on (as in the SQL stores)
+
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        *,
+        identity: DeploymentIdentity | None = None,
+        record_identity: bool = True,
+        shared_with: MemoryGrantStore | None = None,
+    ) -> None:
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._grants: dict[str, Grant] = {}
+        fresh = shared_with is None
+        self._grants: dict[str, Grant] = {} if shared_with is None else shared_with._grants
+        self._recorded: list[RecordedIdentity] = (
+            [] if shared_with is None else shared_with._recorded
+        )
+        self._owners: tuple[DeploymentIdentity, ...] = tuple(r.identity for r in self._recorded)
+        if identity is not None:
+            owners = {(g.issuer, g.client_id) for g in self._grants.values()}
+            record = check_binding(self._recorded, identity, grant_owners=owners, where="in memory")
+            if record and record_identity:
+                how = RecordedHow.CREATED if fresh else RecordedHow.ADOPTED
+                self._recorded.append(
+                    RecordedIdentity(
+                        identity, IdentityRole.PRIMARY, how, self.SCHEMA_VERSION, self._clock.now()
+                    )
+                )
+                if not fresh:
+                    log_adoption("in memory", identity, len(self._grants))
+            self._owners = (*self._owners, identity)
         self._locks = KeyedLocks()
         self._faults: defaultdict[str, deque[BrokerError]] = defaultdict(deque)
         self._closed = False
@@ -124,6 +166,7 @@ class MemoryGrantStore:
     async def create(self, grant: Grant) -> None:
         self._enter("create")
         validate_grant(grant)
+        check_grant_owner(self._owners, grant.issuer, grant.client_id, grant.grant_id)
         if grant.grant_id in self._grants:
             raise GrantExists(f"grant {grant.grant_id!r} already exists")
         self._grants[grant.grant_id] = dataclasses.replace(grant, id_claims=dict(grant.id_claims))
@@ -217,6 +260,10 @@ class MemoryGrantStore:
 
     async def ping(self) -> None:
         self._enter("ping")
+
+    async def identities(self) -> Sequence[RecordedIdentity]:
+        """The deployment identities recorded in this store (primary first)."""
+        return list(self._recorded)
 
     async def close(self) -> None:
         self._closed = True

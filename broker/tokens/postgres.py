@@ -15,7 +15,13 @@
 - Connections: a small pool (``pool_size``) of autocommit connections for operations; a
   connection that saw an error is discarded, never reused.
 - Migrations: ``schema`` and its tables are created on :meth:`open`, under a transaction-level
-  advisory lock so replicas starting together do not race.
+  advisory lock so replicas starting together do not race. Only a missing or empty schema is
+  initialised: a schema holding tables but not ours (no ``schema_migrations``/``grants``) is
+  refused with :class:`broker.errors.StoreUnusable`, never written to.
+- Binding: opened with an ``identity``, the store records it when the schema is created (table
+  ``deployment_identities``, schema version 2) and refuses any other with
+  :class:`broker.errors.DeploymentMismatch`, in the migration transaction (a refused open
+  changes nothing). See :mod:`broker.tokens.deployment`.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -39,10 +45,23 @@ from broker.errors import (
     GrantExists,
     GrantNotFound,
     StoreError,
+    StoreUnusable,
     VersionConflict,
 )
 from broker.keys.api import Sealer
 from broker.oauth.types import TokenSet
+from broker.tokens.deployment import (
+    IDENTITY_COLUMNS,
+    DeploymentIdentity,
+    IdentityRole,
+    RecordedHow,
+    RecordedIdentity,
+    check_binding,
+    check_grant_owner,
+    identity_row,
+    log_adoption,
+    recorded_from_row,
+)
 from broker.tokens.memory import KeyedLocks
 from broker.tokens.model import Grant, GrantStatus
 from broker.tokens.sealing import (
@@ -91,7 +110,27 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX grants_by_label ON {schema}.grants (label)",
         ),
     ),
+    (
+        2,
+        (
+            """
+            CREATE TABLE {schema}.deployment_identities (
+                issuer TEXT NOT NULL,
+                client_id TEXT NOT NULL,
+                did TEXT NOT NULL,
+                role TEXT NOT NULL CHECK (role IN ('primary', 'added')),
+                how TEXT NOT NULL CHECK (how IN ('created', 'adopted', 'ceremony')),
+                schema_version INTEGER NOT NULL,
+                recorded_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (issuer, client_id, did)
+            )
+            """,
+            "CREATE UNIQUE INDEX deployment_identities_one_primary "
+            "ON {schema}.deployment_identities (role) WHERE role = 'primary'",
+        ),
+    ),
 )
+OUR_TABLES = frozenset({"schema_migrations", "grants"})
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -167,6 +206,8 @@ class PostgresGrantStore:
         schema: str = "broker",
         pool_size: int = 4,
         connect_timeout: float = 5.0,
+        identity: DeploymentIdentity | None = None,
+        record_identity: bool = True,
     ) -> None:
         if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
             raise ConfigError(
@@ -190,6 +231,10 @@ class PostgresGrantStore:
         self._lock_namespace = f"broker.grant:{schema}"
         self._opened = False
         self._closed = False
+        self._identity = identity
+        self._record_identity = record_identity
+        self._owners: tuple[DeploymentIdentity, ...] = ()  # grants create() accepts (bound)
+        self.adopted = False  # this open recorded the identity of a schema that had none
         ident = sql.Identifier(schema)
         table = sql.SQL("{}.grants").format(ident)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
@@ -212,9 +257,18 @@ class PostgresGrantStore:
 
     @classmethod
     async def connect(
-        cls, dsn: str, sealer: Sealer, clock: Clock, *, schema: str = "broker"
+        cls,
+        dsn: str,
+        sealer: Sealer,
+        clock: Clock,
+        *,
+        schema: str = "broker",
+        identity: DeploymentIdentity | None = None,
+        record_identity: bool = True,
     ) -> PostgresGrantStore:
-        store = cls(dsn, sealer, clock, schema=schema)
+        store = cls(
+            dsn, sealer, clock, schema=schema, identity=identity, record_identity=record_identity
+        )
         await store.open()
         return store
 
@@ -229,7 +283,8 @@ class PostgresGrantStore:
     # --- migrations -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the schema and tables (migrations with a version table)."""
+        """Create the schema and tables (migrations with a version table) and bind the
+        identity. Only a missing or empty schema is initialised."""
         self._check_open()
         if self._opened:
             return
@@ -239,6 +294,21 @@ class PostgresGrantStore:
                     "SELECT pg_advisory_xact_lock(hashtext(%s))",
                     (f"broker.migrate:{self._schema}",),
                 )
+                cur = await conn.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                    (self._schema,),
+                )
+                tables = {str(r[0]) for r in await cur.fetchall()}
+                fresh = not tables
+                if not fresh and not tables >= OUR_TABLES:
+                    found = ", ".join(sorted(tables)[:5])
+                    raise StoreUnusable(
+                        f"the PostgreSQL schema {self._schema!r} on {self._where} holds tables "
+                        f"but is not a grant store (no "
+                        f"{', '.join(sorted(OUR_TABLES - tables))}; tables found: {found}): "
+                        "refusing it (the broker never initialises a schema in use); "
+                        "configure another schema or empty this one"
+                    )
                 await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._ident))
                 await conn.execute(
                     sql.SQL(
@@ -269,9 +339,58 @@ class PostgresGrantStore:
                         ).format(self._ident),
                         (version, self._clock.now()),
                     )
+                recorded_now, grants = await self._bind(conn, fresh=fresh)
         except psycopg.Error as exc:
             raise _wrap("open", exc) from exc
+        if recorded_now and not fresh and self._identity is not None:
+            self.adopted = True
+            log_adoption(f"schema {self._schema!r} on {self._where}", self._identity, grants)
         self._opened = True
+
+    def _q_identities(self) -> sql.Composed:
+        return sql.SQL(
+            "SELECT {cols} FROM {}.deployment_identities ORDER BY role DESC, recorded_at"
+        ).format(self._ident, cols=sql.SQL(", ").join(sql.Identifier(c) for c in IDENTITY_COLUMNS))
+
+    async def _bind(self, conn: psycopg.AsyncConnection[Any], *, fresh: bool) -> tuple[bool, int]:
+        """Compare (and maybe record) the identity in the open transaction. Returns whether it
+        recorded one, and the number of grants."""
+        cur = await conn.execute(self._q_identities())
+        recorded = [recorded_from_row(r) for r in await cur.fetchall()]
+        if self._identity is None:
+            self._owners = tuple(r.identity for r in recorded)
+            return False, 0
+        cur = await conn.execute(
+            sql.SQL("SELECT issuer, client_id, COUNT(*) FROM {} GROUP BY issuer, client_id").format(
+                self._table
+            )
+        )
+        counts = await cur.fetchall()
+        owners = {(str(r[0]), str(r[1])) for r in counts}
+        grants = sum(int(r[2]) for r in counts)
+        where = f"schema {self._schema!r} on {self._where}"
+        record = check_binding(recorded, self._identity, grant_owners=owners, where=where)
+        if record and self._record_identity:
+            how = RecordedHow.CREATED if fresh else RecordedHow.ADOPTED
+            await conn.execute(
+                sql.SQL("INSERT INTO {}.deployment_identities ({cols}) VALUES ({vals})").format(
+                    self._ident,
+                    cols=sql.SQL(", ").join(sql.Identifier(c) for c in IDENTITY_COLUMNS),
+                    vals=sql.SQL(", ").join(sql.Placeholder() for _ in IDENTITY_COLUMNS),
+                ),
+                identity_row(
+                    self._identity, IdentityRole.PRIMARY, how, SCHEMA_VERSION, self._clock.now()
+                ),
+            )
+        self._owners = (*(r.identity for r in recorded), self._identity)
+        return record and self._record_identity, grants
+
+    async def identities(self) -> Sequence[RecordedIdentity]:
+        """The deployment identities recorded in this schema (primary first)."""
+        async with self._operation("identities") as conn:
+            cur = await conn.execute(self._q_identities())
+            rows = await cur.fetchall()
+        return [recorded_from_row(r) for r in rows]
 
     async def schema_version(self) -> int:
         async with self._operation("schema_version") as conn:
@@ -317,6 +436,7 @@ class PostgresGrantStore:
 
     async def create(self, grant: Grant) -> None:
         row = await asyncio.to_thread(seal_grant, self._sealer, grant)
+        check_grant_owner(self._owners, grant.issuer, grant.client_id, grant.grant_id)
         async with self._operation("create") as conn:
             cur = await conn.execute(self._q_insert, row.values())
             inserted = await cur.fetchone()

@@ -6,6 +6,13 @@ transaction. The file (and its ``-wal``/``-shm`` companions, which SQLite create
 file's mode) is created 0600 (G09); tokens and id_token claims are sealed (see
 :mod:`broker.tokens.sealing`).
 
+Binding (see :mod:`broker.tokens.deployment` and :mod:`broker.tokens.sqlite_file`): only a path
+that does not exist gets a fresh store (built aside and linked into place); an existing file
+that is empty, truncated, not SQLite or SQLite without our tables is refused with
+:class:`broker.errors.StoreUnusable` before anything is written to it. Opened with an
+``identity``, the store records it at creation (table ``deployment_identities``, schema version
+2) and refuses any other with :class:`broker.errors.DeploymentMismatch`.
+
 Concurrency: all SQLite calls run on one dedicated worker thread that owns the connection, so
 the event loop never blocks on disk. ``refresh_lock`` is a per-grant :class:`asyncio.Lock` inside
 this process: SQLite is the single-replica store. Several replicas need
@@ -20,7 +27,7 @@ import asyncio
 import os
 import sqlite3
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
@@ -35,6 +42,18 @@ from broker.errors import (
 )
 from broker.keys.api import Sealer
 from broker.oauth.types import TokenSet
+from broker.tokens.deployment import (
+    IDENTITY_COLUMNS,
+    DeploymentIdentity,
+    IdentityRole,
+    RecordedHow,
+    RecordedIdentity,
+    check_binding,
+    check_grant_owner,
+    identity_row,
+    log_adoption,
+    recorded_from_row,
+)
 from broker.tokens.memory import KeyedLocks
 from broker.tokens.model import Grant, GrantStatus
 from broker.tokens.sealing import (
@@ -51,6 +70,7 @@ from broker.tokens.sealing import (
     seal_grant,
     validate_tokens,
 )
+from broker.tokens.sqlite_file import check_is_grant_store, create_fresh, inspect_existing
 
 T = TypeVar("T")
 
@@ -85,10 +105,37 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX grants_by_label ON grants (label)",
         ),
     ),
+    (
+        2,
+        (
+            """
+            CREATE TABLE deployment_identities (
+                issuer TEXT NOT NULL,
+                client_id TEXT NOT NULL,
+                did TEXT NOT NULL,
+                role TEXT NOT NULL CHECK (role IN ('primary', 'added')),
+                how TEXT NOT NULL CHECK (how IN ('created', 'adopted', 'ceremony')),
+                schema_version INTEGER NOT NULL,
+                recorded_at REAL NOT NULL,
+                PRIMARY KEY (issuer, client_id, did)
+            ) STRICT
+            """,
+            "CREATE UNIQUE INDEX deployment_identities_one_primary "
+            "ON deployment_identities (role) WHERE role = 'primary'",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM grants"  # noqa: S608 (constant column list)
+_SELECT_IDENTITIES = (
+    f"SELECT {', '.join(IDENTITY_COLUMNS)} FROM deployment_identities "  # noqa: S608 (constant)
+    "ORDER BY role DESC, recorded_at"
+)
+_INSERT_IDENTITY = (
+    f"INSERT INTO deployment_identities ({', '.join(IDENTITY_COLUMNS)}) "  # noqa: S608 (constant)
+    f"VALUES ({', '.join('?' for _ in IDENTITY_COLUMNS)})"
+)
 
 
 def _wrap(operation: str, exc: sqlite3.Error) -> StoreError:
@@ -99,10 +146,24 @@ def _wrap(operation: str, exc: sqlite3.Error) -> StoreError:
 
 class SqliteGrantStore:
     """GrantStore over one SQLite file. Create it, then ``await store.open()`` (or use
-    :meth:`connect`)."""
+    :meth:`connect`).
+
+    ``identity``: the deployment opening the store (serve and doctor always give it). It is
+    recorded when the store is created, or adopted by a store that has none (see
+    :mod:`broker.tokens.deployment`) unless ``record_identity`` is False (the doctor only
+    compares); another recorded identity refuses the open. Without an identity nothing is
+    compared or recorded (tests and tools that send no token).
+    """
 
     def __init__(
-        self, path: str, sealer: Sealer, clock: Clock, *, busy_timeout: float = 10.0
+        self,
+        path: str,
+        sealer: Sealer,
+        clock: Clock,
+        *,
+        busy_timeout: float = 10.0,
+        identity: DeploymentIdentity | None = None,
+        record_identity: bool = True,
     ) -> None:
         if not isinstance(path, str) or not path or path == ":memory:" or path.startswith("file:"):
             raise ConfigError("the SQLite grant store needs a file path")
@@ -116,15 +177,33 @@ class SqliteGrantStore:
         self._conn: sqlite3.Connection | None = None
         self._locks = KeyedLocks()
         self._closed = False
+        self._identity = identity
+        self._record_identity = record_identity
+        self._owners: tuple[DeploymentIdentity, ...] = ()  # grants create() accepts (bound)
+        self.adopted = False  # this open recorded the identity of a store that had none
 
     def __repr__(self) -> str:
         return f"SqliteGrantStore(path={self._path!r}, sealer={self._sealer.key_label!r})"
 
     @classmethod
     async def connect(
-        cls, path: str, sealer: Sealer, clock: Clock, *, busy_timeout: float = 10.0
+        cls,
+        path: str,
+        sealer: Sealer,
+        clock: Clock,
+        *,
+        busy_timeout: float = 10.0,
+        identity: DeploymentIdentity | None = None,
+        record_identity: bool = True,
     ) -> SqliteGrantStore:
-        store = cls(path, sealer, clock, busy_timeout=busy_timeout)
+        store = cls(
+            path,
+            sealer,
+            clock,
+            busy_timeout=busy_timeout,
+            identity=identity,
+            record_identity=record_identity,
+        )
         await store.open()
         return store
 
@@ -161,27 +240,26 @@ class SqliteGrantStore:
     def _open_sync(self) -> None:
         if self._conn is not None:  # a concurrent open() ran first (same worker thread)
             return
-        try:
-            fd = os.open(
-                self._path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE
-            )
-        except OSError as exc:
-            raise StoreError(f"cannot create the grant database ({exc.strerror})") from exc
-        try:
-            mode = stat.S_IMODE(os.fstat(fd).st_mode)
-            if mode & 0o077:
-                os.fchmod(fd, FILE_MODE)
-        finally:
-            os.close(fd)
-        for suffix in ("-wal", "-shm"):
-            companion = self._path + suffix
-            if os.path.exists(companion) and stat.S_IMODE(os.stat(companion).st_mode) & 0o077:
-                os.chmod(companion, FILE_MODE)
+        if not os.path.lexists(self._path):
+            # Only a path that does not exist gets a fresh store (built aside, then linked).
+            try:
+                create_fresh(self._path, FILE_MODE, lambda c: self._migrate(c, fresh=True))
+            except sqlite3.Error as exc:
+                raise _wrap("create", exc) from exc
+        inspect_existing(self._path)  # before SQLite writes a byte to it
+        for suffix in ("", "-wal", "-shm"):
+            name = self._path + suffix
+            if os.path.exists(name) and stat.S_IMODE(os.stat(name).st_mode) & 0o077:
+                os.chmod(name, FILE_MODE)
         try:
             conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy_timeout)
         except sqlite3.Error as exc:
             raise _wrap("open", exc) from exc
         try:
+            conn.execute(f"PRAGMA busy_timeout={round(self._busy_timeout * 1000)}")
+            check_is_grant_store(conn, self._path)
+            conn.execute("PRAGMA synchronous=FULL")
+            self._migrate(conn, fresh=False)
             mode_row = conn.execute("PRAGMA journal_mode=WAL").fetchone()
             if mode_row is None or str(mode_row[0]).lower() != "wal":
                 raise ConfigError("the grant database could not be switched to WAL mode")
@@ -189,8 +267,6 @@ class SqliteGrantStore:
             sync_row = conn.execute("PRAGMA synchronous").fetchone()
             if sync_row is None or int(sync_row[0]) != 2:
                 raise ConfigError("the grant database refused synchronous=FULL")
-            conn.execute(f"PRAGMA busy_timeout={round(self._busy_timeout * 1000)}")
-            self._migrate(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise _wrap("open", exc) from exc
@@ -199,8 +275,11 @@ class SqliteGrantStore:
             raise
         self._conn = conn
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        def step(c: sqlite3.Connection) -> None:
+    def _migrate(self, conn: sqlite3.Connection, *, fresh: bool) -> None:
+        """Apply migrations and bind the identity, in one BEGIN IMMEDIATE transaction: a
+        refused binding leaves the file as it was."""
+
+        def step(c: sqlite3.Connection) -> bool:
             c.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
@@ -221,8 +300,39 @@ class SqliteGrantStore:
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                     (version, self._clock.now()),
                 )
+            return self._bind(c, fresh=fresh)
 
-        self._write(conn, step)
+        if self._write(conn, step) and not fresh:
+            self.adopted = True
+            count = conn.execute("SELECT COUNT(*) FROM grants").fetchone()
+            log_adoption(self._path, self._require_identity(), int(count[0]) if count else 0)
+
+    def _require_identity(self) -> DeploymentIdentity:
+        assert self._identity is not None
+        return self._identity
+
+    def _bind(self, c: sqlite3.Connection, *, fresh: bool) -> bool:
+        """Compare (and maybe record) the identity inside the migration transaction. Returns
+        True when it recorded one."""
+        recorded = [recorded_from_row(r) for r in c.execute(_SELECT_IDENTITIES).fetchall()]
+        if self._identity is None:
+            self._owners = tuple(r.identity for r in recorded)
+            return False
+        owners = {
+            (str(i), str(cid))
+            for i, cid in c.execute("SELECT DISTINCT issuer, client_id FROM grants").fetchall()
+        }
+        record = check_binding(recorded, self._identity, grant_owners=owners, where=self._path)
+        if record and self._record_identity:
+            how = RecordedHow.CREATED if fresh else RecordedHow.ADOPTED
+            c.execute(
+                _INSERT_IDENTITY,
+                identity_row(
+                    self._identity, IdentityRole.PRIMARY, how, SCHEMA_VERSION, self._clock.now()
+                ),
+            )
+        self._owners = (*(r.identity for r in recorded), self._identity)
+        return record and self._record_identity
 
     async def open(self) -> None:
         """Create or open the file, check the pragmas and apply migrations."""
@@ -234,7 +344,12 @@ class SqliteGrantStore:
     # --- GrantStore -------------------------------------------------------------------------
 
     async def create(self, grant: Grant) -> None:
-        row = await self._run("create", lambda _c: seal_grant(self._sealer, grant))
+        def seal(_c: sqlite3.Connection) -> SealedRow:
+            sealed = seal_grant(self._sealer, grant)
+            check_grant_owner(self._owners, grant.issuer, grant.client_id, grant.grant_id)
+            return sealed
+
+        row = await self._run("create", seal)
         placeholders = ", ".join("?" for _ in COLUMNS)
         sql = f"INSERT INTO grants ({', '.join(COLUMNS)}) VALUES ({placeholders})"  # noqa: S608
 
@@ -373,6 +488,13 @@ class SqliteGrantStore:
 
     async def ping(self) -> None:
         await self._run("ping", lambda c: c.execute("SELECT 1 FROM grants LIMIT 1").fetchall())
+
+    async def identities(self) -> Sequence[RecordedIdentity]:
+        """The deployment identities recorded in this store (primary first)."""
+        return await self._run(
+            "identities",
+            lambda c: [recorded_from_row(r) for r in c.execute(_SELECT_IDENTITIES).fetchall()],
+        )
 
     async def storage_settings(self) -> dict[str, str]:
         """The durability pragmas of the live connection (for ``broker doctor`` and G03)."""

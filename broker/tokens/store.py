@@ -10,14 +10,21 @@ Guarantees every implementation gives:
 - ``refresh_lock`` serialises refreshes of one grant: within the process for SQLite, across
   replicas for PostgreSQL (an advisory lock held for the whole refresh). Callers re-read the
   grant after taking it.
+- a store belongs to one deployment (:mod:`broker.tokens.deployment`): opened with an
+  identity, it records it at creation and refuses another with
+  :class:`broker.errors.DeploymentMismatch`; a bound store refuses to ``create`` a grant of
+  another issuer/client. An existing file or schema that is not a store of ours (empty,
+  truncated, foreign) is refused with :class:`broker.errors.StoreUnusable`, never initialised.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from broker.oauth.types import TokenSet
+from broker.tokens.deployment import RecordedIdentity
 from broker.tokens.model import Grant, GrantStatus
 
 
@@ -62,3 +69,12 @@ class GrantStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class IdentityRecord(Protocol):
+    """The deployment identities a store recorded (every implementation has it; a separate
+    role so that token-core fakes need not)."""
+
+    async def identities(self) -> Sequence[RecordedIdentity]:
+        """Primary first."""
+        ...

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from broker.clock import FakeClock
-from broker.errors import ConfigError, KeyStoreError, StoreError
+from broker.errors import ConfigError, KeyStoreError, StoreError, StoreUnusable
 from broker.keys.soft import SoftSealer
 from broker.tokens.sqlite import SCHEMA_VERSION, SqliteGrantStore
 from tests.tokens.test_store_contract import make_grant, make_tokens
@@ -79,7 +79,8 @@ async def test_g09_files_are_0600_and_hold_no_token_plaintext(db_path: str, tmp_
 
 
 async def test_g09_existing_world_readable_file_is_tightened(db_path: str) -> None:
-    Path(db_path).touch(mode=0o644)
+    store = await SqliteGrantStore.connect(db_path, SoftSealer(), FakeClock())
+    await store.close()
     os.chmod(db_path, 0o644)
     store = await SqliteGrantStore.connect(db_path, SoftSealer(), FakeClock())
     await store.close()
@@ -152,13 +153,15 @@ async def test_database_from_a_newer_broker_is_refused(db_path: str) -> None:
     await store.close()
 
 
-async def test_not_a_database_is_a_store_error(db_path: str) -> None:
-    Path(db_path).write_bytes(b"this is not sqlite, just some bytes " * 200)
+async def test_not_a_database_is_refused_unchanged(db_path: str) -> None:
+    content = b"this is not sqlite, just some bytes " * 200
+    Path(db_path).write_bytes(content)
     store = SqliteGrantStore(db_path, SoftSealer(), FakeClock())
-    with pytest.raises(StoreError, match="sqlite open failed") as info:
+    with pytest.raises(StoreUnusable, match="not a SQLite database") as info:
         await store.open()
-    assert isinstance(info.value.__cause__, sqlite3.Error)
+    assert info.value.retryable is False
     await store.close()
+    assert Path(db_path).read_bytes() == content
 
 
 async def test_missing_directory_is_a_store_error(tmp_path: Path) -> None:
