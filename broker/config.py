@@ -121,6 +121,9 @@ class GrpcSettings:
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_rpcs: int = 100
     reflection: bool = False
+    cn_identities: bool = False
+    """Name a caller by its certificate's subject CN (as ``cn:<CN>``) when it has no URI SAN:
+    an opt-in for non-SPIFFE PKIs. Off: the one URI SAN, a SPIFFE ID, is the only identity."""
 
     @property
     def host(self) -> str:
@@ -519,6 +522,7 @@ def _grpc(section: _Section) -> GrpcSettings:
         ),
         max_concurrent_rpcs=section.integer("max_concurrent_rpcs", 100, low=1, high=100_000),
         reflection=section.boolean("reflection", False),
+        cn_identities=section.boolean("cn_identities", False),
     )
 
 

@@ -403,6 +403,7 @@ async def start(
             max_message_bytes=g.max_message_bytes,
             max_concurrent_rpcs=g.max_concurrent_rpcs,
             reflection=g.reflection,
+            cn_identities=g.cn_identities,
             tracer_provider=tracer_provider,
             audit=audit,
         )

@@ -62,7 +62,11 @@ class Ca:
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
         server: bool = False,
+        is_ca: bool = False,
+        key_usage: x509.KeyUsage | None = None,
     ) -> Issued:
+        """A certificate signed by this CA. ``is_ca`` and ``key_usage`` exist to build the
+        malformed leaves (a CA certificate presented as a client certificate) tests must refuse."""
         key = ec.generate_private_key(ec.SECP256R1())
         serial = x509.random_serial_number()
         attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []
@@ -74,7 +78,7 @@ class Ca:
             .serial_number(serial)
             .not_valid_before(not_before or NOW - dt.timedelta(hours=1))
             .not_valid_after(not_after or NOW + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage(
                     [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -82,6 +86,8 @@ class Ca:
                 critical=False,
             )
         )
+        if key_usage is not None:
+            builder = builder.add_extension(key_usage, critical=True)
         names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
         names += [x509.DNSName(d) for d in dns]
         names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]

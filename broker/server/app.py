@@ -432,6 +432,7 @@ async def start_server(
     tls_reloader: ServerTlsReloader | None = None,
     max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    cn_identities: bool = False,
 ) -> RunningServer:
     """Start the broker's gRPC server over mutual TLS and report SERVING.
 
@@ -439,7 +440,7 @@ async def start_server(
     reloaded live (E09); the ``*_pem`` arguments are then not used for the listener.
     At most ``max_concurrent_rpcs`` broker RPCs run at once, health checks not counted (F06, see
     :class:`ConcurrencyLimiter`); the per-connection stream limit follows from it
-    (:func:`streams_per_connection`).
+    (:func:`streams_per_connection`). ``cn_identities``: see :mod:`broker.server.identity`.
     """
     check_client_ca_bundle(client_ca_pem)
     tracer = (
@@ -458,7 +459,12 @@ async def start_server(
         ),
     )
     servicer = TokenBrokerServicer(
-        broker=broker, logins=logins, policy=policy, max_deadline=max_deadline, audit=audit
+        broker=broker,
+        logins=logins,
+        policy=policy,
+        max_deadline=max_deadline,
+        audit=audit,
+        cn_identities=cn_identities,
     )
     broker_pb2_grpc.add_TokenBrokerServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()

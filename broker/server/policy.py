@@ -6,12 +6,20 @@ File format::
     identities = ["spiffe://corp/retired"]
     serials = ["0x1f2e", "4711"]            # certificate serials, hex (0x...) or decimal
 
-    [identities."spiffe://corp/billing"]    # a URI SAN or a CN
+    [identities."spiffe://corp/billing"]    # a workload SPIFFE ID, or "cn:<CN>" (below)
     methods = ["GetAccessToken", "WatchAccessToken"]   # or ["*"]
     grants = ["g-1"]                        # grant ids, or ["*"] for every grant
     labels = ["crm"]                        # grants with these labels
 
-Everything not allowed is denied. Denials are logged with identity and method only. The
+Every identity (rule names and ``deny.identities``) must be a valid workload SPIFFE ID or
+``cn:<CN>`` (:func:`broker.server.spiffe_id.check_policy_name`, the grammar the caller's
+certificate is checked with): a malformed one is a :class:`ConfigError` naming its line and the
+reason. ``cn:`` rules only match when the server reads CN identities (``[grpc] cn_identities``);
+otherwise they never match anyone.
+
+Everything not allowed is denied. Denials are logged with a reason code (``denylisted``,
+``not_in_policy``, ``method_not_allowed``, ``label_not_allowed``, ``grant_not_allowed``), the
+identity and the method; the :class:`PermissionDenied` raised carries the same reason. The
 :class:`PolicyHolder` re-reads the file on SIGHUP and when its mtime/size/inode changes; a
 broken new file keeps the old policy and logs an error.
 """
@@ -29,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from broker.errors import ConfigError, PermissionDenied
+from broker.errors import ConfigError, MalformedIdentity, PermissionDenied
 from broker.server.identity import CallerIdentity
+from broker.server.spiffe_id import check_policy_name
 
 log = logging.getLogger("broker.server.policy")
 
@@ -89,6 +98,8 @@ class Policy:
             raise ConfigError("policy: [deny] must be a table")
         _only_keys(deny, {"identities", "serials"}, "[deny]")
         denied_ids = frozenset(_str_list(deny.get("identities", []), "deny.identities"))
+        for name in sorted(denied_ids):
+            _check_identity(name, text, "deny.identities")
         serials = frozenset(_serial(s) for s in _list(deny.get("serials", []), "deny.serials"))
         idents = doc.get("identities", {})
         if not isinstance(idents, dict):
@@ -98,6 +109,7 @@ class Policy:
             where = f"identities.{name!r}"
             if not name:
                 raise ConfigError("policy: an identity name is empty")
+            _check_identity(name, text, "[identities]")
             if not isinstance(body, dict):
                 raise ConfigError(f"policy: {where} must be a table")
             _only_keys(body, {"methods", "grants", "labels"}, where)
@@ -128,36 +140,52 @@ class Policy:
             _deny(caller, method, "denylisted")
         rule = self.rules.get(caller.name)
         if rule is None:
-            _deny(caller, method, "unknown identity")
+            _deny(caller, method, "not_in_policy")
         if not rule.allows_method(method):
-            _deny(caller, method, "method not allowed")
+            _deny(caller, method, "method_not_allowed")
         return rule
 
     @staticmethod
     def authorize_label(caller: CallerIdentity, method: str, rule: Rule, label: str) -> None:
         """May the caller create (log in) a grant with this label?"""
         if not (rule.all_grants or label in rule.labels):
-            _deny(caller, method, "label not allowed")
+            _deny(caller, method, "label_not_allowed")
 
     @staticmethod
     def authorize_grant(
         caller: CallerIdentity, method: str, rule: Rule, grant_id: str, label: str | None
     ) -> None:
         if not rule.allows_grant(grant_id, label):
-            _deny(caller, method, "grant not allowed", grant_id=grant_id)
+            _deny(caller, method, "grant_not_allowed", grant_id=grant_id)
 
 
 def _deny(
-    caller: CallerIdentity, method: str, why: str, *, grant_id: str | None = None
+    caller: CallerIdentity, method: str, reason: str, *, grant_id: str | None = None
 ) -> NoReturn:
     log.warning(
-        "permission denied: identity=%s method=%s why=%s grant_id=%s",
+        "permission denied: reason=%s identity=%s method=%s grant_id=%s",
+        reason,
         caller.name,
         method,
-        why,
         grant_id,
     )
-    raise PermissionDenied("permission denied")
+    raise PermissionDenied("permission denied", reason=reason)
+
+
+def _check_identity(name: str, text: str, where: str) -> None:
+    """Refuse a malformed identity, naming the first line that spells it and why."""
+    try:
+        check_policy_name(name)
+    except MalformedIdentity as exc:
+        spellings = (f'"{name}"', f"'{name}'", f"identities.{name}]")
+        line = next(
+            (n for n, ln in enumerate(text.splitlines(), 1) if any(s in ln for s in spellings)),
+            None,
+        )
+        at = f"line {line}, " if line is not None else ""
+        raise ConfigError(
+            f"policy: {at}{where}: malformed identity {name[:128]!r}: {exc.message}"
+        ) from exc
 
 
 def _only_keys(table: Mapping[str, object], allowed: set[str], where: str) -> None:

@@ -18,13 +18,7 @@ from broker.errors import NotFound, PermissionDenied
 from broker.server import convert, validation
 from broker.server.errors import to_status
 from broker.server.gen.broker.v1 import broker_pb2 as pb
-from broker.server.identity import (
-    CN_KEY,
-    PEM_KEY,
-    SAN_KEY,
-    CallerIdentity,
-    identity_from_auth_context,
-)
+from broker.server.identity import PEM_KEY, CallerIdentity, identity_from_auth_context
 from broker.server.policy import Policy, Rule
 from broker.server.ports import LoginService, TokenBroker
 from broker.tokens.audit_events import AuditAction, AuditEvent, AuditTrail, identifier, reason_code
@@ -36,7 +30,6 @@ Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
 
 DEFAULT_MAX_DEADLINE = 30.0
 _IDENTITY_CACHE_SIZE = 1024
-_IDENTITY_KEYS = (PEM_KEY, SAN_KEY, CN_KEY)
 
 
 class PolicySource(Protocol):
@@ -48,7 +41,8 @@ class TokenBrokerServicer:
     """Implements ``broker.v1.TokenBroker``.
 
     ``max_deadline`` bounds every unary domain call, also when the caller set no deadline
-    (TEST-CATALOGUE F05); a shorter caller deadline wins.
+    (TEST-CATALOGUE F05); a shorter caller deadline wins. ``cn_identities`` lets a certificate
+    without a URI SAN name its caller ``cn:<CN>`` (:mod:`broker.server.identity`).
     """
 
     def __init__(
@@ -59,23 +53,25 @@ class TokenBrokerServicer:
         policy: PolicySource,
         max_deadline: float = DEFAULT_MAX_DEADLINE,
         audit: AuditTrail | None = None,
+        cn_identities: bool = False,
     ) -> None:
         self._broker = broker
+        self._cn_identities = cn_identities
         self._audit = audit or AuditTrail.disabled()
         self._logins = logins
         self._policy = policy
         self._max_deadline = max_deadline
-        # Identity by the exact certificate properties it is derived from (a caller reuses one
-        # certificate per channel); failures are never cached. Bounded: cleared when full.
-        self._identities: dict[tuple[tuple[bytes, ...], ...], CallerIdentity] = {}
+        # Identity by the exact certificate it is derived from (a caller reuses one certificate
+        # per channel); failures are not memoised here. Bounded: cleared when full.
+        self._identities: dict[tuple[bytes, ...], CallerIdentity] = {}
 
     # --- plumbing ---------------------------------------------------------------------------
 
     def _identity(self, auth: Any) -> CallerIdentity:
-        key = tuple(tuple(auth.get(name) or ()) for name in _IDENTITY_KEYS)
+        key = tuple(auth.get(PEM_KEY) or ())
         caller = self._identities.get(key)
         if caller is None:
-            caller = identity_from_auth_context(auth)
+            caller = identity_from_auth_context(auth, cn_identities=self._cn_identities)
             if len(self._identities) >= _IDENTITY_CACHE_SIZE:
                 self._identities.clear()
             self._identities[key] = caller

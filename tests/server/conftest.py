@@ -39,7 +39,7 @@ grants = ["*"]
 methods = ["GetAccessToken", "ListGrants", "StartAuthorization", "GetGrant"]
 labels = ["crm"]
 
-[identities."cn-only-client"]
+[identities."cn:cn-only-client"]
 methods = ["GetAccessToken"]
 grants = ["g-1"]
 """

@@ -122,14 +122,16 @@ async def test_e05_known_identity_other_grant_or_method_is_denied(harness: Harne
     assert harness.broker.revoked == []
 
 
-async def test_cn_identity_is_used_when_there_is_no_uri_san(harness: Harness) -> None:
+async def test_cn_only_certificate_is_denied_without_the_cn_opt_in(harness: Harness) -> None:
+    # The policy allows "cn:cn-only-client", but CN identities are off by default.
     s = harness.stub_for(cn="cn-only-client")
-    reply = await s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1"))
-    assert reply.token.grant_id == "g-1"
+    code = await _code(s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert harness.broker.calls == []
 
 
 async def test_uri_san_wins_over_cn(harness: Harness) -> None:
-    # CN is allowed in the policy, the URI SAN is not: the URI SAN is the identity.
+    # The CN would be allowed under the CN opt-in, the URI SAN is not: the URI SAN is the identity.
     client = harness.ca.issue(cn="cn-only-client", uris=("spiffe://corp.example/stranger",))
     s = stub(harness.channel(client))
     code = await _code(s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))

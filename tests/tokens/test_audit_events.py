@@ -46,6 +46,7 @@ from broker.tokens.audit_events import (
 )
 from broker.tokens.broker import TokenBroker
 from tests.server.fakes import FakeBroker, FakeLogins
+from tests.server.pki import Ca
 from tests.tokens.fakes import FakeGrantStore, FakeRefresher, token_set
 from tests.web.fakes import BASE_URL, FakeClient, client_config
 
@@ -263,13 +264,16 @@ class _Aborted(Exception):
     pass
 
 
+_CALLER_CA = Ca("caller-ca")
+
+
 class FakeContext:
     def __init__(self, uri: str) -> None:
-        self._uri = uri
+        self._pem = _CALLER_CA.issue(uris=(uri,)).cert_pem  # the caller is named by its cert
         self.code: Any = None
 
     def auth_context(self) -> dict[str, list[bytes]]:
-        return {"x509_subject_alternative_name": [self._uri.encode()]}
+        return {"x509_pem_cert": [self._pem]}
 
     def time_remaining(self) -> float | None:
         return None
