@@ -7,6 +7,10 @@ Hot path (every client assertion and request object): the encoded protected head
 (alg, kid, typ, extra header), so its base64url segment is memoised (a bounded, pure LRU memo: the
 same inputs always give the same bytes); the claims are encoded with one pre-built compact JSON
 encoder and base64url is done on bytes, without str round trips.
+
+Decoding (JWTs from the authorization server): the compact size is checked before splitting, each
+segment must be unpadded base64url (RFC 7515 section 2), and header and claims are parsed with the
+strict loader of :mod:`broker.strict_json` (no duplicate names, bounded depth, UTF-8 only).
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import base64
 import binascii
 import functools
 import json
+import re
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+from broker import strict_json
 from broker.keys.api import Signer
 
 # Immutable helpers (no state): the compact encoder json.dumps(separators=...) would build per call,
@@ -26,6 +32,7 @@ from broker.keys.api import Signer
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _HEADER_CACHE_SIZE = 64
+_B64URL_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _b64url_bytes(data: bytes) -> bytes:
@@ -38,6 +45,32 @@ def b64url(data: bytes) -> str:
 
 def b64url_decode(data: str) -> bytes:
     return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+
+
+def b64url_decode_strict(segment: str) -> bytes:
+    """Unpadded base64url (RFC 7515 section 2) only: padding, ``+``, ``/``, whitespace or any
+    other character, an empty segment and an impossible length raise :class:`ValueError`."""
+    if not _B64URL_SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+        raise ValueError("segment is not unpadded base64url")
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def check_compact_size(token: str, max_bytes: int = strict_json.JWT_MAX_BYTES) -> None:
+    """Refuse a compact JWS longer than ``max_bytes`` before anything splits or decodes it
+    (:class:`broker.strict_json.InvalidJson`, reason ``too_large``)."""
+    if len(token) > max_bytes:
+        raise strict_json.InvalidJson(
+            f"compact JWS of {len(token)} characters exceeds the {max_bytes}-byte limit",
+            reason="too_large",
+        )
+
+
+def decode_json_segment(
+    segment: str, limits: strict_json.JsonLimits = strict_json.JWT_LIMITS
+) -> dict[str, Any]:
+    """A JWS header or payload segment as a JSON object, parsed strictly; :class:`ValueError`
+    (:class:`broker.strict_json.InvalidJson` for the JSON part) otherwise."""
+    return strict_json.loads_object(b64url_decode_strict(segment), limits)
 
 
 def _segment_bytes(obj: Mapping[str, Any]) -> bytes:
@@ -117,13 +150,13 @@ async def sign_compact_async(
     return await asyncio.to_thread(sign_compact, signer, claims, typ=typ, extra_header=extra_header)
 
 
-def unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Decode header and claims WITHOUT verifying (for tests and diagnostics only)."""
+def unverified_parts(
+    token: str, *, max_bytes: int = strict_json.JWT_MAX_BYTES
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Decode header and claims WITHOUT verifying (for tests and diagnostics only), with the
+    same size check and strict parsing as verified tokens; :class:`ValueError` otherwise."""
+    check_compact_size(token, max_bytes)
     parts = token.split(".")
     if len(parts) != 3:
         raise ValueError("not a compact JWS")
-    header = json.loads(b64url_decode(parts[0]))
-    claims = json.loads(b64url_decode(parts[1]))
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise ValueError("JWS header and payload must be JSON objects")
-    return header, claims
+    return decode_json_segment(parts[0]), decode_json_segment(parts[1])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 from opentelemetry import propagate
 
+from broker import strict_json
 from broker.errors import AuthServerUnavailable, UnexpectedResponse
 
 JSON_ACCEPT = "application/json"
@@ -28,12 +28,14 @@ JSON_ACCEPT = "application/json"
 
 @dataclass(frozen=True)
 class HttpResponse:
-    """A fully read, size-bounded response."""
+    """A fully read, size-bounded response. ``max_bytes`` is the cap the body was read under;
+    :func:`parse_json_object` applies the same cap to the JSON text (one source of truth)."""
 
     status_code: int
     headers: httpx.Headers = field(compare=False)
     body: bytes = field(repr=False)
     host: str
+    max_bytes: int = field(default=strict_json.DOCUMENT_MAX_BYTES, compare=False)
 
     @property
     def content_type(self) -> str:
@@ -117,34 +119,32 @@ async def request(
         raise AuthServerUnavailable(f"{method} to {host} failed: {type(exc).__name__}") from exc
     except httpx.HTTPError as exc:  # e.g. decoding errors of a content-encoding
         raise UnexpectedResponse(f"{method} to {host} failed: {type(exc).__name__}") from exc
-    return HttpResponse(resp.status_code, resp.headers, b"".join(chunks), host)
+    return HttpResponse(resp.status_code, resp.headers, b"".join(chunks), host, max_bytes)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
+def parse_json_object(
+    resp: HttpResponse, *, max_depth: int = strict_json.MAX_DEPTH
+) -> dict[str, Any]:
+    """The body as a strict JSON object (:mod:`broker.strict_json`), else
+    :class:`UnexpectedResponse`.
 
-
-def parse_json_object(resp: HttpResponse) -> dict[str, Any]:
-    """The body as a JSON object (RFC 8259), else :class:`UnexpectedResponse` (A04).
-
-    HTML (captive portals), other media types, NaN/Infinity and non-object JSON are refused.
+    HTML (captive portals), other media types, non-object JSON and everything the strict loader
+    refuses (duplicate member names, excessive nesting, bad UTF-8, NaN/Infinity, a body over
+    ``resp.max_bytes``) are refused before any field is read.
     """
     ctype = resp.content_type
     if ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise UnexpectedResponse(
             f"response from {resp.host} is {ctype!r}, not JSON", status_code=resp.status_code
         )
+    limits = strict_json.JsonLimits(max_bytes=resp.max_bytes, max_depth=max_depth)
     try:
-        value = json.loads(resp.body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return strict_json.loads_object(resp.body, limits)
+    except strict_json.InvalidJson as exc:
         raise UnexpectedResponse(
-            f"response from {resp.host} is not valid JSON", status_code=resp.status_code
+            f"response from {resp.host} is not acceptable JSON ({exc.reason}): {exc}",
+            status_code=resp.status_code,
         ) from exc
-    if not isinstance(value, dict):
-        raise UnexpectedResponse(
-            f"response from {resp.host} is JSON but not an object", status_code=resp.status_code
-        )
-    return value
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:

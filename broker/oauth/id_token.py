@@ -2,16 +2,18 @@
 
 The algorithm is fixed by configuration (ES256; RFC 8725 section 3.1), never taken from the
 header; the signature must be exactly 64 bytes r||s with 0 < r, s < n (RFC 7518 section 3.4).
+The token's size is checked before it is split; header and claims come from the strict parse
+(:mod:`broker.strict_json`) of the very segments the signature covers. ``typ`` must be absent or
+``JWT`` (RFC 8725 sections 3.11-3.12: an access token, DPoP proof or request object is not an
+id_token).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import hashlib
 import hmac
-import json
 import logging
 from typing import Any
 
@@ -22,8 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwcrypto import jwk
 from opentelemetry import trace
 
+from broker import strict_json
 from broker.clock import Clock
 from broker.errors import TokenValidationError
+from broker.jose import b64url_decode_strict, decode_json_segment
 from broker.oauth.metadata import JwksCache
 
 log = logging.getLogger(__name__)
@@ -32,23 +36,12 @@ ALLOWED_ALGS = frozenset({"ES256"})
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 DEFAULT_MAX_IAT_AGE = 3600.0
 VC_JSON_ERROR_CLAIM = "broker_vc_json_error"
+# RFC 7515 section 4.1.9: media types compare case-insensitively, "application/" may be omitted.
+ID_TOKEN_TYPES = frozenset({"jwt", "application/jwt"})
 
 
 def _fail(reason: str, message: str) -> TokenValidationError:
     return TokenValidationError(message, reason=reason)
-
-
-def _b64decode(segment: str) -> bytes:
-    if not segment or "=" in segment:
-        raise ValueError("empty or padded segment")
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def _decode_segment(segment: str) -> dict[str, Any]:
-    value = json.loads(_b64decode(segment).decode("utf-8"))
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    return value
 
 
 def _is_number(value: object) -> bool:
@@ -106,7 +99,9 @@ def _parse_vc_json(claims: dict[str, Any]) -> None:
         claims[VC_JSON_ERROR_CLAIM] = "not_a_string"
     else:
         try:
-            parsed = json.loads(raw)
+            # The id_token's own limits; "surrogatepass" so that a lone surrogate reaches the
+            # loader (and is refused there) instead of raising here.
+            parsed = strict_json.loads(raw.encode("utf-8", "surrogatepass"), strict_json.JWT_LIMITS)
         except ValueError:
             claims[VC_JSON_ERROR_CLAIM] = "not_json"
             parsed = None
@@ -130,6 +125,7 @@ async def validate_id_token(
     expected_subject: str | None = None,
     access_token: str | None = None,
     max_iat_age: float = DEFAULT_MAX_IAT_AGE,
+    max_bytes: int = strict_json.JWT_MAX_BYTES,
 ) -> dict[str, Any]:
     """Validate an id_token from the token endpoint and return its claims.
 
@@ -137,8 +133,8 @@ async def validate_id_token(
     ``client_id`` and no other audience (3-4), ``azp`` = client_id when present (5), ``exp``
     and ``iat`` present and within ``skew`` (9-10), ``nonce`` equal when one was sent (11),
     ``sub`` present and, on refresh (12.2), equal to ``expected_subject``; ``at_hash`` checked
-    when present and ``access_token`` is given (3.1.3.8). Raises :class:`TokenValidationError`
-    with a stable ``reason``.
+    when present and ``access_token`` is given (3.1.3.8). A token over ``max_bytes`` is refused
+    before it is split or decoded. Raises :class:`TokenValidationError` with a stable ``reason``.
     """
     try:
         return await _validate(
@@ -152,6 +148,7 @@ async def validate_id_token(
             expected_subject=expected_subject,
             access_token=access_token,
             max_iat_age=max_iat_age,
+            max_bytes=max_bytes,
         )
     except TokenValidationError as exc:
         # Recorded on the caller's span (oauth.token_request's parent); never the token itself.
@@ -171,24 +168,31 @@ async def _validate(
     expected_subject: str | None,
     access_token: str | None,
     max_iat_age: float,
+    max_bytes: int,
 ) -> dict[str, Any]:
     if not isinstance(token, str):
         raise _fail("malformed", "id_token is not a string")
+    if len(token) > max_bytes:
+        raise _fail("too_large", f"id_token exceeds the {max_bytes}-byte limit")
     parts = token.split(".")
     if len(parts) != 3:
         raise _fail("malformed", "id_token is not a compact JWS")
+    limits = strict_json.JsonLimits(max_bytes=max_bytes)
     try:
-        header = _decode_segment(parts[0])
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise _fail("malformed", "id_token header is not base64url JSON") from exc
+        header = decode_json_segment(parts[0], limits)
+    except ValueError as exc:
+        raise _fail("malformed", f"id_token header is not strict base64url JSON ({exc})") from exc
     alg = header.get("alg")
     if alg not in ALLOWED_ALGS:
         raise _fail("alg_not_allowed", "id_token alg is not in the ES256 allow-list")
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.lower() not in ID_TOKEN_TYPES):
+        raise _fail("typ_not_allowed", "id_token typ is neither absent nor JWT")
     try:
-        claims = _decode_segment(parts[1])
-        signature = _b64decode(parts[2])
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise _fail("malformed", "id_token payload or signature is not base64url") from exc
+        claims = decode_json_segment(parts[1], limits)
+        signature = b64url_decode_strict(parts[2])
+    except ValueError as exc:
+        raise _fail("malformed", f"id_token payload or signature is malformed ({exc})") from exc
     if "crit" in header:
         raise _fail("malformed", "id_token has critical header parameters we do not understand")
     kid = header.get("kid")
