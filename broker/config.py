@@ -34,11 +34,11 @@ from broker.errors import ConfigError, DidError, InvalidKeyUri
 from broker.keys.didkey import decode_did_key
 from broker.keys.health import DEFAULT_BUSY_RETRIES, DEFAULT_OP_TIMEOUT, PROBE_BACKOFF
 from broker.keys.uri import check_pin_file, parse_key_uri
+from broker.oauth.origins import parse_allowed_origin
 
 CONFIG_ENV = "BROKER_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/broker/broker.toml")
 
-AssertionAudience = Literal["issuer", "token_endpoint"]
 StoreKind = Literal["sqlite", "postgres"]
 Exporter = Literal["otlp-grpc", "otlp-http", "console", "off"]
 LogFormat = Literal["json", "text"]
@@ -86,7 +86,6 @@ class OAuthSettings:
     scope: str = "openid learcredential"
     use_pkce: bool = True
     use_par: bool = False
-    assertion_audience: AssertionAudience = "issuer"
     dome_compat: bool = True
     clock_skew: float = 60.0
     http_timeout: float = 10.0
@@ -95,6 +94,9 @@ class OAuthSettings:
     allow_insecure_http: bool = False
     compensate_skew: bool = False
     """C09: sign client assertions on the AS's clock as measured from its ``Date`` headers."""
+    allowed_endpoint_origins: tuple[str, ...] = ()
+    """https origins besides the issuer's that the AS metadata may name for the token, PAR,
+    JWKS and revocation endpoints (normalized, e.g. ``https://token.example.org``)."""
 
 
 @dataclass(frozen=True)
@@ -454,9 +456,12 @@ def _oauth(section: _Section) -> OAuthSettings:
         raise ConfigError(
             f"{section.key('scope')} must be space-separated scope tokens including 'openid'"
         )
-    audience: AssertionAudience = section.choice(
-        "assertion_audience", ("issuer", "token_endpoint"), "issuer"
-    )
+    if section.has("assertion_audience"):
+        raise ConfigError(
+            f"{section.key('assertion_audience')} was removed: the client assertion's aud is "
+            "always the issuer (RFC 7523bis, FAPI 2.0); the token endpoint URL named by the AS "
+            "metadata let the metadata choose the audience. Delete the key."
+        )
     return OAuthSettings(
         issuer=issuer,
         redirect_uri=redirect,
@@ -464,7 +469,6 @@ def _oauth(section: _Section) -> OAuthSettings:
         scope=scope,
         use_pkce=section.boolean("use_pkce", True),
         use_par=section.boolean("use_par", False),
-        assertion_audience=audience,
         dome_compat=section.boolean("dome_compat", True),
         clock_skew=section.number("clock_skew", 60.0, low=0.0, high=MAX_CLOCK_SKEW),
         http_timeout=section.number("http_timeout", 10.0, low=0.1, high=300.0),
@@ -472,7 +476,28 @@ def _oauth(section: _Section) -> OAuthSettings:
         login_ttl=section.number("login_ttl", 600.0, low=30.0, high=3600.0),
         allow_insecure_http=insecure,
         compensate_skew=section.boolean("compensate_skew", False),
+        allowed_endpoint_origins=_origins(section, "allowed_endpoint_origins"),
     )
+
+
+def _origins(section: _Section, key: str) -> tuple[str, ...]:
+    """An array of https origins (scheme, host, optional port; no path), normalized."""
+    if not section.has(key):
+        return ()
+    value = section._raw(key, False)
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"{section.key(key)} must be an array of strings, not {_toml_type(value)}"
+        )
+    origins: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ConfigError(f"{section.key(key)} entries must be strings")
+        try:
+            origins.append(parse_allowed_origin(item))
+        except ValueError as exc:
+            raise ConfigError(f"{section.key(key)} entry {item!r} {exc}") from None
+    return tuple(dict.fromkeys(origins))
 
 
 def _web(section: _Section, oauth: OAuthSettings) -> WebSettings:

@@ -189,6 +189,15 @@ class DiscoveryError(OAuthClientError):
     retryable = True
 
 
+class EndpointOriginRefused(DiscoveryError):
+    """The AS metadata names an endpoint the broker sends credentials to (token, PAR, JWKS,
+    revocation) on another origin than the issuer's, and that origin is not listed in
+    ``[oauth].allowed_endpoint_origins``. A misconfiguration: retrying cannot help."""
+
+    reason = "endpoint_origin_refused"
+    retryable = False
+
+
 class AuthServerUnavailable(OAuthClientError):
     """Transport failure, timeout, 5xx or 429: retryable."""
 
@@ -236,11 +245,12 @@ class ClientAuthenticationFailed(OAuthErrorResponse):
     retryable = False
 
 
-class ClockSkewSuspected(OAuthErrorResponse):
+class ClockSkewSuspected(ClientAuthenticationFailed):
     """``invalid_client`` from the token endpoint while our clock is measured far off the AS's
-    (``Date`` headers, TEST-CATALOGUE C09): most likely the client assertion's ``iat``/``exp``
-    are outside the AS's window. Not retryable: retrying cannot help until the clock is fixed.
-    ``offset`` is the smoothed AS-minus-us offset in seconds."""
+    (``Date`` headers): most likely the client assertion's ``iat``/``exp`` are outside the AS's
+    window. A client-authentication failure with a known likely cause. Not retryable: retrying
+    cannot help until the clock is fixed. ``offset`` is the smoothed AS-minus-us offset in
+    seconds."""
 
     reason = "clock_skew_suspected"
     retryable = False

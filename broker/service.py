@@ -204,11 +204,11 @@ def client_config(settings: Settings, did: str) -> ClientConfig:
         scope=o.scope,
         use_pkce=o.use_pkce,
         use_par=o.use_par,
-        assertion_audience=o.assertion_audience,
         dome_compat=o.dome_compat,
         clock_skew=o.clock_skew,
         http_timeout=o.http_timeout,
         allow_http_issuer=o.allow_insecure_http,
+        allowed_endpoint_origins=frozenset(o.allowed_endpoint_origins),
     )
 
 

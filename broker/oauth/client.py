@@ -8,8 +8,10 @@ With ``config.dome_compat`` a refresh waits while any code exchange of this clie
 
 Clock skew (TEST-CATALOGUE C09): with a :class:`broker.oauth.skew.SkewMonitor` every AS response
 feeds its ``Date`` header to the monitor (an httpx response hook on ``http``); client assertions
-use the AS's time when the monitor compensates; an ``invalid_client`` while the skew is large
-becomes :class:`broker.errors.ClockSkewSuspected` (not retryable: no retry storm).
+use the AS's time when the monitor compensates; the monitor goes with every request to the one
+classifier of AS errors (:mod:`broker.oauth.as_errors`), which makes an ``invalid_client``
+while the skew is large a :class:`broker.errors.ClockSkewSuspected` (not retryable: no retry
+storm).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -26,12 +28,7 @@ from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from broker.clock import Clock
-from broker.errors import (
-    AuthServerUnavailable,
-    ClockSkewSuspected,
-    OAuthErrorResponse,
-    TokenValidationError,
-)
+from broker.errors import AuthServerUnavailable, TokenValidationError
 from broker.keys.api import Signer
 from broker.oauth import par, token_endpoint
 from broker.oauth.config import ClientConfig
@@ -130,23 +127,6 @@ class OAuthClient:
                 "a code exchange of this client is still pending (DOME compatibility mode)"
             ) from None
 
-    @contextmanager
-    def _skew_check(self) -> Iterator[None]:
-        """``invalid_client`` while our clock is far off the AS's -> ClockSkewSuspected."""
-        try:
-            yield
-        except OAuthErrorResponse as exc:
-            skew = self.skew
-            if exc.error == "invalid_client" and skew is not None and skew.suspected():
-                offset = skew.offset or 0.0
-                span = trace.get_current_span()
-                span.set_attribute("oauth.error", "invalid_client")
-                span.set_attribute("error.type", ClockSkewSuspected.reason)
-                raise ClockSkewSuspected(
-                    status_code=exc.status_code, description=exc.description, offset=offset
-                ) from exc
-            raise
-
     def _token_set(self, raw: RawTokenResponse, claims: dict[str, Any] | None) -> TokenSet:
         return TokenSet(
             access_token=raw.access_token,
@@ -182,18 +162,18 @@ class OAuthClient:
         3.1.3.7) with the login's ``nonce``. One attempt; holds the exchange gate."""
         async with self.exchange_gate():
             md = await self.metadata()
-            with self._skew_check():
-                raw = await token_endpoint.exchange_code(
-                    self._http,
-                    self._signer,
-                    self.config,
-                    md,
-                    self._clock,
-                    code=code,
-                    code_verifier=code_verifier,
-                    tracer=self._tracer,
-                    assertion_clock=self._assertion_clock,
-                )
+            raw = await token_endpoint.exchange_code(
+                self._http,
+                self._signer,
+                self.config,
+                md,
+                self._clock,
+                code=code,
+                code_verifier=code_verifier,
+                tracer=self._tracer,
+                assertion_clock=self._assertion_clock,
+                skew=self.skew,
+            )
             if raw.id_token is None:
                 if "openid" in self.config.scope.split():
                     raise TokenValidationError(
@@ -209,19 +189,19 @@ class OAuthClient:
         is kept. Waits for pending code exchanges in DOME compatibility mode."""
         await self._wait_for_exchanges()
         md = await self.metadata()
-        with self._skew_check():
-            raw = await token_endpoint.refresh(
-                self._http,
-                self._signer,
-                self.config,
-                md,
-                self._clock,
-                refresh_token=refresh_token,
-                sleep=self._sleep,
-                jitter=self._jitter,
-                tracer=self._tracer,
-                assertion_clock=self._assertion_clock,
-            )
+        raw = await token_endpoint.refresh(
+            self._http,
+            self._signer,
+            self.config,
+            md,
+            self._clock,
+            refresh_token=refresh_token,
+            sleep=self._sleep,
+            jitter=self._jitter,
+            tracer=self._tracer,
+            assertion_clock=self._assertion_clock,
+            skew=self.skew,
+        )
         claims = None
         if raw.id_token is not None:
             claims = await self._validate(raw, nonce=None, subject=subject)
@@ -233,14 +213,14 @@ class OAuthClient:
     async def push_authorization_request(self, request_object: str) -> tuple[str, int]:
         """RFC 9126 PAR: returns ``(request_uri, expires_in)``."""
         md = await self.metadata()
-        with self._skew_check():
-            # The clock is used for the client assertion (and Retry-After dates): AS time.
-            return await par.push_authorization_request(
-                self._http,
-                self._signer,
-                self.config,
-                md,
-                self._assertion_clock,
-                request_object=request_object,
-                tracer=self._tracer,
-            )
+        # The clock is used for the client assertion (and Retry-After dates): AS time.
+        return await par.push_authorization_request(
+            self._http,
+            self._signer,
+            self.config,
+            md,
+            self._assertion_clock,
+            request_object=request_object,
+            tracer=self._tracer,
+            skew=self.skew,
+        )

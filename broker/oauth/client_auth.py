@@ -20,10 +20,10 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 60
 
 
-def assertion_audience(config: ClientConfig, metadata: ServerMetadata) -> str:
-    """The issuer as a single string (rfc7523bis, DOME default) or the token endpoint URL."""
-    if config.assertion_audience == "token_endpoint":
-        return metadata.token_endpoint
+def assertion_audience(metadata: ServerMetadata) -> str:
+    """The issuer identifier as a single JSON string, always (RFC 7523bis; FAPI 2.0 Security
+    Profile). Never the token endpoint URL: the metadata names that, and could name another
+    host's endpoint to obtain an assertion valid there."""
     return metadata.issuer
 
 
@@ -35,7 +35,7 @@ def assertion_claims(
     return {
         "iss": config.client_id,
         "sub": config.client_id,
-        "aud": assertion_audience(config, metadata),
+        "aud": assertion_audience(metadata),
         "iat": iat,
         "exp": iat + ASSERTION_LIFETIME,
         "jti": jti,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import urlsplit
 
 from broker.errors import ConfigError
+from broker.oauth.origins import parse_allowed_origin
 
 MAX_REQUEST_OBJECT_LIFETIME = 600.0  # RFC 9101 guidance / DOME profile: exp <= 10 min
 
@@ -18,6 +18,11 @@ class ClientConfig:
     ``dome_compat`` turns on the DOME Verifier compatibility mode (DOME-PROFILE.md, bug 1):
     refreshes of this client wait while a code exchange is pending.
     ``allow_http_issuer`` permits ``http://`` issuer and endpoints: for tests only.
+    ``allowed_endpoint_origins``: https origins, besides the issuer's, that the AS metadata may
+    name for the token, PAR, JWKS and revocation endpoints (:mod:`broker.oauth.origins`).
+
+    The client assertion's ``aud`` is always the issuer (RFC 7523bis, FAPI 2.0): there is no
+    option to put the token endpoint URL there, which would let the metadata choose it.
     """
 
     issuer: str
@@ -26,7 +31,6 @@ class ClientConfig:
     scope: str = "openid learcredential"
     use_pkce: bool = True
     use_par: bool = False
-    assertion_audience: Literal["issuer", "token_endpoint"] = "issuer"
     dome_compat: bool = True
     clock_skew: float = 60.0
     request_object_lifetime: float = 300.0
@@ -37,6 +41,7 @@ class ClientConfig:
     refresh_backoff_max: float = 60.0
     default_expires_in: int = 300
     allow_http_issuer: bool = False
+    allowed_endpoint_origins: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for name in ("issuer", "client_id", "redirect_uri", "scope"):
@@ -49,8 +54,16 @@ class ClientConfig:
             raise ConfigError("issuer must be an absolute https URL")
         if parts.query or parts.fragment:
             raise ConfigError("issuer must not have a query or fragment (OIDC Discovery 3)")
-        if self.assertion_audience not in ("issuer", "token_endpoint"):
-            raise ConfigError("assertion_audience must be 'issuer' or 'token_endpoint'")
+        for origin in self.allowed_endpoint_origins:
+            try:
+                normalized = parse_allowed_origin(origin)
+            except ValueError as exc:
+                raise ConfigError(f"allowed_endpoint_origins entry {exc}") from None
+            if normalized != origin:
+                raise ConfigError(
+                    "allowed_endpoint_origins entries must be normalized origins "
+                    f"(e.g. {normalized!r})"
+                )
         if not 0 <= self.clock_skew <= 300:
             raise ConfigError("clock_skew must be within [0, 300] seconds")
         if not 0 < self.request_object_lifetime <= MAX_REQUEST_OBJECT_LIFETIME:

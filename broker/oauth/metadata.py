@@ -2,8 +2,10 @@
 
 The issuer in the document must equal the configured issuer exactly, as strings (OIDC
 Discovery section 4.3, RFC 8414 section 3.3; catalogue A01); every endpoint must be https
-(RFC 9700 section 2.6; A11). Metadata is cached with a TTL; the JWKS is re-fetched once for an
-unknown ``kid`` but at most once per ``min_refetch_interval`` (A09).
+(RFC 9700 section 2.6; A11), and the token, PAR, JWKS and revocation endpoints on the issuer's
+origin or one listed in the configuration (:mod:`broker.oauth.origins`). Metadata is cached
+with a TTL; the JWKS is re-fetched once for an unknown ``kid`` but at most once per
+``min_refetch_interval`` (A09).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from broker.clock import Clock
-from broker.errors import DiscoveryError, TokenValidationError
+from broker.errors import DiscoveryError, EndpointOriginRefused, TokenValidationError
 from broker.oauth import http as bounded
 from broker.oauth.config import ClientConfig
+from broker.oauth.origins import OriginVerdict, endpoint_origins
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ def parse_metadata(doc: Mapping[str, Any], config: ClientConfig) -> ServerMetada
             "authorization_response_iss_parameter_supported is not a boolean",
             reason="invalid_field",
         )
-    return ServerMetadata(
+    metadata = ServerMetadata(
         issuer=issuer,
         authorization_endpoint=_check_endpoint(
             "authorization_endpoint", doc.get("authorization_endpoint"), allow_http=allow
@@ -92,6 +95,15 @@ def parse_metadata(doc: Mapping[str, Any], config: ClientConfig) -> ServerMetada
         authorization_response_iss_parameter_supported=iss_param,
         raw=dict(doc),
     )
+    for found in endpoint_origins(
+        doc, issuer=config.issuer, allowed=config.allowed_endpoint_origins
+    ):
+        if found.verdict is OriginVerdict.REFUSED:
+            raise EndpointOriginRefused(
+                f"metadata {found.name} is on {found.origin}, not the issuer's origin nor listed "
+                "in [oauth].allowed_endpoint_origins"
+            )
+    return metadata
 
 
 class MetadataCache:

@@ -7,13 +7,14 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from broker.clock import Clock
-from broker.errors import AuthServerUnavailable, DiscoveryError, InvalidArgument, UnexpectedResponse
+from broker.errors import DiscoveryError, InvalidArgument, OAuthErrorResponse, UnexpectedResponse
 from broker.keys.api import Signer
 from broker.oauth import http as bounded
+from broker.oauth.as_errors import Endpoint, error_from_response
 from broker.oauth.client_auth import client_assertion, client_auth_form
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import ServerMetadata
-from broker.oauth.token_endpoint import error_for
+from broker.oauth.skew import SkewMonitor
 
 MAX_PAR_EXPIRES_IN = 3600
 
@@ -27,6 +28,7 @@ async def push_authorization_request(
     *,
     request_object: str,
     tracer: Tracer | None = None,
+    skew: SkewMonitor | None = None,
 ) -> tuple[str, int]:
     """POST ``request=<signed request object>`` with client authentication (RFC 9126 section
     2.1; JAR with PAR, section 3) and return ``(request_uri, expires_in)`` (section 2.2).
@@ -54,8 +56,14 @@ async def push_authorization_request(
         )
         span.set_attribute("http.response.status_code", resp.status_code)
         if resp.status_code not in (200, 201):
-            err = error_for(resp, now=clock.now(), dead_grant_statuses=frozenset())
-            if not isinstance(err, AuthServerUnavailable | UnexpectedResponse):
+            err = error_from_response(
+                resp,
+                endpoint=Endpoint.PAR,
+                now=clock.now(),
+                client_id=config.client_id,
+                skew=skew,
+            )
+            if isinstance(err, OAuthErrorResponse):
                 span.set_attribute("oauth.error", err.error)
             span.set_status(trace.StatusCode.ERROR, err.reason)
             raise err

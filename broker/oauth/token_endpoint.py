@@ -10,6 +10,7 @@ retryable failures (transport, timeout, 5xx, 429) with exponential backoff, jitt
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,23 +24,24 @@ from broker.clock import Clock
 from broker.errors import (
     AuthServerUnavailable,
     InvalidArgument,
-    InvalidGrant,
     OAuthErrorResponse,
     UnexpectedResponse,
 )
 from broker.keys.api import Signer
 from broker.oauth import http as bounded
+from broker.oauth.as_errors import Endpoint, error_from_response
 from broker.oauth.client_auth import client_assertion, client_auth_form
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import ServerMetadata
+from broker.oauth.skew import SkewMonitor
 
 BEARER = "Bearer"
 MAX_EXPIRES_IN = 365 * 24 * 3600
 SUPPORTED_TOKEN_TYPES = frozenset({"bearer"})
-# Statuses at which DOME answers a dead code or refresh token with an empty, non-OAuth body.
-_DEAD_GRANT_STATUSES = frozenset({400, 401, 403})
 
 Sleep = Callable[[float], Awaitable[None]]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,43 +117,6 @@ def parse_token_response(
     )
 
 
-def error_for(
-    resp: bounded.HttpResponse,
-    *,
-    now: float,
-    dead_grant_statuses: frozenset[int] = _DEAD_GRANT_STATUSES,
-) -> OAuthErrorResponse | AuthServerUnavailable | UnexpectedResponse:
-    """Map a non-200 token-endpoint response to a typed error (RFC 6749 section 5.2; DOME
-    answers a dead code or refresh token with an empty 403 or 500)."""
-    status = resp.status_code
-    if status == 429 or status >= 500:
-        return AuthServerUnavailable(
-            f"token endpoint answered HTTP {status}",
-            status_code=status,
-            retry_after=bounded.parse_retry_after(resp.headers.get("retry-after"), now=now),
-        )
-    error: str | None = None
-    description: str | None = None
-    if resp.body.strip():
-        try:
-            doc = bounded.parse_json_object(resp)
-        except UnexpectedResponse:
-            doc = {}
-        raw_error = doc.get("error")
-        if isinstance(raw_error, str) and raw_error:
-            error = raw_error
-            raw_desc = doc.get("error_description")
-            description = raw_desc if isinstance(raw_desc, str) else None
-    if error == "invalid_grant":
-        return InvalidGrant(status_code=status, description=description)
-    if error is not None:
-        return OAuthErrorResponse(error, status_code=status, description=description)
-    if status in dead_grant_statuses:
-        # DOME: expired/unknown code or refresh token -> non-OAuth 400/401/403.
-        return InvalidGrant(status_code=status, description="non-OAuth error response")
-    return UnexpectedResponse(f"token endpoint answered HTTP {status}", status_code=status)
-
-
 async def _token_request(
     http: httpx.AsyncClient,
     *,
@@ -164,6 +129,7 @@ async def _token_request(
     attempt: int,
     tracer: Tracer,
     assertion_clock: Clock | None = None,
+    skew: SkewMonitor | None = None,
 ) -> RawTokenResponse:
     grant_type = form["grant_type"]
     with tracer.start_as_current_span("oauth.token_request") as span:
@@ -185,11 +151,22 @@ async def _token_request(
             )
             span.set_attribute("http.response.status_code", resp.status_code)
             if resp.status_code != 200:
-                raise error_for(resp, now=clock.now())
+                raise error_from_response(
+                    resp,
+                    endpoint=Endpoint.TOKEN,
+                    now=clock.now(),
+                    client_id=config.client_id,
+                    skew=skew,
+                )
             doc = bounded.parse_json_object(resp)
             if "error" in doc and "access_token" not in doc:
-                raise error_for(
-                    bounded.HttpResponse(400, resp.headers, resp.body, resp.host), now=clock.now()
+                raise error_from_response(
+                    resp,
+                    endpoint=Endpoint.TOKEN,
+                    now=clock.now(),
+                    client_id=config.client_id,
+                    skew=skew,
+                    status=400,
                 )
             return parse_token_response(
                 doc, config=config, requested_scope=requested_scope, received_at=clock.now()
@@ -216,6 +193,7 @@ async def exchange_code(
     code_verifier: str | None,
     tracer: Tracer | None = None,
     assertion_clock: Clock | None = None,
+    skew: SkewMonitor | None = None,
 ) -> RawTokenResponse:
     """Authorization code grant (RFC 6749 section 4.1.3; PKCE RFC 7636 section 4.5).
 
@@ -238,6 +216,7 @@ async def exchange_code(
         attempt=1,
         tracer=tracer or trace.get_tracer("broker.oauth"),
         assertion_clock=assertion_clock,
+        skew=skew,
     )
 
 
@@ -261,6 +240,7 @@ async def refresh(
     jitter: Callable[[], float] = random.random,
     tracer: Tracer | None = None,
     assertion_clock: Clock | None = None,
+    skew: SkewMonitor | None = None,
 ) -> RawTokenResponse:
     """Refresh token grant (RFC 6749 section 6), with bounded retries.
 
@@ -289,6 +269,7 @@ async def refresh(
                 attempt=attempt,
                 tracer=the_tracer,
                 assertion_clock=assertion_clock,
+                skew=skew,
             )
         except AuthServerUnavailable as exc:
             if attempt >= config.refresh_max_attempts:
@@ -299,5 +280,13 @@ async def refresh(
                 delay = exc.retry_after
             else:
                 delay = backoff_delay(config, attempt, jitter())
+            _log.warning(
+                "refresh attempt %d of %d failed (%s, HTTP %s): retrying in %.1f s",
+                attempt,
+                config.refresh_max_attempts,
+                exc.reason,
+                exc.status_code if exc.status_code is not None else "-",
+                delay,
+            )
             await sleep(delay)
             attempt += 1

@@ -32,6 +32,10 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
         return code, exc.message
     if code is grpc.StatusCode.FAILED_PRECONDITION:
+        if isinstance(exc, e.ClientAuthenticationFailed):
+            return code, f"broker cannot authenticate to the authorization server: {exc.reason}"
+        if isinstance(exc, e.EndpointOriginRefused):
+            return code, f"broker refuses the authorization server's metadata: {exc.reason}"
         return code, f"grant or login not usable: {exc.reason}"
     if code is grpc.StatusCode.ALREADY_EXISTS:
         return code, f"already exists: {exc.reason}"
@@ -61,9 +65,12 @@ def _code(exc: BaseException) -> grpc.StatusCode:
         | e.AuthorizationDenied
         | e.ConfirmationMismatch
         | e.ClientAuthenticationFailed
+        | e.EndpointOriginRefused
         | e.DeploymentMismatch,
     ):
-        # The grant or login cannot be used as it is: a user has to act (log in again).
+        # The grant or login cannot be used as it is: a user has to act (log in again), or an
+        # operator (the AS refuses our client authentication, or a clock skewed far enough for
+        # that, or AS metadata naming endpoints on a foreign origin). Retrying cannot help.
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, e.LoginCapacityExceeded):
         return grpc.StatusCode.RESOURCE_EXHAUSTED

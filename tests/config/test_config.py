@@ -108,7 +108,7 @@ def test_valid_document_loads_with_defaults(
     s = load(base)
     assert s.oauth.issuer == "https://verifier.dome-marketplace.eu"
     assert s.oauth.client_id == DID
-    assert s.oauth.assertion_audience == "issuer"
+    assert s.oauth.allowed_endpoint_origins == ()
     assert s.oauth.dome_compat is True and s.oauth.use_pkce is True and s.oauth.use_par is False
     assert s.oauth.clock_skew == 60.0 and s.oauth.login_ttl == 600.0
     assert s.key.pin_file == tmp_path / "user_pin"
@@ -176,7 +176,14 @@ def test_client_id_is_optional(base: dict[str, dict[str, Any]], load: Loader) ->
         ("oauth", "client_id", "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK", "P-256"),
         ("oauth", "scope", "learcredential", "[oauth].scope must be space-separated"),
         ("oauth", "scope", "openid  learcredential", "[oauth].scope must be space-separated"),
-        ("oauth", "assertion_audience", "aud", "[oauth].assertion_audience must be one of"),
+        ("oauth", "allowed_endpoint_origins", "https://a.example", "must be an array"),
+        ("oauth", "allowed_endpoint_origins", [1], "entries must be strings"),
+        ("oauth", "allowed_endpoint_origins", ["http://a.example"], "must be an https origin"),
+        ("oauth", "allowed_endpoint_origins", ["https://a.example/token"], "origin only"),
+        ("oauth", "allowed_endpoint_origins", ["https://a.example?x"], "origin only"),
+        ("oauth", "allowed_endpoint_origins", ["https://u@a.example"], "user information"),
+        ("oauth", "allowed_endpoint_origins", ["https://a.example:99999"], "invalid port"),
+        ("oauth", "allowed_endpoint_origins", ["https://"], "must name a host"),
         ("oauth", "ca_file", "missing.pem", "[oauth].ca_file: file"),
         ("web", "port", 70000, "[web].port must be within [0, 65535]"),
         ("web", "port", 8443.0, "[web].port must be an integer, not a float"),
@@ -470,3 +477,32 @@ def test_example_file_is_valid_and_documents_every_setting() -> None:
     assert "# dsn = " in text
     assert "verifier.dome-marketplace.eu" in text  # production value
     assert "sbx" in text  # sandbox value
+
+
+@pytest.mark.parametrize("value", ["issuer", "token_endpoint"])
+def test_removed_assertion_audience_is_refused_saying_why(
+    base: dict[str, dict[str, Any]], load: Loader, value: str
+) -> None:
+    """The option let AS metadata choose the assertion's aud: an old file still setting it, even
+    to the old default, must not load (nor be ignored silently)."""
+    with pytest.raises(ConfigError) as info:
+        load(changed(base, "oauth", "assertion_audience", value))
+    message = info.value.message
+    assert message.startswith("[oauth].assertion_audience was removed")
+    assert "always the issuer" in message
+
+
+def test_allowed_endpoint_origins_are_normalized(
+    base: dict[str, dict[str, Any]], load: Loader
+) -> None:
+    origins = [
+        "https://Token.Example.org:443/",
+        "https://jwks.example.org:8443",
+        "https://a.example",
+    ]
+    s = load(changed(base, "oauth", "allowed_endpoint_origins", origins))
+    assert s.oauth.allowed_endpoint_origins == (
+        "https://token.example.org",
+        "https://jwks.example.org:8443",
+        "https://a.example",
+    )

@@ -11,9 +11,11 @@ from broker.errors import (
     AuthServerUnavailable,
     ConfigError,
     DiscoveryError,
+    EndpointOriginRefused,
     TokenValidationError,
     UnexpectedResponse,
 )
+from broker.keys.soft import SoftSigner
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import JwksCache, MetadataCache, discovery_url
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, AsKey, FakeAS, metadata_doc
@@ -220,3 +222,93 @@ async def test_discovery_transport_failure_is_retryable(
         with pytest.raises(AuthServerUnavailable) as info:
             await MetadataCache(http, config, clock).get()
     assert info.value.retryable
+
+
+# --- endpoints on another origin than the issuer's ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "url"),
+    [
+        ("token_endpoint", "https://token.example.net/oidc/token"),  # other host
+        ("token_endpoint", "https://verifier.example.org:8443/oidc/token"),  # other port
+        ("jwks_uri", "https://keys.example.net/jwks"),
+        ("pushed_authorization_request_endpoint", "https://par.example.net/par"),
+        ("revocation_endpoint", "https://revoke.example.net/revoke"),
+    ],
+)
+async def test_endpoint_on_a_foreign_origin_is_refused_and_not_retryable(
+    fake_as: FakeAS,
+    http: httpx.AsyncClient,
+    config: ClientConfig,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    field: str,
+    url: str,
+) -> None:
+    fake_as.metadata = {**metadata_doc(), field: url}
+    cache = MetadataCache(http, config, clock)
+    with pytest.raises(EndpointOriginRefused) as info:
+        await cache.get()
+    assert isinstance(info.value, DiscoveryError)
+    assert info.value.reason == "endpoint_origin_refused" and not info.value.retryable
+    assert field in info.value.message
+    assert [r.levelname for r in caplog.records if "endpoint_origin_refused" in r.getMessage()] == [
+        "ERROR"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "url", "allowed"),
+    [
+        ("token_endpoint", "https://token.example.net/oidc/token", "https://token.example.net"),
+        ("jwks_uri", "https://KEYS.example.net:443/jwks", "https://keys.example.net"),
+        (
+            "pushed_authorization_request_endpoint",
+            "https://par.example.net:8443/p",
+            "https://par.example.net:8443",
+        ),
+    ],
+)
+async def test_endpoint_on_a_listed_origin_is_accepted(
+    fake_as: FakeAS,
+    http: httpx.AsyncClient,
+    signer: SoftSigner,
+    clock: FakeClock,
+    field: str,
+    url: str,
+    allowed: str,
+) -> None:
+    config = ClientConfig(
+        issuer=ISSUER,
+        client_id=signer.kid,
+        redirect_uri=REDIRECT_URI,
+        allowed_endpoint_origins=frozenset({allowed}),
+    )
+    fake_as.metadata = {**metadata_doc(), field: url}
+    md = await MetadataCache(http, config, clock).get()
+    assert md.raw[field] == url
+
+
+async def test_authorization_endpoint_is_not_origin_checked(
+    fake_as: FakeAS, http: httpx.AsyncClient, config: ClientConfig, clock: FakeClock
+) -> None:
+    """Only the user agent goes there; the authorization response's iss is checked instead."""
+    url = "https://login.example.net/authorize"
+    fake_as.metadata = {**metadata_doc(), "authorization_endpoint": url}
+    md = await MetadataCache(http, config, clock).get()
+    assert md.authorization_endpoint == url
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://a.example", "https://a.example/path", "https://a.example#x", "https://", "a.example"],
+)
+def test_allowed_origins_are_validated(signer: SoftSigner, origin: str) -> None:
+    with pytest.raises(ConfigError):
+        ClientConfig(
+            issuer=ISSUER,
+            client_id=signer.kid,
+            redirect_uri=REDIRECT_URI,
+            allowed_endpoint_origins=frozenset({origin}),
+        )

@@ -18,7 +18,12 @@ import httpx
 import pytest
 
 from broker.clock import FakeClock
-from broker.errors import ClockSkewSuspected, ConfigError, OAuthErrorResponse
+from broker.errors import (
+    ClientAuthenticationFailed,
+    ClockSkewSuspected,
+    ConfigError,
+    OAuthErrorResponse,
+)
 from broker.keys.soft import SoftSigner
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
@@ -144,9 +149,12 @@ async def test_c09_90_s_invalid_client_is_clock_skew_suspected_and_not_retried( 
     )
     assert not error.retryable
     assert error.offset == offset
-    assert isinstance(error.__cause__, OAuthErrorResponse)
+    assert isinstance(error, ClientAuthenticationFailed)  # classified once, as such
     assert fake_as.count("/oidc/token") == 1
     assert len(messages(caplog, logging.ERROR)) == 1
+    (refused,) = [r for r in caplog.records if r.name == "broker.oauth.as_errors"]
+    assert refused.levelno == logging.ERROR
+    assert "likely clock skew" in refused.getMessage()
 
 
 @pytest.mark.parametrize("offset", [90, -90])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -18,6 +19,7 @@ from jwcrypto import jwk, jws
 from broker.clock import FakeClock
 from broker.errors import (
     AuthServerUnavailable,
+    ClientAuthenticationFailed,
     InvalidArgument,
     InvalidGrant,
     OAuthErrorResponse,
@@ -29,8 +31,8 @@ from broker.keys.soft import SoftSigner
 from broker.oauth import token_endpoint
 from broker.oauth.client_auth import JWT_BEARER
 from broker.oauth.config import ClientConfig
-from broker.oauth.metadata import ServerMetadata
-from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS, form_of
+from broker.oauth.metadata import ServerMetadata, parse_metadata
+from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS, form_of, metadata_doc
 
 VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
 
@@ -176,23 +178,39 @@ async def test_refresh_form_has_no_redirect_uri_nor_state(
     assert form["grant_type"] == "refresh_token" and form["refresh_token"] == "rt-1"
 
 
-async def test_assertion_audience_can_be_the_token_endpoint(
+async def test_assertion_aud_is_the_issuer_string_even_with_a_foreign_token_endpoint(
     fake_as: FakeAS,
     http: httpx.AsyncClient,
     signer: SoftSigner,
-    metadata: ServerMetadata,
     clock: FakeClock,
 ) -> None:
+    """The metadata names another host's token endpoint (allowed by the operator): the
+    assertion still names the issuer, as one JSON string, never the endpoint URL."""
     config = ClientConfig(
         issuer=ISSUER,
         client_id=signer.kid,
         redirect_uri=REDIRECT_URI,
-        assertion_audience="token_endpoint",
+        allowed_endpoint_origins=frozenset({"https://token.example.net"}),
     )
+    doc = metadata_doc()
+    doc["token_endpoint"] = "https://token.example.net/oidc/token"
+    metadata = parse_metadata(doc, config)
     fake_as.token = ok()
     await _exchange(http, signer, config, metadata, clock)
-    (form,) = fake_as.token_forms()
-    assert unverified_parts(form["client_assertion"])[1]["aud"] == metadata.token_endpoint
+    (request,) = [r for r in fake_as.requests if r.url.path == "/oidc/token"]
+    assert request.url.host == "token.example.net"
+    aud = unverified_parts(form_of(request)["client_assertion"])[1]["aud"]
+    assert aud == ISSUER and isinstance(aud, str)
+
+
+def test_the_token_endpoint_audience_option_is_gone(signer: SoftSigner) -> None:
+    with pytest.raises(TypeError):
+        ClientConfig(  # type: ignore[call-arg]
+            issuer=ISSUER,
+            client_id=signer.kid,
+            redirect_uri=REDIRECT_URI,
+            assertion_audience="token_endpoint",
+        )
 
 
 # --- A03: lenient where the RFC allows ---------------------------------------------------------
@@ -467,7 +485,7 @@ async def test_a05_refresh_invalid_grant_is_final_and_not_retried(
     assert len(fake_as.token_forms()) == 1 and sleeps.calls == []
 
 
-@pytest.mark.parametrize("status", [400, 401, 403])
+@pytest.mark.parametrize("status", [400, 403])
 async def test_dome_empty_4xx_on_refresh_means_the_grant_is_dead(
     fake_as: FakeAS,
     http: httpx.AsyncClient,
@@ -507,13 +525,46 @@ async def test_oauth_error_other_than_invalid_grant_is_typed_and_not_retried(
     metadata: ServerMetadata,
     clock: FakeClock,
 ) -> None:
-    fake_as.token = lambda _r: httpx.Response(401, json={"error": "invalid_client"})
+    fake_as.token = lambda _r: httpx.Response(400, json={"error": "invalid_scope"})
     sleeps = Sleeps()
     with pytest.raises(OAuthErrorResponse) as info:
         await _refresh(http, signer, config, metadata, clock, sleeps)
-    assert type(info.value) is OAuthErrorResponse
-    assert info.value.error == "invalid_client" and info.value.status_code == 401
+    assert type(info.value) is OAuthErrorResponse and not info.value.retryable
+    assert info.value.error == "invalid_scope" and info.value.status_code == 400
     assert sleeps.calls == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(401, json={"error": "invalid_client", "error_description": "kid"}),
+        httpx.Response(400, json={"error": "invalid_client"}),
+        httpx.Response(401),  # bare: not DOME's dead grant, never bury grants for it
+        httpx.Response(401, text="<html>Unauthorized</html>"),
+    ],
+    ids=["401_invalid_client", "400_invalid_client", "bare_401", "html_401"],
+)
+async def test_client_authentication_failure_is_typed_logged_and_not_retried(
+    fake_as: FakeAS,
+    http: httpx.AsyncClient,
+    signer: SoftSigner,
+    config: ClientConfig,
+    metadata: ServerMetadata,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    answer: httpx.Response,
+) -> None:
+    fake_as.token = lambda _r: answer
+    sleeps = Sleeps()
+    with caplog.at_level(logging.ERROR), pytest.raises(ClientAuthenticationFailed) as info:
+        await _refresh(http, signer, config, metadata, clock, sleeps)
+    assert info.value.reason == "client_authentication_failed" and not info.value.retryable
+    assert info.value.status_code == answer.status_code
+    assert len(fake_as.token_forms()) == 1 and sleeps.calls == []
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    text = record.getMessage()
+    assert "Trusted Services List" in text and "jwkSetUrl" in text and config.client_id in text
+    assert "client_assertion" not in text and "rt-1" not in text
 
 
 async def test_unexpected_status_without_oauth_body_is_unexpected_response(

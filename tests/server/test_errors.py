@@ -32,10 +32,11 @@ EXPECTED: dict[str, Any] = {
     "DidError": S.INVALID_ARGUMENT,
     "OAuthClientError": S.UNAVAILABLE,
     "DiscoveryError": S.UNAVAILABLE,
+    "EndpointOriginRefused": S.FAILED_PRECONDITION,
     "AuthServerUnavailable": S.UNAVAILABLE,
     "OAuthErrorResponse": S.UNAVAILABLE,
     "InvalidGrant": S.FAILED_PRECONDITION,
-    "ClockSkewSuspected": S.UNAVAILABLE,
+    "ClockSkewSuspected": S.FAILED_PRECONDITION,
     "UnexpectedResponse": S.UNAVAILABLE,
     "TokenValidationError": S.UNAVAILABLE,
     "AuthorizationResponseError": S.INVALID_ARGUMENT,
@@ -116,3 +117,27 @@ def test_retryable_flag_decides_for_an_unclassified_error() -> None:
 
     assert to_status(Flaky("x"))[0] is S.UNAVAILABLE
     assert to_status(e.BrokerError("x")) == (S.INTERNAL, "internal error")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        e.ClientAuthenticationFailed("invalid_client", status_code=401),
+        e.ClockSkewSuspected(status_code=401, offset=-90.0),
+    ],
+    ids=["invalid_client", "clock_skew"],
+)
+def test_client_authentication_failure_says_what_is_wrong_without_internals(
+    exc: e.ClientAuthenticationFailed,
+) -> None:
+    code, message = to_status(exc)
+    assert code is S.FAILED_PRECONDITION
+    assert message == (f"broker cannot authenticate to the authorization server: {exc.reason}")
+    assert "401" not in message and "did:" not in message
+
+
+def test_refused_endpoint_origin_is_a_failed_precondition_without_the_origin() -> None:
+    exc = e.EndpointOriginRefused("metadata token_endpoint is on https://evil.example")
+    code, message = to_status(exc)
+    assert code is S.FAILED_PRECONDITION
+    assert message == "broker refuses the authorization server's metadata: endpoint_origin_refused"
