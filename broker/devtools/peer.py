@@ -71,6 +71,12 @@ class Peer:
         with httpx.Client(verify=self.pki.ssl_context()) as http:
             http.post(f"{self.admin_base}/admin/reset").raise_for_status()
 
+    def set_access_token_ttl(self, seconds: int) -> None:
+        """Access tokens the peer issues from now on live ``seconds`` (test-only admin call)."""
+        with httpx.Client(verify=self.pki.ssl_context()) as http:
+            resp = http.post(f"{self.admin_base}/admin/ttl", json={"access_token_ttl": seconds})
+            resp.raise_for_status()
+
     def token_requests(self) -> list[dict[str, Any]]:
         reqs = self.admin_log().get("token_requests", [])
         return list(reqs) if isinstance(reqs, list) else []

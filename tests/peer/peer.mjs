@@ -23,6 +23,8 @@
 //                      request headers, and the tokens the AS issued in the response),
 //                      authorization requests (query), request objects fetched by reference, PAR bodies
 //   POST /admin/reset  clears the log
+//   POST /admin/ttl    {"access_token_ttl": N}: access tokens issued from now on live N seconds (lets a
+//                      test make a short-lived token stale, then keep the next one fresh whatever the load)
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as https from 'node:https';
@@ -37,6 +39,7 @@ if (!configPath) {
 }
 const cfg = JSON.parse(fs.readFileSync(configPath, 'utf8'));
 const vc = JSON.parse(fs.readFileSync(cfg.vc_file, 'utf8'));
+let accessTokenTtl = Number(cfg.access_token_ttl ?? 120);
 const tokenDelayMs = Number(process.env.PEER_TOKEN_DELAY_MS ?? cfg.token_delay_ms ?? 0);
 const tokenDelayAfterMs = Number(cfg.token_delay_after_ms ?? 0);
 const refreshGraceMs = Number(cfg.refresh_grace_seconds ?? 0) * 1000;
@@ -109,7 +112,7 @@ function buildProvider(issuer) {
     conformIdTokenClaims: false,
     pkce: { required: () => Boolean(cfg.pkce_required), methods: ['S256'] },
     ttl: {
-      AccessToken: Number(cfg.access_token_ttl ?? 120),
+      AccessToken: () => accessTokenTtl,
       IdToken: Number(cfg.id_token_ttl ?? 60),
       RefreshToken: Number(cfg.refresh_token_ttl ?? 3600),
       AuthorizationCode: 600,
@@ -139,7 +142,7 @@ function buildProvider(issuer) {
         getResourceServerInfo: (ctx, resourceIndicator, client) => ({
           scope: 'learcredential',
           audience: client.clientId,
-          accessTokenTTL: Number(cfg.access_token_ttl ?? 120),
+          accessTokenTTL: accessTokenTtl,
           accessTokenFormat: 'jwt',
           jwt: { sign: { alg: 'ES256' } },
         }),
@@ -269,6 +272,14 @@ async function handle(req, res) {
   if (url.pathname === '/admin/reset' && req.method === 'POST') {
     for (const key of Object.keys(log)) log[key] = [];
     return sendJson(res, 200, { ok: true });
+  }
+  if (url.pathname === '/admin/ttl' && req.method === 'POST') {
+    const chunks = [];
+    for await (const chunk of req) chunks.push(chunk);
+    const ttl = Number(JSON.parse(Buffer.concat(chunks).toString('utf8')).access_token_ttl);
+    if (!Number.isInteger(ttl) || ttl < 1) return sendJson(res, 400, { error: 'invalid_ttl' });
+    accessTokenTtl = ttl;
+    return sendJson(res, 200, { ok: true, access_token_ttl: ttl });
   }
   if (url.pathname.startsWith('/interaction/') && req.method === 'GET') {
     try {
