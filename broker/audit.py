@@ -207,6 +207,33 @@ def verify_chain(path: str | os.PathLike[str]) -> VerifyResult:
     return VerifyResult(True, count, None, None, last_hash)
 
 
+def verified_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every record of the audit log at ``path``, after checking every link of the chain.
+
+    A log that does not exist yet has no records. Raises :class:`broker.errors.AuditError` when
+    the chain is broken (nothing is decided on a log that may have been edited) or unreadable.
+    """
+    file = Path(path)
+    if not file.exists():
+        return []
+    result = verify_chain(file)
+    if not result.ok:
+        raise AuditError(
+            f"audit chain broken at record {result.first_bad_seq}: {result.reason}; "
+            "run 'broker keys audit-verify'",
+            reason="audit_chain_broken",
+        )
+    records: list[dict[str, Any]] = []
+    try:
+        for line, _ in _iter_lines(file):
+            if len(records) == result.records:
+                break  # records appended since the check are not vouched for
+            records.append(json.loads(line))
+    except OSError as exc:
+        raise AuditError(f"cannot read audit log {file}: {exc.strerror}") from exc
+    return records
+
+
 def _read_tail(fd: int) -> bytes | None:
     """The last line (without newline) of an open file; ``None`` when the file is empty.
 

@@ -31,6 +31,8 @@ GROUPS: tuple[Registrar, ...] = (ceremony_commands.register, serve_cli.register,
 # Most specific first: the first class that matches names what failed.
 _WHAT_FAILED: tuple[tuple[type[errors.BrokerError], str], ...] = (
     (errors.InvalidKeyUri, "malformed key URI"),
+    (errors.InsecurePinFile, "insecure PIN file"),
+    (errors.OrphanKey, "orphan key"),
     (errors.PinIncorrect, "login refused: wrong PIN"),
     (errors.PinLocked, "login refused: the PIN is locked"),
     (errors.TokenNotPresent, "token not found"),

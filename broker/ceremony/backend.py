@@ -27,12 +27,17 @@ class KeyTarget:
     label: str | None  # the URI's object= (CKA_LABEL)
     key_id: bytes | None  # the URI's id= (CKA_ID)
     ref: object = None  # the backend's own parsed reference (e.g. a KeyRef)
+    token: str = ""  # the URI's token= (CKA_TOKEN_INFO label)
 
 
 class CeremonyStore(KeyStore, KeyDeleter, Protocol):
     """A key store that can also delete keys and create the AES sealing key."""
 
     def generate_sealing_key(self, label: str, key_id: bytes) -> object: ...
+
+    def list_sealing_keys(self) -> list[tuple[str, bytes]]:
+        """``(label, id)`` of every AES secret key in the token, in label order."""
+        ...
 
 
 class KeyBackend(Protocol):
@@ -46,6 +51,10 @@ class KeyBackend(Protocol):
 
     def load_private_key(self, text: str) -> ec.EllipticCurvePrivateKey:
         """Decode a P-256 private key from PEM, JWK JSON or a 32-byte hex scalar."""
+        ...
+
+    def key_uri(self, target: KeyTarget, key_id: bytes) -> str:
+        """The printable URI (no PIN) of the signing key ``target`` names, with ``id=key_id``."""
         ...
 
     def sealing_key_uri(self, target: KeyTarget, key_id: bytes) -> str:

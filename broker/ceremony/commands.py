@@ -16,13 +16,13 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
 
-from broker.audit import AuditLog, verify_chain
+from broker.audit import AuditLog, verified_records, verify_chain
 from broker.ceremony import output, tsl
 from broker.ceremony.backend import (
     CeremonyStore,
@@ -30,7 +30,17 @@ from broker.ceremony.backend import (
     KeyTarget,
     refuse_inline_pin,
 )
+from broker.ceremony.faults import CrashPoint
+from broker.ceremony.orphans import (
+    INTENT_SUFFIX,
+    SEALING,
+    SIGNING,
+    AuditedKeys,
+    Orphan,
+    TokenKey,
+)
 from broker.ceremony.selftest import run_selftest
+from broker.ceremony.signals import deferred_signals
 from broker.clock import Clock, SystemClock
 from broker.errors import (
     AuditError,
@@ -40,8 +50,10 @@ from broker.errors import (
     InvalidArgument,
     InvalidKeyUri,
     KeyNotFound,
+    OrphanKey,
 )
 from broker.keys.api import KeyInfo
+from broker.keys.uri import KeyRef
 
 KEY_URI_ENV = "BROKER_KEY_URI"
 AUDIT_LOG_ENV = "BROKER_AUDIT_LOG"
@@ -54,16 +66,36 @@ Result = tuple[dict[str, Any], str]
 
 @dataclass
 class Facts:
-    """What the audit record will say about the key, filled in as the command learns it."""
+    """What the audit record will say about the key, filled in as the command learns it.
+
+    A creating command calls :meth:`intend` just before it creates the key: that appends the
+    ``<action>.intent`` record and enters the critical section (SIGINT/SIGTERM deferred) that
+    :func:`run_audited` leaves only after the completion record is written.
+    """
 
     key_uri: str | None = None
     did: str | None = None
     fingerprint: str | None = None
+    action: str = ""
+    audit: AuditLog | None = None
+    crash: CrashPoint = field(default_factory=CrashPoint)
+    critical: ExitStack = field(default_factory=ExitStack)
 
     def learn(self, info: KeyInfo) -> None:
         self.key_uri = info.uri or self.key_uri
         self.did = info.did
         self.fingerprint = info.fingerprint
+
+    def intend(self, key_uri: str) -> None:
+        """Record the intent to create the key ``key_uri`` names; defer signals from here on."""
+        assert self.audit is not None  # run_audited sets it
+        self.critical.enter_context(deferred_signals())
+        self.key_uri = key_uri
+        self.audit.append(self.action + INTENT_SUFFIX, outcome="ok", key_uri=key_uri)
+        self.crash.reached("after-intent")
+
+    def created(self) -> None:
+        self.crash.reached("after-create")
 
 
 @dataclass(frozen=True)
@@ -104,11 +136,51 @@ def _target(deps: Deps, args: argparse.Namespace, facts: Facts, *, need_label: b
     return target
 
 
+def _inventory(store: CeremonyStore) -> list[TokenKey]:
+    keys = [TokenKey(SIGNING, i.label, i.key_id, i.did, i.fingerprint) for i in store.list()]
+    keys += [TokenKey(SEALING, label, key_id) for label, key_id in store.list_sealing_keys()]
+    return keys
+
+
+def _orphan_uri(target: KeyTarget, key: TokenKey) -> str:
+    uri = KeyRef(token=target.token, object=key.label, id=key.key_id).to_uri()
+    return uri.replace(";type=private", "") if key.kind == SEALING else uri
+
+
+def find_orphans(store: CeremonyStore, target: KeyTarget, args: argparse.Namespace) -> list[Orphan]:
+    """The keys of the token the audit log (chain verified first) does not account for."""
+    audited = AuditedKeys.from_records(verified_records(audit_log_path(args)))
+    return audited.orphans(target.token, _inventory(store))
+
+
+def _refuse_orphans(orphans: list[Orphan], target: KeyTarget) -> None:
+    if not orphans:
+        return
+    first = orphans[0]
+    uri = _orphan_uri(target, first.key)
+    more = f" ({len(orphans) - 1} more orphan key(s) in this token)" if len(orphans) > 1 else ""
+    raise OrphanKey(
+        f"orphan {first.describe()} in token {target.token!r}{more}; check it and record it "
+        f"with 'broker keys adopt --key {uri}', or remove it with "
+        f"'broker keys destroy --key {uri}'"
+    )
+
+
 @contextmanager
-def _store(deps: Deps, target: KeyTarget, args: argparse.Namespace) -> Iterator[CeremonyStore]:
+def _store(
+    deps: Deps, target: KeyTarget, args: argparse.Namespace, *, spare: bool = False
+) -> Iterator[tuple[CeremonyStore, list[Orphan]]]:
+    """Open the token and refuse to go on while it holds an orphan key.
+
+    ``spare``: the orphan the URI names is let through (adopt and destroy act on it); the
+    remaining orphans are returned.
+    """
     store = deps.backend.open(target, pin_file=args.pin_file)
     try:
-        yield store
+        orphans = find_orphans(store, target, args)
+        mine = [o for o in orphans if spare and o.key.label == target.label]
+        _refuse_orphans([o for o in orphans if o not in mine], target)
+        yield store, mine
     finally:
         store.close()
 
@@ -151,18 +223,24 @@ def _read_key_file(path: str) -> str:
 
 def cmd_generate(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = _target(deps, args, facts, need_label=True)
-    with _store(deps, target, args) as store:
-        info = store.generate(_label(target), _new_id(target))
+    key_id = _new_id(target)
+    with _store(deps, target, args) as (store, _):
+        facts.intend(deps.backend.key_uri(target, key_id))
+        info = store.generate(_label(target), key_id)
         facts.learn(info)
+        facts.created()
     return output.key_document(info), output.key_text(info)
 
 
 def cmd_import(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = _target(deps, args, facts, need_label=True)
     private_key = deps.backend.load_private_key(_read_key_file(args.from_file))
-    with _store(deps, target, args) as store:
-        info = store.import_key(_label(target), _new_id(target), private_key)
+    key_id = _new_id(target)
+    with _store(deps, target, args) as (store, _):
+        facts.intend(deps.backend.key_uri(target, key_id))
+        info = store.import_key(_label(target), key_id, private_key)
         facts.learn(info)
+        facts.created()
     del private_key
     document = output.key_document(info)
     document["reminder"] = output.DESTROY_PLAINTEXT_REMINDER
@@ -171,21 +249,21 @@ def cmd_import(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
 
 def cmd_list(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = _target(deps, args, facts, need_label=False)
-    with _store(deps, target, args) as store:
+    with _store(deps, target, args) as (store, _):
         infos = store.list()
     return {"keys": [output.key_document(i) for i in infos]}, output.key_list_text(infos)
 
 
 def cmd_show(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = _target(deps, args, facts, need_label=True)
-    with _store(deps, target, args) as store:
+    with _store(deps, target, args) as (store, _):
         info = _get(store, target, facts)
     return output.key_document(info), output.key_text(info)
 
 
 def cmd_tsl_entry(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = _target(deps, args, facts, need_label=True)
-    with _store(deps, target, args) as store:
+    with _store(deps, target, args) as (store, _):
         info = _get(store, target, facts)
     entry = tsl.build_entry(
         did=info.did,
@@ -199,44 +277,115 @@ def cmd_tsl_entry(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
 
 def cmd_selftest(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = _target(deps, args, facts, need_label=True)
-    with _store(deps, target, args) as store:
+    with _store(deps, target, args) as (store, _):
         info = _get(store, target, facts)
         report = run_selftest(store.signer(info.label), info, clock=deps.clock)
     return output.selftest_document(report), output.selftest_text(report)
 
 
-def _confirm_destroy(info: KeyInfo) -> None:
+def _confirm(prompt: str, expected: str, what: str, nothing: str) -> None:
+    """Ask the operator to type ``expected`` (the did, or a sealing key's id in hex)."""
     if sys.stdin.isatty():
-        sys.stderr.write(
-            f"This destroys key {info.label!r} ({info.did}) in the token for good.\n"
-            "Type its did to confirm: "
-        )
+        sys.stderr.write(prompt + f"Type its {what} to confirm: ")
         sys.stderr.flush()
     typed = sys.stdin.readline().strip()
-    if typed != info.did:
-        raise ConfirmationMismatch(
-            "the did typed does not match the key's did; nothing was destroyed"
+    if typed != expected:
+        raise ConfirmationMismatch(f"the {what} typed does not match the key's {what}; {nothing}")
+
+
+def _confirm_destroy(key: TokenKey) -> None:
+    if key.did is not None:
+        prompt = f"This destroys key {key.label!r} ({key.did}) in the token for good.\n"
+        _confirm(prompt, key.did, "did", "nothing was destroyed")
+    else:
+        prompt = (
+            f"This destroys sealing key {key.label!r} (id {key.key_id.hex()}) in the token for "
+            "good: every grant sealed under it becomes unreadable.\n"
         )
+        _confirm(prompt, key.key_id.hex(), "id", "nothing was destroyed")
+
+
+def _find_key(deps: Deps, store: CeremonyStore, target: KeyTarget, facts: Facts) -> TokenKey:
+    """The signing key the URI names, or else the sealing key of that label."""
+    label = _label(target)
+    try:
+        info = _get(store, target, facts)
+    except KeyNotFound:
+        for sealing_label, key_id in store.list_sealing_keys():
+            if sealing_label == label and target.key_id in (None, key_id):
+                facts.key_uri = deps.backend.sealing_key_uri(target, key_id)
+                return TokenKey(SEALING, label, key_id)
+        raise
+    return TokenKey(SIGNING, info.label, info.key_id, info.did, info.fingerprint)
+
+
+def _key_document(key: TokenKey, uri: str | None) -> dict[str, Any]:
+    return {
+        "label": key.label,
+        "kind": key.kind,
+        "id": key.key_id.hex(),
+        "did": key.did,
+        "fingerprint": key.fingerprint,
+        "uri": uri,
+    }
+
+
+def _key_name(key: TokenKey) -> str:
+    if key.did is not None:
+        return f"key {key.label!r} ({key.did})"
+    return f"sealing key {key.label!r} (id {key.key_id.hex()})"
 
 
 def cmd_destroy(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = _target(deps, args, facts, need_label=True)
-    with _store(deps, target, args) as store:
-        info = _get(store, target, facts)
+    with _store(deps, target, args, spare=True) as (store, _):
+        key = _find_key(deps, store, target, facts)
         if not args.yes:
-            _confirm_destroy(info)
-        store.delete(info.label)
-    document = {"destroyed": True, "label": info.label, "did": info.did, "uri": info.uri}
-    return document, f"destroyed key {info.label!r} ({info.did})\n"
+            _confirm_destroy(key)
+        store.delete(key.label)
+    document = {"destroyed": True, **_key_document(key, facts.key_uri)}
+    return document, f"destroyed {_key_name(key)}\n"
+
+
+def _confirm_adopt(key: TokenKey) -> None:
+    if key.did is not None:
+        prompt = (
+            f"Key {key.label!r} is in the token without a completed audit record.\n"
+            f"  did:         {key.did}\n  fingerprint: SHA256:{key.fingerprint}\n"
+            "Adopt it only if it is the key your ceremony made. "
+        )
+        _confirm(prompt, key.did, "did", "nothing was recorded")
+    else:
+        prompt = (
+            f"Sealing key {key.label!r} (id {key.key_id.hex()}) is in the token without a "
+            "completed audit record.\nAdopt it only if it is the key your ceremony made. "
+        )
+        _confirm(prompt, key.key_id.hex(), "id", "nothing was recorded")
+
+
+def cmd_adopt(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
+    """Record an orphan key (one the audit log does not account for) after confirmation."""
+    target = _target(deps, args, facts, need_label=True)
+    with _store(deps, target, args, spare=True) as (store, mine):
+        key = _find_key(deps, store, target, facts)
+        if not any(o.key == key for o in mine):
+            raise InvalidArgument(
+                f"{_key_name(key)} is not an orphan: the audit log already records it"
+            )
+        if not args.yes:
+            _confirm_adopt(key)
+    document = {"adopted": True, **_key_document(key, facts.key_uri)}
+    return document, f"adopted {_key_name(key)}: the audit log now records it\n"
 
 
 def cmd_generate_sealing_key(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = _target(deps, args, facts, need_label=True)
     key_id = _new_id(target)
     uri = deps.backend.sealing_key_uri(target, key_id)
-    facts.key_uri = uri
-    with _store(deps, target, args) as store:
+    with _store(deps, target, args) as (store, _):
+        facts.intend(uri)
         store.generate_sealing_key(_label(target), key_id)
+        facts.created()
     document = {"label": target.label, "id": key_id.hex(), "type": "AES-256", "uri": uri}
     text = f"generated AES-256 sealing key {target.label!r} (id {key_id.hex()}) in the token\n"
     return document, text
@@ -262,11 +411,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def run_audited(deps: Deps, action: str, body: Body, args: argparse.Namespace) -> int:
-    """Run ``body`` and append exactly one audit record for it, on success and on failure."""
+    """Run ``body`` and append exactly one audit record for it, on success and on failure.
+
+    A creating body also appends ``<action>.intent`` before it creates the key; from there
+    until the completion record is written SIGINT and SIGTERM are deferred (``facts.critical``).
+    """
     audit = AuditLog(audit_log_path(args), operator=args.operator, clock=deps.clock)
     audit.check_writable()  # fail before the token is touched
-    facts = Facts()
-    with deps.tracer.start_as_current_span(f"ceremony.{action}") as span:
+    facts = Facts(action=action, audit=audit, crash=CrashPoint.from_env())
+    with deps.tracer.start_as_current_span(f"ceremony.{action}") as span, facts.critical:
         span.set_attribute("ceremony.action", action)
         try:
             document, text = body(deps, args, facts)
@@ -312,6 +465,7 @@ def run_audited(deps: Deps, action: str, body: Body, args: argparse.Namespace) -
             raise AuditError(
                 f"{action} succeeded but its audit record could not be written: {exc.message}"
             ) from exc
+        facts.crash.reached("after-completion")
     output.emit(sys.stdout, as_json=args.json, document=document, text=text)
     return 0
 
@@ -380,6 +534,12 @@ _COMMANDS: tuple[tuple[str, str, str, Body], ...] = (
     ("selftest", "keys.selftest", "sign a challenge in the token and verify it", cmd_selftest),
     ("destroy", "keys.destroy", "destroy a key (asks to type its did)", cmd_destroy),
     (
+        "adopt",
+        "keys.adopt",
+        "record a key found in the token without a completed audit record (asks to type its did)",
+        cmd_adopt,
+    ),
+    (
         "generate-sealing-key",
         "keys.generate_sealing_key",
         "generate the AES-256 key that seals tokens at rest",
@@ -427,9 +587,10 @@ def register(
         "--redirect-uri", required=True, action="append", metavar="URL", help="repeatable"
     )
     tsl_p.add_argument("--post-logout-uri", action="append", metavar="URL", help="repeatable")
-    parsers["destroy"].add_argument(
-        "--yes", action="store_true", help="do not ask to type the did (for scripts)"
-    )
+    for name in ("destroy", "adopt"):
+        parsers[name].add_argument(
+            "--yes", action="store_true", help="do not ask to type the did (for scripts)"
+        )
     verify_p = sub.add_parser(
         "audit-verify",
         help="verify the audit log's hash chain",

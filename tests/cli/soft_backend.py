@@ -13,7 +13,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.ceremony.backend import CeremonyStore, KeyTarget, refuse_inline_pin
-from broker.errors import ConfigError, InvalidKey, KeyExists, PinIncorrect, TokenNotPresent
+from broker.errors import (
+    ConfigError,
+    InvalidKey,
+    KeyExists,
+    KeyNotFound,
+    PinIncorrect,
+    TokenNotPresent,
+)
 from broker.keys.api import KeyInfo
 from broker.keys.soft import SoftKeyStore
 from broker.keys.uri import KeyRef, parse_key_uri
@@ -36,6 +43,18 @@ class SoftCeremonyStore(SoftKeyStore):
             raise KeyExists(f"a sealing key labelled {label!r} already exists")
         self.sealing[label] = key_id
 
+    def list_sealing_keys(self) -> list[tuple[str, bytes]]:
+        return sorted(self.sealing.items())
+
+    def delete(self, label: str) -> None:
+        """Like a token: every object carrying the label goes."""
+        had_sealing = self.sealing.pop(label, None) is not None
+        try:
+            super().delete(label)
+        except KeyNotFound:
+            if not had_sealing:
+                raise
+
     def close(self) -> None:
         self.closed += 1
 
@@ -49,7 +68,7 @@ class SoftBackend:
     def parse(self, text: str) -> KeyTarget:
         refuse_inline_pin(text)
         ref = parse_key_uri(text)
-        return KeyTarget(uri=str(ref), label=ref.object, key_id=ref.id, ref=ref)
+        return KeyTarget(uri=str(ref), label=ref.object, key_id=ref.id, ref=ref, token=ref.token)
 
     def open(self, target: KeyTarget, *, pin_file: str | None) -> CeremonyStore:
         ref = target.ref
@@ -71,7 +90,9 @@ class SoftBackend:
             raise InvalidKey("not an EC key")
         return key
 
-    def sealing_key_uri(self, target: KeyTarget, key_id: bytes) -> str:
+    def key_uri(self, target: KeyTarget, key_id: bytes) -> str:
         assert isinstance(target.ref, KeyRef)
-        uri = str(dataclasses.replace(target.ref, id=key_id))
-        return uri.replace(";type=private", ";type=secret-key", 1)
+        return str(dataclasses.replace(target.ref, id=key_id))
+
+    def sealing_key_uri(self, target: KeyTarget, key_id: bytes) -> str:
+        return self.key_uri(target, key_id).replace(";type=private", ";type=secret-key", 1)

@@ -171,6 +171,7 @@ def test_i01_i02_full_ceremony(token: Token) -> None:
     records = [json.loads(line) for line in token.audit.read_text().splitlines()]
     mine = [r for r in records if r["key_uri"] and f"object={label};" in r["key_uri"]]
     assert [(r["action"], r["outcome"]) for r in mine] == [
+        ("keys.generate.intent", "ok"),
         ("keys.generate", "ok"),
         ("keys.show", "ok"),
         ("keys.show", "ok"),
@@ -182,7 +183,8 @@ def test_i01_i02_full_ceremony(token: Token) -> None:
         ("keys.show", "error"),
     ]
     assert all(r["operator"] == "ceremony-test" for r in mine)
-    assert all(r["did"] == did for r in mine[:-1])
+    assert mine[0]["did"] is None  # the intent is written before the key exists
+    assert all(r["did"] == did for r in mine[1:-1])
     verify = token.run("audit-verify", "--log", str(token.audit), "--json")
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"] is True
     assert verify_chain(token.audit).ok
@@ -250,6 +252,7 @@ def test_import_of_a_bad_key_file_is_refused_without_echo(token: Token, tmp_path
 def test_wrong_pin(token: Token, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.pin"
     wrong.write_text("99999999\n")
+    wrong.chmod(0o600)
     proc = token.run("list", key=token.uri(None, pin_file=wrong))
     assert proc.returncode == 1
     err = _one_line_error(proc)

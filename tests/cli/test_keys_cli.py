@@ -55,6 +55,7 @@ class Env:
             self.token = "ceremony"
             self.pin_file = tmp_path / "pin"
             self.pin_file.write_text(SOFT_PIN + "\n")
+            self.pin_file.chmod(0o600)
             self.backend: SoftBackend | None = SoftBackend(token=self.token, pin=SOFT_PIN)
             backend = self.backend
             self.groups = [
@@ -160,10 +161,15 @@ def test_i02_generate_then_show_prints_did_kid_jwk_fingerprint(env: Env) -> None
     assert f"SHA256:{doc['fingerprint']}" in out
     assert "custody:" in out and "sign_only=yes" in out
     records = env.records()
-    assert [r["action"] for r in records] == ["keys.generate", "keys.show"]
-    assert all(r["outcome"] == "ok" and r["did"] == doc["did"] for r in records)
+    assert [r["action"] for r in records] == [
+        "keys.generate.intent",
+        "keys.generate",
+        "keys.show",
+    ]
+    assert all(r["outcome"] == "ok" for r in records)
+    assert [r["did"] for r in records] == [None, doc["did"], doc["did"]]  # no did before the key
     assert all(r["operator"] == "alice" for r in records)
-    assert records[0]["fingerprint"] == doc["fingerprint"]
+    assert records[1]["fingerprint"] == doc["fingerprint"]
     assert verify_chain(env.audit).ok
     _assert_no_secret(env, out, err)
 
@@ -209,6 +215,7 @@ def test_key_uri_from_environment(env: Env, monkeypatch: pytest.MonkeyPatch) -> 
 def test_pin_file_option_overrides_pin_source(env: Env, tmp_path: Path) -> None:
     other = tmp_path / "other-pin"
     other.write_text(env.pin)
+    other.chmod(0o600)
     code, _, err = env.run(
         "generate",
         "--pin-file",
@@ -221,6 +228,7 @@ def test_pin_file_option_overrides_pin_source(env: Env, tmp_path: Path) -> None:
 def test_wrong_pin_fails_with_one_line_and_no_pin(env: Env, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong-pin"
     wrong.write_text("0000-not-it")
+    wrong.chmod(0o600)
     code, out, err = env.run("generate", "--pin-file", str(wrong), key=env.uri())
     assert code == 1 and out == ""
     assert err.startswith("broker keys generate: login refused: wrong PIN")
@@ -418,13 +426,15 @@ def test_destroy_with_the_typed_did(env: Env, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr("sys.stdin", io.StringIO(did + "\n"))
     code, out, err = env.run("destroy", "--json", key=env.uri())
     assert (code, err) == (0, "")
-    assert json.loads(out) == {
+    doc = json.loads(out)
+    assert doc == {
         "destroyed": True,
         "label": env.label("client-2026"),
+        "kind": "signing",
+        "id": doc["id"],
         "did": did,
-        "uri": json.loads(env.run("list", "--json", key=env.uri(None))[1])["keys"][0]["uri"]
-        if False
-        else env.records()[-1]["key_uri"],
+        "fingerprint": doc["fingerprint"],
+        "uri": env.records()[-1]["key_uri"],
     }
     assert env.records()[-1]["action"] == "keys.destroy"
     assert env.run("show", key=env.uri())[0] == 1
@@ -480,11 +490,23 @@ def test_every_step_appends_exactly_one_record(env: Env, monkeypatch: pytest.Mon
         ("destroy", "--yes"),
         ("show",),
     ]
-    for n, step in enumerate(steps, start=1):
+    count = 0
+    for step in steps:
         env.run(*step, key=env.uri())
-        assert len(env.records()) == n
-    outcomes = [r["outcome"] for r in env.records()]
-    assert outcomes == ["ok", "ok", "ok", "ok", "ok", "error", "ok", "error"]
+        count += 2 if step[0] == "generate" else 1  # generate: intent, then completion
+        assert len(env.records()) == count
+    outcomes = [(r["action"], r["outcome"]) for r in env.records()]
+    assert outcomes == [
+        ("keys.generate.intent", "ok"),
+        ("keys.generate", "ok"),
+        ("keys.show", "ok"),
+        ("keys.selftest", "ok"),
+        ("keys.list", "ok"),
+        ("keys.show", "ok"),
+        ("keys.destroy", "error"),
+        ("keys.destroy", "ok"),
+        ("keys.show", "error"),
+    ]
     assert verify_chain(env.audit).ok
 
 
@@ -493,16 +515,19 @@ def test_audit_verify_reports_ok_and_tampering(env: Env) -> None:
         assert env.run("generate", key=env.uri(label))[0] == 0
     code, out, err = env.run("audit-verify", "--log", str(env.audit), "--json")
     assert (code, err) == (0, "")
-    assert json.loads(out)["ok"] is True and json.loads(out)["records"] == 3
+    assert json.loads(out)["ok"] is True and json.loads(out)["records"] == 6  # intent + done
     lines = env.audit.read_text().splitlines(keepends=True)
-    lines[1] = lines[1].replace(f"object={env.label('b')}", f"object={env.label('z')}")
+    lines[3] = lines[3].replace(f"object={env.label('b')}", f"object={env.label('z')}")
     env.audit.write_text("".join(lines))
     code, out, err = env.run("audit-verify", "--log", str(env.audit))
     assert code == 1
-    assert "BROKEN" in out and "seq 2" in out
-    assert err.count("\n") == 1 and "audit chain broken at record 2" in err
+    assert "BROKEN" in out and "seq 4" in out
+    assert err.count("\n") == 1 and "audit chain broken at record 4" in err
     code, out, _ = env.run("audit-verify", "--json")  # --log defaults to --audit-log
-    assert code == 1 and json.loads(out)["first_bad_seq"] == 2
+    assert code == 1 and json.loads(out)["first_bad_seq"] == 4
+    # no ceremony runs on an edited log: the orphan check reads the verified chain
+    code, _, err = env.run("show", key=env.uri("a"))
+    assert code == 1 and "audit chain broken at record 4" in err and "[audit_chain_broken]" in err
 
 
 def test_audit_verify_missing_log(env: Env, tmp_path: Path) -> None:
@@ -530,6 +555,7 @@ def test_h02_ceremony_spans_carry_no_secret(
     ]
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-pin-0815")
+    wrong.chmod(0o600)
     assert env.run("generate", key=env.uri())[0] == 0
     assert env.run("selftest", key=env.uri())[0] == 0
     assert env.run("show", "--pin-file", str(wrong), key=env.uri())[0] == 1
@@ -539,7 +565,7 @@ def test_h02_ceremony_spans_carry_no_secret(
         "ceremony.keys.selftest",
         "ceremony.keys.show",
     ]
-    did = env.records()[0]["did"]
+    did = env.records()[1]["did"]  # records[0] is the intent: no did yet
     assert spans[0].attributes is not None and spans[0].attributes["kid"] == did
     assert spans[0].attributes["outcome"] == "ok"
     assert spans[2].attributes is not None
