@@ -708,10 +708,12 @@ class TokenBroker:
             except TokenValidationError as exc:
                 outcome = RefreshOutcome.REJECTED
                 self._note_failure(grant_id, exc)
+                _warn_refresh_failed(grant_id, exc)
                 raise
             except BrokerError as exc:
                 outcome = RefreshOutcome.RETRYABLE if exc.retryable else RefreshOutcome.FAILED
                 self._note_failure(grant_id, exc)
+                _warn_refresh_failed(grant_id, exc)
                 raise
             finally:
                 span.set_attribute("refresh.outcome", str(outcome))
@@ -759,6 +761,9 @@ class TokenBroker:
                 await self._audit_grant(
                     AuditAction.GRANT_REAUTHORIZATION_REQUIRED, grant, "error", "no_refresh_token"
                 )
+                _log.warning(
+                    "grant %s is dead: no refresh token; re-authorization required", grant_id
+                )
                 raise ReauthorizationRequired(f"grant {grant_id} has no refresh token")
             await self._store.mark_refresh_started(grant_id, self._clock.now())
             try:
@@ -773,6 +778,13 @@ class TokenBroker:
                 # the dead-grant check and never get here again.
                 await self._audit_grant(
                     AuditAction.GRANT_REAUTHORIZATION_REQUIRED, grant, "error", exc.reason
+                )
+                _log.warning(
+                    "grant %s is dead: the authorization server answered HTTP %d (%s); "
+                    "re-authorization required",
+                    grant_id,
+                    exc.status_code,
+                    exc.reason,
                 )
                 raise ReauthorizationRequired(f"grant {grant_id} needs re-authorization") from exc
             except BrokerError as exc:
@@ -839,3 +851,12 @@ class TokenBroker:
             hook()
         except Exception:
             _log.exception("token broker observer hook failed")
+
+def _warn_refresh_failed(grant_id: str, exc: BrokerError) -> None:
+    """Every failed refresh of a grant, once, by grant id and reason (never a token)."""
+    _log.warning(
+        "refresh of grant %s failed: %s (%s)",
+        grant_id,
+        exc.reason,
+        "retryable" if exc.retryable else "not retryable: an operator has to act",
+    )
