@@ -35,6 +35,7 @@ from broker.keys.didkey import decode_did_key
 from broker.keys.health import DEFAULT_BUSY_RETRIES, DEFAULT_OP_TIMEOUT, PROBE_BACKOFF
 from broker.keys.uri import check_pin_file, parse_key_uri
 from broker.oauth.origins import parse_allowed_origin
+from broker.strict_json import DOCUMENT_MAX_BYTES, JWT_MAX_BYTES
 
 CONFIG_ENV = "BROKER_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/broker/broker.toml")
@@ -89,6 +90,10 @@ class OAuthSettings:
     dome_compat: bool = True
     clock_skew: float = 60.0
     http_timeout: float = 10.0
+    max_response_bytes: int = DOCUMENT_MAX_BYTES
+    """Cap of one AS response body (metadata, JWKS, token, PAR), as read and as JSON text."""
+    max_jwt_bytes: int = JWT_MAX_BYTES
+    """Cap of one compact JWT from the AS (the id_token), checked before it is decoded."""
     ca_file: Path | None = None
     login_ttl: float = 600.0
     allow_insecure_http: bool = False
@@ -462,6 +467,14 @@ def _oauth(section: _Section) -> OAuthSettings:
             "always the issuer (RFC 7523bis, FAPI 2.0); the token endpoint URL named by the AS "
             "metadata let the metadata choose the audience. Delete the key."
         )
+    max_response = section.integer(
+        "max_response_bytes", DOCUMENT_MAX_BYTES, low=4096, high=16 * 1024 * 1024
+    )
+    max_jwt = section.integer("max_jwt_bytes", JWT_MAX_BYTES, low=1024, high=1024 * 1024)
+    if max_jwt > max_response:
+        raise ConfigError(
+            f"{section.key('max_jwt_bytes')} must not exceed {section.key('max_response_bytes')}"
+        )
     return OAuthSettings(
         issuer=issuer,
         redirect_uri=redirect,
@@ -472,6 +485,8 @@ def _oauth(section: _Section) -> OAuthSettings:
         dome_compat=section.boolean("dome_compat", True),
         clock_skew=section.number("clock_skew", 60.0, low=0.0, high=MAX_CLOCK_SKEW),
         http_timeout=section.number("http_timeout", 10.0, low=0.1, high=300.0),
+        max_response_bytes=max_response,
+        max_jwt_bytes=max_jwt,
         ca_file=section.path("ca_file"),
         login_ttl=section.number("login_ttl", 600.0, low=30.0, high=3600.0),
         allow_insecure_http=insecure,

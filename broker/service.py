@@ -207,6 +207,8 @@ def client_config(settings: Settings, did: str) -> ClientConfig:
         dome_compat=o.dome_compat,
         clock_skew=o.clock_skew,
         http_timeout=o.http_timeout,
+        max_response_bytes=o.max_response_bytes,
+        max_jwt_bytes=o.max_jwt_bytes,
         allow_http_issuer=o.allow_insecure_http,
         allowed_endpoint_origins=frozenset(o.allowed_endpoint_origins),
     )

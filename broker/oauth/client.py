@@ -153,6 +153,7 @@ class OAuthClient:
             nonce=nonce,
             expected_subject=subject,
             access_token=raw.access_token,
+            max_bytes=self.config.max_jwt_bytes,
         )
 
     async def exchange_code(

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from broker.errors import ConfigError
 from broker.oauth.origins import parse_allowed_origin
+from broker.strict_json import DOCUMENT_MAX_BYTES, JWT_MAX_BYTES
 
 MAX_REQUEST_OBJECT_LIFETIME = 600.0  # RFC 9101 guidance / DOME profile: exp <= 10 min
 
@@ -35,7 +36,9 @@ class ClientConfig:
     clock_skew: float = 60.0
     request_object_lifetime: float = 300.0
     http_timeout: float = 10.0
-    max_response_bytes: int = 1_000_000
+    # Every AS response body, as read and as JSON text; one compact JWT (id_token) from the AS.
+    max_response_bytes: int = DOCUMENT_MAX_BYTES
+    max_jwt_bytes: int = JWT_MAX_BYTES
     refresh_max_attempts: int = 3
     refresh_backoff_base: float = 5.0
     refresh_backoff_max: float = 60.0
@@ -72,6 +75,8 @@ class ClientConfig:
             raise ConfigError("http_timeout must be positive")
         if self.max_response_bytes < 1024:
             raise ConfigError("max_response_bytes must be at least 1024")
+        if not 1024 <= self.max_jwt_bytes <= self.max_response_bytes:
+            raise ConfigError("max_jwt_bytes must be within [1024, max_response_bytes]")
         if self.refresh_max_attempts < 1:
             raise ConfigError("refresh_max_attempts must be at least 1")
         if self.refresh_backoff_base < 0 or self.refresh_backoff_max < self.refresh_backoff_base:
