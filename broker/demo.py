@@ -9,7 +9,6 @@ token, and the trace of the acquisition as a tree. Everything is stopped at the 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from broker.devtools.otlp_sink import OtlpSink, render_tree
 from broker.devtools.stack import DevStack, StackError, follow_login
+from broker.jose import unverified_parts
 from broker.server.gen.broker.v1 import broker_pb2
 
 # Short lifetimes so the demo shows a real refresh within seconds: the verifier issues
@@ -61,9 +61,8 @@ def _step(n: int, text: str) -> None:
 
 
 def _claims(jwt: str) -> dict[str, Any]:
-    payload = jwt.split(".")[1]
-    data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return data
+    """The access token's claims, unverified (display only), parsed strictly."""
+    return unverified_parts(jwt)[1]
 
 
 def _elided(jwt: str) -> str:
