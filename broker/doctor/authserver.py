@@ -17,7 +17,7 @@ import httpx
 
 from broker.clock import Clock
 from broker.config import Settings
-from broker.doctor.result import CheckResult, fail, failed, ok, warn
+from broker.doctor.result import CheckResult, fail, failed, ok, skip, warn
 from broker.errors import (
     AuthServerUnavailable,
     BrokerError,
@@ -28,6 +28,7 @@ from broker.keys.didkey import jwk_from_did
 from broker.oauth import http as bounded
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import JwksCache, MetadataCache, ServerMetadata, discovery_url
+from broker.oauth.origins import OriginVerdict, endpoint_origins
 from broker.service import client_config
 
 SKEW_WARN_SECONDS = 5.0
@@ -98,6 +99,26 @@ async def _issuer_mismatch(http: httpx.AsyncClient, config: ClientConfig) -> Che
         f"issuer mismatch: configured {config.issuer!r}, the AS advertises {_shown(advertised)} "
         "(exact string compare, OIDC Discovery 4.3) [issuer_mismatch]",
     )
+
+
+async def endpoints(http: httpx.AsyncClient, config: ClientConfig, found: Discovery) -> CheckResult:
+    """``as.endpoints``: the origin of every endpoint the broker sends credentials to or takes
+    keys from (token, PAR, JWKS, revocation) and the verdict serve's metadata load gives it:
+    the issuer's, allowed by ``[oauth].allowed_endpoint_origins``, or refused."""
+    if found.metadata is not None:
+        doc: dict[str, Any] = dict(found.metadata.raw)
+    elif not found.reachable:
+        return skip("as.endpoints", "the AS is unreachable")
+    else:
+        try:
+            doc = bounded.parse_json_object(await _raw_discovery(http, config))
+        except BrokerError as exc:
+            return failed("as.endpoints", exc, "discovery document")
+    verdicts = endpoint_origins(doc, issuer=config.issuer, allowed=config.allowed_endpoint_origins)
+    detail = "; ".join(f"{v.name} {v.origin} ({v.verdict})" for v in verdicts)
+    if any(v.verdict is OriginVerdict.REFUSED for v in verdicts):
+        return fail("as.endpoints", f"{detail} [endpoint_origin_refused]")
+    return ok("as.endpoints", detail or "no token, PAR, JWKS or revocation endpoint advertised")
 
 
 async def jwks(

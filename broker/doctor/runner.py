@@ -29,6 +29,7 @@ ALL_NAMES = (
     "config.policy",
     *hsm.NAMES,
     "as.discovery",
+    "as.endpoints",
     "as.jwks",
     "as.dome_did",
     "as.clock_skew",
@@ -102,7 +103,7 @@ async def _run(
 
     results += await _guard(hsm.NAMES, run_hsm)
     results += await _guard(
-        ("as.discovery", "as.jwks", "as.dome_did", "as.clock_skew"),
+        ("as.discovery", "as.endpoints", "as.jwks", "as.dome_did", "as.clock_skew"),
         lambda: _authserver(settings, outcome.did, http, clock, options),
     )
     results += [
@@ -163,7 +164,7 @@ async def _authserver(
     client = http if http is not None else http_client(settings)
     try:
         found = await authserver.discovery(client, config, clock)
-        results = [found.result]
+        results = [found.result, await authserver.endpoints(client, config, found)]
         if found.metadata is None:
             results += [skip(n, "discovery failed") for n in ("as.jwks", "as.dome_did")]
         else:

@@ -852,6 +852,7 @@ class TokenBroker:
         except Exception:
             _log.exception("token broker observer hook failed")
 
+
 def _warn_refresh_failed(grant_id: str, exc: BrokerError) -> None:
     """Every failed refresh of a grant, once, by grant id and reason (never a token)."""
     _log.warning(

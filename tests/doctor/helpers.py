@@ -92,6 +92,8 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(str(value))  # a TOML basic string for these plain values
 
 
@@ -180,6 +182,7 @@ class FakeVerifier:
     did_key: str | int = "derive"
     date_offset: float | None = 0.0
     down: bool = False
+    extra_metadata: dict[str, Any] = field(default_factory=dict)  # overrides in discovery
     requests: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -201,6 +204,7 @@ class FakeVerifier:
                 "authorization_endpoint": f"{self.issuer}/oidc/authorize",
                 "token_endpoint": f"{self.issuer}/oidc/token",
                 "jwks_uri": f"{self.issuer}/oidc/jwks",
+                **self.extra_metadata,
             }
             return httpx.Response(200, json=doc, headers=headers)
         if path == "/oidc/jwks":

@@ -266,6 +266,32 @@ async def test_a01_issuer_mismatch_fails_discovery_and_names_both(
     assert "/oidc/jwks" not in verifier.requests
 
 
+async def test_token_endpoint_on_a_foreign_origin_is_refused_and_shown_by_origin(
+    deployment: Deployment, verifier: FakeVerifier, clock: FakeClock
+) -> None:
+    verifier.extra_metadata = {"token_endpoint": "https://token.example.net/oidc/token"}
+    found = await doctor(deployment, verifier, clock)
+    assert found["as.discovery"].status is FAIL
+    assert "[endpoint_origin_refused]" in found["as.discovery"].detail
+    endpoints = found["as.endpoints"]
+    assert endpoints.status is FAIL and "[endpoint_origin_refused]" in endpoints.detail
+    assert "token_endpoint https://token.example.net (refused" in endpoints.detail
+    assert f"jwks_uri {ISSUER} (issuer's origin)" in endpoints.detail
+    assert found["as.jwks"].status is SKIP
+
+
+async def test_token_endpoint_on_an_allowed_origin_is_shown_as_allowed(
+    deployment: Deployment, verifier: FakeVerifier, clock: FakeClock
+) -> None:
+    verifier.extra_metadata = {"token_endpoint": "https://token.example.net/oidc/token"}
+    deployment.sections["oauth"]["allowed_endpoint_origins"] = ["https://token.example.net"]
+    found = await doctor(deployment, verifier, clock)
+    assert found["as.discovery"].status is OK
+    endpoints = found["as.endpoints"]
+    assert endpoints.status is OK
+    assert "token_endpoint https://token.example.net (allowed by" in endpoints.detail
+
+
 async def test_unreachable_as_fails_discovery_and_skips_the_rest(
     deployment: Deployment, verifier: FakeVerifier, clock: FakeClock
 ) -> None:
