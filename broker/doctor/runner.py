@@ -127,7 +127,9 @@ async def _run(
     ]
     results += await _guard(
         ("store",),
-        lambda: _one(store.check_store(settings, clock, pg_schema=options.pg_schema)),
+        lambda: _one(
+            store.check_store(settings, clock, pg_schema=options.pg_schema, did=outcome.did)
+        ),
     )
     return results
 

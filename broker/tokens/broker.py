@@ -34,6 +34,11 @@ Failures:
   jitter (first >= ``backoff_initial``, honouring ``Retry-After``); during a back-off a caller
   who needs a refresh fails fast with the last error instead of hitting the AS again.
 
+Deployment binding: given ``deployment`` (the issuer and client_id the refresher sends to;
+serve passes the OAuth client's), a grant whose stored issuer or client_id differs is never
+refreshed: its refresh token is not sent, :class:`broker.errors.DeploymentMismatch` (not
+retryable) is raised and recorded as the grant's last error.
+
 Audit (``audit_events.py``): ``grant.created`` is written before the grant is stored and fails
 the call when it cannot be written (H01, fail closed); ``grant.reauthorization_required`` (A05),
 ``grant.revoked`` and ``token.refresh_rejected`` (B10) are written once each, best effort.
@@ -64,6 +69,7 @@ from broker.clock import Clock
 from broker.errors import (
     AuthServerUnavailable,
     BrokerError,
+    DeploymentMismatch,
     GrantExists,
     GrantNotFound,
     GrantRevoked,
@@ -84,6 +90,7 @@ from broker.tokens.audit_events import (
     identifier,
     reason_code,
 )
+from broker.tokens.deployment import DeploymentIdentity, grant_owner_text
 from broker.tokens.emergency import (
     EmergencyFileError,
     EmergencyRecord,
@@ -173,6 +180,7 @@ class TokenBroker:
         audit: AuditTrail | None = None,
         emergency: EmergencyVault | None = None,
         persistence_observer: PersistenceObserver | None = None,
+        deployment: DeploymentIdentity | None = None,
     ) -> None:
         if refresh_threshold <= 0:
             raise InvalidArgument("refresh_threshold must be positive")
@@ -206,6 +214,7 @@ class TokenBroker:
         self._unpersisted: dict[str, _Unpersisted] = {}
         self._emergency = emergency
         self._persistence_observer = persistence_observer
+        self._deployment = deployment
         self._lifetimes: dict[str, float] = {}  # of the last token the AS issued, per grant
         self._watchers = Watchers(watch_queue_size)
         self._stopping = False
@@ -729,6 +738,7 @@ class TokenBroker:
         async with self._store.refresh_lock(grant_id):
             grant = await self._store.get(grant_id)  # re-read: another replica may have refreshed
             self._check_status(grant)
+            await self._check_deployment(grant)
             pending = self._unpersisted.get(grant_id)
             if pending is not None and pending.version != grant.version:
                 # The store moved on (another replica rotated): its refresh token is newer.
@@ -812,6 +822,21 @@ class TokenBroker:
             self._backoff.pop(grant_id, None)
             self._publish(entry)
             return entry, RefreshOutcome.REFRESHED
+
+    async def _check_deployment(self, grant: Grant) -> None:
+        """Refuse (before anything is sent) a grant of another issuer or client than the one
+        the refresher talks to: its refresh token would go to the wrong AS."""
+        target = self._deployment
+        if target is None or target.owns(grant.issuer, grant.client_id):
+            return
+        exc = DeploymentMismatch(
+            f"grant {grant.grant_id} is of {grant_owner_text(grant.issuer, grant.client_id)}, "
+            f"but this broker refreshes at {grant_owner_text(target.issuer, target.client_id)}: "
+            "its refresh token is not sent"
+        )
+        _log.error("%s", exc.message)
+        await self._record_error(grant.grant_id, exc)
+        raise exc
 
     async def _audit_grant(
         self, action: AuditAction, grant: Grant, outcome: Outcome, reason: str

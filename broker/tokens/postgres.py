@@ -269,7 +269,11 @@ class PostgresGrantStore:
         store = cls(
             dsn, sealer, clock, schema=schema, identity=identity, record_identity=record_identity
         )
-        await store.open()
+        try:
+            await store.open()
+        except BaseException:
+            await store.close()  # a refused open leaves no worker thread or connection behind
+            raise
         return store
 
     @property

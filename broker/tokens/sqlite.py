@@ -204,7 +204,11 @@ class SqliteGrantStore:
             identity=identity,
             record_identity=record_identity,
         )
-        await store.open()
+        try:
+            await store.open()
+        except BaseException:
+            await store.close()  # a refused open leaves no worker thread or connection behind
+            raise
         return store
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -247,10 +251,6 @@ class SqliteGrantStore:
             except sqlite3.Error as exc:
                 raise _wrap("create", exc) from exc
         inspect_existing(self._path)  # before SQLite writes a byte to it
-        for suffix in ("", "-wal", "-shm"):
-            name = self._path + suffix
-            if os.path.exists(name) and stat.S_IMODE(os.stat(name).st_mode) & 0o077:
-                os.chmod(name, FILE_MODE)
         try:
             conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy_timeout)
         except sqlite3.Error as exc:
@@ -273,6 +273,11 @@ class SqliteGrantStore:
         except BaseException:
             conn.close()
             raise
+        # Ours: tighten the modes (G09) of the file and of the companions SQLite created.
+        for suffix in ("", "-wal", "-shm"):
+            name = self._path + suffix
+            if os.path.exists(name) and stat.S_IMODE(os.stat(name).st_mode) & 0o077:
+                os.chmod(name, FILE_MODE)
         self._conn = conn
 
     def _migrate(self, conn: sqlite3.Connection, *, fresh: bool) -> None:

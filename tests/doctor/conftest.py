@@ -13,9 +13,10 @@ import pytest
 from broker.clock import FakeClock
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.soft import SoftSealer
+from broker.tokens.deployment import DeploymentIdentity
 from broker.tokens.sqlite import SqliteGrantStore
 from tests.conftest import SoftHsmEnv
-from tests.doctor.helpers import Deployment, FakeVerifier, make_deployment
+from tests.doctor.helpers import ISSUER, Deployment, FakeVerifier, make_deployment
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,11 @@ async def deployment(
         sealing_label=keys.sealing,
         pin_file=softhsm_env.pin_file,
     )
-    # The grant database as serve leaves it (created and migrated).
-    store = await SqliteGrantStore.connect(str(tmp_path / "grants.db"), SoftSealer(), clock)
+    # The grant database as serve leaves it (created, migrated, bound to this deployment).
+    identity = DeploymentIdentity(issuer=ISSUER, client_id=keys.did, did=keys.did)
+    store = await SqliteGrantStore.connect(
+        str(tmp_path / "grants.db"), SoftSealer(), clock, identity=identity
+    )
     await store.close()
     return dep
 
