@@ -49,6 +49,7 @@ from broker.tokens.audit_events import (
     MeterFailureObserver,
 )
 from broker.tokens.broker import TokenBroker
+from broker.tokens.deployment import DeploymentIdentity
 from broker.tokens.emergency import EmergencyVault
 from broker.tokens.postgres import PostgresGrantStore
 from broker.tokens.sqlite import SqliteGrantStore
@@ -228,15 +229,26 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-async def open_store(settings: Settings, sealer: Sealer, clock: Clock) -> GrantStore:
+def deployment_identity(config: ClientConfig, did: str) -> DeploymentIdentity:
+    """The identity a grant store is bound to: the OAuth client's issuer and client_id, our did."""
+    return DeploymentIdentity(issuer=config.issuer, client_id=config.client_id, did=did)
+
+
+async def open_store(
+    settings: Settings, sealer: Sealer, clock: Clock, identity: DeploymentIdentity
+) -> GrantStore:
+    """Open the configured store bound to ``identity`` (refuses another deployment's store:
+    DeploymentMismatch; an existing file or schema that is not a store: StoreUnusable)."""
     s = settings.store
     if s.kind == "postgres":
         if s.dsn is None:
             raise ConfigError("[store].dsn is required for the postgres store")
-        return await PostgresGrantStore.connect(s.dsn, sealer, clock, schema=s.schema)
+        return await PostgresGrantStore.connect(
+            s.dsn, sealer, clock, schema=s.schema, identity=identity
+        )
     if s.path is None:
         raise ConfigError("[store].path is required for the sqlite store")
-    return await SqliteGrantStore.connect(str(s.path), sealer, clock)
+    return await SqliteGrantStore.connect(str(s.path), sealer, clock, identity=identity)
 
 
 def hsm_health(settings: Settings, clock: Clock) -> HsmHealth:
@@ -326,13 +338,13 @@ async def start(
         keystore, signer, did, sealer = await asyncio.to_thread(open_key, settings, clock, hsm)
         stack.callback(keystore.close)
         closers.append(("key store", keystore.close))
-        store = await open_store(settings, sealer, clock)
+        config = client_config(settings, did)
+        store = await open_store(settings, sealer, clock, deployment_identity(config, did))
         stack.push_async_callback(store.close)
         closers.append(("grant store", store.close))
         http = http_client(settings)
         stack.push_async_callback(http.aclose)
         closers.append(("http client", http.aclose))
-        config = client_config(settings, did)
         skew = SkewMonitor(
             clock,
             alarm_threshold=settings.oauth.clock_skew,
@@ -361,6 +373,7 @@ async def start(
             if emergency_dir is not None
             else None,
             persistence_observer=PersistenceHealthLog(),
+            deployment=deployment_identity(client.config, did),
         )
         resilience_gauges(meter_provider, skew, broker)
         await broker.start()

@@ -516,7 +516,7 @@ async def test_sqlite_file_that_is_not_a_database_fails(
     bad.write_bytes(b"this is not sqlite" * 100)
     deployment.sections["store"]["path"] = str(bad)
     found = await doctor(deployment, verifier, clock)
-    assert found["store"].status is FAIL and "[store]" in found["store"].detail
+    assert found["store"].status is FAIL and "[store_unusable]" in found["store"].detail
 
 
 async def test_postgres_store_unreachable_fails(
