@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import parse_qsl, urlsplit
 
-from broker.errors import ConfigError, DidError, InvalidKeyUri
+from broker.errors import BrokerError, ConfigError, DidError, InvalidKeyUri
 from broker.keys.didkey import decode_did_key
 from broker.keys.health import DEFAULT_BUSY_RETRIES, DEFAULT_OP_TIMEOUT, PROBE_BACKOFF
+from broker.keys.kid import KidFormat
 from broker.keys.uri import check_pin_file, parse_key_uri
 from broker.oauth.origins import parse_allowed_origin
 from broker.strict_json import DOCUMENT_MAX_BYTES, JWT_MAX_BYTES
+from broker.web.jwks import DEFAULT_JWKS_PATH, DEFAULT_MAX_AGE, MAX_MAX_AGE, check_jwks_path
 
 CONFIG_ENV = "BROKER_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/broker/broker.toml")
@@ -102,6 +104,8 @@ class OAuthSettings:
     allowed_endpoint_origins: tuple[str, ...] = ()
     """https origins besides the issuer's that the AS metadata may name for the token, PAR,
     JWKS and revocation endpoints (normalized, e.g. ``https://token.example.org``)."""
+    kid_format: KidFormat = KidFormat.DID
+    """The ``kid`` of our JWS headers and published keys (:mod:`broker.keys.kid`)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,9 @@ class WebSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     post_login_url: str | None = None
+    jwks_path: str | None = DEFAULT_JWKS_PATH
+    """Where the listener serves our public key set; None (``""`` in the file): not served."""
+    jwks_max_age: int = DEFAULT_MAX_AGE
 
 
 @dataclass(frozen=True)
@@ -492,6 +499,9 @@ def _oauth(section: _Section) -> OAuthSettings:
         allow_insecure_http=insecure,
         compensate_skew=section.boolean("compensate_skew", False),
         allowed_endpoint_origins=_origins(section, "allowed_endpoint_origins"),
+        kid_format=KidFormat(
+            section.choice("kid_format", tuple(f.value for f in KidFormat), KidFormat.DID.value)
+        ),
     )
 
 
@@ -544,7 +554,31 @@ def _web(section: _Section, oauth: OAuthSettings) -> WebSettings:
         tls_cert=cert,
         tls_key=key,
         post_login_url=post_login,
+        jwks_path=_jwks_path(section, oauth.redirect_uri),
+        jwks_max_age=section.integer("jwks_max_age", DEFAULT_MAX_AGE, low=0, high=MAX_MAX_AGE),
     )
+
+
+def _jwks_path(section: _Section, redirect_uri: str) -> str | None:
+    """``[web].jwks_path``: an absolute path without query; ``""`` turns the route off."""
+    value = section._raw("jwks_path", False)
+    if value is None:
+        return DEFAULT_JWKS_PATH
+    if value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{section.key('jwks_path')} must be a string, not {_toml_type(value)}")
+    try:
+        path = check_jwks_path(value)
+    except BrokerError as exc:
+        raise ConfigError(f"{section.key('jwks_path')}: {exc.message}") from None
+    if (
+        path == "/healthz"
+        or path.startswith("/request-objects/")
+        or path == urlsplit(redirect_uri).path
+    ):
+        raise ConfigError(f"{section.key('jwks_path')} collides with another route of the listener")
+    return path
 
 
 def _grpc(section: _Section) -> GrpcSettings:

@@ -29,7 +29,9 @@ from broker.clock import Clock, SystemClock
 from broker.config import Settings
 from broker.errors import ConfigError
 from broker.keys.api import Sealer, Signer
+from broker.keys.didkey import public_key_from_did
 from broker.keys.health import PROBE_BACKOFF, Backoff, HsmHealth, HsmState
+from broker.keys.kid import with_kid_format
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.uri import parse_key_uri
 from broker.oauth.client import OAuthClient
@@ -55,6 +57,7 @@ from broker.tokens.postgres import PostgresGrantStore
 from broker.tokens.sqlite import SqliteGrantStore
 from broker.tokens.store import GrantStore
 from broker.web.app import create_app
+from broker.web.jwks import JwksEndpoint, StaticKeys
 from broker.web.server import TlsFiles, WebServer
 
 log = logging.getLogger("broker.service")
@@ -269,15 +272,17 @@ def hsm_health(settings: Settings, clock: Clock) -> HsmHealth:
 def open_key(
     settings: Settings, clock: Clock, health: HsmHealth | None = None
 ) -> tuple[Pkcs11KeyStore, Signer, str, Sealer]:
-    """Open the token, self-test the client key (fail closed) and find the sealing key."""
+    """Open the token, self-test the client key (fail closed) and find the sealing key. The
+    signer names the key by ``[oauth].kid_format``."""
     ref = parse_key_uri(settings.key.uri)
     if ref.object is None:
         raise ConfigError("[key].uri must name the key with object=<label>")
     keystore = Pkcs11KeyStore.from_ref(ref, health=health)
     try:
         info = keystore.get(ref.object)
-        signer = keystore.signer(ref.object)
-        run_selftest(signer, info, clock=clock)
+        key_signer = keystore.signer(ref.object)
+        run_selftest(key_signer, info, clock=clock)
+        signer = with_kid_format(key_signer, info.public_key, settings.oauth.kid_format)
         if settings.key.sealing_key_label is None:
             raise ConfigError("[key].sealing_key_label is required (tokens are sealed at rest)")
         sealer = keystore.sealer(settings.key.sealing_key_label)
@@ -285,6 +290,19 @@ def open_key(
         keystore.close()
         raise
     return keystore, signer, info.did, sealer
+
+
+def jwks_endpoint(settings: Settings, did: str) -> JwksEndpoint | None:
+    """The ``[web].jwks_path`` route publishing the client key (None when turned off)."""
+    w = settings.web
+    if w.jwks_path is None:
+        return None
+    return JwksEndpoint(
+        StaticKeys((public_key_from_did(did),)),
+        kid_format=settings.oauth.kid_format,
+        path=w.jwks_path,
+        max_age=w.jwks_max_age,
+    )
 
 
 def audit_trail(
@@ -396,6 +414,7 @@ async def start(
                 redirect_uri=config.redirect_uri,
                 post_login_url=w.post_login_url,
                 tracer_provider=tracer_provider,
+                jwks=jwks_endpoint(settings, did),
             ),
             host=w.host,
             port=w.port,

@@ -13,6 +13,7 @@ from typing import Any
 from broker.errors import ConfigError
 from broker.jose import sign_compact_async
 from broker.keys.api import Signer
+from broker.keys.kid import kid_names_did
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import ServerMetadata
 
@@ -51,10 +52,11 @@ async def client_assertion(
     jti: str | None = None,
 ) -> str:
     """A signed client assertion (RFC 7523 section 2.2): header ``{"alg":"ES256","typ":"JWT",
-    "kid":<bare did>}``; ``jti`` is fresh (256 random bits) unless given."""
+    "kid":<the signer's kid>}`` (:mod:`broker.keys.kid`); ``jti`` is fresh (256 random bits)
+    unless given."""
     if signer.alg != "ES256":
         raise ConfigError("client assertions are signed with ES256 only")
-    if config.client_id.startswith("did:") and signer.kid != config.client_id:
+    if config.client_id.startswith("did:") and not kid_names_did(signer.kid, config.client_id):
         raise ConfigError("client_id is not the did of the signing key (DOME verifies by did)")
     claims = assertion_claims(config, metadata, now=now, jti=jti or secrets.token_urlsafe(32))
     return await sign_compact_async(signer, claims, typ="JWT")

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode
 from broker.errors import ConfigError, InvalidArgument
 from broker.jose import sign_compact_async
 from broker.keys.api import Signer
+from broker.keys.kid import kid_names_did
 from broker.oauth.config import MAX_REQUEST_OBJECT_LIFETIME, ClientConfig
 from broker.oauth.metadata import ServerMetadata
 from broker.oauth.pkce import S256
@@ -102,13 +103,12 @@ def build_authorization_request(
 
 async def sign_request_object(signer: Signer, claims: Mapping[str, Any]) -> str:
     """Sign the claims as a compact JWS (RFC 9101 section 4): ES256, typ
-    ``oauth-authz-req+jwt``, ``kid`` = the bare did (the signer's kid)."""
+    ``oauth-authz-req+jwt``, ``kid`` = the signer's kid (:mod:`broker.keys.kid`)."""
     for forbidden in ("request", "request_uri"):
         if forbidden in claims:
             raise InvalidArgument(f"a request object must not contain {forbidden!r}")
-    if claims.get("client_id") != signer.kid and str(claims.get("client_id", "")).startswith(
-        "did:"
-    ):
+    client_id = str(claims.get("client_id", ""))
+    if client_id.startswith("did:") and not kid_names_did(signer.kid, client_id):
         raise ConfigError("the request object's client_id is not the did of the signing key")
     return await sign_compact_async(signer, claims, typ=REQUEST_OBJECT_TYP)
 

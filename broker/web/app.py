@@ -8,6 +8,7 @@ Routes, and nothing else:
   or a 303 to the configured post-login URL (never to a caller-supplied URL), or, when a DOME
   login was restarted, a 303 to the new authorization URL the broker made.
 - ``GET /healthz``: 200 ``ok``.
+- ``GET [web].jwks_path`` (when configured): the client's public key set (:mod:`broker.web.jwks`).
 
 Nothing here logs a query string (it carries the code and state); uvicorn's access log is off.
 """
@@ -27,9 +28,11 @@ from starlette.routing import Route
 
 from broker.errors import AuthorizationDenied, BrokerError, InvalidArgument
 from broker.oauth.login import LoginState, LoginView
+from broker.web.jwks import JWK_SET_MEDIA_TYPE, JwksEndpoint, etag_matches
 
 REQUEST_OBJECT_MEDIA_TYPE = "application/oauth-authz-req+jwt"
 _CALLBACK_PARAMS = ("code", "state", "iss", "error")
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Pragma": "no-cache",
@@ -53,9 +56,13 @@ class LoginEndpoint(Protocol):
 def callback_path_of(redirect_uri: str) -> str:
     """The path part of the configured redirect_uri (the route the callback is served on)."""
     path = urlsplit(redirect_uri).path or "/"
-    if not path.startswith("/") or path in ("/healthz",) or path.startswith("/request-objects/"):
+    if not path.startswith("/") or _reserved(path):
         raise InvalidArgument("redirect_uri path collides with another route of the listener")
     return path
+
+
+def _reserved(path: str) -> bool:
+    return path == "/healthz" or path.startswith("/request-objects/")
 
 
 def _page(title: str, message: str, status: int) -> Response:
@@ -77,9 +84,13 @@ def create_app(
     redirect_uri: str,
     post_login_url: str | None = None,
     tracer_provider: TracerProvider | None = None,
+    jwks: JwksEndpoint | None = None,
 ) -> Starlette:
-    """Build the listener app. ``post_login_url`` is fixed configuration (C10)."""
+    """Build the listener app. ``post_login_url`` is fixed configuration (C10); ``jwks`` adds
+    the key set route."""
     callback_path = callback_path_of(redirect_uri)
+    if jwks is not None and (_reserved(jwks.path) or jwks.path == callback_path):
+        raise InvalidArgument("the JWKS path collides with another route of the listener")
     if post_login_url is not None and urlsplit(post_login_url).scheme not in ("https", "http"):
         raise InvalidArgument("post_login_url must be an absolute http(s) URL")
     tracer: Tracer = trace.get_tracer("broker.web", tracer_provider=tracer_provider)
@@ -156,9 +167,35 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok", headers={"Cache-Control": "no-store"})
 
+    async def key_set(request: Request) -> Response:
+        assert jwks is not None
+        with tracer.start_as_current_span("web.jwks") as span:
+            if request.method not in ("GET", "HEAD"):
+                span.set_attribute("http.status_code", 405)
+                return PlainTextResponse(
+                    "method not allowed", status_code=405, headers={"Allow": "GET, HEAD"}
+                )
+            doc = jwks.document()
+            headers = {
+                "Cache-Control": f"public, max-age={jwks.max_age}",
+                "ETag": doc.etag,
+                "X-Content-Type-Options": "nosniff",
+            }
+            if_none_match = request.headers.get("if-none-match")
+            if if_none_match is not None and etag_matches(if_none_match, doc.etag):
+                span.set_attribute("http.status_code", 304)
+                return Response(status_code=304, headers=headers)
+            span.set_attribute("http.status_code", 200)
+            return Response(
+                doc.body, status_code=200, media_type=JWK_SET_MEDIA_TYPE, headers=headers
+            )
+
     routes = [
         Route("/request-objects/{ref}", request_object, methods=["GET", "HEAD"]),
         Route(callback_path, callback, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
+    if jwks is not None:
+        # Every standard method reaches the handler, so that its 405 is the one answered.
+        routes.append(Route(jwks.path, key_set, methods=_HTTP_METHODS))
     return Starlette(routes=routes)
