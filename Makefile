@@ -8,11 +8,11 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 lint: bootstrap
-	$(VENV)/bin/ruff check broker tests bench
-	$(VENV)/bin/ruff format --check broker tests bench
+	$(VENV)/bin/ruff check broker clients tests bench
+	$(VENV)/bin/ruff format --check broker clients tests bench
 
 typecheck: bootstrap
-	$(VENV)/bin/mypy broker tests bench
+	$(VENV)/bin/mypy broker clients tests bench
 
 unit: bootstrap
 	$(PY) -m pytest -q -ra
@@ -24,6 +24,7 @@ demo: bootstrap
 
 proto: bootstrap
 	$(PY) -m broker.server.protogen
+	$(PY) clients/python/tools/protogen.py
 
 bench: bootstrap
 	$(PY) bench/sign.py

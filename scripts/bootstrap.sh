@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the broker needs on a fresh Debian machine, idempotently:
 #   - apt: softhsm2 (PKCS#11 token), opensc (pkcs11-tool), nodejs/npm when missing
-#   - a venv in .venv with the package and its test extras
+#   - a venv in .venv with the package and its test extras, and the client distribution
+#     (clients/python, editable, with its httpx and requests extras)
 #   - the pinned oidc-provider test peer (tests/peer, from its lockfile)
 # Never touches the system SoftHSM token directory.
 set -euo pipefail
@@ -24,11 +25,11 @@ if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv"
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   echo "bootstrap: installing the broker and its test extras into .venv"
   log=.venv/bootstrap-pip.log
-  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'; } >"$log" 2>&1; then
+  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]' && .venv/bin/pip install -q -e 'clients/python[httpx,requests]'; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "bootstrap: pip install failed (log above, kept in $log)" >&2
     exit 1
