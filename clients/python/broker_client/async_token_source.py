@@ -72,10 +72,13 @@ class AsyncTokenSource:
         key: str | Path,
         server_name: str | None = None,
         margin: float = DEFAULT_MARGIN,
+        clock: Callable[[], float] = time.time,
     ) -> AsyncTokenSource:
         """A source on its own mTLS channel to ``target``, closed with the source."""
         channel = aio_secure_channel(target, ca=ca, cert=cert, key=key, server_name=server_name)
-        return cls(AsyncBrokerClient(channel), grant_id, margin=margin, channel=channel)
+        return cls(
+            AsyncBrokerClient(channel), grant_id, margin=margin, clock=clock, channel=channel
+        )
 
     @property
     def cached(self) -> AccessToken | None:

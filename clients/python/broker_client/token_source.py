@@ -89,10 +89,13 @@ class TokenSource:
         key: str | Path,
         server_name: str | None = None,
         margin: float = DEFAULT_MARGIN,
+        clock: Callable[[], float] = time.time,
     ) -> TokenSource:
         """A source on its own mTLS channel to ``target``, closed with the source."""
         channel = secure_channel(target, ca=ca, cert=cert, key=key, server_name=server_name)
-        return cls(BrokerClient(channel), grant_id, margin=margin, on_close=channel.close)
+        return cls(
+            BrokerClient(channel), grant_id, margin=margin, clock=clock, on_close=channel.close
+        )
 
     # --- serving ------------------------------------------------------------------------------
 
