@@ -271,6 +271,7 @@ def cmd_tsl_entry(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
         url=args.url,
         redirect_uris=args.redirect_uri,
         post_logout_uris=args.post_logout_uri or [],
+        jwks_uri=args.jwks_uri,
     )
     return entry, tsl.render_yaml(entry)
 
@@ -587,6 +588,12 @@ def register(
         "--redirect-uri", required=True, action="append", metavar="URL", help="repeatable"
     )
     tsl_p.add_argument("--post-logout-uri", action="append", metavar="URL", help="repeatable")
+    tsl_p.add_argument(
+        "--jwks-uri",
+        metavar="URL",
+        help="jwkSetUrl = the broker's own key set (e.g. https://broker.example.org"
+        "/.well-known/jwks.json) instead of {issuer}/oidc/did/{did}",
+    )
     for name in ("destroy", "adopt"):
         parsers[name].add_argument(
             "--yes", action="store_true", help="do not ask to type the did (for scripts)"

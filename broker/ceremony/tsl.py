@@ -3,7 +3,9 @@
 Shape: ``/work/shared/DOME-PROFILE.md`` section "Registration". ``clientId`` and the did in
 ``jwkSetUrl`` are the same did by construction (a mismatch passes login and then fails at the
 token endpoint with 401 ``invalid_client``). ``jwkSetUrl`` = ``{issuer}/oidc/did/{did}``: the
-Verifier serves a JWKS derived from the did there.
+Verifier serves a JWKS derived from the did there. With ``jwks_uri`` (``--jwks-uri``) the entry names
+the broker's own key set instead (``[web].jwks_path`` on its listener; the second DOME runbook):
+the kid there follows ``[oauth].kid_format``, which must then be what the Verifier expects.
 
 The YAML is rendered by hand with JSON-quoted strings (JSON strings are YAML 1.2 double-quoted
 scalars), so the printed entry is byte-for-byte the profile's layout and parses with any YAML
@@ -59,8 +61,10 @@ def build_entry(
     url: str,
     redirect_uris: Sequence[str],
     post_logout_uris: Sequence[str] = (),
+    jwks_uri: str | None = None,
 ) -> dict[str, Any]:
-    """The TSL entry as a mapping, in the profile's member order."""
+    """The TSL entry as a mapping, in the profile's member order. ``jwkSetUrl`` is
+    ``jwks_uri`` when given, else the Verifier's ``/oidc/did/{did}``."""
     decoded = decode_did_key(did)
     if decoded.key_type != "P-256":
         raise InvalidArgument("the client did must be a P-256 did:key (did:key:zDn...)")
@@ -72,6 +76,10 @@ def build_entry(
         check_url("--redirect-uri", uri)
     for uri in post_logout_uris:
         check_url("--post-logout-uri", uri)
+    if jwks_uri is not None:
+        check_url("--jwks-uri", jwks_uri)
+        if urlsplit(jwks_uri).query:
+            raise InvalidArgument("--jwks-uri must not have a query")
     if len(set(redirect_uris)) != len(redirect_uris):
         raise InvalidArgument("--redirect-uri values must be distinct")
     return {
@@ -84,7 +92,7 @@ def build_entry(
         "postLogoutRedirectUris": list(post_logout_uris),
         "requireAuthorizationConsent": False,
         "requireProofKey": False,
-        "jwkSetUrl": jwk_set_url(issuer, did),
+        "jwkSetUrl": jwks_uri if jwks_uri is not None else jwk_set_url(issuer, did),
         "tokenEndpointAuthenticationSigningAlgorithm": SIGNING_ALG,
     }
 

@@ -352,6 +352,27 @@ def test_tsl_entry_matches_the_dome_profile(env: Env) -> None:
     assert code == 0 and json.loads(out) == entry
 
 
+def test_tsl_entry_with_jwks_uri_names_the_brokers_key_set(env: Env) -> None:
+    assert env.run("generate", key=env.uri())[0] == 0
+    jwks = "https://broker.example.org/.well-known/jwks.json"
+    code, out, err = env.run(
+        "tsl-entry",
+        "--issuer",
+        "https://verifier.dome-marketplace.eu",
+        "--url",
+        "https://broker.example.org",
+        "--redirect-uri",
+        "https://broker.example.org/callback",
+        "--jwks-uri",
+        jwks,
+        key=env.uri(),
+    )
+    assert (code, err) == (0, "")
+    entry = yaml.safe_load(out)[0]
+    assert entry["jwkSetUrl"] == jwks
+    assert entry["clientId"] == env.records()[-1]["did"]
+
+
 def test_tsl_entry_rejects_plain_http_issuer(env: Env) -> None:
     assert env.run("generate", key=env.uri())[0] == 0
     code, out, err = env.run(

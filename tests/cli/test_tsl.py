@@ -100,3 +100,27 @@ def test_operator_prefers_sudo_user(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOGNAME", "bob")
     monkeypatch.setenv("USER", "bob")
     assert default_operator() == "bob"
+
+
+def test_jwks_uri_becomes_the_jwk_set_url() -> None:
+    """Registration by the broker's own key set (second DOME runbook): ``--jwks-uri``."""
+    uri = "https://broker.example.org/.well-known/jwks.json"
+    entry = _entry(jwks_uri=uri)
+    assert entry["jwkSetUrl"] == uri
+    assert entry["clientId"] == DID
+    assert yaml.safe_load(tsl.render_yaml(entry)) == [entry]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://broker.example.org/jwks",
+        "/.well-known/jwks.json",
+        "https://broker.example.org/jwks#k",
+        "https://broker.example.org/jwks?v=1",
+        'https://broker.example.org/"',
+    ],
+)
+def test_bad_jwks_uri_is_refused(uri: str) -> None:
+    with pytest.raises(InvalidArgument, match="--jwks-uri"):
+        _entry(jwks_uri=uri)
