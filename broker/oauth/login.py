@@ -9,6 +9,18 @@ section 2.1), and the code is exchanged at once (DOME-PROFILE.md: codes are exch
 immediately) inside the client's exchange gate, so that no refresh of the same client runs
 between the code's issue and its exchange (DOME Verifier bug 1).
 
+Ownership: a login belongs to the caller that started it (``owner``, the caller identity the
+gRPC adapter names). Asked on behalf of an owner, :meth:`LoginService.get` and
+:meth:`LoginService.complete` see only that owner's logins; another owner's login is
+indistinguishable from an unknown one (:class:`LoginNotFound`, same message). The browser
+callback on the HTTPS listener asks on behalf of no owner: there the ``state`` itself is the
+capability.
+
+A rejected authorization response (unknown state, other owner, label refused, wrong or missing
+``iss``, no code) changes nothing: the login stays pending with its state, request object and
+authorization URL. Only an outcome that ends this login changes it: the AS's ``error=`` answer
+(with an acceptable ``iss``), a failed code exchange, a failed grant store.
+
 DOME compatibility: when a fresh code fails with ``invalid_grant`` (the Verifier overwrote the
 pending authorization), the login restarts once: a new request object and authorization URL
 are published under the same login id.
@@ -24,6 +36,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -61,6 +74,11 @@ MAX_PENDING_LOGINS = 10_000
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
 _ERROR_CODE = re.compile(r"^[\x20-\x21\x23-\x5B\x5D-\x7E]{1,64}$")  # RFC 6749 4.1.2.1 charset
 _REF = re.compile(r"^[A-Za-z0-9_\-]{43}$")  # secrets.token_urlsafe(32): 256 bits
+_NOT_FOUND_MESSAGE = "no such login"
+
+LabelCheck = Callable[[str], None]
+"""Called with a login's label before anything happens to it; raises (PermissionDenied) to
+refuse."""
 
 
 class LoginClient(Protocol):
@@ -108,6 +126,7 @@ class _Login:
     login_id: str
     label: str
     expires_at: float
+    owner: str | None = None
     status: LoginState = LoginState.PENDING
     state_key: bytes = b""
     ref_key: bytes | None = None
@@ -169,8 +188,9 @@ class LoginService:
 
     # --- start ----------------------------------------------------------------------------
 
-    async def start(self, *, label: str | None = None) -> LoginView:
-        """Begin an authorization code flow (RFC 6749 section 4.1.1, RFC 9101 section 5.2)."""
+    async def start(self, *, label: str | None = None, owner: str | None = None) -> LoginView:
+        """Begin an authorization code flow (RFC 6749 section 4.1.1, RFC 9101 section 5.2)
+        on behalf of ``owner`` (the caller identity; ``None`` for an in-process caller)."""
         label = self._label_default if label is None else label
         if not isinstance(label, str) or not _LABEL.fullmatch(label):
             raise InvalidArgument("label must be 1-128 characters of [A-Za-z0-9._:@-]")
@@ -180,7 +200,7 @@ class LoginService:
             raise LoginCapacityExceeded(
                 f"too many pending logins (limit {self._max_pending}); retry later"
             )
-        login = _Login(login_id=secrets.token_urlsafe(16), label=label, expires_at=0.0)
+        login = _Login(login_id=secrets.token_urlsafe(16), label=label, expires_at=0.0, owner=owner)
         await self._prepare(login)
         self._logins[login.login_id] = login
         return self._view(login)
@@ -264,53 +284,56 @@ class LoginService:
         state: str | None,
         iss: str | None,
         error: str | None = None,
+        owner: str | None = None,
+        authorize: LabelCheck | None = None,
     ) -> LoginView:
         """Handle the authorization response (RFC 6749 section 4.1.2, RFC 9207 section 2.4)
-        and exchange the code (RFC 6749 section 4.1.3)."""
+        and exchange the code (RFC 6749 section 4.1.3).
+
+        With ``owner`` (a gRPC caller) only that owner's logins are found: any other state is
+        :class:`LoginNotFound`, as for an unknown one. Without it (the browser callback) the
+        state alone finds the login. ``authorize`` is called with the login's label before
+        anything else. Every rejection before the code exchange leaves the login as it was,
+        except the AS's own ``error=`` answer, which ends it.
+        """
         self._prune()
         if not state:
             raise AuthorizationResponseError(
                 "authorization response without state", reason="missing_state"
             )
-        login_id = self._by_state.get(_digest(state))
-        login = self._logins.get(login_id) if login_id is not None else None
-        if login is None or not hmac.compare_digest(login.state_key, _digest(state)):
+        login = self._pending_by_state(state, owner, authorize)
+        metadata = await self._client.metadata()
+        # The await let other responses in: look again (consumed, restarted or expired since).
+        login = self._pending_by_state(state, owner, authorize)
+        if iss is not None and iss != self._config.issuer:
             raise AuthorizationResponseError(
-                "authorization response with an unknown or consumed state", reason="unknown_state"
+                "authorization response iss is not the expected issuer", reason="iss_mismatch"
             )
-        if login.status is LoginState.PENDING and not login.exchanging and self._expired(login):
-            self._expire(login)
-        if login.status is LoginState.EXPIRED:
-            raise LoginExpired("the login expired before the authorization response arrived")
-        if login.status is not LoginState.PENDING or login.exchanging:
+        if iss is None and metadata.authorization_response_iss_parameter_supported:
             raise AuthorizationResponseError(
-                "authorization response for a login that is not pending", reason="state_replayed"
+                "authorization response without iss although the issuer sends it",
+                reason="iss_missing",
+            )
+        answer: str | AuthorizationDenied
+        if error is not None:
+            code_ok = isinstance(error, str) and _ERROR_CODE.fullmatch(error)
+            answer = AuthorizationDenied(error if code_ok else "invalid_error_code")
+        elif code:
+            answer = code
+        else:
+            raise AuthorizationResponseError(
+                "authorization response without code", reason="missing_code"
             )
         # From here on the state is consumed: a second response with it is a replay (C03).
         self._forget_lookups(login)
         login.exchanging = True
         try:
-            metadata = await self._client.metadata()
-            if iss is not None and iss != self._config.issuer:
-                raise AuthorizationResponseError(
-                    "authorization response iss is not the expected issuer", reason="iss_mismatch"
-                )
-            if iss is None and metadata.authorization_response_iss_parameter_supported:
-                raise AuthorizationResponseError(
-                    "authorization response without iss although the issuer sends it",
-                    reason="iss_missing",
-                )
-            if error is not None:
-                code_ok = isinstance(error, str) and _ERROR_CODE.fullmatch(error)
-                raise AuthorizationDenied(error if code_ok else "invalid_error_code")
-            if not code:
-                raise AuthorizationResponseError(
-                    "authorization response without code", reason="missing_code"
-                )
+            if isinstance(answer, AuthorizationDenied):
+                raise answer  # the AS ended this login
             try:
                 async with self._client.exchange_gate():
                     tokens = await self._client.exchange_code(
-                        code,
+                        answer,
                         code_verifier=login.pkce.verifier if login.pkce else None,
                         nonce=login.nonce,
                     )
@@ -339,14 +362,47 @@ class LoginService:
         self._finish(login, LoginState.COMPLETED, grant_id=grant.grant_id)
         return self._view(login)
 
+    def _pending_by_state(
+        self, state: str, owner: str | None, authorize: LabelCheck | None
+    ) -> _Login:
+        """The pending login ``state`` belongs to, as ``owner`` may see it; raises otherwise.
+        Changes nothing but a due expiry."""
+        login_id = self._by_state.get(_digest(state))
+        login = self._logins.get(login_id) if login_id is not None else None
+        if login is not None and not hmac.compare_digest(login.state_key, _digest(state)):
+            login = None
+        if owner is not None:
+            login = self._visible(login, owner)
+            if login is None:
+                raise LoginNotFound(_NOT_FOUND_MESSAGE)
+        elif login is None:
+            raise AuthorizationResponseError(
+                "authorization response with an unknown or consumed state", reason="unknown_state"
+            )
+        if authorize is not None:
+            authorize(login.label)
+        if login.status is LoginState.PENDING and not login.exchanging and self._expired(login):
+            self._expire(login)
+        if login.status is LoginState.EXPIRED:
+            raise LoginExpired("the login expired before the authorization response arrived")
+        if login.status is not LoginState.PENDING or login.exchanging:
+            raise AuthorizationResponseError(
+                "authorization response for a login that is not pending", reason="state_replayed"
+            )
+        return login
+
     # --- queries --------------------------------------------------------------------------
 
-    def get(self, login_id: str) -> LoginView:
-        """The current view of a login; :class:`LoginNotFound` once forgotten or unknown."""
+    def get(self, login_id: str, *, owner: str | None = None) -> LoginView:
+        """The current view of a login; :class:`LoginNotFound` once forgotten or unknown, and
+        for a login of another owner when ``owner`` is given (``None``: an in-process caller,
+        who sees every login)."""
         self._prune()
         login = self._logins.get(login_id) if isinstance(login_id, str) else None
+        if owner is not None:
+            login = self._visible(login, owner)
         if login is None:
-            raise LoginNotFound("no such login")
+            raise LoginNotFound(_NOT_FOUND_MESSAGE)
         return self._view(login)
 
     @property
@@ -367,6 +423,11 @@ class LoginService:
                 AuditAction.LOGIN_FAILED, "error", label=login.label, reason=reason_code(reason)
             )
         )
+
+    @staticmethod
+    def _visible(login: _Login | None, owner: str) -> _Login | None:
+        """``login`` if ``owner`` started it, else ``None`` (as if it did not exist)."""
+        return login if login is not None and login.owner == owner else None
 
     def _expired(self, login: _Login) -> bool:
         return self._clock.now() >= login.expires_at

@@ -8,7 +8,7 @@ read-only properties so frozen dataclasses match.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from broker.tokens.model import Grant
@@ -43,6 +43,8 @@ class LoginView(Protocol):
 
     @property
     def login_id(self) -> str: ...
+    @property
+    def label(self) -> str: ...
     @property
     def state(self) -> enum.Enum | str: ...
     @property
@@ -79,18 +81,33 @@ class TokenBroker(Protocol):
 
 
 class LoginService(Protocol):
-    """Interactive logins: authorization code flow with a signed request object."""
+    """Interactive logins: authorization code flow with a signed request object.
 
-    async def start(self, *, label: str) -> LoginView:  # implementations may default label
+    Every login belongs to the caller that started it (``owner``, the caller identity name);
+    ``get`` and ``complete`` find only ``owner``'s logins and raise LoginNotFound, with the
+    same message as for an unknown login, for any other.
+    """
+
+    async def start(self, *, label: str, owner: str) -> LoginView:
         """Build a request object (RFC 9101) and the authorization URL for a new login."""
         ...
 
     async def complete(
-        self, *, code: str, state: str, iss: str, error: str | None = None
+        self,
+        *,
+        code: str | None,
+        state: str,
+        iss: str | None,
+        error: str | None = None,
+        owner: str,
+        authorize: Callable[[str], None],
     ) -> LoginView:
-        """Check an authorization response (RFC 6749 4.1.2, RFC 9207) and exchange the code."""
+        """Check an authorization response (RFC 6749 4.1.2, RFC 9207) and exchange the code.
+
+        ``authorize(label)`` runs before anything happens to the login and raises to refuse. A
+        rejected response leaves the login as it was."""
         ...
 
-    def get(self, login_id: str) -> LoginView:
-        """Raise LoginNotFound when unknown."""
+    def get(self, login_id: str, *, owner: str) -> LoginView:
+        """Raise LoginNotFound when unknown or not ``owner``'s."""
         ...

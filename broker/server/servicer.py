@@ -8,6 +8,7 @@ proto. No protobuf type goes below ``broker/server``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -150,7 +151,7 @@ class TokenBrokerServicer:
         async def run(caller: CallerIdentity, rule: Rule) -> pb.StartAuthorizationResponse:
             label = validation.label(request.label)
             Policy.authorize_label(caller, "StartAuthorization", rule, label)
-            view = await self._logins.start(label=label)
+            view = await self._logins.start(label=label, owner=caller.name)
             return pb.StartAuthorizationResponse(
                 authorization_url=view.authorization_url or "",
                 login_id=view.login_id,
@@ -162,18 +163,30 @@ class TokenBrokerServicer:
     async def CompleteAuthorization(
         self, request: pb.CompleteAuthorizationRequest, context: Context
     ) -> pb.CompleteAuthorizationResponse:
-        async def run(_caller: CallerIdentity, _rule: Rule) -> pb.CompleteAuthorizationResponse:
+        async def run(caller: CallerIdentity, rule: Rule) -> pb.CompleteAuthorizationResponse:
             code, state, iss, error = validation.authorization_response(
                 code=request.code, state=request.state, iss=request.iss, error=request.error
             )
-            view = await self._logins.complete(code=code, state=state, iss=iss, error=error)
+            # Only the caller's own logins, of labels it may hold; proto3 has no absent string:
+            # "" means not sent.
+            view = await self._logins.complete(
+                code=code or None,
+                state=state,
+                iss=iss or None,
+                error=error,
+                owner=caller.name,
+                authorize=functools.partial(
+                    Policy.authorize_label, caller, "CompleteAuthorization", rule
+                ),
+            )
             return pb.CompleteAuthorizationResponse(login=convert.login(view))
 
         return await self._unary(context, "CompleteAuthorization", run)
 
     async def GetLogin(self, request: pb.GetLoginRequest, context: Context) -> pb.GetLoginResponse:
-        async def run(_caller: CallerIdentity, _rule: Rule) -> pb.GetLoginResponse:
-            view = self._logins.get(validation.login_id(request.login_id))
+        async def run(caller: CallerIdentity, rule: Rule) -> pb.GetLoginResponse:
+            view = self._logins.get(validation.login_id(request.login_id), owner=caller.name)
+            Policy.authorize_label(caller, "GetLogin", rule, view.label)
             return pb.GetLoginResponse(login=convert.login(view))
 
         return await self._unary(context, "GetLogin", run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from broker.errors import GrantNotFound, LoginNotFound
@@ -31,6 +31,7 @@ class LoginState(enum.Enum):
 @dataclass(frozen=True)
 class FakeLogin:
     login_id: str
+    label: str
     state: LoginState
     authorization_url: str
     expires_at: float
@@ -116,32 +117,48 @@ class FakeBroker:
 
 
 class FakeLogins:
+    """Logins in a dict, each with its owner; ``complete`` answers for ``login-1`` of its
+    caller (it does not check states) and records its arguments."""
+
     def __init__(self) -> None:
         self.logins: dict[str, FakeLogin] = {}
-        self.completed: list[tuple[str, str, str, str | None]] = []
+        self.owners: dict[str, str] = {}
+        self.completed: list[tuple[str | None, str, str | None, str | None]] = []
         self.error: BaseException | None = None
 
-    async def start(self, *, label: str) -> FakeLogin:
+    async def start(self, *, label: str, owner: str) -> FakeLogin:
         if self.error is not None:
             raise self.error
         login_id = f"login-{len(self.logins) + 1}"
         view = FakeLogin(
             login_id=login_id,
+            label=label,
             state=LoginState.PENDING,
             authorization_url=f"https://verifier.example/authorize?client_id=x&label={label}",
             expires_at=1_800_000_600.5,
         )
         self.logins[login_id] = view
+        self.owners[login_id] = owner
         return view
 
     async def complete(
-        self, *, code: str, state: str, iss: str, error: str | None = None
+        self,
+        *,
+        code: str | None,
+        state: str,
+        iss: str | None,
+        error: str | None = None,
+        owner: str,
+        authorize: Callable[[str], None],
     ) -> FakeLogin:
         if self.error is not None:
             raise self.error
+        login = self.get("login-1", owner=owner)
+        authorize(login.label)
         self.completed.append((code, state, iss, error))
         view = FakeLogin(
-            login_id="login-1",
+            login_id=login.login_id,
+            label=login.label,
             state=LoginState.FAILED if error else LoginState.COMPLETED,
             authorization_url="",
             expires_at=1_800_000_600.0,
@@ -151,10 +168,9 @@ class FakeLogins:
         self.logins[view.login_id] = view
         return view
 
-    def get(self, login_id: str) -> FakeLogin:
+    def get(self, login_id: str, *, owner: str) -> FakeLogin:
         if self.error is not None:
             raise self.error
-        try:
-            return self.logins[login_id]
-        except KeyError:
-            raise LoginNotFound("login not found") from None
+        if login_id not in self.logins or self.owners.get(login_id) != owner:
+            raise LoginNotFound("login not found")
+        return self.logins[login_id]

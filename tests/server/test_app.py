@@ -246,9 +246,9 @@ async def test_login_rpcs_round_trip(harness: Harness) -> None:
     )
     assert failed.login.state == pb.LOGIN_STATE_FAILED
     assert failed.login.error == "access_denied"
-    assert harness.logins.completed == [
+    assert harness.logins.completed == [  # proto3's "" (not sent) reaches the service as None
         ("abc", "st", "https://verifier.example", None),
-        ("", "st", "", "access_denied"),
+        (None, "st", None, "access_denied"),
     ]
     err = await _fails(s.GetLogin(pb.GetLoginRequest(login_id="login-404")))
     assert err.code() is grpc.StatusCode.NOT_FOUND

@@ -227,17 +227,21 @@ async def test_c03_state_of_another_login_completes_only_that_login(service: Log
         ISSUER.upper(),
     ],
 )
-async def test_c01_wrong_iss_aborts_before_any_token_request(
+async def test_c01_wrong_iss_aborts_before_any_token_request_and_leaves_the_login_pending(
     service: LoginService, fake_client: FakeClient, bad_iss: str
 ) -> None:
+    """A response with a foreign iss is not this AS's answer: it is rejected, and it cannot end
+    the login either (whoever holds the state could otherwise kill it); the real response
+    still completes it."""
     view = await service.start(label="ops")
     with pytest.raises(AuthorizationResponseError) as err:
         await service.complete(code="c", state=state_of(view), iss=bad_iss)
     assert err.value.reason == "iss_mismatch"
     assert fake_client.calls == []
-    failed = service.get(view.login_id)
-    assert failed.state is LoginState.FAILED
-    assert failed.error == "iss_mismatch"
+    assert service.get(view.login_id) == view
+    assert service.request_object(ref_of(view)) is not None
+    done = await service.complete(code="c", state=state_of(view), iss=ISSUER)
+    assert done.state is LoginState.COMPLETED
 
 
 async def test_c02_missing_iss_is_rejected_when_the_issuer_advertises_it(
@@ -248,6 +252,7 @@ async def test_c02_missing_iss_is_rejected_when_the_issuer_advertises_it(
         await service.complete(code="c", state=state_of(view), iss=None)
     assert err.value.reason == "iss_missing"
     assert fake_client.calls == []
+    assert service.get(view.login_id) == view
 
 
 async def test_missing_iss_is_accepted_when_the_issuer_does_not_send_it(
@@ -272,6 +277,7 @@ async def test_c02_error_response_with_a_foreign_iss_is_not_attributed_to_our_is
         )
     assert not isinstance(err.value, AuthorizationDenied)
     assert err.value.reason == "iss_mismatch"
+    assert service.get(view.login_id) == view  # not attributed: the login goes on
 
 
 async def test_c02_error_response_fails_the_login_with_the_error_code(
@@ -291,12 +297,18 @@ async def test_c02_error_response_fails_the_login_with_the_error_code(
     assert weird.value.error == "invalid_error_code"
 
 
-async def test_missing_code_fails_the_login(service: LoginService) -> None:
+async def test_missing_code_is_rejected_and_leaves_the_login_pending(
+    service: LoginService,
+) -> None:
+    """A response without code or error is malformed, not an answer that ends the login."""
     view = await service.start(label="ops")
-    with pytest.raises(AuthorizationResponseError) as err:
-        await service.complete(code="", state=state_of(view), iss=ISSUER)
-    assert err.value.reason == "missing_code"
-    assert service.get(view.login_id).state is LoginState.FAILED
+    for code in ("", None):
+        with pytest.raises(AuthorizationResponseError) as err:
+            await service.complete(code=code, state=state_of(view), iss=ISSUER)
+        assert err.value.reason == "missing_code"
+    assert service.get(view.login_id) == view
+    done = await service.complete(code="c", state=state_of(view), iss=ISSUER)
+    assert done.state is LoginState.COMPLETED
 
 
 async def test_expired_login_is_reported_and_its_request_object_withdrawn(
