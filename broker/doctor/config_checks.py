@@ -1,12 +1,15 @@
-"""Configuration checks: the file validates, every file it names exists, the policy parses."""
+"""Configuration checks: the file validates, every file it names exists, the policy parses, the
+kid form suits the authorization server."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from broker.config import Settings, load_settings
 from broker.doctor.result import CheckResult, fail, failed, ok, skip, warn
 from broker.errors import BrokerError
+from broker.keys.kid import KidFormat
 from broker.server.policy import Policy
 
 
@@ -68,3 +71,33 @@ def policy(settings: Settings) -> CheckResult:
     if not loaded.rules:
         return warn("config.policy", f"policy file {path} allows no identity: every call is denied")
     return ok("config.policy", f"{len(loaded.rules)} identities allowed")
+
+
+def kid(settings: Settings) -> CheckResult:
+    """``config.kid``: the ``kid`` form of our JWS headers and where the key set is served. Warns
+    when a non-did kid meets the DOME Verifier (``dome_compat`` on or a DOME issuer): it refuses
+    any other kid at the token endpoint (401 invalid_client); and when a thumbprint kid has no
+    key set to be resolved against."""
+    kid_format = settings.oauth.kid_format
+    path = settings.web.jwks_path
+    served = (
+        f"key set at {settings.web.public_base_url.rstrip('/')}{path}"
+        if path is not None
+        else "no key set served"
+    )
+    host = urlsplit(settings.oauth.issuer).hostname or ""
+    dome = settings.oauth.dome_compat or "dome-marketplace" in host
+    if kid_format is not KidFormat.DID and dome:
+        return warn(
+            "config.kid",
+            f'kid_format "{kid_format}" with the DOME Verifier: it accepts only the bare did as '
+            "kid (a did-registered client gets 401 invalid_client at the token endpoint); set "
+            '[oauth].kid_format = "did", or dome_compat = false for a standards-only server',
+        )
+    if kid_format is KidFormat.JWK_THUMBPRINT and path is None:
+        return warn(
+            "config.kid",
+            "kid_format jwk_thumbprint but [web].jwks_path is off: nothing publishes the key under "
+            "that kid (register a jwks_uri and serve it)",
+        )
+    return ok("config.kid", f'kid_format "{kid_format}"; {served}')

@@ -27,6 +27,7 @@ ALL_NAMES = (
     "config.load",
     "config.files",
     "config.policy",
+    "config.kid",
     *hsm.NAMES,
     "as.discovery",
     "as.endpoints",
@@ -92,7 +93,12 @@ async def _run(
     loaded, settings = config_checks.load(config_path)
     if settings is None:
         return [loaded] + [skip(n, "configuration invalid") for n in ALL_NAMES[1:]]
-    results = [loaded, config_checks.files(settings), config_checks.policy(settings)]
+    results = [
+        loaded,
+        config_checks.files(settings),
+        config_checks.policy(settings),
+        _safe("config.kid", lambda: config_checks.kid(settings)),
+    ]
 
     outcome = hsm.HsmOutcome()
 
