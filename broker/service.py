@@ -40,8 +40,10 @@ from broker.oauth.login import LoginService
 from broker.oauth.skew import SkewMonitor
 from broker.server.app import RunningServer, ServerTlsReloader, start_server
 from broker.server.policy import PolicyHolder
+from broker.telemetry import instruments
 from broker.telemetry.metrics import BrokerMetrics
 from broker.telemetry.observer import MetricsObserver
+from broker.telemetry.signer import MeteredSigner
 from broker.tokens.audit_events import (
     AuditSink,
     AuditTrail,
@@ -133,29 +135,30 @@ class PersistenceHealthLog:
 
 
 def resilience_gauges(
-    meter_provider: otel_metrics.MeterProvider | None, skew: SkewMonitor, broker: TokenBroker
+    meter_provider: otel_metrics.MeterProvider | None,
+    skew: SkewMonitor,
+    broker: TokenBroker,
+    *,
+    hsm: HsmHealth | None = None,
 ) -> None:
-    """``as_clock_skew_seconds`` (C09) and ``tokens_unpersisted_grants`` (G04, > 0: DEGRADED)."""
+    """``broker.as.clock_skew`` (C09), ``broker.tokens.unpersisted_grants`` (G04, > 0:
+    DEGRADED) and, given the probe, ``broker.hsm.up`` (1 up, 0 down)."""
     meter = otel_metrics.get_meter("broker.service", meter_provider=meter_provider)
-
-    def skew_value(_options: otel_metrics.CallbackOptions) -> list[otel_metrics.Observation]:
-        offset = skew.offset
-        return [] if offset is None else [otel_metrics.Observation(offset)]
-
-    def unpersisted(_options: otel_metrics.CallbackOptions) -> list[otel_metrics.Observation]:
-        return [otel_metrics.Observation(len(broker.unpersisted_grants))]
-
-    meter.create_observable_gauge(
-        "as_clock_skew_seconds",
-        callbacks=[skew_value],
-        unit="s",
-        description="Smoothed clock offset of the authorization server (its Date minus ours)",
+    instruments.create(
+        meter, instruments.AS_CLOCK_SKEW, callbacks=[instruments.single_value(lambda: skew.offset)]
     )
-    meter.create_observable_gauge(
-        "tokens_unpersisted_grants",
-        callbacks=[unpersisted],
-        description="Grants holding a refresh result the grant store failed to write",
+    instruments.create(
+        meter,
+        instruments.UNPERSISTED_GRANTS,
+        callbacks=[instruments.single_value(lambda: len(broker.unpersisted_grants))],
     )
+    if hsm is not None:
+        probe = hsm
+        instruments.create(
+            meter,
+            instruments.HSM_UP,
+            callbacks=[instruments.single_value(lambda: int(probe.state is HsmState.UP))],
+        )
 
 
 @dataclass
@@ -354,6 +357,8 @@ async def start(
             closers.append((f"audit sink {audit_file.name}", audit_file.close))
         hsm = hsm_health(settings, clock)
         keystore, signer, did, sealer = await asyncio.to_thread(open_key, settings, clock, hsm)
+        if metrics is not None:
+            signer = MeteredSigner(signer, metrics, clock)
         stack.callback(keystore.close)
         closers.append(("key store", keystore.close))
         config = client_config(settings, did)
@@ -393,7 +398,7 @@ async def start(
             persistence_observer=PersistenceHealthLog(),
             deployment=deployment_identity(client.config, did),
         )
-        resilience_gauges(meter_provider, skew, broker)
+        resilience_gauges(meter_provider, skew, broker, hsm=hsm)
         await broker.start()
         stack.push_async_callback(broker.stop)
         logins = LoginService(
@@ -439,6 +444,7 @@ async def start(
             reflection=g.reflection,
             cn_identities=g.cn_identities,
             tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
             audit=audit,
         )
         reporter = HsmServingReporter(hsm, grpc_server)

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection as grpc_reflection
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 from broker.errors import ConfigError
 from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc
@@ -428,6 +428,7 @@ async def start_server(
     max_deadline: float = DEFAULT_MAX_DEADLINE,
     reflection: bool = False,
     tracer_provider: trace.TracerProvider | None = None,
+    meter_provider: metrics.MeterProvider | None = None,
     audit: AuditTrail | None = None,
     tls_reloader: ServerTlsReloader | None = None,
     max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
@@ -449,8 +450,11 @@ async def start_server(
         else trace.get_tracer("broker.server")
     )
     limiter = ConcurrencyLimiter(max_concurrent_rpcs)
+    tracing = TracingInterceptor(
+        tracer, metrics.get_meter("broker.server", meter_provider=meter_provider)
+    )
     server = grpc.aio.server(
-        interceptors=[limiter, TracingInterceptor(tracer)],
+        interceptors=[limiter, tracing],
         options=server_options(
             max_message_bytes=max_message_bytes,
             max_concurrent_rpcs=max_concurrent_rpcs,
@@ -484,6 +488,7 @@ async def start_server(
     port = server.add_secure_port(bind, credentials)
     if port == 0:
         raise ConfigError("gRPC server could not bind its address")
+    tracing.bound(bind, port)
     await server.start()
     running = RunningServer(
         server=server, port=port, health=health_servicer, policy=policy, limiter=limiter

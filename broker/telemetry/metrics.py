@@ -1,4 +1,6 @@
-"""Every metric instrument of the broker, created in one place.
+"""The token core's, key custody's and OAuth client's instruments behind typed methods.
+
+Names, units and attributes come from the catalogue :mod:`broker.telemetry.instruments`.
 
 Callers (token core, gRPC server, key store, OAuth client, web listener) get a
 :class:`BrokerMetrics` through their constructor and call its typed ``record_*`` methods; they
@@ -13,16 +15,10 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
+from broker.telemetry import instruments as spec
 from broker.telemetry.redaction import REDACTED, redact_text
 
 _MAX_LABEL = 64
-
-# Bucket boundaries (seconds). Sign: SoftHSM ~1 ms, network HSMs ~5-50 ms.
-_SIGN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-# Refresh: one token-endpoint round trip plus an HSM signature.
-_REFRESH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-# Remaining life of served access tokens: 0 s .. 1 h (DOME: 3600 s).
-_TTL_BUCKETS = (0.0, 30.0, 60.0, 120.0, 225.0, 300.0, 600.0, 900.0, 1800.0, 2700.0, 3600.0)
 
 
 def _label(value: str) -> str:
@@ -32,7 +28,8 @@ def _label(value: str) -> str:
 
 
 class BrokerMetrics:
-    """The broker's instruments on one :class:`~opentelemetry.metrics.Meter`.
+    """The broker's instruments on one :class:`~opentelemetry.metrics.Meter` (names, units and
+    attributes: :mod:`broker.telemetry.instruments`).
 
     :meth:`observe_reauthorization_required` adds the gauge of grants that currently need a
     user to log in again, once the grant store exists (wiring order: telemetry first).
@@ -41,53 +38,16 @@ class BrokerMetrics:
     def __init__(self, meter: Meter) -> None:
         self._meter = meter
         self._reauth_source: Callable[[], int] | None = None
-        self._token_requests = meter.create_counter(
-            "broker.token.requests",
-            unit="{request}",
-            description="Access-token requests served, by method and outcome",
-        )
-        self._cache_hits = meter.create_counter(
-            "broker.token.cache.hits", unit="{lookup}", description="Tokens served from cache"
-        )
-        self._cache_misses = meter.create_counter(
-            "broker.token.cache.misses",
-            unit="{lookup}",
-            description="Token lookups that needed a blocking refresh",
-        )
-        self._refresh_duration = meter.create_histogram(
-            "broker.token.refresh.duration",
-            unit="s",
-            description="Duration of refresh_token grants, by outcome",
-            explicit_bucket_boundaries_advisory=_REFRESH_BUCKETS,
-        )
-        self._served_ttl = meter.create_histogram(
-            "broker.token.served.time_to_expiry",
-            unit="s",
-            description="Remaining lifetime of access tokens handed out",
-            explicit_bucket_boundaries_advisory=_TTL_BUCKETS,
-        )
-        self._sign_duration = meter.create_histogram(
-            "broker.hsm.sign.duration",
-            unit="s",
-            description="Duration of one HSM signature, by mechanism",
-            explicit_bucket_boundaries_advisory=_SIGN_BUCKETS,
-        )
-        self._sign_errors = meter.create_counter(
-            "broker.hsm.sign.errors", unit="{error}", description="Failed HSM signatures, by reason"
-        )
-        self._as_errors = meter.create_counter(
-            "broker.as.errors",
-            unit="{error}",
-            description="Authorization-server errors, by endpoint and OAuth error code",
-        )
-        self._pending_logins = meter.create_up_down_counter(
-            "broker.logins.pending", unit="{login}", description="Interactive logins in progress"
-        )
-        self._reauth_transitions = meter.create_counter(
-            "broker.grants.reauthorization_required.transitions",
-            unit="{grant}",
-            description="Grants that became dead (re-authorization needed)",
-        )
+        self._token_requests = spec.create(meter, spec.TOKEN_REQUESTS)
+        self._cache_hits = spec.create(meter, spec.CACHE_HITS)
+        self._cache_misses = spec.create(meter, spec.CACHE_MISSES)
+        self._refresh_duration = spec.create(meter, spec.REFRESH_DURATION)
+        self._served_ttl = spec.create(meter, spec.SERVED_TTL)
+        self._sign_duration = spec.create(meter, spec.SIGN_DURATION)
+        self._sign_errors = spec.create(meter, spec.SIGN_ERRORS)
+        self._as_errors = spec.create(meter, spec.AS_ERRORS)
+        self._pending_logins = spec.create(meter, spec.PENDING_LOGINS)
+        self._reauth_transitions = spec.create(meter, spec.REAUTH_TRANSITIONS)
 
     def observe_reauthorization_required(self, source: Callable[[], int]) -> None:
         """Register ``source`` (e.g. a store count query), polled at each metric collection.
@@ -103,12 +63,7 @@ class BrokerMetrics:
             current = self._reauth_source
             return [] if current is None else [Observation(current())]
 
-        self._meter.create_observable_gauge(
-            "broker.grants.reauthorization_required",
-            callbacks=[observe],
-            unit="{grant}",
-            description="Grants that currently need a user to log in again",
-        )
+        spec.create(self._meter, spec.REAUTH_REQUIRED, callbacks=[observe])
 
     def record_token_request(self, method: str, outcome: str) -> None:
         """One access-token request answered (``outcome``: e.g. ok, denied, not_found, error)."""

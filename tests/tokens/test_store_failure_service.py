@@ -41,10 +41,13 @@ def test_c09_g04_gauges_report_skew_and_unpersisted_grants() -> None:
     data = reader.get_metrics_data()
     assert data is not None
     values = {
-        metric.name: [p.value for p in metric.data.data_points]  # type: ignore[union-attr]
+        (metric.name, metric.unit): [p.value for p in metric.data.data_points]  # type: ignore[union-attr]
         for rm in data.resource_metrics
         for sm in rm.scope_metrics
         for metric in sm.metrics
     }
-    assert values == {"as_clock_skew_seconds": [-90.0], "tokens_unpersisted_grants": [0]}
+    assert values == {
+        ("broker.as.clock_skew", "s"): [-90.0],
+        ("broker.tokens.unpersisted_grants", "{grant}"): [0],
+    }
     provider.shutdown()
