@@ -2,7 +2,10 @@
 
 ``configure_logging(settings)`` (called from ``main``) installs one stderr handler on the root
 logger with :class:`TraceContextFilter` then :class:`~broker.telemetry.redaction.RedactingFilter`,
-and adds the redacting filter to every other handler already on the root logger.
+and adds the redacting filter to every other handler already on the root logger. The Python
+``grpc`` logger is routed to that handler (propagation on, no handler of its own that writes);
+gRPC C-core's own stderr lines are silenced by ``broker serve`` before grpc is imported
+(:func:`broker.serve_cli.quiet_grpc_core`).
 
 A JSON line holds ``timestamp`` (RFC 3339, UTC, milliseconds), ``level``, ``logger``,
 ``message``, ``trace_id`` / ``span_id`` (hex, when a span is current), ``exception`` /
@@ -124,4 +127,15 @@ def configure_logging(
     handler = build_handler(settings, stream)
     root.addHandler(handler)
     root.setLevel(settings.log_level)
+    _route_to_root("grpc")
     return handler
+
+
+def _route_to_root(name: str) -> None:
+    """Records of logger ``name`` reach the root handler only: handlers that write are dropped
+    (a library's ``NullHandler`` is kept), propagation is on."""
+    logger = logging.getLogger(name)
+    for own in list(logger.handlers):
+        if not isinstance(own, logging.NullHandler):
+            logger.removeHandler(own)
+    logger.propagate = True

@@ -100,12 +100,25 @@ def _blob(match: re.Match[str]) -> str:
     return REDACTED
 
 
+# RFC 9110 section 9 methods. ``request`` names a secret (the RFC 9101 request object), but
+# "HTTP Request: POST https://..." (httpx's request log line) is a method, never a JWT.
+_HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+
+
+def _is_http_method_of_request(match: re.Match[str]) -> bool:
+    return match["key"].lower() == "request" and match["value"] in _HTTP_METHODS
+
+
 def _redact_pairs(text: str) -> str:
     out: list[str] = []
     pos = 0
     for match in _KV.finditer(text):
         if match.start() < pos or not is_sensitive_key(match["key"]):
             continue  # inside a value already redacted, or a harmless key
+        if _is_http_method_of_request(match):
+            continue
         out.append(text[pos : match.end()])
         out.append(match["q"] + REDACTED)
         pos = match.end() + len(match["q"]) + len(match["value"])

@@ -125,3 +125,30 @@ def test_redact_value_bounds_depth() -> None:
     for _ in range(9):
         out = out["d"]
     assert out == REDACTED
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'HTTP Request: POST https://verifier.example/oidc/token "HTTP/1.1 200 OK"',
+        'HTTP Request: GET https://verifier.example/.well-known/openid-configuration "HTTP/1.1 200 OK"',
+        "request=DELETE",
+    ],
+)
+def test_http_method_after_request_stays_readable(text: str) -> None:
+    """httpx's INFO line names the method after ``Request:``; the method is not a secret."""
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("request: POSTeyJhbGciOiJFUzI1NiJ9", "POSTeyJ"),
+        ("request=Post", "Post"),
+        ("request=POST.abc.def", "POST.abc.def"),
+        ("request: xyz.abc.def", "xyz.abc.def"),
+    ],
+)
+def test_request_values_other_than_a_bare_method_are_still_redacted(text: str, secret: str) -> None:
+    out = redact_text(text)
+    assert secret not in out and REDACTED in out
