@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from collections.abc import Callable
@@ -71,6 +72,7 @@ from broker.tokens.ports import GrantSink
 
 REQUEST_OBJECT_PATH = "/request-objects/"
 MAX_PENDING_LOGINS = 10_000
+_log = logging.getLogger(__name__)
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
 _ERROR_CODE = re.compile(r"^[\x20-\x21\x23-\x5B\x5D-\x7E]{1,64}$")  # RFC 6749 4.1.2.1 charset
 _REF = re.compile(r"^[A-Za-z0-9_\-]{43}$")  # secrets.token_urlsafe(32): 256 bits
@@ -360,6 +362,10 @@ class LoginService:
             await self._audit_failure(login, "internal", audit_down=False)
             raise
         self._finish(login, LoginState.COMPLETED, grant_id=grant.grant_id)
+        _log.info(
+            "login completed",
+            extra={"grant_id": grant.grant_id, "label": login.label, "caller": login.owner},
+        )
         return self._view(login)
 
     def _pending_by_state(

@@ -347,6 +347,7 @@ class TokenBroker:
             grant = await self._store.set_status(grant_id, GrantStatus.REVOKED, reason="revoked")
         self._bury(grant_id, GrantRevoked)
         await self._audit_grant(AuditAction.GRANT_REVOKED, grant, "ok", "revoked")
+        _log.info("grant revoked", extra={"grant_id": grant_id, "label": grant.label})
         return grant
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -821,6 +822,7 @@ class TokenBroker:
             self._remember_lifetime(grant_id, tokens)
             self._backoff.pop(grant_id, None)
             self._publish(entry)
+            _log.info("grant refreshed", extra={"grant_id": grant_id, "label": grant.label})
             return entry, RefreshOutcome.REFRESHED
 
     async def _check_deployment(self, grant: Grant) -> None:
