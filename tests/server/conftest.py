@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from broker.server.app import RunningServer, start_server
 from broker.server.gen.broker.v1 import broker_pb2_grpc
 from broker.server.policy import PolicyHolder
+from broker.server.ports import LoginService
 from tests.server.fakes import FakeBroker, FakeLogins, make_grant
 from tests.server.pki import Ca, Issued
 
@@ -84,8 +85,14 @@ class Harness:
 
 
 async def make_harness(
-    tmp_path: Path, *, policy_text: str = POLICY, **kwargs: Any
+    tmp_path: Path,
+    *,
+    policy_text: str = POLICY,
+    login_service: LoginService | None = None,
+    **kwargs: Any,
 ) -> tuple[Harness, TracerProvider]:
+    """The server over the fakes; ``login_service`` replaces the fake login service in the
+    server (``Harness.logins`` is then not wired)."""
     ca = Ca("client-ca")
     server_ca = Ca("server-ca")
     server_cert = server_ca.issue(cn="broker.test", dns=("broker.test",), server=True)
@@ -98,7 +105,7 @@ async def make_harness(
     logins = FakeLogins()
     running = await start_server(
         broker=broker,
-        logins=logins,
+        logins=login_service if login_service is not None else logins,
         policy=PolicyHolder(policy_path, poll_interval=kwargs.pop("poll_interval", 0.05)),
         bind="127.0.0.1:0",
         server_cert_pem=server_cert.cert_pem,

@@ -48,12 +48,15 @@ class FakeClient:
     md: ServerMetadata = field(default_factory=metadata)
     invalid_grant_times: int = 0
     exchange_error: Exception | None = None
+    metadata_error: Exception | None = None
     calls: list[ExchangeCall] = field(default_factory=list)
     pushed: list[str] = field(default_factory=list)
     par_expires_in: int = 60
     gate_depth: int = 0
 
     async def metadata(self) -> ServerMetadata:
+        if self.metadata_error is not None:
+            raise self.metadata_error
         return self.md
 
     def exchange_gate(self) -> AbstractAsyncContextManager[None]:
