@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.trace import SpanKind, StatusCode
 
 from broker import errors as e
@@ -31,14 +31,14 @@ class Traced:
         """(unit, attributes, count) of every rpc.server.duration point."""
         data = self.reader.get_metrics_data()
         assert data is not None
-        return [
-            (m.unit, dict(p.attributes), p.count)
-            for rm in data.resource_metrics
-            for sm in rm.scope_metrics
-            for m in sm.metrics
-            if m.name == "rpc.server.duration"
-            for p in m.data.data_points  # type: ignore[union-attr]
-        ]
+        out: list[tuple[str, dict[str, Any], int]] = []
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    for p in m.data.data_points if m.name == "rpc.server.duration" else ():
+                        assert isinstance(p, HistogramDataPoint)
+                        out.append((m.unit or "", dict(p.attributes or {}), p.count))
+        return out
 
 
 @pytest.fixture

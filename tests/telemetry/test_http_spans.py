@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -82,14 +82,14 @@ class Recorded:
     def durations(self) -> list[tuple[str, dict[str, Any], int]]:
         data = self.reader.get_metrics_data()
         assert data is not None
-        return [
-            (m.unit, dict(p.attributes), p.count)
-            for rm in data.resource_metrics
-            for sm in rm.scope_metrics
-            for m in sm.metrics
-            if m.name == "http.client.request.duration"
-            for p in m.data.data_points  # type: ignore[union-attr]
-        ]
+        out: list[tuple[str, dict[str, Any], int]] = []
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    for p in m.data.data_points if m.name == "http.client.request.duration" else ():
+                        assert isinstance(p, HistogramDataPoint)
+                        out.append((m.unit or "", dict(p.attributes or {}), p.count))
+        return out
 
 
 @pytest.fixture
