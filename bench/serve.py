@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import grpc
 from common import cpu_model
 
 from broker.devtools.pki import Ca
+from broker.errors import NotFound
 from broker.server.app import start_server
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.policy import PolicyHolder
@@ -80,14 +81,25 @@ class CachedBroker:
 
 
 class NoLogins:
-    async def start(self, *, label: str) -> Any:
-        raise NotImplementedError
+    """The benchmark serves cached tokens only: every login call is refused."""
 
-    async def complete(self, *, code: str, state: str, iss: str, error: str | None = None) -> Any:
-        raise NotImplementedError
+    async def start(self, *, label: str, owner: str) -> Any:
+        raise NotFound("no logins in this benchmark")
 
-    def get(self, login_id: str) -> Any:
-        raise NotImplementedError
+    async def complete(
+        self,
+        *,
+        code: str | None,
+        state: str,
+        iss: str | None,
+        error: str | None = None,
+        owner: str,
+        authorize: Callable[[str], None],
+    ) -> Any:
+        raise NotFound("no logins in this benchmark")
+
+    def get(self, login_id: str, *, owner: str) -> Any:
+        raise NotFound("no logins in this benchmark")
 
 
 def _request_bytes() -> bytes:
