@@ -18,6 +18,7 @@ Doc = dict[str, dict[str, Any]]
 def doc(tmp_path: Path) -> Doc:
     for name in ("user_pin", "web.crt", "web.key", "grpc.crt", "grpc.key", "ca.pem", "policy.toml"):
         (tmp_path / name).write_text("x")
+    (tmp_path / "user_pin").chmod(0o600)
     return {
         "key": {
             "uri": f"pkcs11:token=broker;object=c;id=%01?pin-source=file:{tmp_path}/user_pin",
