@@ -35,6 +35,8 @@ class SinkSpan:
     attributes: dict[str, Any]
     events: list[dict[str, Any]]
     status: str
+    kind: str = "SPAN_KIND_UNSPECIFIED"
+    """OTLP span kind name: ``SPAN_KIND_SERVER``, ``SPAN_KIND_CLIENT``, ``SPAN_KIND_INTERNAL``..."""
 
     @property
     def duration_ms(self) -> float:
@@ -159,6 +161,7 @@ class OtlpSink:
                                 for e in s.get("events", [])
                             ],
                             status=s.get("status", {}).get("code", "STATUS_CODE_UNSET"),
+                            kind=s.get("kind", "SPAN_KIND_UNSPECIFIED"),
                         )
                     )
         with self._lock:

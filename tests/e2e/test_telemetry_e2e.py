@@ -6,7 +6,12 @@ AS going away. Then the broker is stopped (SIGTERM flushes the exporters) and:
 - one GetAccessToken-with-refresh trace is one tree under the client's root span:
   demo-client root -> broker.v1.TokenBroker/GetAccessToken -> tokens.get -> tokens.refresh ->
   oauth.token_request -> keys.sign, all one trace id, and the outbound token request carried
-  that trace's ``traceparent`` (recorded by the peer);
+  that trace's ``traceparent`` (recorded by the peer) from its own HTTP CLIENT span;
+- span names, kinds and attributes follow the OpenTelemetry RPC (gRPC SERVER span) and HTTP
+  (CLIENT span ``POST``) semantic conventions; every exported metric is one of the catalogue
+  (:mod:`broker.telemetry.instruments`) with its unit, the semconv histograms among them;
+- the broker's stderr is JSON only, even after a plaintext connection made gRPC C-core fail a
+  TLS handshake (C-core's own log lines are silenced);
 - no secret of the run (PINs, every access/refresh/id token and code the verifier issued or was
   sent, PKCE verifiers, client assertions, request objects, tokens served over gRPC) appears in
   any span, event, attribute, metric, OTLP log record, raw OTLP body, the broker's log or its
@@ -15,7 +20,9 @@ AS going away. Then the broker is stopped (SIGTERM flushes the exporters) and:
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -33,6 +40,7 @@ from broker.devtools.otlp_sink import OtlpSink, SinkSpan
 from broker.devtools.peer import stop_peer
 from broker.devtools.stack import DevStack
 from broker.server.gen.broker.v1 import broker_pb2
+from broker.telemetry import instruments
 from tests.e2e.conftest import RPC_TIMEOUT, Stacks, login
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow, pytest.mark.softhsm]
@@ -110,6 +118,26 @@ def secrets_of_the_run(stack: DevStack, log: dict[str, Any], served: list[str]) 
     return {s for s in found if len(s) >= 8}
 
 
+def exported_units(sink: OtlpSink) -> dict[str, str]:
+    """Every metric name the broker exported, with its unit."""
+    return {
+        m["name"]: m.get("unit", "")
+        for d in sink.metrics
+        for rm in d.get("resourceMetrics", [])
+        for sm in rm.get("scopeMetrics", [])
+        for m in sm.get("metrics", [])
+    }
+
+
+async def plaintext_knock(port: int) -> None:
+    """An HTTP request on the gRPC TLS port: C-core fails the handshake (and would log it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await asyncio.wait_for(reader.read(1024), timeout=RPC_TIMEOUT)
+    writer.close()
+
+
 def chain_of(spans: list[SinkSpan]) -> list[SinkSpan]:
     """Follow CHAIN from the root down through parent links; stops where a link is missing."""
     chain: list[SinkSpan] = []
@@ -162,6 +190,7 @@ def test_h02_full_run_traces_one_tree_and_leaks_no_secret(
             broker_pb2.GetAccessTokenRequest(grant_id=grant_id), timeout=RPC_TIMEOUT
         )
     assert unavailable.value.code() == grpc.StatusCode.UNAVAILABLE
+    asyncio.run(plaintext_knock(stack.grpc_port))
 
     assert stack.stop_broker() == 0  # SIGTERM: drain, then flush the exporters
     client_tracing.force_flush()
@@ -182,8 +211,71 @@ def test_h02_full_run_traces_one_tree_and_leaks_no_secret(
     parents = [r["headers"].get("traceparent", "") for r in refreshes]
     assert len(refreshes) == REFRESHES
     assert [p.split("-")[1] if p else "" for p in parents] == traces
-    request_span_ids = {s.span_id for s in spans if s.name == "oauth.token_request"}
-    assert parents[-1].split("-")[2] in request_span_ids  # the outbound request's own span
+    token_request = next(s for s in chain if s.name == "oauth.token_request")
+    (http_span,) = [
+        s for s in spans if s.parent_span_id == token_request.span_id and s.name == "POST"
+    ]
+    assert parents[-1].split("-")[2] == http_span.span_id  # the outbound request's own span
+
+    # --- semantic conventions: spans ---------------------------------------------------------
+    server = chain[1]
+    assert server.kind == "SPAN_KIND_SERVER"
+    assert {k: server.attributes.get(k) for k in ("rpc.system", "rpc.service", "rpc.method")} == {
+        "rpc.system": "grpc",
+        "rpc.service": "broker.v1.TokenBroker",
+        "rpc.method": "GetAccessToken",
+    }
+    assert server.attributes["rpc.grpc.status_code"] == 0
+    assert server.attributes["server.address"] == "127.0.0.1"
+    assert server.attributes["server.port"] == stack.grpc_port
+    assert server.attributes["network.peer.address"] == "127.0.0.1"
+    assert http_span.kind == "SPAN_KIND_CLIENT"
+    token_url = next(r for r in log["token_requests"] if r["grant_type"] == "refresh_token")
+    assert http_span.attributes["http.request.method"] == "POST"
+    assert http_span.attributes["http.response.status_code"] == 200
+    assert http_span.attributes["server.address"] == "127.0.0.1"
+    assert isinstance(http_span.attributes["server.port"], int)
+    assert str(http_span.attributes["url.full"]).endswith("/token"), token_url
+    assert "?" not in str(http_span.attributes["url.full"])
+    assert "error.type" not in http_span.attributes
+    assert all(s.kind == "SPAN_KIND_INTERNAL" for s in chain[2:] if s.name != "keys.sign")
+    unavailable_spans = [
+        s
+        for s in sink.spans
+        if s.name == "broker.v1.TokenBroker/GetAccessToken"
+        and s.attributes.get("rpc.grpc.status_code") == grpc.StatusCode.UNAVAILABLE.value[0]
+    ]
+    assert unavailable_spans and all(s.status == "STATUS_CODE_ERROR" for s in unavailable_spans)
+    denied_spans = [
+        s
+        for s in sink.spans
+        if s.attributes.get("rpc.grpc.status_code") == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    ]
+    assert denied_spans and all(s.status != "STATUS_CODE_ERROR" for s in denied_spans)
+    failed_posts = [s for s in sink.spans if s.name == "POST" and "error.type" in s.attributes]
+    assert failed_posts and all(s.status == "STATUS_CODE_ERROR" for s in failed_posts)
+
+    # --- semantic conventions: metrics -------------------------------------------------------
+    units = exported_units(sink)
+    catalogue = {spec.name: spec.unit for spec in instruments.ALL}
+    assert units == {name: catalogue.get(name, "<not in the catalogue>") for name in units}
+    for name in (
+        "rpc.server.duration",
+        "http.client.request.duration",
+        "broker.token.refresh.duration",
+        "broker.hsm.sign.duration",
+        "broker.hsm.up",
+        "broker.tokens.unpersisted_grants",
+        "broker.as.clock_skew",
+    ):
+        assert name in units, sorted(units)
+
+    # --- one log format ----------------------------------------------------------------------
+    if not {"GRPC_VERBOSITY", "GRPC_TRACE"} & os.environ.keys():
+        for line in (stack.workdir / "broker.log").read_text().splitlines():
+            if line.startswith("broker serving:"):  # the one stdout line, for the launcher
+                continue
+            json.loads(line)
 
     # --- no secret anywhere ------------------------------------------------------------------
     secrets = secrets_of_the_run(stack, log, served)
