@@ -6,7 +6,7 @@ assertion whose ``iat`` is at most ~10 s in its future and rejects one more than
 broker clock outside that window gets ``invalid_client`` on every token request (TEST-CATALOGUE
 C09). :class:`SkewMonitor` keeps a smoothed offset (``AS time - our time``, seconds; positive:
 the AS is ahead), reports each update to a :class:`SkewObserver` (the service turns it into the
-``as_clock_skew_seconds`` gauge), logs a warning once when ``|offset|`` exceeds
+``broker.as.clock_skew`` gauge, unit s), logs a warning once when ``|offset|`` exceeds
 ``warn_threshold`` (5 s) and an error once when it exceeds ``alarm_threshold`` (the configured
 ``clock_skew``), and, only when ``compensate`` is on, shifts the client-assertion ``iat``/``exp``
 onto the AS's clock (:meth:`assertion_clock`).
