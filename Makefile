@@ -1,6 +1,9 @@
 # The two commands of the README: `make demo` and `make test`.
 VENV := .venv
 PY := $(VENV)/bin/python
+# the pinned buf CLI (tools/buf, npm ci by bootstrap): lints the proto, checks it against the
+# committed baseline image of the last released API (protos/baseline.binpb)
+BUF := tools/buf/node_modules/.bin/buf
 
 .PHONY: bootstrap test lint typecheck unit demo proto bench clean
 
@@ -10,6 +13,8 @@ bootstrap:
 lint: bootstrap
 	$(VENV)/bin/ruff check broker clients tests bench
 	$(VENV)/bin/ruff format --check broker clients tests bench
+	$(BUF) lint
+	$(BUF) breaking --against protos/baseline.binpb
 
 typecheck: bootstrap
 	$(VENV)/bin/mypy broker clients tests bench
@@ -30,4 +35,4 @@ bench: bootstrap
 	$(PY) bench/sign.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/peer/node_modules
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/peer/node_modules tools/buf/node_modules

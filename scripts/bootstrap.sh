@@ -4,6 +4,7 @@
 #   - a venv in .venv with the package and its test extras, and the client distribution
 #     (clients/python, editable, with its httpx and requests extras)
 #   - the pinned oidc-provider test peer (tests/peer, from its lockfile)
+#   - the pinned buf CLI for `make lint` (tools/buf, from its lockfile)
 # Never touches the system SoftHSM token directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,15 @@ if [ -f tests/peer/package-lock.json ]; then
   if [ ! -e "$lockstamp" ]; then
     echo "bootstrap: installing the oidc-provider test peer (npm ci)"
     (cd tests/peer && npm ci --silent --no-audit --no-fund >/dev/null)
+    touch "$lockstamp"
+  fi
+fi
+
+if [ -f tools/buf/package-lock.json ]; then
+  lockstamp=tools/buf/node_modules/.installed-$(sha256sum tools/buf/package-lock.json | cut -c1-16)
+  if [ ! -e "$lockstamp" ]; then
+    echo "bootstrap: installing the buf CLI (npm ci)"
+    (cd tools/buf && npm ci --silent --no-audit --no-fund >/dev/null)
     touch "$lockstamp"
   fi
 fi
