@@ -80,6 +80,7 @@ class Facts:
     audit: AuditLog | None = None
     crash: CrashPoint = field(default_factory=CrashPoint)
     critical: ExitStack = field(default_factory=ExitStack)
+    intended: bool = False
 
     def learn(self, info: KeyInfo) -> None:
         self.key_uri = info.uri or self.key_uri
@@ -90,6 +91,7 @@ class Facts:
         """Record the intent to create the key ``key_uri`` names; defer signals from here on."""
         assert self.audit is not None  # run_audited sets it
         self.critical.enter_context(deferred_signals())
+        self.intended = True
         self.key_uri = key_uri
         self.audit.append(self.action + INTENT_SUFFIX, outcome="ok", key_uri=key_uri)
         self.crash.reached("after-intent")
@@ -251,7 +253,15 @@ def cmd_list(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = _target(deps, args, facts, need_label=False)
     with _store(deps, target, args) as (store, _):
         infos = store.list()
-    return {"keys": [output.key_document(i) for i in infos]}, output.key_list_text(infos)
+        sealing = store.list_sealing_keys()
+    document = {
+        "keys": [output.key_document(i) for i in infos],
+        "sealing_keys": [{"label": label, "id": key_id.hex()} for label, key_id in sealing],
+    }
+    text = output.key_list_text(infos) + "".join(
+        f"{label}\tid={key_id.hex()}\tAES-256 sealing key\n" for label, key_id in sealing
+    )
+    return document, text
 
 
 def cmd_show(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
@@ -466,7 +476,8 @@ def run_audited(deps: Deps, action: str, body: Body, args: argparse.Namespace) -
             raise AuditError(
                 f"{action} succeeded but its audit record could not be written: {exc.message}"
             ) from exc
-        facts.crash.reached("after-completion")
+        if facts.intended:
+            facts.crash.reached("after-completion")
     output.emit(sys.stdout, as_json=args.json, document=document, text=text)
     return 0
 
