@@ -145,6 +145,7 @@ async def test_d05_wrong_pin_fails_login_and_skips_the_key_checks(
     wrong = tmp_path / "wrong.pin"
     wrong_pin = "0000" + softhsm_env.pin[4:] + "x"
     wrong.write_text(wrong_pin + "\n", encoding="utf-8")
+    wrong.chmod(0o600)
     uri = str(deployment.sections["key"]["uri"])
     deployment.sections["key"]["uri"] = uri.replace(str(softhsm_env.pin_file), str(wrong))
     found = await doctor(deployment, verifier, clock)
@@ -158,6 +159,29 @@ async def test_d05_wrong_pin_fails_login_and_skips_the_key_checks(
     assert exit_code(list(found.values())) == 1
     assert_no_pin(found, softhsm_env.pin)
     assert_no_pin(found, wrong_pin)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+async def test_pin_file_open_to_group_or_others_fails_login_naming_path_and_mode(
+    deployment: Deployment,
+    verifier: FakeVerifier,
+    clock: FakeClock,
+    softhsm_env: SoftHsmEnv,
+    mode: int,
+) -> None:
+    loose = deployment.root / "loose.pin"
+    loose.write_text(softhsm_env.pin + "\n", encoding="utf-8")  # the right PIN, readable by others
+    loose.chmod(mode)
+    uri = str(deployment.sections["key"]["uri"])
+    deployment.sections["key"]["uri"] = uri.replace(str(softhsm_env.pin_file), str(loose))
+    found = await doctor(deployment, verifier, clock)
+    assert found["hsm.login"].status is FAIL
+    assert f"PIN file {loose} has mode {mode:04o}" in found["hsm.login"].detail
+    assert "[insecure_pin_file]" in found["hsm.login"].detail
+    assert found["hsm.client_key"].status is SKIP
+    assert_no_pin(found, softhsm_env.pin)
+    loose.chmod(0o400)
+    assert (await doctor(deployment, verifier, clock))["hsm.login"].status is OK
 
 
 async def test_unknown_token_label_fails_token_check(
