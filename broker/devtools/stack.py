@@ -194,9 +194,10 @@ class DevStack:
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
         so_pin, user_pin = secrets_dir / "so_pin", secrets_dir / "user_pin"
         for path in (so_pin, user_pin):
-            if not path.exists():
-                path.write_text(secrets.token_hex(8) + "\n")
-                path.chmod(0o600)
+            if not path.exists():  # created 0600 (never readable by others, not even briefly)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_hex(8) + "\n")
         _run(
             [
                 "bash",

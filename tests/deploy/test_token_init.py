@@ -45,6 +45,8 @@ def test_token_init_generates_keys_once_and_registers_the_client(tmp_path: Path)
     (tmp_path / "data").mkdir()
     (tmp_path / "secrets" / "broker_so_pin").write_text(SO_PIN + "\n")
     (tmp_path / "secrets" / "broker_user_pin").write_text(USER_PIN + "\n")
+    for pin in ("broker_so_pin", "broker_user_pin"):
+        (tmp_path / "secrets" / pin).chmod(0o600)  # group/other access is refused
 
     first = run_token_init(tmp_path)
     assert first.returncode == 0, first.stderr
