@@ -603,3 +603,32 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--redirect-uri" in out and "--issuer" in out
     assert main([]) == 2
     assert capsys.readouterr().err == "broker: the following arguments are required: GROUP\n"
+
+
+def test_key_created_outside_the_ceremonies_is_an_orphan_until_adopted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key with no audit record at all (made behind the CLI's back) blocks every keys
+    command with one line naming it; adopt records it after the did is typed."""
+    env = Env("soft", tmp_path, capsys, None)
+    assert env.backend is not None
+    assert env.run("generate", key=env.uri("known"))[0] == 0
+    info = env.backend.store.generate(env.label("stray"), b"\x07")  # no ceremony, no record
+    for argv, key in ((["list"], env.uri(None)), (["show"], env.uri("known"))):
+        code, out, err = env.run(*argv, key=key)
+        assert (code, out) == (1, "") and err.count("\n") == 1
+        assert f"orphan key '{env.label('stray')}' ({info.did}): no completed audit record" in err
+        assert "broker keys adopt --key pkcs11:token=ceremony;object=stray-" in err
+    monkeypatch.setattr("sys.stdin", io.StringIO(info.did + "\n"))
+    code, out, err = env.run("adopt", "--json", key=env.uri("stray"))
+    assert (code, err) == (0, "")
+    assert json.loads(out)["did"] == info.did
+    last = env.records()[-1]
+    assert (last["action"], last["outcome"], last["did"]) == ("keys.adopt", "ok", info.did)
+    assert env.run("show", key=env.uri("known"))[0] == 0
+    # replaced behind the CLI's back under a recorded label: an orphan again
+    env.backend.store.delete(env.label("stray"))
+    env.backend.store.generate(env.label("stray"), b"\x07")
+    code, _, err = env.run("list", key=env.uri(None))
+    assert code == 1 and "the audit log records another key under this label" in err
+    assert verify_chain(env.audit).ok
