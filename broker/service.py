@@ -55,7 +55,7 @@ from broker.tokens.audit_events import (
 from broker.tokens.broker import TokenBroker
 from broker.tokens.deployment import DeploymentIdentity
 from broker.tokens.emergency import EmergencyVault
-from broker.tokens.postgres import PostgresGrantStore
+from broker.tokens.postgres_driver import require_postgres_driver
 from broker.tokens.sqlite import SqliteGrantStore
 from broker.tokens.store import GrantStore
 from broker.web.app import create_app
@@ -249,6 +249,9 @@ async def open_store(
     if s.kind == "postgres":
         if s.dsn is None:
             raise ConfigError("[store].dsn is required for the postgres store")
+        require_postgres_driver()  # psycopg is the optional `postgres` extra
+        from broker.tokens.postgres import PostgresGrantStore  # noqa: PLC0415
+
         return await PostgresGrantStore.connect(
             s.dsn, sealer, clock, schema=s.schema, identity=identity
         )

@@ -23,8 +23,9 @@ from broker.clock import Clock
 from broker.config import Settings
 from broker.doctor.result import CheckResult, Status, fail, failed, ok, warn
 from broker.errors import BrokerError, KeyStoreError
-from broker.tokens import postgres, sqlite
+from broker.tokens import sqlite
 from broker.tokens.deployment import DeploymentIdentity
+from broker.tokens.postgres_driver import require_postgres_driver
 
 NAME = "store"
 
@@ -120,6 +121,9 @@ async def _sqlite(path: str, clock: Clock, identity: DeploymentIdentity | None) 
 async def _postgres(
     dsn: str, clock: Clock, schema: str, identity: DeploymentIdentity | None
 ) -> CheckResult:
+    require_postgres_driver()  # psycopg is the optional `postgres` extra
+    from broker.tokens import postgres  # noqa: PLC0415
+
     store = postgres.PostgresGrantStore(
         dsn, RefusingSealer(), clock, schema=schema, identity=identity, record_identity=False
     )
