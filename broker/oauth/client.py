@@ -137,6 +137,9 @@ class OAuthClient:
             refresh_token=raw.refresh_token,
             id_token=raw.id_token,
             id_claims=claims or {},
+            refresh_expires_at=None
+            if raw.refresh_expires_in is None
+            else raw.received_at + raw.refresh_expires_in,
         )
 
     async def _validate(

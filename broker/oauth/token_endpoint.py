@@ -58,6 +58,8 @@ class RawTokenResponse:
     id_token: str | None = field(default=None, repr=False)
     expires_in_defaulted: bool = False
     scope_defaulted: bool = False
+    refresh_expires_in: int | None = None
+    """The refresh token's lifetime when the AS says (a non-standard member, e.g. Keycloak)."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -76,6 +78,15 @@ def parse_expires_in(value: object, *, default: int) -> tuple[int, bool]:
     if not 1 <= value <= MAX_EXPIRES_IN:
         raise UnexpectedResponse("expires_in is out of range [1, 1 year]", status_code=200)
     return value, False
+
+
+def parse_refresh_expires_in(value: object) -> int | None:
+    """``refresh_expires_in`` when it is a JSON integer in [1, 1 year]; anything else (absent,
+    0 as Keycloak sends for offline tokens, a string, a float, a boolean) is ignored: the
+    member is not standard and must not fail an otherwise valid response."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 1 <= value <= MAX_EXPIRES_IN else None
 
 
 def _optional_string(doc: Mapping[str, Any], name: str) -> str | None:
@@ -113,6 +124,7 @@ def parse_token_response(
         id_token=_optional_string(doc, "id_token"),
         expires_in_defaulted=expires_defaulted,
         scope_defaulted=not scope,
+        refresh_expires_in=parse_refresh_expires_in(doc.get("refresh_expires_in")),
         raw=dict(doc),
     )
 

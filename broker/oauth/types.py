@@ -14,6 +14,7 @@ class TokenSet:
     ``expires_at`` is absolute (epoch seconds), computed on receipt from ``expires_in``.
     ``refresh_token`` is the one to use next: on a refresh response without one, the old one.
     ``id_claims`` are the validated id_token claims (may hold PII: never logged).
+    ``refresh_expires_at`` is absolute, from the AS's ``refresh_expires_in`` when it sent one.
     """
 
     access_token: str = field(repr=False)
@@ -24,6 +25,7 @@ class TokenSet:
     refresh_token: str | None = field(default=None, repr=False)
     id_token: str | None = field(default=None, repr=False)
     id_claims: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    refresh_expires_at: float | None = None
 
     @property
     def subject(self) -> str | None:

@@ -102,6 +102,13 @@ from broker.tokens.model import AccessToken, Grant, GrantStatus
 from broker.tokens.observer import NullObserver, RefreshOutcome, TokenBrokerObserver
 from broker.tokens.ports import Refresher
 from broker.tokens.refresher import BackgroundRefresher, Sleep
+from broker.tokens.schedule import (
+    DEFAULT_RETRY_MARGIN,
+    LifetimeKind,
+    RefreshSchedule,
+    RefreshTokenLifetime,
+    outage_budget,
+)
 from broker.tokens.store import GrantStore
 from broker.tokens.watch import Watchers
 
@@ -129,7 +136,11 @@ class _Entry:
     subject: str
     mono_expires: float
     due_at: float
-    """When the background refresher picks it up: threshold minus a per-token jitter (J02)."""
+    """When the background refresher picks it up (:meth:`RefreshSchedule.due_at`)."""
+    retry_until: float | None = None
+    """Failed refreshes are retried at least until then (refresh-token expiry minus margin)."""
+    refresh_expires_at: float | None = None
+    """The refresh token's expiry, epoch seconds (None: unknown)."""
 
     def __repr__(self) -> str:
         return f"_Entry(grant_id={self.grant_id!r}, version={self.version})"
@@ -181,6 +192,9 @@ class TokenBroker:
         emergency: EmergencyVault | None = None,
         persistence_observer: PersistenceObserver | None = None,
         deployment: DeploymentIdentity | None = None,
+        refresh_fraction: float | None = None,
+        refresh_retry_margin: float = DEFAULT_RETRY_MARGIN,
+        refresh_token_lifetime: RefreshTokenLifetime | None = None,
     ) -> None:
         if refresh_threshold <= 0:
             raise InvalidArgument("refresh_threshold must be positive")
@@ -200,6 +214,10 @@ class TokenBroker:
         self._refresher = refresher
         self._clock = clock
         self._threshold = refresh_threshold
+        self._schedule = RefreshSchedule(
+            refresh_threshold, jitter, refresh_fraction, refresh_retry_margin
+        )
+        self._rt_lifetime = refresh_token_lifetime or RefreshTokenLifetime(LifetimeKind.UNKNOWN)
         self._min_serve_ttl = min_serve_ttl
         self._jitter = jitter
         self._id_factory = id_factory
@@ -290,6 +308,7 @@ class TokenBroker:
         if subject is None:
             raise InvalidArgument("the token set carries no subject (no validated id_token)")
         now = self._clock.now()
+        tokens = self._resolve(tokens)
         attempts = 0
         while True:
             grant = Grant(
@@ -306,6 +325,8 @@ class TokenBroker:
                 created_at=now,
                 updated_at=now,
                 id_claims=tokens.id_claims,
+                access_issued_at=tokens.received_at,
+                refresh_expires_at=tokens.refresh_expires_at,
             )
             # H01: written ahead of the store commit, fail closed: no grant (and so no token)
             # exists that the audit trail does not know about.
@@ -541,8 +562,23 @@ class TokenBroker:
     # --- internals: cache ------------------------------------------------------------------
 
     def _entry(self, grant: Grant) -> _Entry:
-        mono_expires = self._clock.monotonic() + (grant.access_expires_at - self._clock.now())
-        lead = self._threshold * (1 - self._jitter * self._rng.random())
+        now, mono = self._clock.now(), self._clock.monotonic()
+        mono_expires = mono + (grant.access_expires_at - now)
+        issued = grant.access_issued_at
+        lifetime = self._lifetimes.get(grant.grant_id)
+        if issued is None and lifetime is not None:
+            issued = grant.access_expires_at - lifetime
+        due = self._schedule.due_at(
+            grant.grant_id, grant.version, issued_at=issued, expires_at=grant.access_expires_at
+        )
+        refresh_expires = grant.refresh_expires_at
+        if refresh_expires is None and issued is not None:
+            refresh_expires = self._rt_lifetime.expiry(
+                issued_at=issued, access_expires_at=grant.access_expires_at
+            )
+        elif refresh_expires is None and self._rt_lifetime.kind is LifetimeKind.ACCESS:
+            refresh_expires = grant.access_expires_at
+        deadline = self._schedule.retry_deadline(refresh_expires)
         return _Entry(
             grant_id=grant.grant_id,
             version=grant.version,
@@ -551,8 +587,40 @@ class TokenBroker:
             scope=grant.scope,
             subject=grant.subject,
             mono_expires=mono_expires,
-            due_at=mono_expires - lead,
+            due_at=mono + (due - now),
+            retry_until=None if deadline is None else mono + (deadline - now),
+            refresh_expires_at=refresh_expires,
         )
+
+    def _resolve(self, tokens: TokenSet) -> TokenSet:
+        """Give a new refresh token without ``refresh_expires_in`` the configured lifetime."""
+        if tokens.refresh_token is None or tokens.refresh_expires_at is not None:
+            return tokens
+        expiry = self._rt_lifetime.expiry(
+            issued_at=tokens.received_at, access_expires_at=tokens.expires_at
+        )
+        return tokens if expiry is None else dataclasses.replace(tokens, refresh_expires_at=expiry)
+
+    # --- the outage budget -----------------------------------------------------------------
+
+    def outage_budget(self) -> float | None:
+        """Seconds until the earliest refresh-token expiry among the active grants this
+        process knows (every one after the first background pass); None when none is known.
+        If the AS stays down longer, that grant dies."""
+        return outage_budget(
+            (e.refresh_expires_at for e in self._cache.values()), self._clock.now()
+        )
+
+    def grants_in_last_retry_window(self) -> int:
+        """Grants whose last refresh failed and that are within ``refresh_threshold`` seconds
+        of their retry deadline (or past it)."""
+        mono = self._clock.monotonic()
+        count = 0
+        for grant_id in self._backoff:
+            entry = self._cache.get(grant_id)
+            if entry is not None and self._schedule.in_last_window(mono, entry.retry_until):
+                count += 1
+        return count
 
     def _admit(self, grant: Grant) -> _Entry:
         """Cache a grant read from the store (raising if it is dead); keeps the cached entry
@@ -761,7 +829,11 @@ class TokenBroker:
             entry = self._admit(grant)
             recovering = grant.refresh_started_at is not None
             span.set_attribute("refresh.recovering", recovering)
-            if not recovering and self._state(entry, need) is Freshness.FRESH:
+            if (
+                not recovering
+                and self._state(entry, need) is Freshness.FRESH
+                and self._clock.monotonic() < entry.due_at
+            ):
                 self._backoff.pop(grant_id, None)
                 return entry, RefreshOutcome.NOT_NEEDED
             if grant.refresh_token is None:
@@ -778,7 +850,9 @@ class TokenBroker:
                 raise ReauthorizationRequired(f"grant {grant_id} has no refresh token")
             await self._store.mark_refresh_started(grant_id, self._clock.now())
             try:
-                tokens = await self._refresher.refresh(grant.refresh_token, subject=grant.subject)
+                tokens = self._resolve(
+                    await self._refresher.refresh(grant.refresh_token, subject=grant.subject)
+                )
             except InvalidGrant as exc:
                 span.set_attribute("oauth.error", exc.error)
                 await self._store.set_status(
@@ -870,7 +944,11 @@ class TokenBroker:
         if isinstance(exc, AuthServerUnavailable) and exc.retry_after is not None:
             delay = max(delay, min(exc.retry_after, self._backoff_max))
         delay *= 1 + self._jitter * self._rng.random()
-        self._backoff[grant_id] = _Backoff(failures, self._clock.monotonic() + delay, exc)
+        entry = self._cache.get(grant_id)
+        not_before = self._schedule.next_attempt(
+            self._clock.monotonic(), delay, None if entry is None else entry.retry_until
+        )
+        self._backoff[grant_id] = _Backoff(failures, not_before, exc)
 
     @staticmethod
     def _observe(hook: Callable[[], None]) -> None:

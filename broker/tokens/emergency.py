@@ -92,6 +92,7 @@ def _encode_tokens(tokens: TokenSet) -> dict[str, Any]:
         "refresh_token": tokens.refresh_token,
         "id_token": tokens.id_token,
         "id_claims": dict(tokens.id_claims),
+        "refresh_expires_at": tokens.refresh_expires_at,
     }
 
 
@@ -113,6 +114,13 @@ def _decode_tokens(doc: object) -> TokenSet:
     id_token = doc.get("id_token")
     if id_token is not None and not isinstance(id_token, str):
         raise ValueError("id_token is not a string")
+    refresh_expires_at = doc.get("refresh_expires_at")  # absent in files of older brokers
+    if refresh_expires_at is not None and (
+        isinstance(refresh_expires_at, bool)
+        or not isinstance(refresh_expires_at, int | float)
+        or not math.isfinite(refresh_expires_at)
+    ):
+        raise ValueError("refresh_expires_at is not a finite number")
     tokens = TokenSet(
         access_token=doc.get("access_token"),  # type: ignore[arg-type]  # validated below
         token_type=doc["token_type"],
@@ -122,6 +130,7 @@ def _decode_tokens(doc: object) -> TokenSet:
         refresh_token=doc.get("refresh_token"),
         id_token=id_token,
         id_claims=claims,
+        refresh_expires_at=None if refresh_expires_at is None else float(refresh_expires_at),
     )
     validate_tokens(tokens)
     return tokens

@@ -107,7 +107,7 @@ def _not_found(grant_id: str) -> GrantNotFound:
 class MemoryGrantStore:
     """GrantStore in a dict. Not durable, not shared between processes."""
 
-    SCHEMA_VERSION = 2  # the identity record exists from this version on (as in the SQL stores)
+    SCHEMA_VERSION = 3  # as the SQL stores (identity record from 2, expiry columns from 3)
 
     def __init__(
         self,
@@ -212,6 +212,10 @@ class MemoryGrantStore:
             refresh_started_at=None,
             last_error=None,
             updated_at=self._clock.now(),
+            access_issued_at=float(tokens.received_at),
+            refresh_expires_at=tokens.refresh_expires_at
+            if tokens.refresh_token is not None or tokens.refresh_expires_at is not None
+            else grant.refresh_expires_at,
         )
         self._grants[grant_id] = new
         return new

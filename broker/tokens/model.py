@@ -23,6 +23,9 @@ class Grant:
     ``version`` increases by one on every stored rotation (optimistic concurrency).
     ``refresh_started_at`` is the intent record: set (durably) right before a refresh request is
     sent, cleared in the same transaction that stores its result.
+    ``access_issued_at``: when the access token was received (None for grants stored before the
+    broker kept it); ``refresh_expires_at``: when the refresh token dies, None when unknown
+    (see :mod:`broker.tokens.schedule`). Both are epoch seconds.
     """
 
     grant_id: str
@@ -41,6 +44,8 @@ class Grant:
     refresh_started_at: float | None = None
     last_error: str | None = None
     id_claims: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    access_issued_at: float | None = None
+    refresh_expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,3 +63,14 @@ class AccessToken:
     scope: str
     subject: str
     freshness: Freshness
+
+
+@dataclass(frozen=True)
+class GrantExpiry:
+    """The clear (never sealed) expiry columns of one active grant: enough for the outage
+    budget without opening any token."""
+
+    grant_id: str
+    access_expires_at: float
+    access_issued_at: float | None
+    refresh_expires_at: float | None

@@ -63,7 +63,7 @@ from broker.tokens.deployment import (
     recorded_from_row,
 )
 from broker.tokens.memory import KeyedLocks
-from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.model import Grant, GrantExpiry, GrantStatus
 from broker.tokens.sealing import (
     COLUMNS,
     SealedRow,
@@ -73,6 +73,7 @@ from broker.tokens.sealing import (
     check_reason,
     check_status,
     check_time,
+    grant_expiry,
     open_grant,
     rotation_update,
     seal_grant,
@@ -127,6 +128,14 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             """,
             "CREATE UNIQUE INDEX deployment_identities_one_primary "
             "ON {schema}.deployment_identities (role) WHERE role = 'primary'",
+        ),
+    ),
+    (
+        3,
+        (
+            # NULL for grants stored before: see broker.tokens.schedule.
+            "ALTER TABLE {schema}.grants ADD COLUMN access_issued_at DOUBLE PRECISION",
+            "ALTER TABLE {schema}.grants ADD COLUMN refresh_expires_at DOUBLE PRECISION",
         ),
     ),
 )
@@ -395,6 +404,17 @@ class PostgresGrantStore:
             cur = await conn.execute(self._q_identities())
             rows = await cur.fetchall()
         return [recorded_from_row(r) for r in rows]
+
+    async def expiries(self) -> Sequence[GrantExpiry]:
+        """The expiry columns of every ACTIVE grant (clear columns only: no token is opened)."""
+        query = sql.SQL(
+            "SELECT grant_id, access_expires_at, access_issued_at, refresh_expires_at "
+            "FROM {} WHERE status = %s ORDER BY grant_id"
+        ).format(self._table)
+        async with self._operation("expiries") as conn:
+            cur = await conn.execute(query, (GrantStatus.ACTIVE.value,))
+            rows = await cur.fetchall()
+        return [grant_expiry(r) for r in rows]
 
     async def schema_version(self) -> int:
         async with self._operation("schema_version") as conn:

@@ -20,7 +20,7 @@ from typing import Any
 from broker.errors import InvalidArgument, KeyStoreError, StoreError
 from broker.keys.api import Sealer
 from broker.oauth.types import TokenSet
-from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.model import Grant, GrantExpiry, GrantStatus
 
 ACCESS_TOKEN = "access_token"  # noqa: S105 (a field name)
 REFRESH_TOKEN = "refresh_token"  # noqa: S105 (a field name)
@@ -51,6 +51,8 @@ COLUMNS: tuple[str, ...] = (
     "refresh_started_at",
     "last_error",
     "seal_key",
+    "access_issued_at",
+    "refresh_expires_at",
 )
 
 
@@ -164,6 +166,8 @@ def validate_grant(grant: Grant) -> None:
     for name in ("access_expires_at", "created_at", "updated_at"):
         _check_time(name, getattr(grant, name))
     _check_time("refresh_started_at", grant.refresh_started_at, optional=True)
+    _check_time("access_issued_at", grant.access_issued_at, optional=True)
+    _check_time("refresh_expires_at", grant.refresh_expires_at, optional=True)
     check_expected_version(grant.version)
     if grant.last_error is not None:
         check_reason(grant.last_error)
@@ -176,6 +180,8 @@ def validate_tokens(tokens: TokenSet) -> None:
     _check_token("access_token", tokens.access_token, optional=False)
     _check_token("refresh_token", tokens.refresh_token, optional=True)
     _check_time("expires_at", tokens.expires_at)
+    _check_time("received_at", tokens.received_at)
+    _check_time("refresh_expires_at", tokens.refresh_expires_at, optional=True)
     _check_text("scope", tokens.scope, max_length=MAX_TEXT_LENGTH, empty_ok=True)
     encode_claims(tokens.id_claims)
 
@@ -204,6 +210,8 @@ class SealedRow:
     refresh_started_at: float | None
     last_error: str | None
     seal_key: str
+    access_issued_at: float | None = None
+    refresh_expires_at: float | None = None
 
     def values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in COLUMNS)
@@ -244,6 +252,8 @@ def seal_grant(sealer: Sealer, grant: Grant) -> SealedRow:
         else float(grant.refresh_started_at),
         last_error=grant.last_error,
         seal_key=sealer.key_label,
+        access_issued_at=_optional_float(grant.access_issued_at),
+        refresh_expires_at=_optional_float(grant.refresh_expires_at),
     )
 
 
@@ -284,11 +294,18 @@ def open_grant(sealer: Sealer, row: SealedRow) -> Grant:
         else float(row.refresh_started_at),
         last_error=row.last_error,
         id_claims=claims,
+        access_issued_at=_optional_float(row.access_issued_at),
+        refresh_expires_at=_optional_float(row.refresh_expires_at),
     )
 
 
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def rotation_update(sealer: Sealer, grant_id: str, tokens: TokenSet, now: float) -> dict[str, Any]:
-    """Columns a rotation writes (besides ``version = version + 1``).
+    """Columns a rotation writes (besides ``version = version + 1``), including the access
+    token's issue time and the refresh token's expiry (see :mod:`broker.tokens.schedule`).
 
     The refresh token column is only written when the response carried a new one (RFC 6749
     section 6: otherwise the old one stays valid, A08a); scope and id_claims likewise.
@@ -300,13 +317,30 @@ def rotation_update(sealer: Sealer, grant_id: str, tokens: TokenSet, now: float)
         "updated_at": float(now),
         "refresh_started_at": None,
         "last_error": None,
+        "access_issued_at": float(tokens.received_at),
     }
     if tokens.refresh_token is not None:
         update[REFRESH_TOKEN] = seal_field(
             sealer, grant_id, REFRESH_TOKEN, tokens.refresh_token.encode()
         )
+    if tokens.refresh_token is not None or tokens.refresh_expires_at is not None:
+        # A new refresh token brings its own expiry (None: unknown); without one the old
+        # token, and its expiry, stay unless the AS restated that expiry.
+        update["refresh_expires_at"] = _optional_float(tokens.refresh_expires_at)
     if tokens.scope:
         update["scope"] = tokens.scope
     if tokens.id_claims:
         update[ID_CLAIMS] = seal_field(sealer, grant_id, ID_CLAIMS, encode_claims(tokens.id_claims))
     return update
+
+
+def grant_expiry(values: tuple[Any, ...] | list[Any]) -> GrantExpiry:
+    """A :class:`GrantExpiry` from (grant_id, access_expires_at, access_issued_at,
+    refresh_expires_at) as the SQL stores select them."""
+    grant_id, access_expires_at, issued, refresh_expires = values
+    return GrantExpiry(
+        grant_id=str(grant_id),
+        access_expires_at=float(access_expires_at),
+        access_issued_at=_optional_float(issued),
+        refresh_expires_at=_optional_float(refresh_expires),
+    )

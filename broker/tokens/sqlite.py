@@ -11,7 +11,8 @@ that does not exist gets a fresh store (built aside and linked into place); an e
 that is empty, truncated, not SQLite or SQLite without our tables is refused with
 :class:`broker.errors.StoreUnusable` before anything is written to it. Opened with an
 ``identity``, the store records it at creation (table ``deployment_identities``, schema version
-2) and refuses any other with :class:`broker.errors.DeploymentMismatch`.
+2) and refuses any other with :class:`broker.errors.DeploymentMismatch`. Schema version 3 adds
+the nullable ``access_issued_at`` and ``refresh_expires_at`` columns (the refresh schedule).
 
 Concurrency: all SQLite calls run on one dedicated worker thread that owns the connection, so
 the event loop never blocks on disk. ``refresh_lock`` is a per-grant :class:`asyncio.Lock` inside
@@ -55,7 +56,7 @@ from broker.tokens.deployment import (
     recorded_from_row,
 )
 from broker.tokens.memory import KeyedLocks
-from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.model import Grant, GrantExpiry, GrantStatus
 from broker.tokens.sealing import (
     COLUMNS,
     SealedRow,
@@ -65,6 +66,7 @@ from broker.tokens.sealing import (
     check_reason,
     check_status,
     check_time,
+    grant_expiry,
     open_grant,
     rotation_update,
     seal_grant,
@@ -122,6 +124,15 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             """,
             "CREATE UNIQUE INDEX deployment_identities_one_primary "
             "ON deployment_identities (role) WHERE role = 'primary'",
+        ),
+    ),
+    (
+        3,
+        (
+            # NULL for grants stored before: the schedule falls back to the threshold and to
+            # [oauth].refresh_token_lifetime (broker.tokens.schedule).
+            "ALTER TABLE grants ADD COLUMN access_issued_at REAL",
+            "ALTER TABLE grants ADD COLUMN refresh_expires_at REAL",
         ),
     ),
 )
@@ -493,6 +504,19 @@ class SqliteGrantStore:
 
     async def ping(self) -> None:
         await self._run("ping", lambda c: c.execute("SELECT 1 FROM grants LIMIT 1").fetchall())
+
+    async def expiries(self) -> Sequence[GrantExpiry]:
+        """The expiry columns of every ACTIVE grant (clear columns only: no token is opened)."""
+
+        def read(c: sqlite3.Connection) -> Sequence[GrantExpiry]:
+            rows = c.execute(
+                "SELECT grant_id, access_expires_at, access_issued_at, refresh_expires_at "
+                "FROM grants WHERE status = ? ORDER BY grant_id",
+                (GrantStatus.ACTIVE.value,),
+            ).fetchall()
+            return [grant_expiry(r) for r in rows]
+
+        return await self._run("expiries", read)
 
     async def identities(self) -> Sequence[RecordedIdentity]:
         """The deployment identities recorded in this store (primary first)."""

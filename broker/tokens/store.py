@@ -25,7 +25,7 @@ from typing import Protocol
 
 from broker.oauth.types import TokenSet
 from broker.tokens.deployment import RecordedIdentity
-from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.model import Grant, GrantExpiry, GrantStatus
 
 
 class GrantStore(Protocol):
@@ -78,3 +78,10 @@ class IdentityRecord(Protocol):
     async def identities(self) -> Sequence[RecordedIdentity]:
         """Primary first."""
         ...
+
+
+class ExpiryView(Protocol):
+    """The expiry columns of the ACTIVE grants, read without opening any token (the doctor's
+    outage budget; the SQL stores have it)."""
+
+    async def expiries(self) -> Sequence[GrantExpiry]: ...

@@ -77,6 +77,10 @@ class FakeGrantStore:
             refresh_started_at=None,
             last_error=None,
             updated_at=self._clock.now(),
+            access_issued_at=tokens.received_at,
+            refresh_expires_at=tokens.refresh_expires_at
+            if tokens.refresh_token is not None or tokens.refresh_expires_at is not None
+            else grant.refresh_expires_at,
         )
         self.grants[grant_id] = new
         self.log.append(("rotate", grant_id, new.refresh_token or ""))

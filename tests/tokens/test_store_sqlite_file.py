@@ -17,12 +17,14 @@ from broker.errors import DeploymentMismatch, StoreUnusable
 from broker.keys.soft import SoftSealer
 from broker.tokens.deployment import DeploymentIdentity, RecordedHow
 from broker.tokens.sealing import COLUMNS, seal_grant
-from broker.tokens.sqlite import MIGRATIONS, SqliteGrantStore
+from broker.tokens.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteGrantStore
 from tests.tokens.test_store_contract import make_grant
 
 OURS = DeploymentIdentity(
     issuer="https://verifier.example", client_id="did:key:zDnaeClient", did="did:key:zDnaeClient"
 )
+
+V1_COLUMNS = COLUMNS[: COLUMNS.index("access_issued_at")]  # schema 3 added the rest
 
 
 def snapshot(directory: Path) -> dict[str, str]:
@@ -138,9 +140,9 @@ def write_schema_1_store(path: Path, *grants: tuple[str, str, str]) -> SoftSeale
         for grant_id, issuer, client_id in grants:
             row = seal_grant(sealer, make_grant(grant_id, issuer=issuer, client_id=client_id))
             conn.execute(
-                f"INSERT INTO grants ({', '.join(COLUMNS)}) "  # noqa: S608
-                f"VALUES ({', '.join('?' for _ in COLUMNS)})",
-                row.values(),
+                f"INSERT INTO grants ({', '.join(V1_COLUMNS)}) "  # noqa: S608
+                f"VALUES ({', '.join('?' for _ in V1_COLUMNS)})",
+                row.values()[: len(V1_COLUMNS)],
             )
     conn.close()
     return sealer
@@ -158,7 +160,7 @@ async def test_schema_1_store_of_this_deployment_is_migrated_and_adopted_with_a_
         (recorded,) = await store.identities()
         assert (recorded.identity, recorded.how) == (OURS, RecordedHow.ADOPTED)
         assert [g.grant_id for g in await store.list()] == ["g-1"]
-        assert (await store.storage_settings())["schema_version"] == "2"
+        assert (await store.storage_settings())["schema_version"] == str(SCHEMA_VERSION)
     finally:
         await store.close()
     (line,) = [r for r in caplog.records if "had no deployment identity" in r.getMessage()]
