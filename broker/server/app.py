@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection as grpc_reflection
 from opentelemetry import metrics, trace
 
 from broker.errors import ConfigError
+from broker.server.errors import REASON_OVERLOADED, status_trailers
 from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc
 from broker.server.policy import PolicyHolder
 from broker.server.ports import LoginService, TokenBroker
@@ -159,7 +160,7 @@ class ConcurrencyLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             async def unary(request: Any, context: Any) -> Any:
                 if not self._acquire():
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _OVERLOADED)
+                    await _abort_overloaded(context)
                 try:
                     return await behavior(request, context)
                 finally:
@@ -175,7 +176,7 @@ class ConcurrencyLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 if not self._acquire():
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _OVERLOADED)
+                    await _abort_overloaded(context)
                 try:
                     async for item in stream_behavior(request, context):
                         yield item
@@ -192,7 +193,7 @@ class ConcurrencyLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             async def client_stream(requests: Any, context: Any) -> Any:
                 if not self._acquire():
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _OVERLOADED)
+                    await _abort_overloaded(context)
                 try:
                     return await client_stream_behavior(requests, context)
                 finally:
@@ -207,7 +208,7 @@ class ConcurrencyLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def bidi(requests: Any, context: Any) -> AsyncIterator[Any]:
             if not self._acquire():
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _OVERLOADED)
+                await _abort_overloaded(context)
             try:
                 async for item in bidi_behavior(requests, context):
                     yield item
@@ -222,6 +223,15 @@ class ConcurrencyLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 _OVERLOADED = "server overloaded, retry later with backoff"
+_OVERLOADED_TRAILERS = status_trailers(
+    grpc.StatusCode.RESOURCE_EXHAUSTED, _OVERLOADED, REASON_OVERLOADED, {"retryable": "true"}
+)
+
+
+async def _abort_overloaded(context: Any) -> None:
+    await context.abort(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, _OVERLOADED, trailing_metadata=_OVERLOADED_TRAILERS
+    )
 
 
 def client_retry_service_config(*, max_attempts: int = 4) -> str:

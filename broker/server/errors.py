@@ -1,18 +1,44 @@
-"""The one mapping from broker errors to gRPC status codes (DESIGN.md, "Errors to gRPC status").
+"""The one mapping from broker errors to gRPC status (DESIGN.md, "Errors to gRPC status").
 
 Status messages never hold secrets, file paths or inventory: caller errors carry their own
 (validated, secret-free) message, permission errors a fixed text, server-side trouble only the
 stable machine-readable ``reason``.
+
+Every error status also carries a ``google.rpc.Status`` in the ``grpc-status-details-bin``
+trailer (AIP-193, through grpcio-status) with one ``google.rpc.ErrorInfo``: ``domain``
+:data:`ERROR_DOMAIN`, ``reason`` the stable reason of the error's class in ``broker/errors.py``
+(:func:`wire_reason`; the proto's service comment lists them all) and ``metadata``: ``retryable``
+and, when known and not secret, ``grantId`` / ``loginId`` (the caller's own, validated ids) and
+``detail`` (a more specific machine-readable reason). PERMISSION_DENIED and INTERNAL carry no
+metadata.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 from broker import errors as e
 
 _PERMISSION_DENIED_MESSAGE = "permission denied"
 _INTERNAL_MESSAGE = "internal error"
+
+ERROR_DOMAIN = "dome-token-broker"
+"""``google.rpc.ErrorInfo.domain`` of every error the broker sends."""
+REASON_INTERNAL = "internal"
+REASON_DEADLINE_EXCEEDED = "deadline_exceeded"
+REASON_OVERLOADED = "overloaded"
+"""Sent with RESOURCE_EXHAUSTED by the server's admission limit (not a broker error class)."""
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_DETAIL = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_NO_METADATA = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INTERNAL)
+
+Trailers = tuple[tuple[str, bytes], ...]
 
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -47,18 +73,23 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 def _code(exc: BaseException) -> grpc.StatusCode:
-    if isinstance(exc, TimeoutError):
+    return status_code_for(type(exc))
+
+
+def status_code_for(cls: type[BaseException]) -> grpc.StatusCode:
+    """The status code of an exception class (the one table; ``retryable`` is a class field)."""
+    if issubclass(cls, TimeoutError):
         return grpc.StatusCode.DEADLINE_EXCEEDED
-    if not isinstance(exc, e.BrokerError):
+    if not issubclass(cls, e.BrokerError):
         return grpc.StatusCode.INTERNAL
-    if isinstance(exc, e.PermissionDenied):
+    if issubclass(cls, e.PermissionDenied):
         return grpc.StatusCode.PERMISSION_DENIED
-    if isinstance(exc, e.InvalidArgument):
+    if issubclass(cls, e.InvalidArgument):
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, e.NotFound):
+    if issubclass(cls, e.NotFound):
         return grpc.StatusCode.NOT_FOUND
-    if isinstance(
-        exc,
+    if issubclass(
+        cls,
         e.InvalidGrant
         | e.ReauthorizationRequired
         | e.LoginExpired
@@ -72,26 +103,83 @@ def _code(exc: BaseException) -> grpc.StatusCode:
         # operator (the AS refuses our client authentication, or a clock skewed far enough for
         # that, or AS metadata naming endpoints on a foreign origin). Retrying cannot help.
         return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(exc, e.LoginCapacityExceeded):
+    if issubclass(cls, e.LoginCapacityExceeded):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, e.AuditError):
+    if issubclass(cls, e.AuditError):
         # No token leaves unaudited: fail closed, the caller retries later (H01).
         return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, e.AuthorizationResponseError):
+    if issubclass(cls, e.AuthorizationResponseError):
         # The authorization response handed to CompleteAuthorization does not check out
         # (unknown state, wrong iss, error=...): the caller's input, not a server fault.
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, e.GrantExists | e.KeyExists):
+    if issubclass(cls, e.GrantExists | e.KeyExists):
         return grpc.StatusCode.ALREADY_EXISTS
-    if isinstance(exc, e.VersionConflict):
+    if issubclass(cls, e.VersionConflict):
         return grpc.StatusCode.ABORTED
-    if isinstance(exc, e.OAuthClientError):
+    if issubclass(cls, e.OAuthClientError):
         # AS trouble the caller cannot fix (bad response, failed id_token, other OAuth error):
         # UNAVAILABLE, never INTERNAL (TEST-CATALOGUE A04).
         return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, e.KeyStoreError):
+    if issubclass(cls, e.KeyStoreError):
         # Wrong PIN, locked PIN, wrong key: the broker is not ready to sign (D05, D11).
         return grpc.StatusCode.UNAVAILABLE
-    if exc.retryable:
+    if cls.retryable:
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
+
+
+def wire_reason(cls: type[BaseException]) -> str:
+    """The ``ErrorInfo.reason`` sent for an exception class.
+
+    The ``reason`` of the most derived class of ``broker/errors.py`` the class is, so the set of
+    reasons is the closed list the proto documents; INTERNAL errors all send ``internal``.
+    """
+    code = status_code_for(cls)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return REASON_DEADLINE_EXCEEDED
+    if code is grpc.StatusCode.INTERNAL:
+        return REASON_INTERNAL
+    for klass in cls.__mro__:
+        if klass.__module__ == e.__name__ and issubclass(klass, e.BrokerError):
+            return klass.reason
+    return REASON_INTERNAL  # pragma: no cover (every BrokerError derives from e.BrokerError)
+
+
+def status_trailers(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    metadata: Mapping[str, str] | None = None,
+) -> Trailers:
+    """The ``grpc-status-details-bin`` trailer: a ``google.rpc.Status`` of ``code`` and
+    ``message`` holding one ``google.rpc.ErrorInfo``."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=_rpc_code(code), message=message, details=[detail])
+    converted = rpc_status.to_status(status)
+    return tuple((str(k), bytes(v)) for k, v in converted.trailing_metadata)
+
+
+def to_rich_status(
+    exc: BaseException, *, ids: Mapping[str, str] | None = None
+) -> tuple[grpc.StatusCode, str, Trailers]:
+    """:func:`to_status` plus the ErrorInfo trailer. ``ids``: the request's validated, non-secret
+    ids (``grantId``, ``loginId``), sent back as metadata unless the code is PERMISSION_DENIED or
+    INTERNAL."""
+    code, message = to_status(exc)
+    reason = wire_reason(type(exc))
+    metadata: dict[str, str] = {}
+    if code not in _NO_METADATA:
+        metadata["retryable"] = "true" if getattr(exc, "retryable", True) else "false"
+        metadata.update(ids or {})
+        detail = getattr(exc, "reason", None)
+        if isinstance(detail, str) and detail != reason and _DETAIL.fullmatch(detail):
+            metadata["detail"] = detail
+    return code, message, status_trailers(code, message, reason, metadata)
+
+
+def _rpc_code(code: grpc.StatusCode) -> int:
+    value: int = code.value[0]
+    assert code_pb2.Code.Name(value) == code.name  # the two enums agree
+    return value

@@ -1,8 +1,9 @@
 """The gRPC servicer: a thin adapter over the domain services.
 
 Each RPC: caller identity (mTLS peer) -> policy (method) -> validation -> policy (grant) ->
-domain call under a deadline -> status mapping (:func:`broker.server.errors.to_status`) ->
-proto. No protobuf type goes below ``broker/server``.
+domain call under a deadline -> status mapping (:func:`broker.server.errors.to_rich_status`:
+code, message and the ``google.rpc.ErrorInfo`` trailer) -> proto. No protobuf type goes below
+``broker/server``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from broker.errors import NotFound, PermissionDenied
-from broker.server import convert, validation
-from broker.server.errors import to_status
+from broker.errors import InvalidArgument, NotFound, PermissionDenied
+from broker.server import convert, paging, validation
+from broker.server.errors import Trailers, to_rich_status
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.identity import PEM_KEY, CallerIdentity, identity_from_auth_context
 from broker.server.policy import Policy, Rule
 from broker.server.ports import LoginService, TokenBroker
 from broker.tokens.audit_events import AuditAction, AuditEvent, AuditTrail, identifier, reason_code
+from broker.tokens.model import Grant
 
 log = logging.getLogger("broker.server")
 
@@ -122,6 +124,7 @@ class TokenBrokerServicer:
         context: Context,
         method: str,
         handler: Callable[[CallerIdentity, Rule], Awaitable[T]],
+        request: object = None,
     ) -> T:
         caller: CallerIdentity | None = None
         try:
@@ -131,17 +134,17 @@ class TokenBrokerServicer:
             async with asyncio.timeout(self._timeout(context)):
                 return await handler(caller, rule)
         except Exception as exc:
-            code, message = self._status(exc, method)
+            code, message, trailers = self._status(exc, method, request)
             await self._audit_denied(exc, method, caller)
-        await context.abort(code, message)
+        await context.abort(code, message, trailing_metadata=trailers)
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     @staticmethod
-    def _status(exc: Exception, method: str) -> tuple[Any, str]:
-        code, message = to_status(exc)
+    def _status(exc: Exception, method: str, request: object) -> tuple[Any, str, Trailers]:
+        code, message, trailers = to_rich_status(exc, ids=_request_ids(request))
         if code is grpc.StatusCode.INTERNAL:
             log.error("%s failed: %s", method, type(exc).__name__, exc_info=exc)
-        return code, message
+        return code, message, trailers
 
     # --- logins -----------------------------------------------------------------------------
 
@@ -158,7 +161,7 @@ class TokenBrokerServicer:
                 expires_at=convert.timestamp(view.expires_at),
             )
 
-        return await self._unary(context, "StartAuthorization", run)
+        return await self._unary(context, "StartAuthorization", run, request)
 
     async def CompleteAuthorization(
         self, request: pb.CompleteAuthorizationRequest, context: Context
@@ -181,7 +184,7 @@ class TokenBrokerServicer:
             )
             return pb.CompleteAuthorizationResponse(login=convert.login(view))
 
-        return await self._unary(context, "CompleteAuthorization", run)
+        return await self._unary(context, "CompleteAuthorization", run, request)
 
     async def GetLogin(self, request: pb.GetLoginRequest, context: Context) -> pb.GetLoginResponse:
         async def run(caller: CallerIdentity, rule: Rule) -> pb.GetLoginResponse:
@@ -189,7 +192,7 @@ class TokenBrokerServicer:
             Policy.authorize_label(caller, "GetLogin", rule, view.label)
             return pb.GetLoginResponse(login=convert.login(view))
 
-        return await self._unary(context, "GetLogin", run)
+        return await self._unary(context, "GetLogin", run, request)
 
     # --- tokens and grants ------------------------------------------------------------------
 
@@ -203,7 +206,7 @@ class TokenBrokerServicer:
             tok = await self._broker.get_access_token(grant_id, min_ttl=min_ttl)
             return pb.GetAccessTokenResponse(token=convert.access_token(tok))
 
-        return await self._unary(context, "GetAccessToken", run)
+        return await self._unary(context, "GetAccessToken", run, request)
 
     async def WatchAccessToken(
         self, request: pb.WatchAccessTokenRequest, context: Context
@@ -220,9 +223,9 @@ class TokenBrokerServicer:
                 yield pb.WatchAccessTokenResponse(token=convert.access_token(tok))
             return
         except Exception as exc:
-            code, message = self._status(exc, method)
+            code, message, trailers = self._status(exc, method, request)
             await self._audit_denied(exc, method, caller)
-        await context.abort(code, message)
+        await context.abort(code, message, trailing_metadata=trailers)
 
     async def GetGrant(self, request: pb.GetGrantRequest, context: Context) -> pb.GetGrantResponse:
         async def run(caller: CallerIdentity, rule: Rule) -> pb.GetGrantResponse:
@@ -230,18 +233,28 @@ class TokenBrokerServicer:
             await self._authorize_grant(caller, "GetGrant", rule, grant_id)
             return pb.GetGrantResponse(grant=convert.grant(await self._broker.get_grant(grant_id)))
 
-        return await self._unary(context, "GetGrant", run)
+        return await self._unary(context, "GetGrant", run, request)
 
     async def ListGrants(
         self, request: pb.ListGrantsRequest, context: Context
     ) -> pb.ListGrantsResponse:
         async def run(_caller: CallerIdentity, rule: Rule) -> pb.ListGrantsResponse:
             label = validation.label_filter(request.label)
+            size = paging.page_size(request.page_size)
+            after = paging.decode_token(request.page_token, label)
+            # Paged here, over the whole (policy-filtered) list: the stores have no keyset
+            # query, and the policy filter would have to run inside one.
             grants = await self._broker.list_grants(label)
-            visible = [g for g in grants if rule.allows_grant(g.grant_id, g.label)]
-            return pb.ListGrantsResponse(grants=[convert.grant(g) for g in visible])
+            visible = (g for g in grants if rule.allows_grant(g.grant_id, g.label))
+            page = paging.cut_page(visible, _grant_key, after=after, size=size)
+            return pb.ListGrantsResponse(
+                grants=[convert.grant(g) for g in page.items],
+                next_page_token=(
+                    paging.encode_token(label, page.next_after) if page.next_after else ""
+                ),
+            )
 
-        return await self._unary(context, "ListGrants", run)
+        return await self._unary(context, "ListGrants", run, request)
 
     async def RevokeGrant(
         self, request: pb.RevokeGrantRequest, context: Context
@@ -252,4 +265,26 @@ class TokenBrokerServicer:
             await self._broker.revoke_grant(grant_id)
             return pb.RevokeGrantResponse()
 
-        return await self._unary(context, "RevokeGrant", run)
+        return await self._unary(context, "RevokeGrant", run, request)
+
+
+def _grant_key(grant: Grant) -> str:
+    return grant.grant_id
+
+
+def _request_ids(request: object) -> dict[str, str]:
+    """The request's grant and login ids for the ErrorInfo metadata, only when well formed (a
+    malformed one is not echoed back)."""
+    ids: dict[str, str] = {}
+    for field, key, check in (
+        ("grant_id", "grantId", validation.grant_id),
+        ("login_id", "loginId", validation.login_id),
+    ):
+        value = getattr(request, field, "")
+        if not isinstance(value, str) or not value:
+            continue
+        try:
+            ids[key] = check(value)
+        except InvalidArgument:
+            continue
+    return ids

@@ -119,6 +119,23 @@ def test_resource_exhausted_is_retryable_and_not_retried_by_the_channel(
     assert len(live.calls("get_access_token")) == 1
 
 
+def test_the_real_server_sends_error_info_and_the_client_reads_it(
+    live: LiveBroker, admin: BrokerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reason comes from the server's ErrorInfo (the error's class reason), not from the
+    message, whose last segment is the more specific instance reason."""
+    live.set_error(broker_errors.DiscoveryError("discovery answered 503", reason="http_status"))
+    with pytest.raises(Unavailable) as info:
+        admin.get_access_token("g-1")
+    assert info.value.message == "temporarily unavailable: http_status"
+    assert info.value.reason == "discovery"
+    assert info.value.retryable
+    monkeypatch.setitem(sys.modules, "google.rpc.status_pb2", None)  # no googleapis protos
+    with pytest.raises(Unavailable) as info:
+        admin.get_access_token("g-1")
+    assert info.value.reason == "http_status"
+
+
 @pytest.mark.parametrize("code", list(grpc.StatusCode))
 def test_every_status_code_has_a_class_saying_whether_to_retry(code: grpc.StatusCode) -> None:
     cls = error_class(code, None)

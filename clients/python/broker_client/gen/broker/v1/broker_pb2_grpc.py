@@ -27,6 +27,64 @@ if _version_not_supported:
 
 class TokenBrokerStub:
     """Hands out OAuth 2.1 access tokens held for user authorizations ("grants").
+
+    Errors: besides its status code and message, every error carries a google.rpc.Status in the
+    `grpc-status-details-bin` trailer holding one google.rpc.ErrorInfo with
+    domain   "dome-token-broker"
+    reason   one of the list below (stable; branch on it, never on the message)
+    metadata "retryable" ("true" or "false": may the same call succeed later?) and, when the
+    request named them and they are well formed, "grantId" and "loginId"; "detail"
+    when the server has a more specific machine-readable reason. PERMISSION_DENIED and
+    INTERNAL carry no metadata.
+    A reason always comes with the same status code. Every reason the server can send, by code:
+    version_conflict               ABORTED
+    grant_exists                   ALREADY_EXISTS
+    key_exists                     ALREADY_EXISTS
+    deadline_exceeded              DEADLINE_EXCEEDED
+    authorization_error            FAILED_PRECONDITION
+    client_authentication_failed   FAILED_PRECONDITION
+    clock_skew_suspected           FAILED_PRECONDITION
+    confirmation_mismatch          FAILED_PRECONDITION
+    deployment_mismatch            FAILED_PRECONDITION
+    endpoint_origin_refused        FAILED_PRECONDITION
+    grant_revoked                  FAILED_PRECONDITION
+    invalid_grant                  FAILED_PRECONDITION
+    login_expired                  FAILED_PRECONDITION
+    reauthorization_required       FAILED_PRECONDITION
+    internal                       INTERNAL
+    authorization_response         INVALID_ARGUMENT
+    invalid_argument               INVALID_ARGUMENT
+    invalid_did                    INVALID_ARGUMENT
+    invalid_key_uri                INVALID_ARGUMENT
+    grant_not_found                NOT_FOUND
+    key_not_found                  NOT_FOUND
+    login_not_found                NOT_FOUND
+    not_found                      NOT_FOUND
+    malformed_identity             PERMISSION_DENIED
+    permission_denied              PERMISSION_DENIED
+    overloaded                     RESOURCE_EXHAUSTED
+    too_many_logins                RESOURCE_EXHAUSTED
+    as_unavailable                 UNAVAILABLE
+    audit                          UNAVAILABLE
+    audit_unavailable              UNAVAILABLE
+    discovery                      UNAVAILABLE
+    hsm_busy                       UNAVAILABLE
+    hsm_unavailable                UNAVAILABLE
+    insecure_pin_file              UNAVAILABLE
+    invalid_key                    UNAVAILABLE
+    keystore                       UNAVAILABLE
+    oauth                          UNAVAILABLE
+    oauth_error                    UNAVAILABLE
+    orphan_key                     UNAVAILABLE
+    pin_incorrect                  UNAVAILABLE
+    pin_locked                     UNAVAILABLE
+    selftest_failed                UNAVAILABLE
+    store                          UNAVAILABLE
+    token_invalid                  UNAVAILABLE
+    token_not_present              UNAVAILABLE
+    unexpected_response            UNAVAILABLE
+    Reasons are lower snake case (the form the broker's messages have always ended with), not
+    AIP-193's UPPER_SNAKE_CASE.
     """
 
     def __init__(self, channel):
@@ -79,6 +137,64 @@ class TokenBrokerStub:
 
 class TokenBrokerServicer:
     """Hands out OAuth 2.1 access tokens held for user authorizations ("grants").
+
+    Errors: besides its status code and message, every error carries a google.rpc.Status in the
+    `grpc-status-details-bin` trailer holding one google.rpc.ErrorInfo with
+    domain   "dome-token-broker"
+    reason   one of the list below (stable; branch on it, never on the message)
+    metadata "retryable" ("true" or "false": may the same call succeed later?) and, when the
+    request named them and they are well formed, "grantId" and "loginId"; "detail"
+    when the server has a more specific machine-readable reason. PERMISSION_DENIED and
+    INTERNAL carry no metadata.
+    A reason always comes with the same status code. Every reason the server can send, by code:
+    version_conflict               ABORTED
+    grant_exists                   ALREADY_EXISTS
+    key_exists                     ALREADY_EXISTS
+    deadline_exceeded              DEADLINE_EXCEEDED
+    authorization_error            FAILED_PRECONDITION
+    client_authentication_failed   FAILED_PRECONDITION
+    clock_skew_suspected           FAILED_PRECONDITION
+    confirmation_mismatch          FAILED_PRECONDITION
+    deployment_mismatch            FAILED_PRECONDITION
+    endpoint_origin_refused        FAILED_PRECONDITION
+    grant_revoked                  FAILED_PRECONDITION
+    invalid_grant                  FAILED_PRECONDITION
+    login_expired                  FAILED_PRECONDITION
+    reauthorization_required       FAILED_PRECONDITION
+    internal                       INTERNAL
+    authorization_response         INVALID_ARGUMENT
+    invalid_argument               INVALID_ARGUMENT
+    invalid_did                    INVALID_ARGUMENT
+    invalid_key_uri                INVALID_ARGUMENT
+    grant_not_found                NOT_FOUND
+    key_not_found                  NOT_FOUND
+    login_not_found                NOT_FOUND
+    not_found                      NOT_FOUND
+    malformed_identity             PERMISSION_DENIED
+    permission_denied              PERMISSION_DENIED
+    overloaded                     RESOURCE_EXHAUSTED
+    too_many_logins                RESOURCE_EXHAUSTED
+    as_unavailable                 UNAVAILABLE
+    audit                          UNAVAILABLE
+    audit_unavailable              UNAVAILABLE
+    discovery                      UNAVAILABLE
+    hsm_busy                       UNAVAILABLE
+    hsm_unavailable                UNAVAILABLE
+    insecure_pin_file              UNAVAILABLE
+    invalid_key                    UNAVAILABLE
+    keystore                       UNAVAILABLE
+    oauth                          UNAVAILABLE
+    oauth_error                    UNAVAILABLE
+    orphan_key                     UNAVAILABLE
+    pin_incorrect                  UNAVAILABLE
+    pin_locked                     UNAVAILABLE
+    selftest_failed                UNAVAILABLE
+    store                          UNAVAILABLE
+    token_invalid                  UNAVAILABLE
+    token_not_present              UNAVAILABLE
+    unexpected_response            UNAVAILABLE
+    Reasons are lower snake case (the form the broker's messages have always ended with), not
+    AIP-193's UPPER_SNAKE_CASE.
     """
 
     def StartAuthorization(self, request, context):
@@ -126,7 +242,8 @@ class TokenBrokerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListGrants(self, request, context):
-        """Lists the grants the caller may see, optionally only those with one label.
+        """Lists the grants the caller may see, optionally only those with one label, one page at a
+        time (AIP-158), ordered by grant_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +309,64 @@ def add_TokenBrokerServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class TokenBroker:
     """Hands out OAuth 2.1 access tokens held for user authorizations ("grants").
+
+    Errors: besides its status code and message, every error carries a google.rpc.Status in the
+    `grpc-status-details-bin` trailer holding one google.rpc.ErrorInfo with
+    domain   "dome-token-broker"
+    reason   one of the list below (stable; branch on it, never on the message)
+    metadata "retryable" ("true" or "false": may the same call succeed later?) and, when the
+    request named them and they are well formed, "grantId" and "loginId"; "detail"
+    when the server has a more specific machine-readable reason. PERMISSION_DENIED and
+    INTERNAL carry no metadata.
+    A reason always comes with the same status code. Every reason the server can send, by code:
+    version_conflict               ABORTED
+    grant_exists                   ALREADY_EXISTS
+    key_exists                     ALREADY_EXISTS
+    deadline_exceeded              DEADLINE_EXCEEDED
+    authorization_error            FAILED_PRECONDITION
+    client_authentication_failed   FAILED_PRECONDITION
+    clock_skew_suspected           FAILED_PRECONDITION
+    confirmation_mismatch          FAILED_PRECONDITION
+    deployment_mismatch            FAILED_PRECONDITION
+    endpoint_origin_refused        FAILED_PRECONDITION
+    grant_revoked                  FAILED_PRECONDITION
+    invalid_grant                  FAILED_PRECONDITION
+    login_expired                  FAILED_PRECONDITION
+    reauthorization_required       FAILED_PRECONDITION
+    internal                       INTERNAL
+    authorization_response         INVALID_ARGUMENT
+    invalid_argument               INVALID_ARGUMENT
+    invalid_did                    INVALID_ARGUMENT
+    invalid_key_uri                INVALID_ARGUMENT
+    grant_not_found                NOT_FOUND
+    key_not_found                  NOT_FOUND
+    login_not_found                NOT_FOUND
+    not_found                      NOT_FOUND
+    malformed_identity             PERMISSION_DENIED
+    permission_denied              PERMISSION_DENIED
+    overloaded                     RESOURCE_EXHAUSTED
+    too_many_logins                RESOURCE_EXHAUSTED
+    as_unavailable                 UNAVAILABLE
+    audit                          UNAVAILABLE
+    audit_unavailable              UNAVAILABLE
+    discovery                      UNAVAILABLE
+    hsm_busy                       UNAVAILABLE
+    hsm_unavailable                UNAVAILABLE
+    insecure_pin_file              UNAVAILABLE
+    invalid_key                    UNAVAILABLE
+    keystore                       UNAVAILABLE
+    oauth                          UNAVAILABLE
+    oauth_error                    UNAVAILABLE
+    orphan_key                     UNAVAILABLE
+    pin_incorrect                  UNAVAILABLE
+    pin_locked                     UNAVAILABLE
+    selftest_failed                UNAVAILABLE
+    store                          UNAVAILABLE
+    token_invalid                  UNAVAILABLE
+    token_not_present              UNAVAILABLE
+    unexpected_response            UNAVAILABLE
+    Reasons are lower snake case (the form the broker's messages have always ended with), not
+    AIP-193's UPPER_SNAKE_CASE.
     """
 
     @staticmethod
