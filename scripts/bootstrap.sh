@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the broker needs on a fresh Debian machine, idempotently:
-#   - apt: softhsm2 (PKCS#11 token), opensc (pkcs11-tool), nodejs/npm when missing
+#   - apt: softhsm2 (PKCS#11 token), opensc (pkcs11-tool), nodejs/npm, chromium and
+#     chromium-driver (the browser test of the listener's pages) when missing
 #   - a venv in .venv with the package and its test extras, and the client distribution
 #     (clients/python, editable, with its httpx and requests extras)
 #   - the pinned oidc-provider test peer (tests/peer, from its lockfile)
@@ -14,6 +15,8 @@ need_apt=()
 command -v pkcs11-tool >/dev/null 2>&1 || need_apt+=(opensc)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)  # headless browser test of the listener's pages
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing apt packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
