@@ -21,7 +21,6 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection as grpc_reflection
 from opentelemetry import metrics, trace
 
 from broker.errors import ConfigError
@@ -29,6 +28,7 @@ from broker.server.errors import REASON_OVERLOADED, status_trailers
 from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc
 from broker.server.policy import PolicyHolder
 from broker.server.ports import LoginService, TokenBroker
+from broker.server.reflection import enable_reflection
 from broker.server.servicer import DEFAULT_MAX_DEADLINE, TokenBrokerServicer
 from broker.server.tracing import TracingInterceptor
 from broker.tokens.audit_events import AuditTrail
@@ -452,6 +452,7 @@ async def start_server(
     At most ``max_concurrent_rpcs`` broker RPCs run at once, health checks not counted (F06, see
     :class:`ConcurrencyLimiter`); the per-connection stream limit follows from it
     (:func:`streams_per_connection`). ``cn_identities``: see :mod:`broker.server.identity`.
+    ``reflection``: serve gRPC reflection v1 and v1alpha (:mod:`broker.server.reflection`).
     """
     check_client_ca_bundle(client_ca_pem)
     tracer = (
@@ -484,9 +485,7 @@ async def start_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection:
-        grpc_reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, grpc_reflection.SERVICE_NAME), server
-        )
+        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
     if tls_reloader is not None:
         credentials = tls_reloader.credentials()
     else:

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry.trace import SpanKind
@@ -73,12 +74,60 @@ async def test_f09_reflection_is_off_by_default(harness: Harness) -> None:
     assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
+def _v1_reflection_classes() -> tuple[Any, Any]:
+    """The v1 request/response classes, from the v1 descriptor the server added to the pool."""
+    pool = descriptor_pool.Default()
+    return (
+        message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest")
+        ),
+        message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse")
+        ),
+    )
+
+
+async def _ask_v1(channel: Any, **request: Any) -> Any:
+    """One request on grpc.reflection.v1.ServerReflection, with v1 messages."""
+    req_cls, resp_cls = _v1_reflection_classes()
+    call = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=req_cls.SerializeToString,
+        response_deserializer=resp_cls.FromString,
+    )()
+    await call.write(req_cls(**request))
+    reply = await call.read()
+    await call.done_writing()
+    return reply
+
+
 async def test_reflection_lists_the_services_when_enabled(tmp_path: Path) -> None:
+    """Both reflection protocols answer: v1alpha (grpcio-reflection's) and v1 (what current
+    tools ask for first), listing the same services, the two reflection services included."""
     h, provider = await make_harness(tmp_path, reflection=True)
     try:
-        names = await _list_services(h.channel(h.ca.issue(uris=(ADMIN,))))
+        channel = h.channel(h.ca.issue(uris=(ADMIN,)))
+        names = await _list_services(channel)
         assert "broker.v1.TokenBroker" in names
         assert "grpc.health.v1.Health" in names
+        assert "grpc.reflection.v1alpha.ServerReflection" in names
+        assert "grpc.reflection.v1.ServerReflection" in names
+        v1 = await _ask_v1(channel, list_services="")
+        assert sorted(s.name for s in v1.list_services_response.service) == sorted(names)
+        described = await _ask_v1(channel, file_containing_symbol="broker.v1.TokenBroker")
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in described.file_descriptor_response.file_descriptor_proto
+        ]
+        (api,) = [f for f in files if f.package == "broker.v1"]
+        assert [s.name for s in api.service] == ["TokenBroker"]
+        own = await _ask_v1(channel, file_containing_symbol="grpc.reflection.v1.ServerReflection")
+        (v1_file,) = own.file_descriptor_response.file_descriptor_proto
+        assert descriptor_pb2.FileDescriptorProto.FromString(v1_file).package == (
+            "grpc.reflection.v1"
+        )
+        missing = await _ask_v1(channel, file_containing_symbol="no.such.Symbol")
+        assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
     finally:
         for ch in h.channels:
             await ch.close()
