@@ -55,9 +55,9 @@ from broker.tokens.audit_events import (
 from broker.tokens.broker import TokenBroker
 from broker.tokens.deployment import DeploymentIdentity
 from broker.tokens.emergency import EmergencyVault
+from broker.tokens.logins import GrantAndLoginStore
 from broker.tokens.postgres_driver import require_postgres_driver
 from broker.tokens.sqlite import SqliteGrantStore
-from broker.tokens.store import GrantStore
 from broker.web.app import create_app
 from broker.web.jwks import JwksEndpoint, StaticKeys
 from broker.web.server import TlsFiles, WebServer
@@ -242,7 +242,7 @@ def deployment_identity(config: ClientConfig, did: str) -> DeploymentIdentity:
 
 async def open_store(
     settings: Settings, sealer: Sealer, clock: Clock, identity: DeploymentIdentity
-) -> GrantStore:
+) -> GrantAndLoginStore:
     """Open the configured store bound to ``identity`` (refuses another deployment's store:
     DeploymentMismatch; an existing file or schema that is not a store: StoreUnusable)."""
     s = settings.store
@@ -413,6 +413,7 @@ async def start(
             public_base_url=settings.web.public_base_url.rstrip("/"),
             login_ttl=settings.oauth.login_ttl,
             audit=audit,
+            store=store,  # logins in flight live in the grant store: any replica completes them
         )
         w = settings.web
         tls = TlsFiles(str(w.tls_cert), str(w.tls_key)) if w.tls_cert and w.tls_key else None

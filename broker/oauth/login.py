@@ -9,6 +9,14 @@ section 2.1), and the code is exchanged at once (DOME-PROFILE.md: codes are exch
 immediately) inside the client's exchange gate, so that no refresh of the same client runs
 between the code's issue and its exchange (DOME Verifier bug 1).
 
+Where logins live: in a :class:`broker.tokens.logins.LoginStore` (the grant store: SQLite or
+PostgreSQL; a process-local memory store by default). Any replica on the same store serves a
+login's ``request_uri`` and completes its callback, and a login survives a restart of the
+replica that started it. Only digests of ``state`` and of the ``request_uri`` reference are
+lookup keys; nonce, PKCE verifier, request object and authorization URL are sealed at rest.
+A response is claimed in the store (``pending`` -> ``exchanging``, compare-and-set) before its
+code is exchanged: of two responses racing on two replicas, one exchanges, one grant is stored.
+
 Ownership: a login belongs to the caller that started it (``owner``, the caller identity the
 gRPC adapter names). Asked on behalf of an owner, :meth:`LoginService.get` and
 :meth:`LoginService.complete` see only that owner's logins; another owner's login is
@@ -21,9 +29,13 @@ A rejected authorization response (unknown state, other owner, label refused, wr
 authorization URL. Only an outcome that ends this login changes it: the AS's ``error=`` answer
 (with an acceptable ``iss``), a failed code exchange, a failed grant store.
 
-DOME compatibility: when a fresh code fails with ``invalid_grant`` (the Verifier overwrote the
-pending authorization), the login restarts once: a new request object and authorization URL
-are published under the same login id.
+Restarts: when the code exchange fails in a way a new authorization can cure, the login
+restarts in the same browser: a new request object, state, nonce and PKCE verifier under the
+same login id, and the callback answers with a redirect to the new authorization URL. This
+happens for a transient failure of the token endpoint (5xx, an empty 500, timeout, connection
+error: the code may be spent or not, either way a new one is needed) and, in DOME
+compatibility mode, for ``invalid_grant`` on a fresh code (the Verifier overwrote the pending
+authorization). Both share one budget (``max_restarts``, default 1) per login.
 
 Secrets (code, state, nonce, code verifier, request objects, authorization URLs) never appear in
 a log, an exception message or a ``repr``.
@@ -39,7 +51,7 @@ import re
 import secrets
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from broker.clock import Clock
@@ -47,17 +59,19 @@ from broker.errors import (
     AuditError,
     AuthorizationDenied,
     AuthorizationResponseError,
+    AuthServerUnavailable,
     BrokerError,
     InvalidArgument,
     InvalidGrant,
     LoginCapacityExceeded,
     LoginExpired,
     LoginNotFound,
+    UnexpectedResponse,
 )
 from broker.keys.api import Signer
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import ServerMetadata
-from broker.oauth.pkce import Pkce, new_pkce
+from broker.oauth.pkce import new_pkce
 from broker.oauth.request_object import (
     authorization_url,
     build_authorization_request,
@@ -68,15 +82,30 @@ from broker.oauth.request_object import (
 )
 from broker.oauth.types import TokenSet
 from broker.tokens.audit_events import AuditAction, AuditEvent, AuditTrail, reason_code
+from broker.tokens.logins import (
+    LoginRecord,
+    LoginSecrets,
+    LoginStatus,
+    LoginStore,
+    MemoryLoginStore,
+)
 from broker.tokens.ports import GrantSink
 
 REQUEST_OBJECT_PATH = "/request-objects/"
 MAX_PENDING_LOGINS = 10_000
+MAX_RESTARTS = 1
 _log = logging.getLogger(__name__)
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
 _ERROR_CODE = re.compile(r"^[\x20-\x21\x23-\x5B\x5D-\x7E]{1,64}$")  # RFC 6749 4.1.2.1 charset
 _REF = re.compile(r"^[A-Za-z0-9_\-]{43}$")  # secrets.token_urlsafe(32): 256 bits
 _NOT_FOUND_MESSAGE = "no such login"
+#: Failures of the code exchange after which a new authorization may succeed: the token
+#: endpoint's 5xx / timeout / connection error (AuthServerUnavailable) and an unusable answer
+#: (UnexpectedResponse: e.g. an empty body with a 500).
+TRANSIENT_EXCHANGE_ERRORS: tuple[type[BrokerError], ...] = (
+    AuthServerUnavailable,
+    UnexpectedResponse,
+)
 
 LabelCheck = Callable[[str], None]
 """Called with a login's label before anything happens to it; raises (PermissionDenied) to
@@ -104,10 +133,20 @@ class LoginState(enum.StrEnum):
     EXPIRED = "expired"
 
 
+_VIEW_STATE = {
+    LoginStatus.PENDING: LoginState.PENDING,
+    LoginStatus.EXCHANGING: LoginState.PENDING,
+    LoginStatus.COMPLETED: LoginState.COMPLETED,
+    LoginStatus.FAILED: LoginState.FAILED,
+    LoginStatus.EXPIRED: LoginState.EXPIRED,
+}
+
+
 @dataclass(frozen=True)
 class LoginView:
     """What callers may know about a login. The authorization URL carries ``state`` and
-    ``nonce`` (the user agent needs them), so it is kept out of ``repr``."""
+    ``nonce`` (the user agent needs them), so it is kept out of ``repr``. ``restart_reason``
+    says why a pending login was just restarted by this response (``None`` otherwise)."""
 
     login_id: str
     label: str
@@ -117,33 +156,11 @@ class LoginView:
     grant_id: str | None = None
     error: str | None = None
     restarted: bool = False
+    restart_reason: str | None = None
 
 
 def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8")).digest()
-
-
-@dataclass(repr=False)
-class _Login:
-    login_id: str
-    label: str
-    expires_at: float
-    owner: str | None = None
-    status: LoginState = LoginState.PENDING
-    state_key: bytes = b""
-    ref_key: bytes | None = None
-    nonce: str = ""
-    pkce: Pkce | None = None
-    request_object: str = ""
-    authorization_url: str = ""
-    exchanging: bool = False
-    grant_id: str | None = None
-    error: str | None = None
-    restarted: bool = False
-    finished_at: float | None = None
-
-    def __repr__(self) -> str:
-        return f"_Login(login_id={self.login_id!r}, label={self.label!r}, status={self.status})"
 
 
 class LoginService:
@@ -163,6 +180,8 @@ class LoginService:
         max_pending: int = MAX_PENDING_LOGINS,
         retention: float | None = None,
         audit: AuditTrail | None = None,
+        store: LoginStore | None = None,
+        max_restarts: int = MAX_RESTARTS,
     ) -> None:
         if not public_base_url.startswith(("https://", "http://")) or public_base_url.endswith("/"):
             raise InvalidArgument("public_base_url must be an absolute URL without a trailing '/'")
@@ -170,6 +189,8 @@ class LoginService:
             raise InvalidArgument("login_ttl must be positive")
         if max_pending < 1:
             raise InvalidArgument("max_pending must be at least 1")
+        if max_restarts < 0:
+            raise InvalidArgument("max_restarts must not be negative")
         self._client = client
         self._audit = audit or AuditTrail.disabled()
         self._config = config
@@ -180,13 +201,12 @@ class LoginService:
         self._ttl = login_ttl
         self._label_default = label_default
         self._max_pending = max_pending
+        self._max_restarts = max_restarts
         self._retention = login_ttl if retention is None else retention
-        self._logins: dict[str, _Login] = {}
-        self._by_state: dict[bytes, str] = {}
-        self._by_ref: dict[bytes, str] = {}
+        self._store: LoginStore = store if store is not None else MemoryLoginStore()
 
     def __repr__(self) -> str:
-        return f"LoginService(issuer={self._config.issuer!r}, logins={len(self._logins)})"
+        return f"LoginService(issuer={self._config.issuer!r}, store={type(self._store).__name__})"
 
     # --- start ----------------------------------------------------------------------------
 
@@ -196,20 +216,30 @@ class LoginService:
         label = self._label_default if label is None else label
         if not isinstance(label, str) or not _LABEL.fullmatch(label):
             raise InvalidArgument("label must be 1-128 characters of [A-Za-z0-9._:@-]")
-        self._prune()
-        pending = sum(1 for lg in self._logins.values() if lg.status is LoginState.PENDING)
-        if pending >= self._max_pending:
+        await self._prune()
+        if await self._store.count_pending_logins(self._clock.now()) >= self._max_pending:
             raise LoginCapacityExceeded(
                 f"too many pending logins (limit {self._max_pending}); retry later"
             )
-        login = _Login(login_id=secrets.token_urlsafe(16), label=label, expires_at=0.0, owner=owner)
-        await self._prepare(login)
-        self._logins[login.login_id] = login
-        return self._view(login)
+        now = self._clock.now()
+        fresh = LoginRecord(
+            login_id=secrets.token_urlsafe(16),
+            label=label,
+            owner=owner,
+            status=LoginStatus.PENDING,
+            state_key=None,
+            ref_key=None,
+            secrets=None,
+            expires_at=now,
+            created_at=now,
+        )
+        record = await self._prepare(fresh)
+        await self._store.add_login(record)
+        return self._view(record)
 
-    async def _prepare(self, login: _Login) -> None:
-        """Make a fresh authorization request for ``login``: new state, nonce, PKCE, request
-        object and request_uri. The old state and request_uri (if any) stop working."""
+    async def _prepare(self, login: LoginRecord) -> LoginRecord:
+        """``login`` with a fresh authorization request: new state, nonce, PKCE, request
+        object and request_uri (not stored yet)."""
         metadata = await self._client.metadata()
         state = new_state()
         nonce = new_nonce()
@@ -243,39 +273,38 @@ class LoginService:
                 nonce=nonce,
                 code_challenge=pkce.challenge if pkce else None,
             )
-        self._forget_lookups(login)
-        login.state_key = _digest(state)
-        login.ref_key = ref_key
-        login.nonce = nonce
-        login.pkce = pkce
-        login.request_object = jws
-        login.authorization_url = url
-        login.expires_at = expires_at
-        self._by_state[login.state_key] = login.login_id
-        if ref_key is not None:
-            self._by_ref[ref_key] = login.login_id
+        return replace(
+            login,
+            state_key=_digest(state),
+            ref_key=ref_key,
+            secrets=LoginSecrets(
+                nonce=nonce,
+                code_verifier=pkce.verifier if pkce else None,
+                request_object=jws,
+                authorization_url=url,
+            ),
+            expires_at=expires_at,
+        )
 
     # --- request objects ------------------------------------------------------------------
 
-    def request_object(self, ref: str) -> str | None:
+    async def request_object(self, ref: str) -> str | None:
         """The compact JWS published at ``/request-objects/{ref}`` (RFC 9101 section 5.2):
         served on every fetch while the login is pending, ``None`` otherwise."""
         if not isinstance(ref, str) or not _REF.fullmatch(ref):
             return None
-        login_id = self._by_ref.get(_digest(ref))
-        if login_id is None:
+        key = _digest(ref)
+        login = await self._store.login_by_ref(key)
+        if login is None or login.ref_key is None or login.secrets is None:
             return None
-        login = self._logins.get(login_id)
-        if login is None or login.ref_key is None:
+        if not hmac.compare_digest(login.ref_key, key):
             return None
-        if not hmac.compare_digest(login.ref_key, _digest(ref)):
-            return None
-        if login.status is not LoginState.PENDING or login.exchanging:
+        if login.status is not LoginStatus.PENDING:
             return None
         if self._expired(login):
-            self._expire(login)
+            await self._expire(login)
             return None
-        return login.request_object
+        return login.secrets.request_object
 
     # --- completion -----------------------------------------------------------------------
 
@@ -298,15 +327,13 @@ class LoginService:
         anything else. Every rejection before the code exchange leaves the login as it was,
         except the AS's own ``error=`` answer, which ends it.
         """
-        self._prune()
+        await self._prune()
         if not state:
             raise AuthorizationResponseError(
                 "authorization response without state", reason="missing_state"
             )
-        login = self._pending_by_state(state, owner, authorize)
+        login = await self._pending_by_state(state, owner, authorize)
         metadata = await self._client.metadata()
-        # The await let other responses in: look again (consumed, restarted or expired since).
-        login = self._pending_by_state(state, owner, authorize)
         if iss is not None and iss != self._config.issuer:
             raise AuthorizationResponseError(
                 "authorization response iss is not the expected issuer", reason="iss_mismatch"
@@ -326,27 +353,37 @@ class LoginService:
             raise AuthorizationResponseError(
                 "authorization response without code", reason="missing_code"
             )
-        # From here on the state is consumed: a second response with it is a replay (C03).
-        self._forget_lookups(login)
-        login.exchanging = True
+        # Claim the login in the store: from here on the state is consumed, and of two
+        # responses racing (on this replica or another) only one gets past this line (C03).
+        claimed = await self._store.claim_login(login.login_id, _digest(state), self._clock.now())
+        if claimed is None:
+            # Consumed, restarted or expired since the lookup: say which, as for a late one.
+            await self._pending_by_state(state, owner, authorize)
+            raise AuthorizationResponseError(
+                "authorization response with an unknown or consumed state", reason="unknown_state"
+            )
+        return await self._exchange(claimed, answer)
+
+    async def _exchange(self, login: LoginRecord, answer: str | AuthorizationDenied) -> LoginView:
+        """Exchange the code of a claimed login; finish or restart it."""
+        secrets_ = login.secrets
         try:
             if isinstance(answer, AuthorizationDenied):
                 raise answer  # the AS ended this login
+            if secrets_ is None:
+                raise AuthorizationResponseError(
+                    "the login has no request to complete", reason="state_replayed"
+                )
             try:
                 async with self._client.exchange_gate():
                     tokens = await self._client.exchange_code(
-                        answer,
-                        code_verifier=login.pkce.verifier if login.pkce else None,
-                        nonce=login.nonce,
+                        answer, code_verifier=secrets_.code_verifier, nonce=secrets_.nonce
                     )
-            except InvalidGrant:
-                if not self._config.dome_compat or login.restarted:
+            except BrokerError as exc:
+                restart = self._restart_reason(login, exc)
+                if restart is None:
                     raise
-                # DOME bug 1: the Verifier overwrote this code. Restart once, same login id.
-                login.restarted = True
-                await self._prepare(login)
-                login.exchanging = False
-                return self._view(login)
+                return await self._restart(login, restart, exc)
             grant = await self._sink.add_grant(
                 tokens,
                 label=login.label,
@@ -354,28 +391,53 @@ class LoginService:
                 client_id=self._config.client_id,
             )
         except BrokerError as exc:
-            self._finish(login, LoginState.FAILED, error=exc.reason)
-            await self._audit_failure(login, exc.reason, audit_down=isinstance(exc, AuditError))
+            failed = await self._finish(login, LoginStatus.FAILED, error=exc.reason)
+            await self._audit_failure(failed, exc.reason, audit_down=isinstance(exc, AuditError))
             raise
         except Exception:
-            self._finish(login, LoginState.FAILED, error="internal")
-            await self._audit_failure(login, "internal", audit_down=False)
+            failed = await self._finish(login, LoginStatus.FAILED, error="internal")
+            await self._audit_failure(failed, "internal", audit_down=False)
             raise
-        self._finish(login, LoginState.COMPLETED, grant_id=grant.grant_id)
+        done = await self._finish(login, LoginStatus.COMPLETED, grant_id=grant.grant_id)
         _log.info(
             "login completed",
             extra={"grant_id": grant.grant_id, "label": login.label, "caller": login.owner},
         )
-        return self._view(login)
+        return self._view(done)
 
-    def _pending_by_state(
+    def _restart_reason(self, login: LoginRecord, exc: BrokerError) -> str | None:
+        """Why a failed exchange restarts ``login`` (``None``: it ends the login)."""
+        if login.restarts >= self._max_restarts:
+            return None
+        if isinstance(exc, TRANSIENT_EXCHANGE_ERRORS):
+            return exc.reason
+        if isinstance(exc, InvalidGrant) and self._config.dome_compat:
+            return exc.reason  # DOME bug 1: the Verifier overwrote this code
+        return None
+
+    async def _restart(self, login: LoginRecord, reason: str, cause: BrokerError) -> LoginView:
+        """A new authorization request under the same login id, stored back as pending."""
+        renewed = await self._prepare(replace(login, restarts=login.restarts + 1))
+        if not await self._store.restart_login(renewed):
+            raise cause  # someone ended it meanwhile (pruned as interrupted): report the cause
+        _log.warning(
+            "login restarted after a failed code exchange",
+            extra={"label": login.label, "reason": reason, "restarts": renewed.restarts},
+        )
+        return replace(
+            self._view(replace(renewed, status=LoginStatus.PENDING)), restart_reason=reason
+        )
+
+    async def _pending_by_state(
         self, state: str, owner: str | None, authorize: LabelCheck | None
-    ) -> _Login:
+    ) -> LoginRecord:
         """The pending login ``state`` belongs to, as ``owner`` may see it; raises otherwise.
         Changes nothing but a due expiry."""
-        login_id = self._by_state.get(_digest(state))
-        login = self._logins.get(login_id) if login_id is not None else None
-        if login is not None and not hmac.compare_digest(login.state_key, _digest(state)):
+        key = _digest(state)
+        login = await self._store.login_by_state(key)
+        if login is not None and (
+            login.state_key is None or not hmac.compare_digest(login.state_key, key)
+        ):
             login = None
         if owner is not None:
             login = self._visible(login, owner)
@@ -387,11 +449,11 @@ class LoginService:
             )
         if authorize is not None:
             authorize(login.label)
-        if login.status is LoginState.PENDING and not login.exchanging and self._expired(login):
-            self._expire(login)
-        if login.status is LoginState.EXPIRED:
+        if login.status is LoginStatus.PENDING and self._expired(login):
+            login = await self._expire(login)
+        if login.status is LoginStatus.EXPIRED:
             raise LoginExpired("the login expired before the authorization response arrived")
-        if login.status is not LoginState.PENDING or login.exchanging:
+        if login.status is not LoginStatus.PENDING:
             raise AuthorizationResponseError(
                 "authorization response for a login that is not pending", reason="state_replayed"
             )
@@ -399,25 +461,47 @@ class LoginService:
 
     # --- queries --------------------------------------------------------------------------
 
-    def get(self, login_id: str, *, owner: str | None = None) -> LoginView:
+    async def get(self, login_id: str, *, owner: str | None = None) -> LoginView:
         """The current view of a login; :class:`LoginNotFound` once forgotten or unknown, and
         for a login of another owner when ``owner`` is given (``None``: an in-process caller,
         who sees every login)."""
-        self._prune()
-        login = self._logins.get(login_id) if isinstance(login_id, str) else None
+        await self._prune()
+        login = await self._store.login_by_id(login_id) if isinstance(login_id, str) else None
         if owner is not None:
             login = self._visible(login, owner)
         if login is None:
             raise LoginNotFound(_NOT_FOUND_MESSAGE)
+        if login.status is LoginStatus.PENDING and self._expired(login):
+            login = await self._expire(login)
         return self._view(login)
 
-    @property
-    def pending_count(self) -> int:
-        return sum(1 for lg in self._logins.values() if lg.status is LoginState.PENDING)
+    async def abandon(self, login_id: str) -> LoginView | None:
+        """End a pending login as FAILED ``login_abandoned`` (the user agent left it); ``None``
+        for an unknown login. A login that is no longer pending is returned unchanged."""
+        login = await self._store.login_by_id(login_id) if isinstance(login_id, str) else None
+        if login is None:
+            return None
+        if login.status is LoginStatus.PENDING and not self._expired(login):
+            now = self._clock.now()
+            if await self._store.finish_login(
+                login.login_id,
+                LoginStatus.FAILED,
+                now=now,
+                error="login_abandoned",
+                expected=LoginStatus.PENDING,
+            ):
+                await self._audit_failure(login, "login_abandoned", audit_down=False)
+            login = await self._store.login_by_id(login_id) or login
+        elif login.status is LoginStatus.PENDING:
+            login = await self._expire(login)
+        return self._view(login)
+
+    async def pending_count(self) -> int:
+        return await self._store.count_pending_logins(self._clock.now())
 
     # --- internals ------------------------------------------------------------------------
 
-    async def _audit_failure(self, login: _Login, reason: str, *, audit_down: bool) -> None:
+    async def _audit_failure(self, login: LoginRecord, reason: str, *, audit_down: bool) -> None:
         """``login.failed`` (best effort) for a found login whose response failed; B10: one
         event per failed exchange. Not written when the failure *is* the audit trail (it was
         just counted and logged; writing again would only double the wait). Responses with an
@@ -431,69 +515,56 @@ class LoginService:
         )
 
     @staticmethod
-    def _visible(login: _Login | None, owner: str) -> _Login | None:
+    def _visible(login: LoginRecord | None, owner: str) -> LoginRecord | None:
         """``login`` if ``owner`` started it, else ``None`` (as if it did not exist)."""
         return login if login is not None and login.owner == owner else None
 
-    def _expired(self, login: _Login) -> bool:
+    def _expired(self, login: LoginRecord) -> bool:
         return self._clock.now() >= login.expires_at
 
-    def _forget_lookups(self, login: _Login) -> None:
-        if login.state_key and self._by_state.get(login.state_key) == login.login_id:
-            del self._by_state[login.state_key]
-        if login.ref_key is not None and self._by_ref.get(login.ref_key) == login.login_id:
-            del self._by_ref[login.ref_key]
-
-    def _finish(
+    async def _finish(
         self,
-        login: _Login,
-        status: LoginState,
+        login: LoginRecord,
+        status: LoginStatus,
         *,
         grant_id: str | None = None,
         error: str | None = None,
-    ) -> None:
-        if status is LoginState.EXPIRED:
-            # The request object goes at once; the state stays known until the login is
-            # forgotten, so that a late callback is told "expired" rather than "unknown".
-            if login.ref_key is not None and self._by_ref.get(login.ref_key) == login.login_id:
-                del self._by_ref[login.ref_key]
-        else:
-            self._forget_lookups(login)
-        login.status = status
-        login.exchanging = False
-        login.grant_id = grant_id
-        login.error = error
-        login.finished_at = self._clock.now()
-        # Drop every secret as soon as it is of no more use.
-        login.nonce = ""
-        login.pkce = None
-        login.request_object = ""
-        login.authorization_url = ""
-
-    def _expire(self, login: _Login) -> None:
-        self._finish(login, LoginState.EXPIRED, error="login_expired")
-
-    def _prune(self) -> None:
+    ) -> LoginRecord:
+        """End a claimed login. Every secret goes at once; the state key stays only for an
+        expired login, so that a late callback is told "expired" rather than "unknown"."""
         now = self._clock.now()
-        for login in list(self._logins.values()):
-            if login.status is LoginState.PENDING and not login.exchanging and self._expired(login):
-                self._expire(login)
-            if login.finished_at is not None and now - login.finished_at >= self._retention:
-                self._forget_lookups(login)
-                del self._logins[login.login_id]
+        await self._store.finish_login(
+            login.login_id, status, now=now, grant_id=grant_id, error=error, expected=login.status
+        )
+        return replace(
+            login,
+            status=status,
+            state_key=login.state_key if status is LoginStatus.EXPIRED else None,
+            ref_key=None,
+            secrets=None,
+            grant_id=grant_id,
+            error=error,
+            finished_at=now,
+        )
 
-    def _view(self, login: _Login) -> LoginView:
-        state = login.status
-        if state is LoginState.PENDING and not login.exchanging and self._expired(login):
-            self._expire(login)
-            state = login.status
+    async def _expire(self, login: LoginRecord) -> LoginRecord:
+        return await self._finish(login, LoginStatus.EXPIRED, error="login_expired")
+
+    async def _prune(self) -> None:
+        await self._store.prune_logins(
+            self._clock.now(), retention=self._retention, exchange_timeout=self._ttl
+        )
+
+    def _view(self, login: LoginRecord) -> LoginView:
+        state = _VIEW_STATE[login.status]
+        url = login.secrets.authorization_url if login.secrets is not None else None
         return LoginView(
             login_id=login.login_id,
             label=login.label,
             state=state,
-            authorization_url=login.authorization_url if state is LoginState.PENDING else None,
+            authorization_url=url if state is LoginState.PENDING else None,
             expires_at=login.expires_at,
             grant_id=login.grant_id,
             error=login.error,
-            restarted=login.restarted,
+            restarted=login.restarts > 0,
         )

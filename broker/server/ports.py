@@ -108,6 +108,6 @@ class LoginService(Protocol):
         rejected response leaves the login as it was."""
         ...
 
-    def get(self, login_id: str, *, owner: str) -> LoginView:
+    async def get(self, login_id: str, *, owner: str) -> LoginView:
         """Raise LoginNotFound when unknown or not ``owner``'s."""
         ...

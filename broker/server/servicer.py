@@ -188,7 +188,7 @@ class TokenBrokerServicer:
 
     async def GetLogin(self, request: pb.GetLoginRequest, context: Context) -> pb.GetLoginResponse:
         async def run(caller: CallerIdentity, rule: Rule) -> pb.GetLoginResponse:
-            view = self._logins.get(validation.login_id(request.login_id), owner=caller.name)
+            view = await self._logins.get(validation.login_id(request.login_id), owner=caller.name)
             Policy.authorize_label(caller, "GetLogin", rule, view.label)
             return pb.GetLoginResponse(login=convert.login(view))
 

@@ -64,6 +64,7 @@ from broker.tokens.deployment import (
 )
 from broker.tokens.memory import KeyedLocks
 from broker.tokens.model import Grant, GrantExpiry, GrantStatus
+from broker.tokens.postgres_logins import LOGINS_MIGRATION, PostgresLogins
 from broker.tokens.sealing import (
     COLUMNS,
     SealedRow,
@@ -138,6 +139,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "ALTER TABLE {schema}.grants ADD COLUMN refresh_expires_at DOUBLE PRECISION",
         ),
     ),
+    (4, LOGINS_MIGRATION),  # pending interactive logins (broker.tokens.postgres_logins)
 )
 OUR_TABLES = frozenset({"schema_migrations", "grants"})
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -202,7 +204,7 @@ class _Pool:
             await conn.close()
 
 
-class PostgresGrantStore:
+class PostgresGrantStore(PostgresLogins):
     """GrantStore over PostgreSQL (psycopg 3, async). ``await store.open()`` before use, or
     :meth:`connect`."""
 

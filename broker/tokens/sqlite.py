@@ -73,6 +73,7 @@ from broker.tokens.sealing import (
     validate_tokens,
 )
 from broker.tokens.sqlite_file import check_is_grant_store, create_fresh, inspect_existing
+from broker.tokens.sqlite_logins import LOGINS_MIGRATION, SqliteLogins
 
 T = TypeVar("T")
 
@@ -135,6 +136,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "ALTER TABLE grants ADD COLUMN refresh_expires_at REAL",
         ),
     ),
+    (4, LOGINS_MIGRATION),  # pending interactive logins (broker.tokens.sqlite_logins)
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -155,7 +157,7 @@ def _wrap(operation: str, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"sqlite {operation} failed ({code})")
 
 
-class SqliteGrantStore:
+class SqliteGrantStore(SqliteLogins):
     """GrantStore over one SQLite file. Create it, then ``await store.open()`` (or use
     :meth:`connect`).
 

@@ -46,7 +46,7 @@ _SECURITY_HEADERS = {
 class LoginEndpoint(Protocol):
     """The part of :class:`broker.oauth.login.LoginService` the listener calls."""
 
-    def request_object(self, ref: str) -> str | None: ...
+    async def request_object(self, ref: str) -> str | None: ...
 
     async def complete(
         self, *, code: str | None, state: str | None, iss: str | None, error: str | None = None
@@ -102,7 +102,7 @@ def create_app(
                 return PlainTextResponse(
                     "method not allowed", status_code=405, headers={"Allow": "GET"}
                 )
-            jws = login.request_object(str(request.path_params.get("ref", "")))
+            jws = await login.request_object(str(request.path_params.get("ref", "")))
             status = 200 if jws is not None else 404
             span.set_attribute("http.status_code", status)
             if jws is None:

@@ -84,7 +84,7 @@ async def test_full_flow_by_reference_then_three_rotating_refreshes(
     )
     assert resp.status_code == 200, resp.text
     assert params_of(callback_url)["iss"] == [peer.issuer]  # RFC 9207: the peer sends iss
-    done = stack.login.get(view.login_id)
+    done = await stack.login.get(view.login_id)
     assert done.state is LoginState.COMPLETED
     assert done.grant_id == "grant-1"
     ((tokens, label, issuer, client_id),) = stack.sink.grants
@@ -173,7 +173,7 @@ async def test_full_flow_via_par(env: Env, user_agent: httpx.AsyncClient) -> Non
         user_agent, view.authorization_url or "", stack.config.redirect_uri
     )
     assert resp.status_code == 200, resp.text
-    assert stack.login.get(view.login_id).state is LoginState.COMPLETED
+    assert (await stack.login.get(view.login_id)).state is LoginState.COMPLETED
     log = peer.admin_log()
     (par,) = log["par_requests"]
     assert par["status"] == 201
@@ -196,7 +196,7 @@ async def test_c07_request_object_refetch_while_pending_then_404_after_completio
     assert first.headers["content-type"] == "application/oauth-authz-req+jwt"
     assert first.text == second.text
     await follow_to_callback(user_agent, view.authorization_url or "", stack.config.redirect_uri)
-    assert stack.login.get(view.login_id).state is LoginState.COMPLETED
+    assert (await stack.login.get(view.login_id)).state is LoginState.COMPLETED
     assert (await http.get(request_uri)).status_code == 404
     assert (await http.head(request_uri)).status_code in (404, 405)
 
@@ -207,7 +207,7 @@ async def test_expired_login_is_never_completed(env: Env, user_agent: httpx.Asyn
     stack = make_stack(peer, env.signer, env.web, env.base_url, env.http, login_clock=clock)
     view = await stack.login.start(label="ops")
     clock.offset = 601.0
-    assert stack.login.get(view.login_id).state is LoginState.EXPIRED
+    assert (await stack.login.get(view.login_id)).state is LoginState.EXPIRED
     callback_url, resp = await follow_to_callback(
         user_agent, view.authorization_url or "", stack.config.redirect_uri
     )
@@ -215,7 +215,7 @@ async def test_expired_login_is_never_completed(env: Env, user_agent: httpx.Asyn
     assert params_of(callback_url)["error"] == ["invalid_request_uri"]
     assert resp.status_code == 400
     assert "login_expired" in resp.text
-    assert stack.login.get(view.login_id).state is LoginState.EXPIRED
+    assert (await stack.login.get(view.login_id)).state is LoginState.EXPIRED
     assert peer.admin_log()["token_requests"] == []
     assert stack.sink.grants == []
 
@@ -240,10 +240,10 @@ async def test_c03_wrong_state_is_rejected_and_the_real_response_still_completes
     assert bad.status_code == 400
     assert "unknown_state" in bad.text
     assert peer.admin_log()["token_requests"] == []
-    assert stack.login.get(view.login_id).state is LoginState.PENDING
+    assert (await stack.login.get(view.login_id)).state is LoginState.PENDING
     good = await user_agent.get(url)
     assert good.status_code == 200
-    assert stack.login.get(view.login_id).state is LoginState.COMPLETED
+    assert (await stack.login.get(view.login_id)).state is LoginState.COMPLETED
     replay = await user_agent.get(url)
     assert replay.status_code == 400
     assert len(peer.admin_log()["token_requests"]) == 1
@@ -263,19 +263,21 @@ async def test_dome_restart_after_invalid_grant_completes_on_the_same_login(
         url = str(httpx.URL(url).join(resp.headers["location"]))
         if url.startswith(redirect_uri + "?"):
             break
-    pending = stack.login._logins[view.login_id]  # test-only peek at the login's secrets
-    assert pending.pkce is not None
+    pending = await stack.login._store.login_by_id(view.login_id)  # test-only peek at secrets
+    assert pending is not None and pending.secrets is not None
     await stack.client.exchange_code(
-        params_of(url)["code"][0], code_verifier=pending.pkce.verifier, nonce=pending.nonce
+        params_of(url)["code"][0],
+        code_verifier=pending.secrets.code_verifier,
+        nonce=pending.secrets.nonce,
     )
     restart = await user_agent.get(url)
     assert restart.status_code == 303
-    again = stack.login.get(view.login_id)
+    again = await stack.login.get(view.login_id)
     assert again.state is LoginState.PENDING and again.restarted
     assert restart.headers["location"] == again.authorization_url
     _, final = await follow_to_callback(user_agent, again.authorization_url or "", redirect_uri)
     assert final.status_code == 200, final.text
-    done = stack.login.get(view.login_id)
+    done = await stack.login.get(view.login_id)
     assert done.state is LoginState.COMPLETED and done.restarted
     statuses = [(t["grant_type"], t["error"]) for t in peer.admin_log()["token_requests"]]
     assert statuses == [

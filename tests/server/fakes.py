@@ -153,7 +153,7 @@ class FakeLogins:
     ) -> FakeLogin:
         if self.error is not None:
             raise self.error
-        login = self.get("login-1", owner=owner)
+        login = await self.get("login-1", owner=owner)
         authorize(login.label)
         self.completed.append((code, state, iss, error))
         view = FakeLogin(
@@ -168,7 +168,7 @@ class FakeLogins:
         self.logins[view.login_id] = view
         return view
 
-    def get(self, login_id: str, *, owner: str) -> FakeLogin:
+    async def get(self, login_id: str, *, owner: str) -> FakeLogin:
         if self.error is not None:
             raise self.error
         if login_id not in self.logins or self.owners.get(login_id) != owner:

@@ -45,6 +45,7 @@ from broker.tokens.audit_events import (
     record_fields,
 )
 from broker.tokens.broker import TokenBroker
+from broker.tokens.logins import MemoryLoginStore
 from tests.server.fakes import FakeBroker, FakeLogins
 from tests.server.pki import Ca
 from tests.tokens.fakes import FakeGrantStore, FakeRefresher, token_set
@@ -387,7 +388,9 @@ async def test_h01_read_only_directory_fails_the_login_and_stores_nothing(
         sink.close()
     assert isinstance(caught.value.__cause__, Exception)
     assert stack.store.grants == {}
-    view = stack.logins.get(next(iter(stack.logins._logins)))
+    logins = stack.logins._store
+    assert isinstance(logins, MemoryLoginStore)
+    view = await stack.logins.get(next(iter(logins._logins)))
     assert (view.state, view.error) == (LoginState.FAILED, "audit_unavailable")
 
 

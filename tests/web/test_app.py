@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from broker.errors import AuthServerUnavailable, InvalidArgument
-from broker.oauth.login import LoginService, LoginView
+from broker.oauth.login import LoginService, LoginState, LoginView
 from broker.web.app import create_app
 from tests.web.fakes import ISSUER, REDIRECT_URI, FakeClient
 
@@ -50,7 +50,7 @@ async def test_c07_request_object_is_the_exact_jws_with_the_jar_media_type(
     assert first.status_code == 200
     assert first.headers["content-type"] == "application/oauth-authz-req+jwt"
     assert first.headers["cache-control"] == "no-store"
-    assert first.text == service.request_object(ref)
+    assert first.text == (await service.request_object(ref))
     assert not first.text.endswith("\n") and first.text.count(".") == 2
     second = await web.get(f"/request-objects/{ref}")
     assert second.status_code == 200 and second.text == first.text
@@ -89,7 +89,7 @@ async def test_callback_completes_the_login_then_the_request_object_is_gone(
     assert resp.headers["cache-control"] == "no-store"
     assert resp.headers["referrer-policy"] == "no-referrer"
     assert (await web.get(f"/request-objects/{ref}")).status_code == 404
-    assert service.get(view.login_id).grant_id == "grant-1"
+    assert (await service.get(view.login_id)).grant_id == "grant-1"
     names = [s.name for s in spans.get_finished_spans()]
     assert names == ["web.callback", "web.request_object"]
     callback_span = spans.get_finished_spans()[0]
@@ -109,7 +109,7 @@ async def test_c03_callback_with_wrong_state_shows_failure_and_keeps_the_login(
     assert resp.status_code == 400
     assert "unknown_state" in resp.text and "nope" not in resp.text
     assert fake_client.calls == []
-    assert service.get(view.login_id).state == "pending"
+    assert (await service.get(view.login_id)).state == "pending"
 
 
 async def test_callback_rejects_duplicated_parameters(
@@ -170,7 +170,7 @@ async def test_dome_restart_redirects_the_user_agent_to_the_new_authorization_ur
     _, state = ref_and_state(view)
     resp = await web.get("/callback", params={"code": "c", "state": state, "iss": ISSUER})
     assert resp.status_code == 303
-    again = service.get(view.login_id)
+    again = await service.get(view.login_id)
     assert again.restarted and resp.headers["location"] == again.authorization_url
     assert resp.headers["location"].startswith(f"{ISSUER}/auth?")
 
@@ -183,14 +183,26 @@ def test_callback_path_must_not_collide_with_other_routes(service: LoginService)
         create_app(service, redirect_uri=REDIRECT_URI, post_login_url="javascript:alert(1)")
 
 
-async def test_callback_shows_503_when_our_side_is_unavailable(
+async def test_callback_restarts_the_login_when_the_token_endpoint_fails_transiently(
     web: httpx.AsyncClient, service: LoginService, fake_client: FakeClient
 ) -> None:
-    """AS down during the exchange (retryable): 503 and the reason code, never the code."""
+    """Issue 9: AS down during the exchange (5xx, timeout, empty 500): the login is not lost;
+    the same browser is sent (303) to a new authorization request with a line saying why. Once
+    the restart budget is spent, 503 with the reason code, never the code."""
 
     view = await service.start(label="ops")
     _, state = ref_and_state(view)
-    fake_client.exchange_error = AuthServerUnavailable("AS down")
+    fake_client.exchange_error = AuthServerUnavailable("AS down", status_code=500)
     resp = await web.get("/callback", params={"code": "c-9", "state": state, "iss": ISSUER})
+    assert resp.status_code == 303, resp.text
+    again = await service.get(view.login_id)
+    assert again.state is LoginState.PENDING and again.restarted
+    assert resp.headers["location"] == again.authorization_url
+    assert again.authorization_url != view.authorization_url
+    assert "temporary problem" in resp.text and "c-9" not in resp.text
+    _, new_state = ref_and_state(again)
+    assert new_state != state
+    resp = await web.get("/callback", params={"code": "c-10", "state": new_state, "iss": ISSUER})
     assert resp.status_code == 503
-    assert "as_unavailable" in resp.text and "c-9" not in resp.text
+    assert "as_unavailable" in resp.text and "c-10" not in resp.text
+    assert (await service.get(view.login_id)).state is LoginState.FAILED

@@ -37,12 +37,12 @@ async def test_c03_get_of_another_owners_login_is_not_found_like_an_unknown_id(
 ) -> None:
     b = await service.start(label="ops", owner=B)
     with pytest.raises(LoginNotFound) as other:
-        service.get(b.login_id, owner=A)
+        (await service.get(b.login_id, owner=A))
     with pytest.raises(LoginNotFound) as unknown:
-        service.get("no-such-login", owner=A)
+        (await service.get("no-such-login", owner=A))
     assert (type(other.value), other.value.message) == (type(unknown.value), unknown.value.message)
-    assert service.get(b.login_id, owner=B) == b
-    assert service.get(b.login_id) == b  # in-process callers (CLI, tests) see every login
+    assert (await service.get(b.login_id, owner=B)) == b
+    assert (await service.get(b.login_id)) == b  # in-process callers (CLI, tests) see every login
 
 
 async def test_c03_login_started_in_process_belongs_to_no_remote_caller(
@@ -50,10 +50,10 @@ async def test_c03_login_started_in_process_belongs_to_no_remote_caller(
 ) -> None:
     view = await service.start(label="ops")
     with pytest.raises(LoginNotFound):
-        service.get(view.login_id, owner=A)
+        (await service.get(view.login_id, owner=A))
     with pytest.raises(LoginNotFound):
         await service.complete(code="c", state=state_of(view), iss=ISSUER, owner=A)
-    assert service.get(view.login_id) == view
+    assert (await service.get(view.login_id)) == view
 
 
 Response = tuple[str | None, str | None, str | None]  # code, iss, error
@@ -86,8 +86,8 @@ async def test_c03_complete_with_another_owners_state_is_not_found_and_changes_n
     )
     assert other == unknown
     assert fake_client.calls == [] and sink.grants == []
-    assert service.get(b.login_id, owner=B) == b
-    assert service.request_object(ref_of(b)) is not None
+    assert (await service.get(b.login_id, owner=B)) == b
+    assert (await service.request_object(ref_of(b))) is not None
     done = await service.complete(code="c", state=state, iss=ISSUER, owner=B)
     assert done.state is LoginState.COMPLETED
     assert done.grant_id == "grant-1"
@@ -100,7 +100,7 @@ async def test_c03_browser_callback_completes_the_login_whoever_started_it(
     b = await service.start(label="ops", owner=B)
     done = await service.complete(code="c", state=state_of(b), iss=ISSUER)
     assert done.state is LoginState.COMPLETED
-    assert service.get(b.login_id, owner=B).grant_id == done.grant_id
+    assert (await service.get(b.login_id, owner=B)).grant_id == done.grant_id
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ async def test_c01_c02_rejected_response_from_the_owner_changes_nothing(
     assert err.value.reason == reason
     assert not isinstance(err.value, AuthorizationDenied)
     assert fake_client.calls == []
-    assert service.get(b.login_id, owner=B) == b
+    assert (await service.get(b.login_id, owner=B)) == b
     # ... and the real response, from the owner or the browser, still completes it.
     done = await service.complete(code="c", state=state_of(b), iss=ISSUER)
     assert done.state is LoginState.COMPLETED
@@ -136,9 +136,9 @@ async def test_c02_the_as_error_answer_from_the_owner_ends_the_login(
         await service.complete(
             code=None, state=state_of(b), iss=ISSUER, error="access_denied", owner=B
         )
-    failed = service.get(b.login_id, owner=B)
+    failed = await service.get(b.login_id, owner=B)
     assert (failed.state, failed.error) == (LoginState.FAILED, "authorization_error")
-    assert service.request_object(ref_of(b)) is None
+    assert (await service.request_object(ref_of(b))) is None
     assert fake_client.calls == []
 
 
@@ -160,7 +160,7 @@ async def test_label_check_refuses_before_anything_and_only_for_the_owner(
         await service.complete(code="c", state=state_of(b), iss=ISSUER, owner=B, authorize=deny)
     assert asked == ["crm"]
     assert fake_client.calls == []
-    assert service.get(b.login_id, owner=B) == b
+    assert (await service.get(b.login_id, owner=B)) == b
     done = await service.complete(
         code="c", state=state_of(b), iss=ISSUER, owner=B, authorize=asked.append
     )
@@ -175,7 +175,7 @@ async def test_as_discovery_down_during_completion_leaves_the_login_pending(
     fake_client.metadata_error = AuthServerUnavailable("discovery down")
     with pytest.raises(AuthServerUnavailable):
         await service.complete(code="c", state=state_of(b), iss=ISSUER, owner=B)
-    assert service.get(b.login_id, owner=B) == b
+    assert (await service.get(b.login_id, owner=B)) == b
     fake_client.metadata_error = None
     done = await service.complete(code="c", state=state_of(b), iss=ISSUER)
     assert done.state is LoginState.COMPLETED

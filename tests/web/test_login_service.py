@@ -54,7 +54,7 @@ async def test_c05_request_object_verifies_with_the_did_key_and_carries_the_rfc9
     service: LoginService, signer: SoftSigner, clock: FakeClock
 ) -> None:
     view = await service.start(label="ops")
-    token = service.request_object(ref_of(view))
+    token = await service.request_object(ref_of(view))
     assert token is not None
     key = jwk.JWK.from_pyca(public_key_from_did(signer.kid))
     checked = jws.JWS()
@@ -72,7 +72,7 @@ async def test_c05_request_object_verifies_with_the_did_key_and_carries_the_rfc9
     assert clock.now() - 3600 <= claims["nbf"] <= clock.now()
     assert "request_uri" not in claims and "request" not in claims and "sub" not in claims
     other = await service.start(label="ops")
-    other_token = service.request_object(ref_of(other))
+    other_token = await service.request_object(ref_of(other))
     assert other_token is not None
     assert unverified_parts(other_token)[1]["jti"] != claims["jti"]
 
@@ -83,7 +83,7 @@ async def test_c06_front_channel_duplicates_are_byte_identical_to_the_request_ob
     view = await service.start(label="ops")
     assert view.state is LoginState.PENDING
     params = query(view.authorization_url or "")
-    token = service.request_object(ref_of(view))
+    token = await service.request_object(ref_of(view))
     assert token is not None
     claims = unverified_parts(token)[1]
     for name in ("client_id", "redirect_uri", "scope", "state", "nonce", "code_challenge"):
@@ -131,7 +131,7 @@ async def test_par_is_not_used_when_the_issuer_does_not_advertise_it(
     )
     view = await service.start(label="ops")
     assert fake_client.pushed == []
-    assert service.request_object(ref_of(view)) is not None
+    assert (await service.request_object(ref_of(view))) is not None
 
 
 async def test_c07_request_object_is_served_repeatedly_while_pending_then_never_again(
@@ -139,15 +139,15 @@ async def test_c07_request_object_is_served_repeatedly_while_pending_then_never_
 ) -> None:
     view = await service.start(label="ops")
     ref = ref_of(view)
-    first = service.request_object(ref)
+    first = await service.request_object(ref)
     assert first is not None
-    assert service.request_object(ref) == first  # DOME fetches on every authorize hit
+    assert (await service.request_object(ref)) == first  # DOME fetches on every authorize hit
     done = await service.complete(code="code-1", state=state_of(view), iss=ISSUER)
     assert done.state is LoginState.COMPLETED
     assert done.grant_id == "grant-1"
     assert done.authorization_url is None
-    assert service.request_object(ref) is None
-    assert service.get(view.login_id).state is LoginState.COMPLETED
+    assert (await service.request_object(ref)) is None
+    assert (await service.get(view.login_id)).state is LoginState.COMPLETED
     tokens, label, issuer, client_id = sink.grants[0]
     assert (label, issuer, client_id) == ("ops", ISSUER, fake_client.calls[0].nonce and client_id)
     assert tokens.refresh_token == "rt-code-1"
@@ -167,14 +167,14 @@ async def test_c07_guessed_neighbouring_and_malformed_refs_are_not_served(
         "../healthz",
         ref.upper() if ref != ref.upper() else ref.lower(),
     ):
-        assert service.request_object(guess) is None, guess
+        assert (await service.request_object(guess)) is None, guess
 
 
 async def test_code_exchange_uses_the_login_nonce_and_verifier_inside_the_exchange_gate(
     service: LoginService, fake_client: FakeClient
 ) -> None:
     view = await service.start(label="ops")
-    token = service.request_object(ref_of(view))
+    token = await service.request_object(ref_of(view))
     assert token is not None
     claims = unverified_parts(token)[1]
     await service.complete(code="code-1", state=state_of(view), iss=ISSUER)
@@ -201,7 +201,9 @@ async def test_c03_missing_unknown_and_replayed_state_are_rejected(
         await service.complete(code="c", state="x" * 43, iss=ISSUER)
     assert unknown.value.reason == "unknown_state"
     assert fake_client.calls == []
-    assert service.get(view.login_id).state is LoginState.PENDING  # a wrong state harms nothing
+    assert (
+        await service.get(view.login_id)
+    ).state is LoginState.PENDING  # a wrong state harms nothing
     await service.complete(code="c", state=state_of(view), iss=ISSUER)
     with pytest.raises(AuthorizationResponseError) as replay:
         await service.complete(code="c2", state=state_of(view), iss=ISSUER)
@@ -213,8 +215,8 @@ async def test_c03_state_of_another_login_completes_only_that_login(service: Log
     a = await service.start(label="a")
     b = await service.start(label="b")
     await service.complete(code="c", state=state_of(b), iss=ISSUER)
-    assert service.get(a.login_id).state is LoginState.PENDING
-    assert service.get(b.login_id).state is LoginState.COMPLETED
+    assert (await service.get(a.login_id)).state is LoginState.PENDING
+    assert (await service.get(b.login_id)).state is LoginState.COMPLETED
 
 
 @pytest.mark.parametrize(
@@ -238,8 +240,8 @@ async def test_c01_wrong_iss_aborts_before_any_token_request_and_leaves_the_logi
         await service.complete(code="c", state=state_of(view), iss=bad_iss)
     assert err.value.reason == "iss_mismatch"
     assert fake_client.calls == []
-    assert service.get(view.login_id) == view
-    assert service.request_object(ref_of(view)) is not None
+    assert (await service.get(view.login_id)) == view
+    assert (await service.request_object(ref_of(view))) is not None
     done = await service.complete(code="c", state=state_of(view), iss=ISSUER)
     assert done.state is LoginState.COMPLETED
 
@@ -252,7 +254,7 @@ async def test_c02_missing_iss_is_rejected_when_the_issuer_advertises_it(
         await service.complete(code="c", state=state_of(view), iss=None)
     assert err.value.reason == "iss_missing"
     assert fake_client.calls == []
-    assert service.get(view.login_id) == view
+    assert (await service.get(view.login_id)) == view
 
 
 async def test_missing_iss_is_accepted_when_the_issuer_does_not_send_it(
@@ -277,7 +279,7 @@ async def test_c02_error_response_with_a_foreign_iss_is_not_attributed_to_our_is
         )
     assert not isinstance(err.value, AuthorizationDenied)
     assert err.value.reason == "iss_mismatch"
-    assert service.get(view.login_id) == view  # not attributed: the login goes on
+    assert (await service.get(view.login_id)) == view  # not attributed: the login goes on
 
 
 async def test_c02_error_response_fails_the_login_with_the_error_code(
@@ -287,7 +289,7 @@ async def test_c02_error_response_fails_the_login_with_the_error_code(
     with pytest.raises(AuthorizationDenied) as err:
         await service.complete(code=None, state=state_of(view), iss=ISSUER, error="access_denied")
     assert err.value.error == "access_denied"
-    assert service.get(view.login_id).error == "authorization_error"
+    assert (await service.get(view.login_id)).error == "authorization_error"
     assert fake_client.calls == []
     other = await service.start(label="ops")
     with pytest.raises(AuthorizationDenied) as weird:
@@ -306,7 +308,7 @@ async def test_missing_code_is_rejected_and_leaves_the_login_pending(
         with pytest.raises(AuthorizationResponseError) as err:
             await service.complete(code=code, state=state_of(view), iss=ISSUER)
         assert err.value.reason == "missing_code"
-    assert service.get(view.login_id) == view
+    assert (await service.get(view.login_id)) == view
     done = await service.complete(code="c", state=state_of(view), iss=ISSUER)
     assert done.state is LoginState.COMPLETED
 
@@ -317,12 +319,12 @@ async def test_expired_login_is_reported_and_its_request_object_withdrawn(
     view = await service.start(label="ops")
     ref, state = ref_of(view), state_of(view)
     clock.advance(599)
-    assert service.get(view.login_id).state is LoginState.PENDING
+    assert (await service.get(view.login_id)).state is LoginState.PENDING
     clock.advance(1)
-    expired = service.get(view.login_id)
+    expired = await service.get(view.login_id)
     assert expired.state is LoginState.EXPIRED
     assert expired.authorization_url is None
-    assert service.request_object(ref) is None
+    assert (await service.request_object(ref)) is None
     with pytest.raises(LoginExpired):
         await service.complete(code="c", state=state, iss=ISSUER)
     assert fake_client.calls == []
@@ -339,7 +341,7 @@ async def test_expired_login_callback_raises_login_expired(
     clock.advance(601)
     with pytest.raises(LoginExpired):
         await service.complete(code="c", state=state_of(view), iss=ISSUER)
-    assert service.get(view.login_id).state is LoginState.EXPIRED
+    assert (await service.get(view.login_id)).state is LoginState.EXPIRED
 
 
 async def test_finished_logins_are_forgotten_after_the_retention(
@@ -348,12 +350,12 @@ async def test_finished_logins_are_forgotten_after_the_retention(
     view = await service.start(label="ops")
     await service.complete(code="c", state=state_of(view), iss=ISSUER)
     clock.advance(599)
-    assert service.get(view.login_id).state is LoginState.COMPLETED
+    assert (await service.get(view.login_id)).state is LoginState.COMPLETED
     clock.advance(1)
     with pytest.raises(LoginNotFound):
-        service.get(view.login_id)
+        (await service.get(view.login_id))
     with pytest.raises(LoginNotFound):
-        service.get("no-such-login")
+        (await service.get("no-such-login"))
 
 
 async def test_pending_logins_are_bounded(
@@ -378,7 +380,7 @@ async def test_pending_logins_are_bounded(
     clock.advance(601)  # expired logins free their slots
     await service.start(label="ops")
     await service.start(label="ops")
-    assert service.pending_count == 2
+    assert (await service.pending_count()) == 2
 
 
 async def test_dome_invalid_grant_restarts_the_login_once_on_the_same_login_id(
@@ -392,9 +394,9 @@ async def test_dome_invalid_grant_restarts_the_login_once_on_the_same_login_id(
     assert restarted.state is LoginState.PENDING
     assert restarted.restarted
     assert restarted.authorization_url not in (None, view.authorization_url)
-    assert service.request_object(old_ref) is None
+    assert (await service.request_object(old_ref)) is None
     new_ref = ref_of(restarted)
-    assert service.request_object(new_ref) is not None
+    assert (await service.request_object(new_ref)) is not None
     with pytest.raises(AuthorizationResponseError):
         await service.complete(code="c1", state=old_state, iss=ISSUER)
     done = await service.complete(code="c2", state=state_of(restarted), iss=ISSUER)
@@ -413,7 +415,7 @@ async def test_dome_restart_happens_only_once(
     restarted = await service.complete(code="c1", state=state_of(view), iss=ISSUER)
     with pytest.raises(InvalidGrant):
         await service.complete(code="c2", state=state_of(restarted), iss=ISSUER)
-    failed = service.get(view.login_id)
+    failed = await service.get(view.login_id)
     assert failed.state is LoginState.FAILED
     assert failed.error == "invalid_grant"
 
@@ -433,7 +435,7 @@ async def test_without_dome_compat_invalid_grant_fails_the_login(
     view = await service.start(label="ops")
     with pytest.raises(InvalidGrant):
         await service.complete(code="c1", state=state_of(view), iss=ISSUER)
-    assert service.get(view.login_id).state is LoginState.FAILED
+    assert (await service.get(view.login_id)).state is LoginState.FAILED
 
 
 async def test_b10_id_token_failure_stores_no_grant(
@@ -444,14 +446,14 @@ async def test_b10_id_token_failure_stores_no_grant(
     with pytest.raises(TokenValidationError):
         await service.complete(code="c", state=state_of(view), iss=ISSUER)
     assert sink.grants == []
-    assert service.get(view.login_id).error == "nonce_mismatch"
+    assert (await service.get(view.login_id)).error == "nonce_mismatch"
 
 
 @pytest.mark.parametrize("label", ["", " x", "a" * 129, "a/b", "x\n"])
 async def test_bad_labels_are_rejected(service: LoginService, label: str) -> None:
     with pytest.raises(InvalidArgument):
         await service.start(label=label)
-    assert service.pending_count == 0
+    assert (await service.pending_count()) == 0
 
 
 async def test_default_label_is_used(service: LoginService) -> None:
@@ -476,9 +478,9 @@ async def test_h02_no_secret_in_reprs(service: LoginService) -> None:
     state = state_of(view)
     nonce = query(view.authorization_url or "")["nonce"][0]
     ref = ref_of(view)
-    token = service.request_object(ref)
+    token = await service.request_object(ref)
     assert token is not None
-    texts = [repr(view), repr(service), repr(service._logins[view.login_id])]
+    texts = [repr(view), repr(service), repr(await service._store.login_by_id(view.login_id))]
     for text in texts:
         for secret in (state, nonce, ref, token, view.authorization_url or "x"):
             assert secret not in text
