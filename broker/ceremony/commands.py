@@ -155,31 +155,51 @@ def find_orphans(store: CeremonyStore, target: KeyTarget, args: argparse.Namespa
     return audited.orphans(target.token, _inventory(store))
 
 
-def _refuse_orphans(orphans: list[Orphan], target: KeyTarget) -> None:
-    if not orphans:
-        return
+def _orphan_message(orphans: list[Orphan], target: KeyTarget) -> str:
     first = orphans[0]
     uri = _orphan_uri(target, first.key)
     more = f" ({len(orphans) - 1} more orphan key(s) in this token)" if len(orphans) > 1 else ""
-    raise OrphanKey(
-        f"orphan {first.describe()} in token {target.token!r}{more}; check it and record it "
+    return (
+        f"{first.describe()} in token {target.token!r}{more}; check it and record it "
         f"with 'broker keys adopt --key {uri}', or remove it with "
         f"'broker keys destroy --key {uri}'"
     )
 
 
+def _refuse_orphans(orphans: list[Orphan], target: KeyTarget) -> None:
+    if orphans:
+        raise OrphanKey(_orphan_message(orphans, target))
+
+
+def _warn_orphans(orphans: list[Orphan], target: KeyTarget) -> None:
+    """Read-only commands name the orphans on stderr and go on (an operator diagnosing an
+    interrupted ceremony needs ``list`` and ``show``)."""
+    if orphans:
+        sys.stderr.write(f"warning: orphan key: {_orphan_message(orphans, target)} [orphan_key]\n")
+
+
 @contextmanager
 def _store(
-    deps: Deps, target: KeyTarget, args: argparse.Namespace, *, spare: bool = False
+    deps: Deps,
+    target: KeyTarget,
+    args: argparse.Namespace,
+    *,
+    spare: bool = False,
+    read_only: bool = False,
 ) -> Iterator[tuple[CeremonyStore, list[Orphan]]]:
     """Open the token and refuse to go on while it holds an orphan key.
 
     ``spare``: the orphan the URI names is let through (adopt and destroy act on it); the
-    remaining orphans are returned.
+    remaining orphans are returned. ``read_only``: nothing is refused; the orphans are named on
+    stderr and returned.
     """
     store = deps.backend.open(target, pin_file=args.pin_file)
     try:
         orphans = find_orphans(store, target, args)
+        if read_only:
+            _warn_orphans(orphans, target)
+            yield store, orphans
+            return
         mine = [o for o in orphans if spare and o.key.label == target.label]
         _refuse_orphans([o for o in orphans if o not in mine], target)
         yield store, mine
@@ -251,12 +271,15 @@ def cmd_import(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
 
 def cmd_list(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = _target(deps, args, facts, need_label=False)
-    with _store(deps, target, args) as (store, _):
+    with _store(deps, target, args, read_only=True) as (store, orphans):
         infos = store.list()
         sealing = store.list_sealing_keys()
     document = {
         "keys": [output.key_document(i) for i in infos],
         "sealing_keys": [{"label": label, "id": key_id.hex()} for label, key_id in sealing],
+        "orphans": [
+            {"label": o.key.label, "id": o.key.key_id.hex(), "why": o.why} for o in orphans
+        ],
     }
     text = output.key_list_text(infos) + "".join(
         f"{label}\tid={key_id.hex()}\tAES-256 sealing key\n" for label, key_id in sealing
@@ -266,7 +289,7 @@ def cmd_list(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
 
 def cmd_show(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = _target(deps, args, facts, need_label=True)
-    with _store(deps, target, args) as (store, _):
+    with _store(deps, target, args, read_only=True) as (store, _):
         info = _get(store, target, facts)
     return output.key_document(info), output.key_text(info)
 

@@ -120,19 +120,28 @@ def _chain_ok(token: Token) -> None:
 
 
 def _orphan_line(token: Token, c: Ceremony) -> str:
-    """Every keys command refuses with one line naming the orphan and both ways out."""
-    for argv, key in (
-        (["list"], token.uri(None)),
-        (["show"], token.uri("some-other-key")),
-        (["generate"], token.uri("another-" + secrets.token_hex(2))),
-    ):
+    """Every keys command names the orphan and both ways out in one line: the read-only ones
+    (list, show) as a warning and go on, the others refuse."""
+    line = ""
+    commands = [(["list"], token.uri(None), False)]
+    if c.kind != "generate-sealing-key":  # show displays signing keys only
+        commands.append((["show"], token.uri(c.label), False))
+    commands.append((["generate"], token.uri("another-" + secrets.token_hex(2)), True))
+    for argv, key, refused in commands:
         proc = token.run(*argv, key=key)
-        assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+        if refused:
+            assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+        else:
+            assert proc.returncode == 0 and proc.stdout, proc.stderr
+            assert proc.stderr.startswith("warning: orphan key: ")
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
         line = proc.stderr
         assert "[orphan_key]" in line and f"'{c.label}'" in line
         assert f"broker keys adopt --key pkcs11:token=crash;object={c.label};id=%A1" in line
         assert "broker keys destroy --key" in line
+        assert "orphan key: orphan key" not in line
+    listed = token.run("list", "--json", key=token.uri(None))
+    assert [o["label"] for o in json.loads(listed.stdout)["orphans"]] == [c.label]
     return line
 
 

@@ -608,16 +608,25 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 def test_key_created_outside_the_ceremonies_is_an_orphan_until_adopted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A key with no audit record at all (made behind the CLI's back) blocks every keys
-    command with one line naming it; adopt records it after the did is typed."""
+    """A key with no audit record at all (made behind the CLI's back) is named in one line by
+    every keys command (read-only ones warn, the others refuse); adopt records it after the did
+    is typed."""
     env = Env("soft", tmp_path, capsys, None)
     assert env.backend is not None
     assert env.run("generate", key=env.uri("known"))[0] == 0
     info = env.backend.store.generate(env.label("stray"), b"\x07")  # no ceremony, no record
-    for argv, key in ((["list"], env.uri(None)), (["show"], env.uri("known"))):
+    for argv, key, refused in (
+        (["list"], env.uri(None), False),
+        (["show"], env.uri("known"), False),
+        (["generate"], env.uri("third"), True),
+    ):
         code, out, err = env.run(*argv, key=key)
-        assert (code, out) == (1, "") and err.count("\n") == 1
-        assert f"orphan key '{env.label('stray')}' ({info.did}): no completed audit record" in err
+        assert err.count("\n") == 1
+        if refused:
+            assert (code, out) == (1, "")
+        else:  # read-only commands warn and go on
+            assert code == 0 and out and err.startswith("warning: orphan key: ")
+        assert f"key '{env.label('stray')}' ({info.did}): no completed audit record" in err
         assert "broker keys adopt --key pkcs11:token=ceremony;object=stray-" in err
     monkeypatch.setattr("sys.stdin", io.StringIO(info.did + "\n"))
     code, out, err = env.run("adopt", "--json", key=env.uri("stray"))
@@ -629,6 +638,6 @@ def test_key_created_outside_the_ceremonies_is_an_orphan_until_adopted(
     # replaced behind the CLI's back under a recorded label: an orphan again
     env.backend.store.delete(env.label("stray"))
     env.backend.store.generate(env.label("stray"), b"\x07")
-    code, _, err = env.run("list", key=env.uri(None))
+    code, _, err = env.run("generate", key=env.uri("fourth"))
     assert code == 1 and "the audit log records another key under this label" in err
     assert verify_chain(env.audit).ok
