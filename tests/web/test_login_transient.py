@@ -1,4 +1,3 @@
-
 """Issue 9 section 3: a transient failure of the token endpoint during the code exchange (5xx,
 an empty 500, timeout, connection error) restarts the login in the same browser (new request
 object, state, nonce, PKCE; 303 to the authorization endpoint) within the restart budget, instead
