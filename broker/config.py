@@ -25,7 +25,7 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import parse_qsl, urlsplit
@@ -37,6 +37,12 @@ from broker.keys.kid import KidFormat
 from broker.keys.uri import check_pin_file, parse_key_uri
 from broker.oauth.origins import parse_allowed_origin
 from broker.strict_json import DOCUMENT_MAX_BYTES, JWT_MAX_BYTES
+from broker.tokens.schedule import (
+    DEFAULT_FRACTION,
+    DEFAULT_RETRY_MARGIN,
+    LifetimeKind,
+    RefreshTokenLifetime,
+)
 from broker.web.jwks import DEFAULT_JWKS_PATH, DEFAULT_MAX_AGE, MAX_MAX_AGE, check_jwks_path
 
 CONFIG_ENV = "BROKER_CONFIG"
@@ -98,6 +104,9 @@ class OAuthSettings:
     """Cap of one compact JWT from the AS (the id_token), checked before it is decoded."""
     ca_file: Path | None = None
     login_ttl: float = 600.0
+    refresh_token_lifetime: RefreshTokenLifetime = field(default_factory=RefreshTokenLifetime)
+    """How long a refresh token lives when the token response has no ``refresh_expires_in``:
+    ``"access"`` (as the access token issued with it: DOME v2), seconds, or ``"unknown"``."""
     allow_insecure_http: bool = False
     compensate_skew: bool = False
     """C09: sign client assertions on the AS's clock as measured from its ``Date`` headers."""
@@ -172,6 +181,11 @@ class TokenSettings:
     refresh_threshold: float = 225.0  # google-auth REFRESH_THRESHOLD: 3 min 45 s
     min_serve_ttl: float = 30.0
     background_interval: float = 30.0
+    refresh_fraction: float = DEFAULT_FRACTION
+    """A background refresh is due at this fraction of the access token's life (+- 10 %
+    jitter), never later than ``refresh_threshold`` before expiry."""
+    refresh_retry_margin: float = DEFAULT_RETRY_MARGIN
+    """Failed refreshes are retried until this many seconds before the refresh token dies."""
 
 
 @dataclass(frozen=True)
@@ -502,6 +516,23 @@ def _oauth(section: _Section) -> OAuthSettings:
         kid_format=KidFormat(
             section.choice("kid_format", tuple(f.value for f in KidFormat), KidFormat.DID.value)
         ),
+        refresh_token_lifetime=_refresh_token_lifetime(section),
+    )
+
+
+def _refresh_token_lifetime(section: _Section) -> RefreshTokenLifetime:
+    """``"access"`` (default), ``"unknown"``, or a positive integer of seconds (<= 1 year)."""
+    key = "refresh_token_lifetime"
+    value = section._raw(key, False)
+    if value is None:
+        return RefreshTokenLifetime()
+    if isinstance(value, str) and value in (LifetimeKind.ACCESS, LifetimeKind.UNKNOWN):
+        return RefreshTokenLifetime(LifetimeKind(value))
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 31_536_000:
+        return RefreshTokenLifetime.of(value)
+    raise ConfigError(
+        f'{section.key(key)} must be "access", "unknown" or a whole number of seconds '
+        "in [1, 31536000]"
     )
 
 
@@ -678,6 +709,10 @@ def _tokens(section: _Section) -> TokenSettings:
         refresh_threshold=threshold,
         min_serve_ttl=min_ttl,
         background_interval=section.number("background_interval", 30.0, low=1.0, high=3600.0),
+        refresh_fraction=section.number("refresh_fraction", DEFAULT_FRACTION, low=0.05, high=0.95),
+        refresh_retry_margin=section.number(
+            "refresh_retry_margin", DEFAULT_RETRY_MARGIN, low=0.0, high=86_400.0
+        ),
     )
 
 

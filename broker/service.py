@@ -142,7 +142,8 @@ def resilience_gauges(
     hsm: HsmHealth | None = None,
 ) -> None:
     """``broker.as.clock_skew`` (C09), ``broker.tokens.unpersisted_grants`` (G04, > 0:
-    DEGRADED) and, given the probe, ``broker.hsm.up`` (1 up, 0 down)."""
+    DEGRADED), the outage budget (``broker.grants.outage_budget``,
+    ``broker.grants.last_retry_window``) and, given the probe, ``broker.hsm.up`` (1 up, 0 down)."""
     meter = otel_metrics.get_meter("broker.service", meter_provider=meter_provider)
     instruments.create(
         meter, instruments.AS_CLOCK_SKEW, callbacks=[instruments.single_value(lambda: skew.offset)]
@@ -151,6 +152,14 @@ def resilience_gauges(
         meter,
         instruments.UNPERSISTED_GRANTS,
         callbacks=[instruments.single_value(lambda: len(broker.unpersisted_grants))],
+    )
+    instruments.create(
+        meter, instruments.OUTAGE_BUDGET, callbacks=[instruments.single_value(broker.outage_budget)]
+    )
+    instruments.create(
+        meter,
+        instruments.LAST_RETRY_WINDOW,
+        callbacks=[instruments.single_value(broker.grants_in_last_retry_window)],
     )
     if hsm is not None:
         probe = hsm
@@ -392,6 +401,9 @@ async def start(
             refresh_threshold=t.refresh_threshold,
             min_serve_ttl=t.min_serve_ttl,
             background_interval=t.background_interval,
+            refresh_fraction=t.refresh_fraction,
+            refresh_retry_margin=t.refresh_retry_margin,
+            refresh_token_lifetime=settings.oauth.refresh_token_lifetime,
             observer=MetricsObserver(metrics) if metrics is not None else None,
             tracer_provider=tracer_provider,
             audit=audit,

@@ -12,7 +12,9 @@ that is not a grant store fails (StoreUnusable). A store that has no identity ye
 note (serve records it at its next start, after the same check of every grant's issuer and
 client). Without our did the identity is not compared, and the result says so (warn).
 
-The doctor never reads a grant, so the store gets a sealer that refuses to seal or open.
+The doctor never reads a grant, so the store gets a sealer that refuses to seal or open; the
+outage budget (seconds until the earliest refresh-token expiry among active grants, see
+:mod:`broker.tokens.schedule`) comes from the clear expiry columns.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from broker.errors import BrokerError, KeyStoreError
 from broker.tokens import sqlite
 from broker.tokens.deployment import DeploymentIdentity
 from broker.tokens.postgres_driver import require_postgres_driver
+from broker.tokens.schedule import RefreshTokenLifetime, describe_budget
 
 NAME = "store"
 
@@ -58,10 +61,14 @@ async def check_store(
     try:
         if s.kind == "postgres":
             assert s.dsn is not None  # load_settings requires it
-            result = await _postgres(s.dsn, clock, pg_schema, identity)
+            result = await _postgres(
+                s.dsn, clock, pg_schema, identity, settings.oauth.refresh_token_lifetime
+            )
         else:
             assert s.path is not None  # load_settings requires it
-            result = await _sqlite(str(s.path), clock, identity)
+            result = await _sqlite(
+                str(s.path), clock, identity, settings.oauth.refresh_token_lifetime
+            )
     except BrokerError as exc:
         return failed(NAME, exc, f"{s.kind} store")
     return _with_binding(result, identity)
@@ -86,7 +93,12 @@ def _binding_note(adoptable: bool, identity: DeploymentIdentity | None) -> str:
     return f"; bound to {identity.describe()}"
 
 
-async def _sqlite(path: str, clock: Clock, identity: DeploymentIdentity | None) -> CheckResult:
+async def _sqlite(
+    path: str,
+    clock: Clock,
+    identity: DeploymentIdentity | None,
+    lifetime: RefreshTokenLifetime,
+) -> CheckResult:
     if not os.path.exists(path):
         parent = os.path.dirname(path) or "."
         if not os.access(parent, os.W_OK | os.X_OK):
@@ -99,6 +111,7 @@ async def _sqlite(path: str, clock: Clock, identity: DeploymentIdentity | None) 
         await store.ping()
         pragmas = await store.storage_settings()
         unbound = not await store.identities()
+        budget = describe_budget(await store.expiries(), lifetime, clock.now())
     finally:
         await store.close()
     problems = []
@@ -114,12 +127,17 @@ async def _sqlite(path: str, clock: Clock, identity: DeploymentIdentity | None) 
     return ok(
         NAME,
         f"sqlite {path}: WAL, synchronous=FULL, schema version {sqlite.SCHEMA_VERSION}"
-        + _binding_note(unbound, identity),
+        + _binding_note(unbound, identity)
+        + f"; {budget}",
     )
 
 
 async def _postgres(
-    dsn: str, clock: Clock, schema: str, identity: DeploymentIdentity | None
+    dsn: str,
+    clock: Clock,
+    schema: str,
+    identity: DeploymentIdentity | None,
+    lifetime: RefreshTokenLifetime,
 ) -> CheckResult:
     require_postgres_driver()  # psycopg is the optional `postgres` extra
     from broker.tokens import postgres  # noqa: PLC0415
@@ -132,6 +150,7 @@ async def _postgres(
         version = await store.schema_version()
         await store.ping()
         unbound = not await store.identities()
+        budget = describe_budget(await store.expiries(), lifetime, clock.now())
     finally:
         await store.close()
     if version != postgres.SCHEMA_VERSION:
@@ -141,5 +160,6 @@ async def _postgres(
     return ok(
         NAME,
         f"postgres schema {schema!r} reachable, schema version {version}"
-        + _binding_note(unbound, identity),
+        + _binding_note(unbound, identity)
+        + f"; {budget}",
     )

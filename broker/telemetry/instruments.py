@@ -139,6 +139,22 @@ UNPERSISTED_GRANTS = InstrumentSpec(
     (),
     "Grants holding a refresh result the grant store failed to write (> 0: DEGRADED)",
 )
+OUTAGE_BUDGET = InstrumentSpec(
+    "broker.grants.outage_budget",
+    "gauge",
+    "s",
+    (),
+    "Seconds until the earliest refresh-token expiry among active grants: how long the "
+    "authorization server may stay down before a grant dies (negative: one is past it)",
+)
+LAST_RETRY_WINDOW = InstrumentSpec(
+    "broker.grants.last_retry_window",
+    "gauge",
+    "{grant}",
+    (),
+    "Grants whose refresh is failing within refresh_threshold seconds of their retry deadline "
+    "(refresh-token expiry minus [tokens].refresh_retry_margin)",
+)
 AUDIT_FAILURES = InstrumentSpec(
     "broker.audit.failures",
     "counter",
@@ -192,6 +208,8 @@ ALL: tuple[InstrumentSpec, ...] = (
     REAUTH_REQUIRED,
     REAUTH_TRANSITIONS,
     UNPERSISTED_GRANTS,
+    OUTAGE_BUDGET,
+    LAST_RETRY_WINDOW,
     AUDIT_FAILURES,
     RPC_SERVER_DURATION,
     HTTP_CLIENT_DURATION,

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from broker.errors import InvalidArgument
+from broker.tokens.model import GrantExpiry
 
 DEFAULT_FRACTION = 0.5
 DEFAULT_RETRY_MARGIN = 120.0
@@ -145,3 +146,33 @@ def outage_budget(refresh_expiries: Iterable[float | None], now: float) -> float
     if not known:
         return None
     return min(known) - now
+
+
+def refresh_expiry(grant: GrantExpiry, lifetime: RefreshTokenLifetime) -> float | None:
+    """A grant's refresh-token expiry: as stored, else derived from ``lifetime``."""
+    if grant.refresh_expires_at is not None:
+        return grant.refresh_expires_at
+    if lifetime.kind is LifetimeKind.ACCESS:
+        return grant.access_expires_at
+    if grant.access_issued_at is None:
+        return None
+    return lifetime.expiry(
+        issued_at=grant.access_issued_at, access_expires_at=grant.access_expires_at
+    )
+
+
+def describe_budget(
+    grants: Iterable[GrantExpiry], lifetime: RefreshTokenLifetime, now: float
+) -> str:
+    """One line for ``broker doctor``: the outage budget read from the store."""
+    listed = list(grants)
+    budget = outage_budget((refresh_expiry(g, lifetime) for g in listed), now)
+    if budget is None:
+        return (
+            f"outage budget unknown ({len(listed)} active grants, none with a known "
+            f"refresh-token expiry; refresh_token_lifetime = {lifetime.describe()})"
+        )
+    return (
+        f"outage budget {budget:.0f} s (earliest refresh-token expiry among {len(listed)} "
+        f"active grants; refresh_token_lifetime = {lifetime.describe()})"
+    )

@@ -506,3 +506,54 @@ def test_allowed_endpoint_origins_are_normalized(
         "https://jwks.example.org:8443",
         "https://a.example",
     )
+
+
+# --- [oauth].refresh_token_lifetime, [tokens].refresh_fraction / refresh_retry_margin ----------
+
+from broker.tokens.schedule import LifetimeKind as _LifetimeKind  # noqa: E402
+from broker.tokens.schedule import RefreshTokenLifetime as _RefreshTokenLifetime  # noqa: E402
+
+
+def test_refresh_schedule_defaults(base: dict[str, dict[str, Any]], load: Loader) -> None:
+    settings = load(base)
+    assert settings.oauth.refresh_token_lifetime == _RefreshTokenLifetime(_LifetimeKind.ACCESS)
+    assert (settings.tokens.refresh_fraction, settings.tokens.refresh_retry_margin) == (0.5, 120)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("access", _RefreshTokenLifetime(_LifetimeKind.ACCESS)),
+        ("unknown", _RefreshTokenLifetime(_LifetimeKind.UNKNOWN)),
+        (86400, _RefreshTokenLifetime(_LifetimeKind.SECONDS, 86400.0)),
+    ],
+)
+def test_refresh_token_lifetime_forms(
+    base: dict[str, dict[str, Any]],
+    load: Loader,
+    value: Any,
+    expected: _RefreshTokenLifetime,
+) -> None:
+    got = load(changed(base, "oauth", "refresh_token_lifetime", value))
+    assert got.oauth.refresh_token_lifetime == expected
+
+
+@pytest.mark.parametrize("value", ["seconds", "3600", 0, -1, 1.5, True, 10**9])
+def test_bad_refresh_token_lifetime_is_refused_naming_the_key(
+    base: dict[str, dict[str, Any]],
+    load: Loader,
+    value: Any,
+) -> None:
+    with pytest.raises(ConfigError, match=r"\[oauth\]\.refresh_token_lifetime"):
+        load(changed(base, "oauth", "refresh_token_lifetime", value))
+
+
+@pytest.mark.parametrize(("key", "value"), [("refresh_fraction", 1.0), ("refresh_fraction", 0)])
+def test_bad_schedule_values_are_refused(
+    base: dict[str, dict[str, Any]],
+    load: Loader,
+    key: str,
+    value: Any,
+) -> None:
+    with pytest.raises(ConfigError, match=rf"\[tokens\]\.{key}"):
+        load(changed(base, "tokens", key, value))

@@ -13,6 +13,7 @@ from broker.clock import FakeClock
 from broker.doctor.result import Status
 from broker.keys.soft import SoftSealer
 from broker.tokens.deployment import DeploymentIdentity
+from broker.tokens.model import GrantStatus
 from broker.tokens.sqlite import SqliteGrantStore
 from tests.doctor.conftest import Keys
 from tests.doctor.helpers import ISSUER, Deployment, FakeVerifier
@@ -112,3 +113,25 @@ async def test_postgres_store_of_another_deployment_fails_naming_both_sides(
     assert result.status is Status.FAIL
     assert "[deployment_mismatch]" in result.detail
     assert OTHER_ISSUER in result.detail and ISSUER in result.detail
+
+
+async def test_store_check_prints_the_outage_budget_read_from_the_store(
+    deployment: Deployment, verifier: FakeVerifier, clock: FakeClock, keys: Keys, tmp_path: Path
+) -> None:
+    path = tmp_path / "budget.db"
+    ours = DeploymentIdentity(issuer=ISSUER, client_id=keys.did, did=keys.did)
+    store = await SqliteGrantStore.connect(str(path), SoftSealer(), clock, identity=ours)
+    now = clock.now()
+    owner = {"issuer": ISSUER, "client_id": keys.did}
+    await store.create(make_grant("g-1", refresh_expires_at=now + 1800, **owner))
+    # no stored expiry: [oauth].refresh_token_lifetime "access" (default) -> the access expiry
+    await store.create(make_grant("g-2", access_expires_at=now + 900, **owner))
+    await store.create(make_grant("g-3", refresh_expires_at=now + 60, **owner))
+    await store.set_status("g-3", GrantStatus.REVOKED, reason="revoked")  # not counted
+    await store.close()
+    deployment.sections["store"]["path"] = str(path)
+    found = await doctor(deployment, verifier, clock)
+    assert found["store"].status is Status.OK, found["store"].detail
+    assert "outage budget 900 s" in found["store"].detail
+    assert "among 2 active grants" in found["store"].detail
+    assert "RT-g-" not in found["store"].detail and "AT-g-" not in found["store"].detail

@@ -8,12 +8,16 @@ import random
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from broker.clock import FakeClock
 from broker.errors import AuthServerUnavailable, InvalidGrant, ReauthorizationRequired
 from broker.keys.soft import SoftSealer
+from broker.oauth.skew import SkewMonitor
 from broker.oauth.token_endpoint import parse_refresh_expires_in
 from broker.oauth.types import TokenSet
+from broker.service import resilience_gauges
 from broker.tokens.broker import TokenBroker
 from broker.tokens.model import GrantStatus
 from broker.tokens.schedule import (
@@ -363,3 +367,25 @@ async def test_sqlite_expiries_read_clear_columns_of_active_grants(tmp_path: Pat
         assert only.access_issued_at == clock.now()
     finally:
         await store.close()
+
+
+async def test_outage_budget_gauges_are_exported_by_the_service_wiring() -> None:
+    clock = FakeClock()
+    refresher = DomeRefresher(clock)
+    broker = make(FakeGrantStore(clock), refresher, clock)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    resilience_gauges(provider, SkewMonitor(clock, alarm_threshold=60.0), broker)
+    await add(broker, refresher.grant_tokens())
+    clock.advance(600)
+    data = reader.get_metrics_data()
+    assert data is not None
+    values = {
+        (metric.name, metric.unit): [p.value for p in metric.data.data_points]  # type: ignore[union-attr]
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+    }
+    assert values[("broker.grants.outage_budget", "s")] == [L - 600]
+    assert values[("broker.grants.last_retry_window", "{grant}")] == [0]
+    provider.shutdown()

@@ -49,5 +49,6 @@ def test_c09_g04_gauges_report_skew_and_unpersisted_grants() -> None:
     assert values == {
         ("broker.as.clock_skew", "s"): [-90.0],
         ("broker.tokens.unpersisted_grants", "{grant}"): [0],
+        ("broker.grants.last_retry_window", "{grant}"): [0],  # no grant: no outage budget
     }
     provider.shutdown()
