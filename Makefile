@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # committed baseline image of the last released API (protos/baseline.binpb)
 BUF := tools/buf/node_modules/.bin/buf
 
-.PHONY: bootstrap test lint typecheck unit demo proto bench clean
+.PHONY: bootstrap test lint typecheck unit demo proto bench clean lock compose-check
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -33,6 +33,21 @@ proto: bootstrap
 
 bench: bootstrap
 	$(PY) bench/sign.py
+
+# requirements/{runtime,dev}.lock: exact versions with hashes for CPython 3.11 on linux x86_64
+# (the image and CI install these). Pins already in a lock are kept; `UV_UPGRADE=--upgrade make
+# lock` moves them. uv is one `pip install uv` away.
+UV ?= uv
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	--custom-compile-command 'make lock' --quiet $(UV_UPGRADE)
+lock:
+	$(UV) pip compile pyproject.toml --extra postgres $(LOCK_FLAGS) -o requirements/runtime.lock
+	$(UV) pip compile pyproject.toml clients/python/pyproject.toml --extra dev --extra httpx \
+		--extra requests $(LOCK_FLAGS) -o requirements/dev.lock
+
+# validates docker-compose.yml with the installed compose tool (skipped, with a message, without one)
+compose-check:
+	@scripts/compose-check.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/peer/node_modules tools/buf/node_modules

@@ -2,8 +2,9 @@
 # Installs everything the broker needs on a fresh Debian machine, idempotently:
 #   - apt: softhsm2 (PKCS#11 token), opensc (pkcs11-tool), nodejs/npm, chromium and
 #     chromium-driver (the browser test of the listener's pages) when missing
-#   - a venv in .venv with the package and its test extras, and the client distribution
-#     (clients/python, editable, with its httpx and requests extras)
+#   - a venv in .venv with exactly the versions of requirements/dev.lock (hash-checked), then
+#     the broker (dome-token-broker) and the client distribution (clients/python) editable
+#     without dependencies: the lock is the only source of third-party packages
 #   - the pinned oidc-provider test peer (tests/peer, from its lockfile)
 #   - the pinned buf CLI for `make lint` (tools/buf, from its lockfile)
 # Never touches the system SoftHSM token directory.
@@ -29,11 +30,17 @@ if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv"
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml clients/python/pyproject.toml requirements/dev.lock | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
-  echo "bootstrap: installing the broker and its test extras into .venv"
+  echo "bootstrap: installing requirements/dev.lock, the broker and the client into .venv"
   log=.venv/bootstrap-pip.log
-  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]' && .venv/bin/pip install -q -e 'clients/python[httpx,requests]'; } >"$log" 2>&1; then
+  # the distribution was called "broker" before it became dome-token-broker: drop the old one
+  old_dist() { if .venv/bin/pip show -q broker >/dev/null 2>&1; then .venv/bin/pip uninstall -q -y broker; fi; }
+  if ! { .venv/bin/pip install -q --upgrade pip \
+      && .venv/bin/pip install -q --require-hashes -r requirements/dev.lock \
+      && old_dist \
+      && .venv/bin/pip install -q --no-deps -e . \
+      && .venv/bin/pip install -q --no-deps -e clients/python; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "bootstrap: pip install failed (log above, kept in $log)" >&2
     exit 1

@@ -55,7 +55,7 @@ METRIC_EXPORT_INTERVAL_MS = 30_000
 
 def _version() -> str:
     try:
-        return metadata.version("broker")
+        return metadata.version("dome-token-broker")
     except metadata.PackageNotFoundError:  # running from a source tree without install
         return "0+unknown"
 
