@@ -279,7 +279,7 @@ class FakeContext:
     def time_remaining(self) -> float | None:
         return None
 
-    async def abort(self, code: Any, message: str) -> None:
+    async def abort(self, code: Any, message: str, trailing_metadata: Any = None) -> None:
         self.code = code
         raise _Aborted(message)
 
