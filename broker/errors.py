@@ -173,6 +173,18 @@ class SelfTestFailed(KeyStoreError):
     reason = "selftest_failed"
 
 
+class CredentialError(BrokerError):
+    """The machine's LEARCredentialMachine (the VC the DOME Issuer gave the broker's did:key)
+    cannot be used: malformed, not a LEARCredentialMachine, bound to another did, outside its
+    validity window, badly signed, or its certificate does not match its issuer.
+
+    Not retryable: an operator imports a new credential. The instance ``reason`` says which:
+    ``malformed``, ``not_lear_machine``, ``not_bound``, ``expired``, ``not_yet_valid``,
+    ``bad_signature``, ``issuer_mismatch``, ``untrusted_chain``, ``missing``."""
+
+    reason = "credential"
+
+
 # --- OAuth / OIDC ------------------------------------------------------------------------------
 
 
