@@ -60,6 +60,8 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if code is grpc.StatusCode.FAILED_PRECONDITION:
         if isinstance(exc, e.ClientAuthenticationFailed):
             return code, f"broker cannot authenticate to the authorization server: {exc.reason}"
+        if isinstance(exc, e.CredentialError):
+            return code, f"broker's machine credential not usable: {exc.reason}"
         if isinstance(exc, e.EndpointOriginRefused):
             return code, f"broker refuses the authorization server's metadata: {exc.reason}"
         return code, f"grant or login not usable: {exc.reason}"
@@ -97,7 +99,8 @@ def status_code_for(cls: type[BaseException]) -> grpc.StatusCode:
         | e.ConfirmationMismatch
         | e.ClientAuthenticationFailed
         | e.EndpointOriginRefused
-        | e.DeploymentMismatch,
+        | e.DeploymentMismatch
+        | e.CredentialError,
     ):
         # The grant or login cannot be used as it is: a user has to act (log in again), or an
         # operator (the AS refuses our client authentication, or a clock skewed far enough for

@@ -60,6 +60,7 @@ EXPECTED: dict[str, Any] = {
     "ClientAuthenticationFailed": S.FAILED_PRECONDITION,
     "DeploymentMismatch": S.FAILED_PRECONDITION,
     "StoreUnusable": S.INTERNAL,
+    "CredentialError": S.FAILED_PRECONDITION,
 }
 
 

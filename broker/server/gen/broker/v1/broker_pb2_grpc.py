@@ -45,6 +45,7 @@ class TokenBrokerStub:
     client_authentication_failed   FAILED_PRECONDITION
     clock_skew_suspected           FAILED_PRECONDITION
     confirmation_mismatch          FAILED_PRECONDITION
+    credential                     FAILED_PRECONDITION
     deployment_mismatch            FAILED_PRECONDITION
     endpoint_origin_refused        FAILED_PRECONDITION
     grant_revoked                  FAILED_PRECONDITION
@@ -155,6 +156,7 @@ class TokenBrokerServicer:
     client_authentication_failed   FAILED_PRECONDITION
     clock_skew_suspected           FAILED_PRECONDITION
     confirmation_mismatch          FAILED_PRECONDITION
+    credential                     FAILED_PRECONDITION
     deployment_mismatch            FAILED_PRECONDITION
     endpoint_origin_refused        FAILED_PRECONDITION
     grant_revoked                  FAILED_PRECONDITION
@@ -327,6 +329,7 @@ class TokenBroker:
     client_authentication_failed   FAILED_PRECONDITION
     clock_skew_suspected           FAILED_PRECONDITION
     confirmation_mismatch          FAILED_PRECONDITION
+    credential                     FAILED_PRECONDITION
     deployment_mismatch            FAILED_PRECONDITION
     endpoint_origin_refused        FAILED_PRECONDITION
     grant_revoked                  FAILED_PRECONDITION
