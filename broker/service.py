@@ -60,6 +60,7 @@ from broker.tokens.postgres_driver import require_postgres_driver
 from broker.tokens.sqlite import SqliteGrantStore
 from broker.web.app import create_app
 from broker.web.jwks import JwksEndpoint, StaticKeys
+from broker.web.links import BrowserLinks, LinkedLogins
 from broker.web.server import TlsFiles, WebServer
 
 log = logging.getLogger("broker.service")
@@ -429,6 +430,8 @@ async def start(
         )
         w = settings.web
         tls = TlsFiles(str(w.tls_cert), str(w.tls_key)) if w.tls_cert and w.tls_key else None
+        # Callers hand users a start link on the listener: "/" then tells an abandoned login.
+        links = BrowserLinks(w.public_base_url.rstrip("/"), clock)
         web = WebServer(
             create_app(
                 logins,
@@ -436,6 +439,7 @@ async def start(
                 post_login_url=w.post_login_url,
                 tracer_provider=tracer_provider,
                 jwks=jwks_endpoint(settings, did),
+                links=links,
             ),
             host=w.host,
             port=w.port,
@@ -448,7 +452,7 @@ async def start(
         grpc_tls = ServerTlsReloader(g.server_cert, g.server_key, g.client_ca)  # rotation: E09
         grpc_server = await start_server(
             broker=broker,
-            logins=logins,
+            logins=LinkedLogins(logins, links),
             policy=policy,
             bind=g.bind,
             server_cert_pem=grpc_tls.server_cert_pem,

@@ -7,46 +7,51 @@ Routes, and nothing else:
 - ``GET {callback path}``: the authorization response (RFC 6749 section 4.1.2); a short HTML page,
   or a 303 to the configured post-login URL (never to a caller-supplied URL), or, when a DOME
   login was restarted, a 303 to the new authorization URL the broker made.
+- ``GET /``: a landing page (the DOME Verifier sends users to the broker's base URL when its
+  login page times out); with the start-link cookie of a pending login, that login ends as
+  FAILED ``login_abandoned`` and the page says so.
+- ``GET /start/{token}`` (when ``links`` is given): sets the start-link cookie and answers 303
+  to the login's current authorization URL (:mod:`broker.web.links`).
 - ``GET /healthz``: 200 ``ok``.
 - ``GET [web].jwks_path`` (when configured): the client's public key set (:mod:`broker.web.jwks`).
 
-Nothing here logs a query string (it carries the code and state); uvicorn's access log is off.
+Pages and the headers of every HTML response: :mod:`broker.web.pages`. Nothing here logs a
+query string (it carries the code and state); uvicorn's access log is off.
 """
 
 from __future__ import annotations
 
-import html
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.trace import Tracer, TracerProvider
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from broker.errors import AuthorizationDenied, BrokerError, InvalidArgument
 from broker.oauth.login import LoginState, LoginView
+from broker.web import pages
 from broker.web.jwks import JWK_SET_MEDIA_TYPE, JwksEndpoint, etag_matches
+from broker.web.links import COOKIE_NAME, START_PATH, BrowserLinks
+from broker.web.pages import HtmlSecurityHeaders, html_response
 
 REQUEST_OBJECT_MEDIA_TYPE = "application/oauth-authz-req+jwt"
 _CALLBACK_PARAMS = ("code", "state", "iss", "error")
 _HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
-_SECURITY_HEADERS = {
-    "Cache-Control": "no-store",
-    "Pragma": "no-cache",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-}
 
 
 class LoginEndpoint(Protocol):
     """The part of :class:`broker.oauth.login.LoginService` the listener calls."""
 
     async def request_object(self, ref: str) -> str | None: ...
+
+    async def get(self, login_id: str) -> LoginView: ...
+
+    async def abandon(self, login_id: str) -> LoginView | None: ...
 
     async def complete(
         self, *, code: str | None, state: str | None, iss: str | None, error: str | None = None
@@ -62,16 +67,29 @@ def callback_path_of(redirect_uri: str) -> str:
 
 
 def _reserved(path: str) -> bool:
-    return path == "/healthz" or path.startswith("/request-objects/")
+    return path in ("/", "/healthz") or path.startswith(("/request-objects/", START_PATH))
 
 
-def _page(title: str, message: str, status: int) -> Response:
-    body = (
-        "<!doctype html><html><head><meta charset=utf-8>"
-        f"<title>{html.escape(title)}</title></head>"
-        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(message)}</p></body></html>"
-    )
-    return Response(body, status_code=status, media_type="text/html", headers=_SECURITY_HEADERS)
+def _restart_page(view: LoginView) -> pages.Page:
+    """What the 303 of a restarted login says: a transient failure of the sign-in service's
+    token endpoint, or the DOME restart (``invalid_grant``)."""
+    if view.restart_reason is not None and view.restart_reason != "invalid_grant":
+        return pages.Page(
+            "Restarting the login",
+            (
+                "The sign-in service had a temporary problem finishing your login. "
+                "Your browser is taken back to it to sign in again.",
+            ),
+            tone="wait",
+            reason=view.restart_reason,
+        )
+    return pages.restarting()
+
+
+def _see_other(url: str, page: pages.Page, headers: dict[str, str] | None = None) -> Response:
+    """303 to ``url`` with a small page for the rare user agent that shows it (no link: the
+    URL may carry a state)."""
+    return html_response(page, 303, {**(headers or {}), "Location": url})
 
 
 def _not_found() -> Response:
@@ -85,9 +103,11 @@ def create_app(
     post_login_url: str | None = None,
     tracer_provider: TracerProvider | None = None,
     jwks: JwksEndpoint | None = None,
+    links: BrowserLinks | None = None,
 ) -> Starlette:
     """Build the listener app. ``post_login_url`` is fixed configuration (C10); ``jwks`` adds
-    the key set route."""
+    the key set route; ``links`` adds the start-link route and lets ``/`` end an abandoned
+    login."""
     callback_path = callback_path_of(redirect_uri)
     if jwks is not None and (_reserved(jwks.path) or jwks.path == callback_path):
         raise InvalidArgument("the JWKS path collides with another route of the listener")
@@ -128,7 +148,7 @@ def create_app(
                 if len(got) > 1:
                     span.set_attribute("oauth.error", "duplicate_parameter")
                     span.set_attribute("http.status_code", 400)
-                    return _page("Login failed", f"duplicate {name} parameter", 400)
+                    return html_response(pages.failed("duplicate_parameter"), 400)
                 values[name] = got[0] if got else None
             try:
                 view = await login.complete(
@@ -144,25 +164,78 @@ def create_app(
                 # Our side's trouble (AS down, HSM, audit trail): 503, the user may retry.
                 status = 503 if exc.retryable else 400
                 span.set_attribute("http.status_code", status)
-                return _page("Login failed", f"The login did not complete ({exc.reason}).", status)
+                return html_response(pages.failed(exc.reason, retryable=exc.retryable), status)
             span.set_attribute("login.state", str(view.state))
             if view.state is LoginState.PENDING and view.authorization_url:
                 # DOME compatibility restart: send the user agent to the new request we made.
                 span.set_attribute("login.restarted", True)
                 span.set_attribute("http.status_code", 303)
-                return RedirectResponse(
-                    view.authorization_url, status_code=303, headers=_SECURITY_HEADERS
+                # The restarted login has a new start-link token: this browser carries it on.
+                cookie = links.set_cookie(view) if links is not None else None
+                return _see_other(
+                    view.authorization_url,
+                    _restart_page(view),
+                    {"Set-Cookie": cookie} if cookie is not None else None,
                 )
             if view.state is not LoginState.COMPLETED:
                 span.set_attribute("http.status_code", 400)
-                return _page("Login failed", f"The login did not complete ({view.error}).", 400)
+                return html_response(pages.failed(view.error or "login_failed"), 400)
             if view.grant_id:
                 span.set_attribute("grant.id", view.grant_id)
+            done: dict[str, str] = {}
+            if links is not None and COOKIE_NAME in request.cookies:
+                # Its login is over (this one) or was not this browser's latest: nothing left
+                # for the landing page to abandon through it.
+                done["Set-Cookie"] = links.clear_cookie()
             if post_login_url is not None:
                 span.set_attribute("http.status_code", 303)
-                return RedirectResponse(post_login_url, status_code=303, headers=_SECURITY_HEADERS)
+                return _see_other(post_login_url, pages.completed(), done)
             span.set_attribute("http.status_code", 200)
-            return _page("Login complete", "You can close this window.", 200)
+            return html_response(pages.completed(), 200, done)
+
+    async def landing(request: Request) -> Response:
+        with tracer.start_as_current_span("web.landing") as span:
+            cookie = request.cookies.get(COOKIE_NAME)
+            if links is None or cookie is None or request.method != "GET":
+                return html_response(pages.landing(), 200)
+            page = pages.landing()
+            login_id = links.login_id(cookie)
+            try:
+                view = await login.get(login_id) if login_id is not None else None
+            except BrokerError:
+                view = None
+            if view is not None and links.matches(cookie, view):
+                ended = await login.abandon(view.login_id)
+                if ended is not None and ended.error == "login_abandoned":
+                    span.set_attribute("login.abandoned", True)
+                    page = pages.abandoned()
+            return html_response(page, 200, {"Set-Cookie": links.clear_cookie()})
+
+    async def start_link(request: Request) -> Response:
+        assert links is not None
+        with tracer.start_as_current_span("web.start") as span:
+            if request.method != "GET":
+                span.set_attribute("http.status_code", 405)
+                return PlainTextResponse(
+                    "method not allowed", status_code=405, headers={"Allow": "GET"}
+                )
+            token = str(request.path_params.get("token", ""))
+            login_id = links.login_id(token)
+            try:
+                view = await login.get(login_id) if login_id is not None else None
+            except BrokerError:
+                view = None
+            cookie = links.set_cookie(view) if view is not None else None
+            if view is None or cookie is None or not view.authorization_url:
+                # Unknown, forged, or its login is over or restarted: the same answer for all,
+                # so that a login id alone tells nothing about its login.
+                span.set_attribute("http.status_code", 404)
+                return html_response(pages.unknown_link(), 404)
+            if not links.matches(token, view):
+                span.set_attribute("http.status_code", 404)
+                return html_response(pages.unknown_link(), 404)
+            span.set_attribute("http.status_code", 303)
+            return _see_other(view.authorization_url, pages.redirecting(), {"Set-Cookie": cookie})
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok", headers={"Cache-Control": "no-store"})
@@ -194,8 +267,11 @@ def create_app(
         Route("/request-objects/{ref}", request_object, methods=["GET", "HEAD"]),
         Route(callback_path, callback, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/", landing, methods=["GET", "HEAD"]),
     ]
+    if links is not None:
+        routes.append(Route(START_PATH + "{token}", start_link, methods=["GET", "HEAD"]))
     if jwks is not None:
         # Every standard method reaches the handler, so that its 405 is the one answered.
         routes.append(Route(jwks.path, key_set, methods=_HTTP_METHODS))
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(HtmlSecurityHeaders)])
