@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ def test_every_service_is_present(services: dict[str, dict[str, Any]]) -> None:
 
 def test_build_context_and_dockerfile_exist(services: dict[str, dict[str, Any]]) -> None:
     built = [s for s in services.values() if "build" in s]
-    assert {n for n, s in services.items() if "build" in s} == {"broker", "token-init"}
+    assert {n for n, s in services.items() if "build" in s} == {"broker", "token-init", "verifier"}
     for service in built:
         context = ROOT / service["build"]["context"]
         assert context.is_dir()
@@ -136,13 +138,19 @@ def test_broker_service_runs_serve_with_the_mounted_config(
     assert mounts["/etc/broker/policy.toml"] == "./deploy/policy.toml"
 
 
-def test_verifier_is_the_dev_peer(services: dict[str, dict[str, Any]]) -> None:
+def test_verifier_is_the_dev_peer_built_at_build_time(services: dict[str, dict[str, Any]]) -> None:
     verifier = services["verifier"]
-    assert verifier["image"].startswith("node:20")
-    assert "./tests/peer:/src:ro" in verifier["volumes"]
-    assert "npm ci" in " ".join(verifier["command"])
-    assert (ROOT / "tests" / "peer" / "package-lock.json").is_file()  # npm ci needs the lockfile
-    assert (ROOT / "tests" / "peer" / "peer.mjs").is_file()
+    assert verifier["build"]["context"] == "./tests/peer"
+    assert "npm" not in " ".join(verifier.get("command", []))  # nothing installed at start
+    assert not [v for v in verifier["volumes"] if v.startswith(".")]  # no source bind mount
+    dockerfile = (ROOT / "tests" / "peer" / "Dockerfile").read_text()
+    assert re.search(r"^FROM node:20", dockerfile, flags=re.MULTILINE)
+    assert re.search(r"^RUN npm ci --omit=dev", dockerfile, flags=re.MULTILINE)
+    assert dockerfile.index("COPY package.json package-lock.json") < dockerfile.index("RUN npm ci")
+    for source in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.MULTILINE):
+        for name in source.split():
+            assert (ROOT / "tests" / "peer" / name).is_file(), name
+    assert "node_modules" in (ROOT / "tests" / "peer" / ".dockerignore").read_text()
 
 
 def test_collector_exports_to_jaeger(services: dict[str, dict[str, Any]]) -> None:
@@ -175,13 +183,94 @@ def test_compose_config_is_a_valid_broker_configuration(
 
 def test_dockerfile_basics() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim-bookworm$", text, flags=re.MULTILINE)
-    assert "softhsm2" in text
-    assert re.search(r"^USER broker$", text, flags=re.MULTILINE)
+    base = re.search(r"^ARG BASE=(\S+)$", text, flags=re.MULTILINE)
+    assert base and re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base[1])
+    assert re.findall(r"^FROM (.*)$", text, flags=re.MULTILINE) == [
+        "${BASE} AS build",
+        "${BASE} AS runtime",
+    ]
+    runtime = text.split("AS runtime", 1)[1]
+    assert "softhsm2" in runtime and "opensc" in runtime
+    for tool in ("gcc", "build-essential", "grpcio-tools", "grpc_tools"):
+        assert tool not in runtime
+    assert re.search(r"^USER 10001:10001$", text, flags=re.MULTILINE)
+    assert "--uid 10001" in text and "--gid 10001" in text
     assert 'ENTRYPOINT ["broker"]' in text
-    for source in re.findall(r"^COPY (\S+)", text, flags=re.MULTILINE):
-        assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
+    assert re.search(
+        r'^HEALTHCHECK .*\n\s+CMD \["python", "/opt/broker/deploy/healthcheck.py"\]',
+        text,
+        flags=re.MULTILINE,
+    )
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, flags=re.MULTILINE):
+        for name in source.split():
+            assert (ROOT / name).exists(), f"Dockerfile copies {name}, which does not exist"
     assert "PIN" not in re.sub(r"#.*", "", text).upper().replace("PIP_", "")
+
+
+def test_build_context_excludes_secrets_venvs_and_tests() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    ignore = [line for line in lines if line and not line.startswith("#")]
+    assert ignore[0] == "*"  # nothing unless listed
+    allowed = [line[1:] for line in ignore if line.startswith("!")]
+    assert not [a for a in allowed if a.startswith(("deploy/secrets", ".venv", "tests", "bench"))]
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
+    for name in " ".join(copied).split():
+        assert any(name == a.rstrip("/") or name.startswith(a) for a in allowed), name
+
+
+def test_ports_are_published_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name}: {port}"
+
+
+def test_file_works_for_compose_v2_and_docker_compose_v1(compose: dict[str, Any]) -> None:
+    assert "version" not in compose  # obsolete in v2, optional in v1 since 1.27
+    assert "name" not in compose  # not in v1's schema: the project name comes from .env
+    env = (ROOT / ".env").read_text().splitlines()
+    assert "COMPOSE_PROJECT_NAME=broker" in env
+
+
+def test_broker_health_is_the_grpc_probe_with_the_dev_client_certificate(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    broker, init = services["broker"], services["token-init"]
+    assert broker["healthcheck"]["test"] == ["CMD", "python", "/opt/broker/deploy/healthcheck.py"]
+    assert "grpc_server_ca" in broker["secrets"]  # the probe verifies the server with it
+    assert "dev-client:/var/lib/broker-dev-client:ro" in broker["volumes"]
+    assert "dev-client:/var/lib/broker-dev-client" in init["volumes"]
+    assert {"grpc_client_ca", "grpc_client_ca_key"} <= set(init["secrets"])
+    assert "grpc_client_ca_key" not in broker["secrets"]  # the CA key stays in token-init
+    assert init["environment"]["DEV_CLIENT_DIR"] == "/var/lib/broker-dev-client"
+    assert "dev-client" in compose["volumes"]
+
+
+def test_compose_check_uses_the_installed_tool_or_skips(tmp_path: Path) -> None:
+    script = ROOT / "scripts" / "compose-check.sh"
+    assert "compose-check:" in (ROOT / "Makefile").read_text()
+    bare = subprocess.run(
+        ["bash", str(script)],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if not shutil.which("docker", path="/usr/bin:/bin") and not shutil.which(
+        "docker-compose", path="/usr/bin:/bin"
+    ):
+        assert bare.returncode == 0 and "skipped" in bare.stdout
+    fake = tmp_path / "docker-compose"
+    fake.write_text(f'#!/bin/sh\necho "$@" >{tmp_path}/args\n')
+    fake.chmod(0o755)
+    with_v1 = subprocess.run(
+        ["bash", str(script)],
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert with_v1.returncode == 0, with_v1.stderr
+    assert (tmp_path / "args").read_text().split() == ["-f", "docker-compose.yml", "config", "-q"]
 
 
 def test_token_init_reads_pins_only_from_secret_files() -> None:

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from broker.devtools.pki import Ca
 from broker.keys.didkey import jwk_from_did
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +31,7 @@ def run_token_init(tmp: Path) -> subprocess.CompletedProcess[str]:
         "HSM_DIR": str(tmp / "hsm"),
         "AUDIT_LOG": str(tmp / "data" / "audit.jsonl"),
         "PEER_DIR": str(tmp / "peer"),
+        "DEV_CLIENT_DIR": str(tmp / "dev-client"),
     }
     return subprocess.run(
         ["bash", str(ROOT / "deploy" / "token-init.sh")],
@@ -47,6 +51,15 @@ def test_token_init_generates_keys_once_and_registers_the_client(tmp_path: Path)
     (tmp_path / "secrets" / "broker_user_pin").write_text(USER_PIN + "\n")
     for pin in ("broker_so_pin", "broker_user_pin"):
         (tmp_path / "secrets" / pin).chmod(0o600)  # group/other access is refused
+    client_ca = Ca("dev-client-ca")
+    (tmp_path / "secrets" / "grpc_client_ca").write_bytes(client_ca.pem)
+    (tmp_path / "secrets" / "grpc_client_ca_key").write_bytes(
+        client_ca.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
 
     first = run_token_init(tmp_path)
     assert first.returncode == 0, first.stderr
@@ -60,11 +73,23 @@ def test_token_init_generates_keys_once_and_registers_the_client(tmp_path: Path)
     assert config["client"]["redirect_uris"] == ["https://broker:8443/callback"]
     assert (tmp_path / "hsm" / "softhsm2.conf").is_file()
 
+    dev_cert = x509.load_pem_x509_certificate((tmp_path / "dev-client" / "cert.pem").read_bytes())
+    dev_cert.verify_directly_issued_by(client_ca.cert)
+    san = dev_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://example.org/dev-client"
+    ]
+    assert (tmp_path / "dev-client" / "key.pem").stat().st_mode & 0o077 == 0
+
     second = run_token_init(tmp_path)  # idempotent: same key, no second sealing key
     assert second.returncode == 0, second.stderr
     again = json.loads((tmp_path / "peer" / "peer-config.json").read_text())
     assert again["client"]["client_id"] == did
     assert "sealing key" not in second.stdout
+    assert "dev client certificate" not in second.stdout  # still valid: kept
+    assert (tmp_path / "dev-client" / "cert.pem").read_bytes() == dev_cert.public_bytes(
+        serialization.Encoding.PEM
+    )
 
     for output in (first.stdout, first.stderr, second.stdout, second.stderr):
         assert SO_PIN not in output and USER_PIN not in output
