@@ -219,6 +219,17 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class CredentialSettings:
+    """``[credential]``: the LEARCredentialMachine (``broker keys credential import``).
+
+    ``path``: the file holding it; default ``lear-credential-machine.jwt`` next to the audit
+    log (see :func:`broker.credentials.store.credential_path`). None and no audit log: the
+    broker has no machine credential."""
+
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     key: KeySettings
     oauth: OAuthSettings
@@ -229,6 +240,7 @@ class Settings:
     telemetry: TelemetrySettings
     audit: AuditSettings
     source: Path  # the file these settings came from
+    credential: CredentialSettings = CredentialSettings()
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -758,8 +770,15 @@ def _audit(section: _Section) -> AuditSettings:
     return AuditSettings(path=path, mirror_path=mirror, require=require, write_timeout=timeout)
 
 
+def _credential(section: _Section) -> CredentialSettings:
+    path = section.path("path", must_exist=False)
+    if path is not None and section.check_files and not path.parent.is_dir():
+        raise ConfigError(f"{section.key('path')}: directory {path.parent} does not exist")
+    return CredentialSettings(path=path)
+
+
 _REQUIRED = ("key", "oauth", "web", "grpc", "store")
-_OPTIONAL = ("tokens", "telemetry", "audit")
+_OPTIONAL = ("tokens", "telemetry", "audit", "credential")
 
 
 def parse_settings(
@@ -791,6 +810,7 @@ def parse_settings(
         telemetry=_telemetry(sections["telemetry"]),
         audit=_audit(sections["audit"]),
         source=source,
+        credential=_credential(sections["credential"]),
     )
     for section in sections.values():
         section.finish()

@@ -180,7 +180,8 @@ class CredentialError(BrokerError):
 
     Not retryable: an operator imports a new credential. The instance ``reason`` says which:
     ``malformed``, ``not_lear_machine``, ``not_bound``, ``expired``, ``not_yet_valid``,
-    ``bad_signature``, ``issuer_mismatch``, ``untrusted_chain``, ``missing``."""
+    ``bad_signature``, ``issuer_mismatch``, ``untrusted_chain``; for the stored file
+    ``missing``, ``unreadable``, ``unwritable``."""
 
     reason = "credential"
 
@@ -254,6 +255,17 @@ class ClientAuthenticationFailed(OAuthErrorResponse):
     match. Not retryable: an operator has to act."""
 
     reason = "client_authentication_failed"
+    retryable = False
+
+
+class MachineGrantRejected(ClientAuthenticationFailed):
+    """A ``client_credentials`` request (DOME machine-to-machine, with a LEARCredentialMachine
+    in the assertion's ``vp_token``) answered by a non-OAuth 400/403, DOME's empty 403, after
+    the broker's own checks of the credential passed. The Verifier gives no reason; likely: the
+    credential's issuer or mandator is not a trusted issuer, the credential is revoked, or the
+    Verifier's clock disagrees. Not retryable: an operator has to act."""
+
+    reason = "m2m_rejected"
     retryable = False
 
 
