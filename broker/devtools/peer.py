@@ -111,6 +111,8 @@ class PeerSettings:
     """Delay after /token was processed (refresh token rotated), before the response is sent."""
     public_port: int | None = None
     """The port the issuer URL names (a proxy in front of the peer); None: the listening port."""
+    refresh_token_ttl: int | None = None
+    """Lifetime of each issued (and each rotated) refresh token, seconds; None: the peer's 3600."""
 
 
 START_ATTEMPTS = 3
@@ -171,6 +173,8 @@ def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: floa
     }
     if settings.public_port is not None:
         config["public_port"] = settings.public_port
+    if settings.refresh_token_ttl is not None:
+        config["refresh_token_ttl"] = settings.refresh_token_ttl
     config_path = workdir / f"peer-{secrets.token_hex(4)}.json"
     config_path.write_text(json.dumps(config))
     env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(pki.ca_file)}

@@ -50,7 +50,17 @@ class ChaosStacks:
         self._stacks = stacks
         self._proxies: list[FaultProxy] = []
 
-    def up(self, name: str = "chaos", **options: Any) -> Chaos:
+    def up(
+        self,
+        name: str = "chaos",
+        *,
+        refresh_token_ttl: int | None = None,
+        extra_settings: dict[str, dict[str, str]] | None = None,
+        **options: Any,
+    ) -> Chaos:
+        """``refresh_token_ttl``: the peer's refresh-token lifetime; ``extra_settings``: broker
+        configuration lines added to a section (``{"tokens": {"refresh_fraction": "0.5"}}``,
+        values as TOML text)."""
         stack = self._stacks.up(name, start_broker=False, **options)
         old = stack.peer
         public_port = urlsplit(old.issuer).port
@@ -65,6 +75,7 @@ class ChaosStacks:
             token_delay_ms=int(options.get("token_delay_ms", 0)),
             refresh_grace_seconds=int(options.get("refresh_grace_seconds", 0)),
             token_delay_after_ms=int(options.get("token_delay_after_ms", 0)),
+            refresh_token_ttl=refresh_token_ttl,
         )
         stack.peer = start_peer(old.pki, settings, stack.workdir)
         assert stack.peer.issuer == old.issuer and stack.peer.direct_url is not None
@@ -83,9 +94,13 @@ class ChaosStacks:
         proxy.start()
         text = stack.config_path.read_text()
         assert "http_timeout = 10\n" in text
-        stack.config_path.write_text(
-            text.replace("http_timeout = 10\n", f"http_timeout = {HTTP_TIMEOUT}\n")
-        )
+        text = text.replace("http_timeout = 10\n", f"http_timeout = {HTTP_TIMEOUT}\n")
+        for section, values in (extra_settings or {}).items():
+            header = f"[{section}]\n"
+            assert header in text
+            lines = "".join(f"{key} = {value}\n" for key, value in values.items())
+            text = text.replace(header, header + lines, 1)
+        stack.config_path.write_text(text)
         start_with_retry(stack)
         return Chaos(stack, proxy)
 
