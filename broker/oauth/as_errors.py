@@ -17,6 +17,8 @@ OAuth error                                             ClockSkewSuspected (no) 
 another OAuth ``error``                                 OAuthErrorResponse (no)
 token endpoint 400/403 without an OAuth error (DOME's   InvalidGrant (no)
 dead code or refresh token)
+the same for a ``client_credentials`` request (DOME's   MachineGrantRejected (no)
+empty 403: VP, credential, issuer trust, revocation)
 anything else                                           UnexpectedResponse (yes)
 ======================================================  =====================================
 
@@ -34,6 +36,7 @@ from broker.errors import (
     ClientAuthenticationFailed,
     ClockSkewSuspected,
     InvalidGrant,
+    MachineGrantRejected,
     OAuthClientError,
     OAuthErrorResponse,
     UnexpectedResponse,
@@ -51,6 +54,7 @@ _TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 # "Errors"). A bare 401 is a client-authentication failure, never a dead grant: burying every
 # grant because our key is not (yet) registered would force every user to log in again.
 _DEAD_GRANT_STATUSES = frozenset({400, 403})
+CLIENT_CREDENTIALS = "client_credentials"
 
 
 class Endpoint(enum.StrEnum):
@@ -68,9 +72,12 @@ def classify(
     description: str | None = None,
     retry_after: float | None = None,
     skew_offset: float | None = None,
+    grant_type: str | None = None,
 ) -> OAuthClientError:
     """The exception for a non-success answer: HTTP ``status``, the OAuth ``error`` code when
-    the body had one, ``skew_offset`` (AS minus us, seconds) only while skew is suspected."""
+    the body had one, ``skew_offset`` (AS minus us, seconds) only while skew is suspected,
+    ``grant_type`` of the token request (a ``client_credentials`` request has no grant to
+    lose: DOME's empty 403 there rejects the machine's credential or presentation)."""
     if status == 429 or status >= 500 or error in _TRANSIENT_ERRORS:
         what = f" error={error}" if error else ""
         return AuthServerUnavailable(
@@ -93,6 +100,10 @@ def classify(
     if error is not None:
         return OAuthErrorResponse(error, status_code=status, description=description)
     if endpoint is Endpoint.TOKEN and status in _DEAD_GRANT_STATUSES:
+        if grant_type == CLIENT_CREDENTIALS:
+            return MachineGrantRejected(
+                "m2m_rejected", status_code=status, description="non-OAuth error response"
+            )
         return InvalidGrant(status_code=status, description="non-OAuth error response")
     return UnexpectedResponse(f"{endpoint} endpoint answered HTTP {status}", status_code=status)
 
@@ -120,6 +131,7 @@ def error_from_response(
     client_id: str,
     skew: SkewMonitor | None = None,
     status: int | None = None,
+    grant_type: str | None = None,
 ) -> OAuthClientError:
     """Classify ``resp`` (``status`` overrides its HTTP status: a 200 carrying an OAuth error
     is read as a 400). Logs a client-authentication failure at ERROR with its likely cause."""
@@ -133,6 +145,7 @@ def error_from_response(
         description=description,
         retry_after=bounded.parse_retry_after(resp.headers.get("retry-after"), now=now),
         skew_offset=(skew.offset or 0.0) if skew is not None and suspected else None,
+        grant_type=grant_type,
     )
     if isinstance(exc, ClientAuthenticationFailed):
         _log.error(
@@ -149,6 +162,16 @@ def error_from_response(
 
 def likely_cause(exc: ClientAuthenticationFailed, *, client_id: str) -> str:
     """What an operator should check, for a log line or a doctor detail (no secrets)."""
+    if isinstance(exc, MachineGrantRejected):
+        return (
+            f"the Verifier refused the machine credential presented by {client_id} without a "
+            "reason (our own checks of it passed: type LEARCredentialMachine, bound to our "
+            "did, within its validity window, aud the issuer). Likely causes: the credential's "
+            "issuer or its mandator (did:elsi:<organizationIdentifier>) is not in the "
+            "Verifier's trusted issuers list, the credential is revoked, the Verifier's clock "
+            "is ahead of ours (the assertion's exp has no skew allowance there), or the did "
+            "is not in the Trusted Services List"
+        )
     if isinstance(exc, ClockSkewSuspected):
         where = "behind" if exc.offset > 0 else "ahead of"
         return (

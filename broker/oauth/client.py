@@ -35,7 +35,7 @@ from broker.oauth.config import ClientConfig
 from broker.oauth.id_token import validate_id_token
 from broker.oauth.metadata import JwksCache, MetadataCache, ServerMetadata
 from broker.oauth.skew import SkewMonitor
-from broker.oauth.token_endpoint import RawTokenResponse, Sleep
+from broker.oauth.token_endpoint import AssertionClaims, RawTokenResponse, Sleep
 from broker.oauth.types import TokenSet
 
 
@@ -213,6 +213,32 @@ class OAuthClient:
         if tokens.refresh_token is None:
             tokens = dataclasses.replace(tokens, refresh_token=refresh_token)
         return tokens
+
+    async def client_credentials(
+        self, scope: str, *, assertion_extra: AssertionClaims | None = None
+    ) -> TokenSet:
+        """Client credentials grant (RFC 6749 section 4.4) with bounded retries like a refresh;
+        ``assertion_extra`` adds claims to each attempt's assertion. No refresh token is kept
+        (one the AS might send is dropped: a machine grant re-acquires) and no id_token is
+        expected. Waits for pending code exchanges in DOME compatibility mode, like a refresh
+        (the Verifier keeps one authorization per client)."""
+        await self._wait_for_exchanges()
+        md = await self.metadata()
+        raw = await token_endpoint.client_credentials(
+            self._http,
+            self._signer,
+            self.config,
+            md,
+            self._clock,
+            scope=scope,
+            assertion_extra=assertion_extra,
+            sleep=self._sleep,
+            jitter=self._jitter,
+            tracer=self._tracer,
+            assertion_clock=self._assertion_clock,
+            skew=self.skew,
+        )
+        return dataclasses.replace(self._token_set(raw, None), refresh_token=None, id_token=None)
 
     async def push_authorization_request(self, request_object: str) -> tuple[str, int]:
         """RFC 9126 PAR: returns ``(request_uri, expires_in)``."""

@@ -8,6 +8,7 @@ rejects a replayed ``jti``; catalogue C08).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from broker.errors import ConfigError
@@ -28,12 +29,23 @@ def assertion_audience(metadata: ServerMetadata) -> str:
     return metadata.issuer
 
 
+#: Claims the assertion builder owns: ``extra_claims`` may not replace them.
+REGISTERED_CLAIMS = frozenset({"iss", "sub", "aud", "iat", "exp", "jti", "nbf"})
+
+
 def assertion_claims(
-    config: ClientConfig, metadata: ServerMetadata, *, now: float, jti: str
+    config: ClientConfig,
+    metadata: ServerMetadata,
+    *,
+    now: float,
+    jti: str,
+    extra_claims: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """RFC 7523 section 3: ``iss`` = ``sub`` = client_id, ``aud``, ``iat``, ``exp`` (+60 s), ``jti``."""
+    """RFC 7523 section 3: ``iss`` = ``sub`` = client_id, ``aud``, ``iat``, ``exp`` (+60 s), ``jti``;
+    plus ``extra_claims`` (e.g. DOME's ``vp_token`` for client_credentials), which may not
+    name any of those."""
     iat = int(now)
-    return {
+    claims: dict[str, Any] = {
         "iss": config.client_id,
         "sub": config.client_id,
         "aud": assertion_audience(metadata),
@@ -41,6 +53,12 @@ def assertion_claims(
         "exp": iat + ASSERTION_LIFETIME,
         "jti": jti,
     }
+    if extra_claims:
+        clash = REGISTERED_CLAIMS.intersection(extra_claims)
+        if clash:
+            raise ConfigError(f"extra assertion claims may not replace {sorted(clash)}")
+        claims.update(extra_claims)
+    return claims
 
 
 async def client_assertion(
@@ -50,15 +68,22 @@ async def client_assertion(
     *,
     now: float,
     jti: str | None = None,
+    extra_claims: Mapping[str, Any] | None = None,
 ) -> str:
     """A signed client assertion (RFC 7523 section 2.2): header ``{"alg":"ES256","typ":"JWT",
     "kid":<the signer's kid>}`` (:mod:`broker.keys.kid`); ``jti`` is fresh (256 random bits)
-    unless given."""
+    unless given; ``extra_claims`` are added (see :func:`assertion_claims`)."""
     if signer.alg != "ES256":
         raise ConfigError("client assertions are signed with ES256 only")
     if config.client_id.startswith("did:") and not kid_names_did(signer.kid, config.client_id):
         raise ConfigError("client_id is not the did of the signing key (DOME verifies by did)")
-    claims = assertion_claims(config, metadata, now=now, jti=jti or secrets.token_urlsafe(32))
+    claims = assertion_claims(
+        config,
+        metadata,
+        now=now,
+        jti=jti or secrets.token_urlsafe(32),
+        extra_claims=extra_claims,
+    )
     return await sign_compact_async(signer, claims, typ="JWT")
 
 

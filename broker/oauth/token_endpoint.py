@@ -1,5 +1,5 @@
-"""The token endpoint: authorization code grant (RFC 6749 section 4.1.3) and refresh
-(section 6), with strict response parsing (sections 5.1 and 5.2).
+"""The token endpoint: authorization code grant (RFC 6749 section 4.1.3), refresh (section 6)
+and client credentials (section 4.4), with strict response parsing (sections 5.1 and 5.2).
 
 Each HTTP attempt carries a fresh client assertion (RFC 7523; new ``jti``, new HSM signature).
 A code exchange is sent once and never retried automatically. A refresh is retried only for
@@ -40,6 +40,9 @@ MAX_EXPIRES_IN = 365 * 24 * 3600
 SUPPORTED_TOKEN_TYPES = frozenset({"bearer"})
 
 Sleep = Callable[[float], Awaitable[None]]
+AssertionClaims = Callable[[float], Awaitable[Mapping[str, Any]]]
+"""Extra client-assertion claims made per attempt at the assertion's time (DOME's
+``vp_token``): a fresh presentation for every fresh assertion."""
 
 _log = logging.getLogger(__name__)
 
@@ -142,6 +145,7 @@ async def _token_request(
     tracer: Tracer,
     assertion_clock: Clock | None = None,
     skew: SkewMonitor | None = None,
+    assertion_extra: AssertionClaims | None = None,
 ) -> RawTokenResponse:
     grant_type = form["grant_type"]
     with tracer.start_as_current_span("oauth.token_request") as span:
@@ -151,7 +155,10 @@ async def _token_request(
         try:
             # ``assertion_clock``: the AS's time when clock-skew compensation is on (C09).
             assertion_now = (assertion_clock or clock).now()
-            assertion = await client_assertion(signer, config, metadata, now=assertion_now)
+            extra = None if assertion_extra is None else await assertion_extra(assertion_now)
+            assertion = await client_assertion(
+                signer, config, metadata, now=assertion_now, extra_claims=extra
+            )
             body = {**form, **client_auth_form(config.client_id, assertion)}
             resp = await bounded.request(
                 http,
@@ -169,6 +176,7 @@ async def _token_request(
                     now=clock.now(),
                     client_id=config.client_id,
                     skew=skew,
+                    grant_type=grant_type,
                 )
             doc = bounded.parse_json_object(resp)
             if "error" in doc and "access_token" not in doc:
@@ -179,6 +187,7 @@ async def _token_request(
                     client_id=config.client_id,
                     skew=skew,
                     status=400,
+                    grant_type=grant_type,
                 )
             return parse_token_response(
                 doc, config=config, requested_scope=requested_scope, received_at=clock.now()
@@ -267,38 +276,99 @@ async def refresh(
     if scope is not None:
         form["scope"] = scope
     the_tracer = tracer or trace.get_tracer("broker.oauth")
-    attempt = 1
+
+    async def attempt(number: int) -> RawTokenResponse:
+        return await _token_request(
+            http,
+            signer=signer,
+            config=config,
+            metadata=metadata,
+            clock=clock,
+            form=form,
+            requested_scope=scope or config.scope,
+            attempt=number,
+            tracer=the_tracer,
+            assertion_clock=assertion_clock,
+            skew=skew,
+        )
+
+    return await _with_retries(attempt, config, sleep=sleep, jitter=jitter, what="refresh")
+
+
+async def client_credentials(
+    http: httpx.AsyncClient,
+    signer: Signer,
+    config: ClientConfig,
+    metadata: ServerMetadata,
+    clock: Clock,
+    *,
+    scope: str,
+    assertion_extra: AssertionClaims | None = None,
+    sleep: Sleep = asyncio.sleep,
+    jitter: Callable[[], float] = random.random,
+    tracer: Tracer | None = None,
+    assertion_clock: Clock | None = None,
+    skew: SkewMonitor | None = None,
+) -> RawTokenResponse:
+    """Client credentials grant (RFC 6749 section 4.4) with the client assertion of RFC 7523
+    (plus ``assertion_extra`` claims, made per attempt), retried like a refresh: only
+    :class:`AuthServerUnavailable`, with the same bounds and backoff. Every attempt is a new
+    assertion (new ``jti``: DOME burns it before validating the rest)."""
+    if not isinstance(scope, str) or not scope or scope != scope.strip():
+        raise InvalidArgument("scope must be a non-empty string")
+    form = {"grant_type": "client_credentials", "scope": scope}
+    the_tracer = tracer or trace.get_tracer("broker.oauth")
+
+    async def attempt(number: int) -> RawTokenResponse:
+        return await _token_request(
+            http,
+            signer=signer,
+            config=config,
+            metadata=metadata,
+            clock=clock,
+            form=form,
+            requested_scope=scope,
+            attempt=number,
+            tracer=the_tracer,
+            assertion_clock=assertion_clock,
+            skew=skew,
+            assertion_extra=assertion_extra,
+        )
+
+    return await _with_retries(
+        attempt, config, sleep=sleep, jitter=jitter, what="client_credentials"
+    )
+
+
+async def _with_retries(
+    attempt: Callable[[int], Awaitable[RawTokenResponse]],
+    config: ClientConfig,
+    *,
+    sleep: Sleep,
+    jitter: Callable[[], float],
+    what: str,
+) -> RawTokenResponse:
+    number = 1
     while True:
         try:
-            return await _token_request(
-                http,
-                signer=signer,
-                config=config,
-                metadata=metadata,
-                clock=clock,
-                form=form,
-                requested_scope=scope or config.scope,
-                attempt=attempt,
-                tracer=the_tracer,
-                assertion_clock=assertion_clock,
-                skew=skew,
-            )
+            return await attempt(number)
         except AuthServerUnavailable as exc:
-            if attempt >= config.refresh_max_attempts:
+            if number >= config.refresh_max_attempts:
                 raise
             if exc.retry_after is not None:
                 if exc.retry_after > config.refresh_backoff_max:
                     raise
                 delay = exc.retry_after
             else:
-                delay = backoff_delay(config, attempt, jitter())
+                delay = backoff_delay(config, number, jitter())
             _log.warning(
-                "refresh attempt %d of %d failed (%s, HTTP %s): retrying in %.1f s",
-                attempt,
+                "%s attempt %d of %d failed (%s, HTTP %s): retrying in %.1f s",
+                what,
+                number,
                 config.refresh_max_attempts,
                 exc.reason,
                 exc.status_code if exc.status_code is not None else "-",
                 delay,
             )
             await sleep(delay)
-            attempt += 1
+            number += 1

@@ -34,6 +34,17 @@ Failures:
   jitter (first >= ``backoff_initial``, honouring ``Retry-After``); during a back-off a caller
   who needs a refresh fails fast with the last error instead of hitting the AS again.
 
+Machine grants (``GrantKind.MACHINE``, DOME machine-to-machine): configured (label, scope) pairs
+made by :meth:`TokenBroker.ensure_machine_grant` under a stable grant id derived from the
+deployment and the label (:func:`machine_grant_id`), so every start and every replica finds the
+same grant. They have no refresh token: renewal is a new client credentials request through the
+:class:`broker.tokens.ports.MachineTokenSource`, chosen by the grant's kind inside the same
+single flight, store lock, schedule, back-off and fallback as a refresh. A rejection (credential
+refused locally, the Verifier's empty 403, ``invalid_client``) is not retryable and recorded as
+the grant's last error; it does not kill the grant: the next attempt after the back-off may
+succeed once an operator fixed the cause. A machine grant has no refresh-token expiry, so it is
+not in the outage budget.
+
 Deployment binding: given ``deployment`` (the issuer and client_id the refresher sends to;
 serve passes the OAuth client's), a grant whose stored issuer or client_id differs is never
 refreshed: its refresh token is not sent, :class:`broker.errors.DeploymentMismatch` (not
@@ -54,9 +65,11 @@ flagged REAUTHORIZATION_REQUIRED like any dead grant: one attempt, never a loop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import random
 import secrets
@@ -69,6 +82,7 @@ from broker.clock import Clock
 from broker.errors import (
     AuthServerUnavailable,
     BrokerError,
+    ConfigError,
     DeploymentMismatch,
     GrantExists,
     GrantNotFound,
@@ -98,9 +112,9 @@ from broker.tokens.emergency import (
     PersistenceObserver,
 )
 from broker.tokens.freshness import MIN_SERVE_TTL, REFRESH_THRESHOLD, Freshness, freshness
-from broker.tokens.model import AccessToken, Grant, GrantStatus
+from broker.tokens.model import AccessToken, Grant, GrantKind, GrantStatus
 from broker.tokens.observer import NullObserver, RefreshOutcome, TokenBrokerObserver
-from broker.tokens.ports import Refresher
+from broker.tokens.ports import MachineTokenSource, Refresher
 from broker.tokens.refresher import BackgroundRefresher, Sleep
 from broker.tokens.schedule import (
     DEFAULT_RETRY_MARGIN,
@@ -122,6 +136,30 @@ _MAX_ID_ATTEMPTS = 3
 
 def new_grant_id() -> str:
     return secrets.token_urlsafe(16)
+
+
+MACHINE_GRANT_PREFIX = "m2m-"
+
+
+def machine_grant_id(issuer: str, client_id: str, label: str) -> str:
+    """The stable id of the machine grant ``label`` of one deployment (same on every start and
+    every replica): ``m2m-`` + 22 base64url characters of SHA-256 over the three values."""
+    digest = hashlib.sha256("\x00".join((issuer, client_id, label)).encode()).digest()
+    return MACHINE_GRANT_PREFIX + base64.urlsafe_b64encode(digest).decode()[:22]
+
+
+@dataclass(frozen=True)
+class MachineGrantSpec:
+    """A configured machine grant (``[[machine_grants]]``)."""
+
+    label: str
+    scope: str
+    issuer: str
+    client_id: str
+
+    @property
+    def grant_id(self) -> str:
+        return machine_grant_id(self.issuer, self.client_id, self.label)
 
 
 @dataclass(frozen=True)
@@ -195,6 +233,7 @@ class TokenBroker:
         refresh_fraction: float | None = None,
         refresh_retry_margin: float = DEFAULT_RETRY_MARGIN,
         refresh_token_lifetime: RefreshTokenLifetime | None = None,
+        machine: MachineTokenSource | None = None,
     ) -> None:
         if refresh_threshold <= 0:
             raise InvalidArgument("refresh_threshold must be positive")
@@ -212,6 +251,8 @@ class TokenBroker:
         self._audit = audit or AuditTrail.disabled()
         self._tracer = trace.get_tracer("broker.tokens", tracer_provider=tracer_provider)
         self._refresher = refresher
+        self._machine = machine
+        self._machine_specs: dict[str, MachineGrantSpec] = {}
         self._clock = clock
         self._threshold = refresh_threshold
         self._schedule = RefreshSchedule(
@@ -264,7 +305,7 @@ class TokenBroker:
             entry = self._cache.get(grant_id)
             cache_hit = entry is not None
             if entry is None:
-                entry = self._admit(await self._store.get(grant_id))
+                entry = self._admit(await self._load(grant_id))
             state = self._state(entry, need)
             span.set_attribute("token.freshness", str(state))
             span.set_attribute("cache.hit", cache_hit)
@@ -357,6 +398,101 @@ class TokenBroker:
 
     async def get_grant(self, grant_id: str) -> Grant:
         return await self._store.get(grant_id)
+
+    def register_machine_grant(self, spec: MachineGrantSpec) -> str:
+        """Know ``spec`` (its scope is used for every acquisition) without contacting anyone;
+        a caller's first get creates the grant if :meth:`ensure_machine_grant` has not.
+        Returns the grant id."""
+        if self._machine is None:
+            raise ConfigError("machine grants need a machine token source")
+        if not spec.label or not spec.scope or not spec.issuer or not spec.client_id:
+            raise InvalidArgument("label, scope, issuer and client_id must not be empty")
+        self._machine_specs[spec.grant_id] = spec
+        return spec.grant_id
+
+    async def ensure_machine_grant(self, spec: MachineGrantSpec) -> Grant:
+        """The machine grant of ``spec``, created (with its first access token) when the store
+        has none: idempotent, under the grant's store lock, so replicas starting together
+        create it once."""
+        grant_id = self.register_machine_grant(spec)
+        try:
+            grant = await self._store.get(grant_id)
+        except GrantNotFound:
+            return await self._create_machine_grant(spec)
+        self._check_machine(grant, spec)
+        return grant
+
+    @staticmethod
+    def _check_machine(grant: Grant, spec: MachineGrantSpec) -> None:
+        if grant.kind is not GrantKind.MACHINE or grant.label != spec.label:
+            raise ConfigError(f"grant {grant.grant_id} is not the machine grant {spec.label!r}")
+
+    async def _load(self, grant_id: str) -> Grant:
+        try:
+            return await self._store.get(grant_id)
+        except GrantNotFound:
+            spec = self._machine_specs.get(grant_id)
+            if spec is None:
+                raise
+        return await self._create_machine_grant(spec)
+
+    async def _create_machine_grant(self, spec: MachineGrantSpec) -> Grant:
+        assert self._machine is not None
+        grant_id = spec.grant_id
+        async with self._store.refresh_lock(grant_id):
+            try:
+                grant = await self._store.get(grant_id)  # another task or replica was first
+            except GrantNotFound:
+                pass
+            else:
+                self._check_machine(grant, spec)
+                return grant
+            backoff = self._in_backoff(grant_id)
+            if backoff is not None:
+                raise backoff.error.with_traceback(None)
+            try:
+                tokens = await self._machine.acquire(label=spec.label, scope=spec.scope)
+            except BrokerError as exc:
+                self._note_failure(grant_id, exc)
+                _warn_refresh_failed(grant_id, exc)
+                raise
+            now = self._clock.now()
+            grant = Grant(
+                grant_id=grant_id,
+                label=spec.label,
+                issuer=spec.issuer,
+                client_id=spec.client_id,
+                subject=spec.client_id,
+                scope=tokens.scope,
+                status=GrantStatus.ACTIVE,
+                access_token=tokens.access_token,
+                access_expires_at=tokens.expires_at,
+                refresh_token=None,
+                created_at=now,
+                updated_at=now,
+                access_issued_at=tokens.received_at,
+                kind=GrantKind.MACHINE,
+            )
+            created = AuditEvent(
+                AuditAction.GRANT_CREATED,
+                "ok",
+                grant_id=grant_id,
+                label=spec.label,
+                subject=spec.client_id,
+            )
+            await self._audit.require(created)
+            try:
+                await self._store.create(grant)
+            except BrokerError as exc:
+                await self._audit.note(
+                    dataclasses.replace(created, outcome="error", reason=reason_code(exc.reason))
+                )
+                raise
+            self._backoff.pop(grant_id, None)
+            self._cache[grant_id] = self._entry(grant)
+            self._remember_lifetime(grant_id, tokens)
+            _log.info("machine grant created", extra={"grant_id": grant_id, "label": spec.label})
+            return grant
 
     async def list_grants(self, label: str | None = None) -> list[Grant]:
         return await self._store.list(label=label)
@@ -572,7 +708,9 @@ class TokenBroker:
             grant.grant_id, grant.version, issued_at=issued, expires_at=grant.access_expires_at
         )
         refresh_expires = grant.refresh_expires_at
-        if refresh_expires is None and issued is not None:
+        if grant.kind is GrantKind.MACHINE:
+            pass  # no refresh token: nothing dies in an outage but the access token
+        elif refresh_expires is None and issued is not None:
             refresh_expires = self._rt_lifetime.expiry(
                 issued_at=issued, access_expires_at=grant.access_expires_at
             )
@@ -836,6 +974,8 @@ class TokenBroker:
             ):
                 self._backoff.pop(grant_id, None)
                 return entry, RefreshOutcome.NOT_NEEDED
+            if grant.kind is GrantKind.MACHINE:
+                return await self._reacquire_locked(grant, span), RefreshOutcome.REFRESHED
             if grant.refresh_token is None:
                 await self._store.set_status(
                     grant_id, GrantStatus.REAUTHORIZATION_REQUIRED, reason="no_refresh_token"
@@ -898,6 +1038,42 @@ class TokenBroker:
             self._publish(entry)
             _log.info("grant refreshed", extra={"grant_id": grant_id, "label": grant.label})
             return entry, RefreshOutcome.REFRESHED
+
+    async def _reacquire_locked(self, grant: Grant, span: trace.Span) -> _Entry:
+        """The renewal strategy of a machine grant (inside the refresh lock, after the same
+        re-read and freshness check as a refresh): a new client credentials request."""
+        grant_id = grant.grant_id
+        if self._machine is None:
+            exc = ConfigError(f"machine grant {grant_id} cannot be renewed: no machine source")
+            await self._record_error(grant_id, exc)
+            raise exc
+        spec = self._machine_specs.get(grant_id)
+        scope = spec.scope if spec is not None else grant.scope
+        span.set_attribute("oauth.grant_type", "client_credentials")
+        await self._store.mark_refresh_started(grant_id, self._clock.now())
+        try:
+            tokens = await self._machine.acquire(label=grant.label, scope=scope)
+        except BrokerError as exc:
+            # Retryable or not, the grant stays: a fixed credential or trust list makes the
+            # next attempt (after the back-off) succeed. The reason is kept for operators.
+            await self._record_error(grant_id, exc)
+            raise
+        tokens = dataclasses.replace(tokens, refresh_token=None, refresh_expires_at=None)
+        try:
+            stored = await self._store.rotate(grant_id, tokens, expected_version=grant.version)
+        except StoreError as exc:
+            if isinstance(exc, VersionConflict):
+                raise
+            # Nothing to lose: no refresh token was spent; the next attempt asks again.
+            span.set_attribute("refresh.unpersisted", True)
+            raise
+        entry = self._entry(stored)
+        self._cache[grant_id] = entry
+        self._remember_lifetime(grant_id, tokens)
+        self._backoff.pop(grant_id, None)
+        self._publish(entry)
+        _log.info("machine grant renewed", extra={"grant_id": grant_id, "label": grant.label})
+        return entry
 
     async def _check_deployment(self, grant: Grant) -> None:
         """Refuse (before anything is sent) a grant of another issuer or client than the one

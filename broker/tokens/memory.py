@@ -107,7 +107,7 @@ def _not_found(grant_id: str) -> GrantNotFound:
 class MemoryGrantStore:
     """GrantStore in a dict. Not durable, not shared between processes."""
 
-    SCHEMA_VERSION = 4  # as the SQL stores (identity 2, expiry columns 3, pending logins 4)
+    SCHEMA_VERSION = 5  # as the SQL stores (identity 2, expiry columns 3, logins 4, kind 5)
 
     def __init__(
         self,

@@ -10,6 +10,15 @@ from typing import Any
 from broker.tokens.freshness import Freshness
 
 
+class GrantKind(enum.StrEnum):
+    """How a grant gets its next access token: ``user`` grants refresh with their refresh token
+    (RFC 6749 section 6); ``machine`` grants have none and re-acquire with a new client
+    credentials request (section 4.4; DOME machine-to-machine)."""
+
+    USER = "user"
+    MACHINE = "machine"
+
+
 class GrantStatus(enum.StrEnum):
     ACTIVE = "active"
     REAUTHORIZATION_REQUIRED = "reauthorization_required"
@@ -26,6 +35,7 @@ class Grant:
     ``access_issued_at``: when the access token was received (None for grants stored before the
     broker kept it); ``refresh_expires_at``: when the refresh token dies, None when unknown
     (see :mod:`broker.tokens.schedule`). Both are epoch seconds.
+    ``kind``: see :class:`GrantKind` (a machine grant's ``subject`` is our client_id).
     """
 
     grant_id: str
@@ -46,6 +56,7 @@ class Grant:
     id_claims: Mapping[str, Any] = field(default_factory=dict, repr=False)
     access_issued_at: float | None = None
     refresh_expires_at: float | None = None
+    kind: GrantKind = GrantKind.USER
 
 
 @dataclass(frozen=True)

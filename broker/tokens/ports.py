@@ -22,6 +22,20 @@ class Refresher(Protocol):
     async def refresh(self, refresh_token: str, *, subject: str) -> TokenSet: ...
 
 
+class MachineTokenSource(Protocol):
+    """Acquires a machine access token with the client credentials grant (RFC 6749 section
+    4.4; DOME: the LEARCredentialMachine in the client assertion). No refresh token: a machine
+    grant re-acquires the same way before expiry.
+
+    Raises :class:`broker.errors.CredentialError` when the credential fails the local checks
+    (nothing sent), :class:`broker.errors.MachineGrantRejected` for the Verifier's empty 403,
+    :class:`broker.errors.ClientAuthenticationFailed` for ``invalid_client`` (none retryable),
+    and a retryable :class:`broker.errors.BrokerError` for transport trouble, 5xx and 429.
+    """
+
+    async def acquire(self, *, label: str, scope: str) -> TokenSet: ...
+
+
 class GrantSink(Protocol):
     """Where a completed login hands its new grant (implemented by the token core)."""
 

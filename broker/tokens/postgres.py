@@ -140,6 +140,14 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         ),
     ),
     (4, LOGINS_MIGRATION),  # pending interactive logins (broker.tokens.postgres_logins)
+    (
+        5,
+        (
+            # How a grant renews (broker.tokens.model.GrantKind); grants before are user grants.
+            "ALTER TABLE {schema}.grants ADD COLUMN kind TEXT NOT NULL DEFAULT 'user' "
+            "CHECK (kind IN ('user', 'machine'))",
+        ),
+    ),
 )
 OUR_TABLES = frozenset({"schema_migrations", "grants"})
 SCHEMA_VERSION = MIGRATIONS[-1][0]

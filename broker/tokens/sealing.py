@@ -20,7 +20,7 @@ from typing import Any
 from broker.errors import InvalidArgument, KeyStoreError, StoreError
 from broker.keys.api import Sealer
 from broker.oauth.types import TokenSet
-from broker.tokens.model import Grant, GrantExpiry, GrantStatus
+from broker.tokens.model import Grant, GrantExpiry, GrantKind, GrantStatus
 
 ACCESS_TOKEN = "access_token"  # noqa: S105 (a field name)
 REFRESH_TOKEN = "refresh_token"  # noqa: S105 (a field name)
@@ -53,6 +53,7 @@ COLUMNS: tuple[str, ...] = (
     "seal_key",
     "access_issued_at",
     "refresh_expires_at",
+    "kind",
 )
 
 
@@ -212,6 +213,7 @@ class SealedRow:
     seal_key: str
     access_issued_at: float | None = None
     refresh_expires_at: float | None = None
+    kind: str = GrantKind.USER.value
 
     def values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in COLUMNS)
@@ -254,6 +256,7 @@ def seal_grant(sealer: Sealer, grant: Grant) -> SealedRow:
         seal_key=sealer.key_label,
         access_issued_at=_optional_float(grant.access_issued_at),
         refresh_expires_at=_optional_float(grant.refresh_expires_at),
+        kind=GrantKind(grant.kind).value,
     )
 
 
@@ -263,6 +266,10 @@ def open_grant(sealer: Sealer, row: SealedRow) -> Grant:
         status = GrantStatus(row.status)
     except ValueError:
         raise StoreError(f"grant {gid!r} has an unknown stored status") from None
+    try:
+        kind = GrantKind(row.kind)
+    except ValueError:
+        raise StoreError(f"grant {gid!r} has an unknown stored kind") from None
     access = open_field(sealer, gid, ACCESS_TOKEN, row.access_token).decode()
     refresh = (
         None
@@ -296,6 +303,7 @@ def open_grant(sealer: Sealer, row: SealedRow) -> Grant:
         id_claims=claims,
         access_issued_at=_optional_float(row.access_issued_at),
         refresh_expires_at=_optional_float(row.refresh_expires_at),
+        kind=kind,
     )
 
 

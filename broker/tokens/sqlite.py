@@ -12,7 +12,8 @@ that is empty, truncated, not SQLite or SQLite without our tables is refused wit
 :class:`broker.errors.StoreUnusable` before anything is written to it. Opened with an
 ``identity``, the store records it at creation (table ``deployment_identities``, schema version
 2) and refuses any other with :class:`broker.errors.DeploymentMismatch`. Schema version 3 adds
-the nullable ``access_issued_at`` and ``refresh_expires_at`` columns (the refresh schedule).
+the nullable ``access_issued_at`` and ``refresh_expires_at`` columns (the refresh schedule);
+version 5 the ``kind`` column (user or machine grant).
 
 Concurrency: all SQLite calls run on one dedicated worker thread that owns the connection, so
 the event loop never blocks on disk. ``refresh_lock`` is a per-grant :class:`asyncio.Lock` inside
@@ -137,6 +138,14 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         ),
     ),
     (4, LOGINS_MIGRATION),  # pending interactive logins (broker.tokens.sqlite_logins)
+    (
+        5,
+        (
+            # How a grant renews (broker.tokens.model.GrantKind); grants before are user grants.
+            "ALTER TABLE grants ADD COLUMN kind TEXT NOT NULL DEFAULT 'user' "
+            "CHECK (kind IN ('user', 'machine'))",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -61,6 +61,7 @@ EXPECTED: dict[str, Any] = {
     "DeploymentMismatch": S.FAILED_PRECONDITION,
     "StoreUnusable": S.INTERNAL,
     "CredentialError": S.FAILED_PRECONDITION,
+    "MachineGrantRejected": S.FAILED_PRECONDITION,
 }
 
 

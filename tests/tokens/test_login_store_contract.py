@@ -327,7 +327,6 @@ async def test_secrets_are_sealed_at_rest_and_bound_to_the_login_id(replicas: Re
 def test_the_login_table_is_its_own_migration_step() -> None:
     from broker.tokens import postgres, sqlite
 
-    assert sqlite.MIGRATIONS[-1][0] == SCHEMA_VERSION == 4
-    assert postgres.MIGRATIONS[-1][0] == postgres.SCHEMA_VERSION == 4
-    assert "pending_logins" in sqlite.MIGRATIONS[-1][1][0]
-    assert "pending_logins" in postgres.MIGRATIONS[-1][1][0]
+    assert SCHEMA_VERSION == postgres.SCHEMA_VERSION >= 4
+    assert "pending_logins" in dict(sqlite.MIGRATIONS)[4][0]
+    assert "pending_logins" in dict(postgres.MIGRATIONS)[4][0]

@@ -33,7 +33,7 @@ from broker.errors import (
 from broker.keys.soft import SoftSealer
 from broker.oauth.types import TokenSet
 from broker.tokens.memory import MemoryGrantStore
-from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.model import Grant, GrantKind, GrantStatus
 from broker.tokens.postgres import PostgresGrantStore
 from broker.tokens.sqlite import SqliteGrantStore
 from broker.tokens.store import GrantStore
@@ -465,3 +465,21 @@ async def test_ping_then_close_then_store_error(store: GrantStore) -> None:
     with pytest.raises(StoreError):
         await store.get("g-1")
     await store.close()  # idempotent
+
+
+async def test_grant_kind_round_trips(store: GrantStore) -> None:
+    """A machine grant (no refresh token) keeps its kind through create, list and rotate;
+    grants made without a kind are user grants."""
+    machine = make_grant("m-1", refresh_token=None, kind=GrantKind.MACHINE)
+    await store.create(machine)
+    await store.create(make_grant("u-1"))
+    assert {g.grant_id: g.kind for g in await store.list()} == {
+        "m-1": GrantKind.MACHINE,
+        "u-1": GrantKind.USER,
+    }
+    rotated = await store.rotate("m-1", make_tokens("m2"), expected_version=1)
+    assert (rotated.kind, rotated.refresh_token, rotated.access_token) == (
+        GrantKind.MACHINE,
+        None,
+        "AT-m2",
+    )

@@ -51,6 +51,7 @@ class TokenBrokerStub:
     grant_revoked                  FAILED_PRECONDITION
     invalid_grant                  FAILED_PRECONDITION
     login_expired                  FAILED_PRECONDITION
+    m2m_rejected                   FAILED_PRECONDITION
     reauthorization_required       FAILED_PRECONDITION
     internal                       INTERNAL
     authorization_response         INVALID_ARGUMENT
@@ -162,6 +163,7 @@ class TokenBrokerServicer:
     grant_revoked                  FAILED_PRECONDITION
     invalid_grant                  FAILED_PRECONDITION
     login_expired                  FAILED_PRECONDITION
+    m2m_rejected                   FAILED_PRECONDITION
     reauthorization_required       FAILED_PRECONDITION
     internal                       INTERNAL
     authorization_response         INVALID_ARGUMENT
@@ -335,6 +337,7 @@ class TokenBroker:
     grant_revoked                  FAILED_PRECONDITION
     invalid_grant                  FAILED_PRECONDITION
     login_expired                  FAILED_PRECONDITION
+    m2m_rejected                   FAILED_PRECONDITION
     reauthorization_required       FAILED_PRECONDITION
     internal                       INTERNAL
     authorization_response         INVALID_ARGUMENT
