@@ -13,6 +13,8 @@ Each record is one line of compact JSON (UTF-8, keys in a fixed order) ending in
 * ``hash`` is the SHA-256 of the record's own line with the ``hash`` member removed (the same
   compact serialisation). It makes an edit of the *last* record detectable too.
 * ``seq`` counts from 1 without gaps.
+* A credential ceremony's record (``keys.credential.*``) has two more members after ``error``:
+  ``credential_id`` and ``credential_sha256`` (hex SHA-256 of the credential JWT; not secret).
 
 Writers open the file with ``O_APPEND``, mode 0600, take an exclusive ``flock`` for the whole
 read-tail / write / ``fsync`` sequence, so concurrent writers (processes or threads) keep the
@@ -60,6 +62,9 @@ FIELDS = (
     "prev",
     "hash",
 )
+CREDENTIAL_FIELDS = ("credential_id", "credential_sha256")
+FIELDS_WITH_CREDENTIAL = (*FIELDS[:-2], *CREDENTIAL_FIELDS, *FIELDS[-2:])
+"""A record of a credential ceremony (``keys.credential.*``) names the credential too."""
 OUTCOMES = ("ok", "error")
 _TAIL_CHUNK = 64 * 1024
 _MAX_LINE = 64 * 1024
@@ -111,9 +116,12 @@ class AuditRecord:
     prev: str
     hash: str
     line: bytes  # the exact bytes written, without the trailing newline
+    credential_id: str | None = None
+    credential_sha256: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in FIELDS}
+        names = FIELDS if self.credential_sha256 is None else FIELDS_WITH_CREDENTIAL
+        return {name: getattr(self, name) for name in names}
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,7 @@ def _check_record(obj: object, expected_seq: int, expected_prev: str) -> str | N
     """Why ``obj`` is not the valid record number ``expected_seq``; ``None`` when it is."""
     if not isinstance(obj, dict):
         return "not a JSON object"
-    if tuple(obj) != FIELDS:
+    if tuple(obj) not in (FIELDS, FIELDS_WITH_CREDENTIAL):
         return "members missing, extra or out of order"
     seq = obj["seq"]
     if not isinstance(seq, int) or isinstance(seq, bool):
@@ -146,8 +154,8 @@ def _check_record(obj: object, expected_seq: int, expected_prev: str) -> str | N
     for name in ("time", "operator", "host", "action", "prev", "hash", "outcome"):
         if not isinstance(obj[name], str):
             return f"{name} is not a string"
-    for name in ("key_uri", "did", "fingerprint", "error"):
-        if obj[name] is not None and not isinstance(obj[name], str):
+    for name in ("key_uri", "did", "fingerprint", "error", *CREDENTIAL_FIELDS):
+        if obj.get(name) is not None and not isinstance(obj[name], str):
             return f"{name} is neither a string nor null"
     if obj["outcome"] not in OUTCOMES:
         return "outcome is neither 'ok' nor 'error'"
@@ -338,8 +346,13 @@ class AuditLog:
         did: str | None = None,
         fingerprint: str | None = None,
         error: str | None = None,
+        credential_id: str | None = None,
+        credential_sha256: str | None = None,
     ) -> AuditRecord:
-        """Append one record under the exclusive lock, ``fsync`` it, and return it."""
+        """Append one record under the exclusive lock, ``fsync`` it, and return it.
+
+        ``credential_sha256`` (with ``credential_id``) adds the two credential members after
+        ``error``; records without them keep the original member list."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {OUTCOMES}")
         with self._locked() as fd:
@@ -355,8 +368,11 @@ class AuditLog:
                 "fingerprint": fingerprint,
                 "outcome": outcome,
                 "error": error,
-                "prev": prev,
             }
+            if credential_sha256 is not None:
+                record["credential_id"] = credential_id
+                record["credential_sha256"] = credential_sha256
+            record["prev"] = prev
             record["hash"] = _self_hash(record)
             line = _serialise(record)
             data = line + b"\n"

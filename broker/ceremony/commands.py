@@ -81,6 +81,8 @@ class Facts:
     crash: CrashPoint = field(default_factory=CrashPoint)
     critical: ExitStack = field(default_factory=ExitStack)
     intended: bool = False
+    credential_id: str | None = None  # credential ceremonies: the credential the record names
+    credential_sha256: str | None = None
 
     def learn(self, info: KeyInfo) -> None:
         self.key_uri = info.uri or self.key_uri
@@ -470,12 +472,14 @@ def run_audited(deps: Deps, action: str, body: Body, args: argparse.Namespace) -
                 span.set_attribute("kid", facts.did)
             try:
                 audit.append(
-                    action,
+                    facts.action,
                     outcome="error",
                     key_uri=facts.key_uri,
                     did=facts.did,
                     fingerprint=facts.fingerprint,
                     error=reason,
+                    credential_id=facts.credential_id,
+                    credential_sha256=facts.credential_sha256,
                 )
             except AuditError as audit_exc:
                 raise AuditError(
@@ -488,11 +492,13 @@ def run_audited(deps: Deps, action: str, body: Body, args: argparse.Namespace) -
         span.set_attribute("outcome", "ok")
         try:
             audit.append(
-                action,
+                facts.action,  # a body may name what it did (credential import -> replace)
                 outcome="ok",
                 key_uri=facts.key_uri,
                 did=facts.did,
                 fingerprint=facts.fingerprint,
+                credential_id=facts.credential_id,
+                credential_sha256=facts.credential_sha256,
             )
         except AuditError as exc:
             span.set_attribute("error.reason", exc.reason)
@@ -628,6 +634,10 @@ def register(
         help="jwkSetUrl = the broker's own key set (e.g. https://broker.example.org"
         "/.well-known/jwks.json) instead of {issuer}/oidc/did/{did}",
     )
+    # Imported here: the credential commands build on this module's helpers.
+    from broker.ceremony import credential_commands  # noqa: PLC0415
+
+    credential_commands.register(sub, deps, common)
     for name in ("destroy", "adopt"):
         parsers[name].add_argument(
             "--yes", action="store_true", help="do not ask to type the did (for scripts)"
