@@ -47,6 +47,7 @@ def test_main_rejects_bad_pin_files(
 ) -> None:
     short = tmp_path / "short"
     short.write_text("123\n")
+    short.chmod(0o600)  # a safe file: the length check is what this test is about
     label = f"bad-{uuid.uuid4().hex[:8]}"
     assert main(["--label", label, "--so-pin-file", str(short), "--user-pin-file", str(short)]) == 2
     assert "4 to 255 bytes" in capsys.readouterr().err
