@@ -254,4 +254,4 @@ def test_an_edited_credential_hash_breaks_the_audit_chain(cli: Cli) -> None:
     assert text.count(sha) == 1
     cli.audit.write_text(text.replace(sha, "0" * 64))
     result = verify_chain(cli.audit)
-    assert not result.ok and result.first_bad_seq == 2
+    assert not result.ok and result.first_bad_seq == 3  # generate.intent, generate, import
