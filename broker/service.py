@@ -34,9 +34,9 @@ from broker.keys.health import PROBE_BACKOFF, Backoff, HsmHealth, HsmState
 from broker.keys.kid import with_kid_format
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.uri import parse_key_uri
+from broker.login import LoginService
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
-from broker.oauth.login import LoginService
 from broker.oauth.skew import SkewMonitor
 from broker.server.app import RunningServer, ServerTlsReloader, start_server
 from broker.server.policy import PolicyHolder

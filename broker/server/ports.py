@@ -35,7 +35,7 @@ class AccessTokenView(Protocol):
 
 
 class LoginView(Protocol):
-    """One interactive login (``broker.oauth.login`` ``LoginView``).
+    """One interactive login (``broker.login`` ``LoginView``).
 
     ``state`` is PENDING / COMPLETED / FAILED / EXPIRED: an enum member with that name (or a
     str of it, any case).

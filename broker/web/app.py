@@ -33,7 +33,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from broker.errors import AuthorizationDenied, BrokerError, InvalidArgument
-from broker.oauth.login import LoginState, LoginView
+from broker.login import LoginState, LoginView
 from broker.web import pages
 from broker.web.jwks import JWK_SET_MEDIA_TYPE, JwksEndpoint, etag_matches
 from broker.web.links import COOKIE_NAME, START_PATH, BrowserLinks
@@ -45,7 +45,7 @@ _HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TR
 
 
 class LoginEndpoint(Protocol):
-    """The part of :class:`broker.oauth.login.LoginService` the listener calls."""
+    """The part of :class:`broker.login.LoginService` the listener calls."""
 
     async def request_object(self, ref: str) -> str | None: ...
 

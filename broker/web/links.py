@@ -31,7 +31,7 @@ from typing import Protocol
 
 from broker.clock import Clock
 from broker.errors import InvalidArgument
-from broker.oauth.login import LoginState, LoginView
+from broker.login import LoginState, LoginView
 
 START_PATH = "/start/"
 COOKIE_NAME = "__Host-broker-login"
@@ -106,7 +106,7 @@ def _mac(authorization_url: str, login_id: str) -> str:
 
 
 class CallerLogins(Protocol):
-    """The part of :class:`broker.oauth.login.LoginService` the gRPC adapter calls."""
+    """The part of :class:`broker.login.LoginService` the gRPC adapter calls."""
 
     async def start(self, *, label: str | None = None, owner: str | None = None) -> LoginView: ...
 

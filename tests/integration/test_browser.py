@@ -23,7 +23,7 @@ import pytest
 from broker.clock import SystemClock
 from broker.devtools.peer import Peer, Pki
 from broker.keys.api import Signer
-from broker.oauth.login import LoginState
+from broker.login import LoginState
 from broker.web.app import create_app
 from broker.web.links import BrowserLinks, LinkedLogins
 from tests.integration.conftest import SwappableApp

@@ -13,7 +13,7 @@ from broker.devtools.peer import Peer, Pki
 from broker.errors import InvalidGrant
 from broker.jose import unverified_parts
 from broker.keys.api import Signer
-from broker.oauth.login import LoginState, LoginView
+from broker.login import LoginState, LoginView
 from tests.integration.conftest import SwappableApp
 from tests.integration.flow import ShiftedClock, Stack, follow_to_callback, make_stack
 

@@ -18,7 +18,7 @@ import pytest
 
 from broker.clock import FakeClock
 from broker.keys.soft import SoftKeyStore
-from broker.oauth.login import LoginService
+from broker.login import LoginService
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from tests.server.conftest import Harness, make_harness
 from tests.web.fakes import BASE_URL, ISSUER, FakeClient, FakeSink, client_config, metadata

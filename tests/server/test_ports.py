@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from broker.oauth.login import LoginService as RealLoginService
-from broker.oauth.login import LoginState, LoginView
+from broker.login import LoginService as RealLoginService
+from broker.login import LoginState, LoginView
 from broker.server import convert, ports
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.tokens.broker import TokenBroker as RealTokenBroker

@@ -29,7 +29,7 @@ from broker.errors import (
     TokenValidationError,
 )
 from broker.keys.soft import SoftKeyStore
-from broker.oauth.login import LoginService, LoginState
+from broker.login import LoginService, LoginState
 from broker.server.errors import to_status
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.policy import Policy

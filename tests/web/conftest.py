@@ -4,7 +4,7 @@ import pytest
 
 from broker.clock import FakeClock
 from broker.keys.soft import SoftKeyStore, SoftSigner
-from broker.oauth.login import LoginService
+from broker.login import LoginService
 from tests.web.fakes import BASE_URL, FakeClient, FakeSink, client_config
 
 

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from broker.errors import AuthServerUnavailable, InvalidArgument
-from broker.oauth.login import LoginService, LoginState, LoginView
+from broker.login import LoginService, LoginState, LoginView
 from broker.web.app import create_app
 from tests.web.fakes import ISSUER, REDIRECT_URI, FakeClient
 

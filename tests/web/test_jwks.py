@@ -26,8 +26,8 @@ from broker.jose import unverified_parts
 from broker.keys.api import KeyInfo, Signer
 from broker.keys.kid import KidFormat, kid_for, with_kid_format
 from broker.keys.pkcs11 import Pkcs11KeyStore
+from broker.login import LoginService
 from broker.oauth.client_auth import client_assertion
-from broker.oauth.login import LoginService
 from broker.web.app import create_app
 from broker.web.jwks import JwksEndpoint, StaticKeys, check_jwks_path, etag_matches
 from broker.web.server import TlsFiles, WebServer

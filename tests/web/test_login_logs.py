@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from broker.oauth.login import LoginService
+from broker.login import LoginService
 from tests.web.fakes import ISSUER
 
 CALLER = "spiffe://corp.example/app"
@@ -19,7 +19,7 @@ async def test_login_completed_is_logged_at_info_without_secrets(
     view = await service.start(label="ops", owner=CALLER)
     assert view.authorization_url is not None
     state = parse_qs(urlsplit(view.authorization_url).query)["state"][0]
-    with caplog.at_level(logging.INFO, logger="broker.oauth.login"):
+    with caplog.at_level(logging.INFO, logger="broker.login.service"):
         done = await service.complete(code="code-1", state=state, iss=ISSUER, owner=CALLER)
     (record,) = [r for r in caplog.records if r.getMessage() == "login completed"]
     assert record.levelno == logging.INFO

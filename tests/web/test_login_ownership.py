@@ -17,7 +17,7 @@ from broker.errors import (
     PermissionDenied,
 )
 from broker.keys.soft import SoftSigner
-from broker.oauth.login import LoginService, LoginState, LoginView
+from broker.login import LoginService, LoginState, LoginView
 from broker.oauth.metadata import ServerMetadata
 from tests.web.fakes import BASE_URL, ISSUER, FakeClient, FakeSink, client_config
 from tests.web.test_login_service import ref_of, state_of

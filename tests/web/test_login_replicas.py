@@ -16,7 +16,7 @@ import pytest
 
 from broker.clock import FakeClock
 from broker.keys.soft import SoftKeyStore, SoftSealer, SoftSigner
-from broker.oauth.login import LoginService, LoginState, LoginView
+from broker.login import LoginService, LoginState, LoginView
 from broker.tokens.logins import GrantAndLoginStore
 from broker.tokens.postgres import PostgresGrantStore
 from broker.tokens.sqlite import SqliteGrantStore

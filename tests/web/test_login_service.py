@@ -22,7 +22,7 @@ from broker.errors import (
 from broker.jose import unverified_parts
 from broker.keys.didkey import public_key_from_did
 from broker.keys.soft import SoftSigner
-from broker.oauth.login import LoginService, LoginState, LoginView
+from broker.login import LoginService, LoginState, LoginView
 from tests.web.fakes import (
     BASE_URL,
     ISSUER,

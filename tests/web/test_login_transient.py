@@ -14,9 +14,9 @@ import pytest
 
 from broker.clock import FakeClock
 from broker.keys.soft import SoftKeyStore, SoftSigner
+from broker.login import LoginService, LoginState, LoginView
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
-from broker.oauth.login import LoginService, LoginState, LoginView
 from broker.tokens.logins import MemoryLoginStore
 from broker.web.app import create_app
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS, form_of

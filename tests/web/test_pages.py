@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from broker.clock import FakeClock
-from broker.oauth.login import LoginService, LoginState, LoginView
+from broker.login import LoginService, LoginState, LoginView
 from broker.web import pages
 from broker.web.app import create_app
 from broker.web.links import COOKIE_NAME, BrowserLinks, LinkedLogins

@@ -1,76 +1,31 @@
-"""Interactive login: the authorization code flow with request objects by reference.
-
-One login = one authorization request (RFC 6749 section 4.1, OIDC Core 3.1.2) whose parameters
-travel in an HSM-signed request object (RFC 9101) that the broker publishes at a fresh,
-unguessable, one-login ``request_uri`` on its HTTPS listener (or pushes with PAR, RFC 9126,
-when configured and advertised). The authorization response (RFC 6749 section 4.1.2, RFC 9207
-``iss``) is checked against the pending login found by its single-use ``state`` (RFC 9700
-section 2.1), and the code is exchanged at once (DOME-PROFILE.md: codes are exchanged
-immediately) inside the client's exchange gate, so that no refresh of the same client runs
-between the code's issue and its exchange (DOME Verifier bug 1).
-
-Where logins live: in a :class:`broker.tokens.logins.LoginStore` (the grant store: SQLite or
-PostgreSQL; a process-local memory store by default). Any replica on the same store serves a
-login's ``request_uri`` and completes its callback, and a login survives a restart of the
-replica that started it. Only digests of ``state`` and of the ``request_uri`` reference are
-lookup keys; nonce, PKCE verifier, request object and authorization URL are sealed at rest.
-A response is claimed in the store (``pending`` -> ``exchanging``, compare-and-set) before its
-code is exchanged: of two responses racing on two replicas, one exchanges, one grant is stored.
-
-Ownership: a login belongs to the caller that started it (``owner``, the caller identity the
-gRPC adapter names). Asked on behalf of an owner, :meth:`LoginService.get` and
-:meth:`LoginService.complete` see only that owner's logins; another owner's login is
-indistinguishable from an unknown one (:class:`LoginNotFound`, same message). The browser
-callback on the HTTPS listener asks on behalf of no owner: there the ``state`` itself is the
-capability.
-
-A rejected authorization response (unknown state, other owner, label refused, wrong or missing
-``iss``, no code) changes nothing: the login stays pending with its state, request object and
-authorization URL. Only an outcome that ends this login changes it: the AS's ``error=`` answer
-(with an acceptable ``iss``), a failed code exchange, a failed grant store.
-
-Restarts: when the code exchange fails in a way a new authorization can cure, the login
-restarts in the same browser: a new request object, state, nonce and PKCE verifier under the
-same login id, and the callback answers with a redirect to the new authorization URL. This
-happens for a transient failure of the token endpoint (5xx, an empty 500, timeout, connection
-error: the code may be spent or not, either way a new one is needed) and, in DOME
-compatibility mode, for ``invalid_grant`` on a fresh code (the Verifier overwrote the pending
-authorization). Both share one budget (``max_restarts``, default 1) per login.
-
-Secrets (code, state, nonce, code verifier, request objects, authorization URLs) never appear in
-a log, an exception message or a ``repr``.
-"""
+"""The login service: starts logins, serves their request objects, completes them from the
+callback, restarts them after a curable exchange failure (see :mod:`broker.login`)."""
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 import logging
 import re
 import secrets
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from dataclasses import replace
 
 from broker.clock import Clock
 from broker.errors import (
     AuditError,
     AuthorizationDenied,
     AuthorizationResponseError,
-    AuthServerUnavailable,
     BrokerError,
     InvalidArgument,
-    InvalidGrant,
     LoginCapacityExceeded,
     LoginExpired,
     LoginNotFound,
-    UnexpectedResponse,
 )
 from broker.keys.api import Signer
+from broker.login.ports import GrantSink, LabelCheck, LoginClient
+from broker.login.restarts import MAX_RESTARTS, restart_reason
+from broker.login.views import LoginView, view_of
 from broker.oauth.config import ClientConfig
-from broker.oauth.metadata import ServerMetadata
 from broker.oauth.pkce import new_pkce
 from broker.oauth.request_object import (
     authorization_url,
@@ -80,7 +35,6 @@ from broker.oauth.request_object import (
     par_authorization_url,
     sign_request_object,
 )
-from broker.oauth.types import TokenSet
 from broker.tokens.audit_events import AuditAction, AuditEvent, AuditTrail, reason_code
 from broker.tokens.logins import (
     LoginRecord,
@@ -89,74 +43,14 @@ from broker.tokens.logins import (
     LoginStore,
     MemoryLoginStore,
 )
-from broker.tokens.ports import GrantSink
 
 REQUEST_OBJECT_PATH = "/request-objects/"
 MAX_PENDING_LOGINS = 10_000
-MAX_RESTARTS = 1
 _log = logging.getLogger(__name__)
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
 _ERROR_CODE = re.compile(r"^[\x20-\x21\x23-\x5B\x5D-\x7E]{1,64}$")  # RFC 6749 4.1.2.1 charset
 _REF = re.compile(r"^[A-Za-z0-9_\-]{43}$")  # secrets.token_urlsafe(32): 256 bits
 _NOT_FOUND_MESSAGE = "no such login"
-#: Failures of the code exchange after which a new authorization may succeed: the token
-#: endpoint's 5xx / timeout / connection error (AuthServerUnavailable) and an unusable answer
-#: (UnexpectedResponse: e.g. an empty body with a 500).
-TRANSIENT_EXCHANGE_ERRORS: tuple[type[BrokerError], ...] = (
-    AuthServerUnavailable,
-    UnexpectedResponse,
-)
-
-LabelCheck = Callable[[str], None]
-"""Called with a login's label before anything happens to it; raises (PermissionDenied) to
-refuse."""
-
-
-class LoginClient(Protocol):
-    """What the login flow needs from :class:`broker.oauth.client.OAuthClient`."""
-
-    async def metadata(self) -> ServerMetadata: ...
-
-    async def exchange_code(
-        self, code: str, *, code_verifier: str | None, nonce: str | None
-    ) -> TokenSet: ...
-
-    async def push_authorization_request(self, request_object: str) -> tuple[str, float]: ...
-
-    def exchange_gate(self) -> AbstractAsyncContextManager[None]: ...
-
-
-class LoginState(enum.StrEnum):
-    PENDING = "pending"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    EXPIRED = "expired"
-
-
-_VIEW_STATE = {
-    LoginStatus.PENDING: LoginState.PENDING,
-    LoginStatus.EXCHANGING: LoginState.PENDING,
-    LoginStatus.COMPLETED: LoginState.COMPLETED,
-    LoginStatus.FAILED: LoginState.FAILED,
-    LoginStatus.EXPIRED: LoginState.EXPIRED,
-}
-
-
-@dataclass(frozen=True)
-class LoginView:
-    """What callers may know about a login. The authorization URL carries ``state`` and
-    ``nonce`` (the user agent needs them), so it is kept out of ``repr``. ``restart_reason``
-    says why a pending login was just restarted by this response (``None`` otherwise)."""
-
-    login_id: str
-    label: str
-    state: LoginState
-    authorization_url: str | None = field(repr=False)
-    expires_at: float
-    grant_id: str | None = None
-    error: str | None = None
-    restarted: bool = False
-    restart_reason: str | None = None
 
 
 def _digest(value: str) -> bytes:
@@ -380,7 +274,12 @@ class LoginService:
                         answer, code_verifier=secrets_.code_verifier, nonce=secrets_.nonce
                     )
             except BrokerError as exc:
-                restart = self._restart_reason(login, exc)
+                restart = restart_reason(
+                    exc,
+                    restarts=login.restarts,
+                    max_restarts=self._max_restarts,
+                    dome_compat=self._config.dome_compat,
+                )
                 if restart is None:
                     raise
                 return await self._restart(login, restart, exc)
@@ -404,16 +303,6 @@ class LoginService:
             extra={"grant_id": grant.grant_id, "label": login.label, "caller": login.owner},
         )
         return self._view(done)
-
-    def _restart_reason(self, login: LoginRecord, exc: BrokerError) -> str | None:
-        """Why a failed exchange restarts ``login`` (``None``: it ends the login)."""
-        if login.restarts >= self._max_restarts:
-            return None
-        if isinstance(exc, TRANSIENT_EXCHANGE_ERRORS):
-            return exc.reason
-        if isinstance(exc, InvalidGrant) and self._config.dome_compat:
-            return exc.reason  # DOME bug 1: the Verifier overwrote this code
-        return None
 
     async def _restart(self, login: LoginRecord, reason: str, cause: BrokerError) -> LoginView:
         """A new authorization request under the same login id, stored back as pending."""
@@ -555,16 +444,6 @@ class LoginService:
             self._clock.now(), retention=self._retention, exchange_timeout=self._ttl
         )
 
-    def _view(self, login: LoginRecord) -> LoginView:
-        state = _VIEW_STATE[login.status]
-        url = login.secrets.authorization_url if login.secrets is not None else None
-        return LoginView(
-            login_id=login.login_id,
-            label=login.label,
-            state=state,
-            authorization_url=url if state is LoginState.PENDING else None,
-            expires_at=login.expires_at,
-            grant_id=login.grant_id,
-            error=login.error,
-            restarted=login.restarts > 0,
-        )
+    @staticmethod
+    def _view(login: LoginRecord) -> LoginView:
+        return view_of(login)
