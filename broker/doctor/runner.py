@@ -19,7 +19,7 @@ from opentelemetry.trace import TracerProvider
 
 from broker.clock import Clock, SystemClock
 from broker.config import Settings
-from broker.doctor import authserver, config_checks, hsm, store, tls
+from broker.doctor import authserver, config_checks, credential, hsm, store, tls
 from broker.doctor.result import DEFAULT_WARN_DAYS, CheckResult, Status, failed, skip, warn
 from broker.service import http_client
 
@@ -38,6 +38,7 @@ ALL_NAMES = (
     "tls.grpc_server",
     "tls.grpc_client_ca",
     "store",
+    credential.NAME,
 )
 
 
@@ -136,6 +137,14 @@ async def _run(
         lambda: _one(
             store.check_store(settings, clock, pg_schema=options.pg_schema, did=outcome.did)
         ),
+    )
+    results.append(
+        _safe(
+            credential.NAME,
+            lambda: credential.check_credential(
+                credential.configured_path(settings), outcome.did, clock, options.cert_warn_days
+            ),
+        )
     )
     return results
 
