@@ -26,10 +26,16 @@ the AS, so request-aware toxics work on the plaintext HTTP/1.1 exchange. The cli
 the AS *through* the proxy's address, which is what the AS advertises as its issuer (the peer's
 ``public_port`` setting).
 
+``retarget(port)`` points the proxy at another upstream: connections accepted from then on go
+there, open ones stay where they are (a switchable front for two listeners sharing one public
+address, e.g. two broker replicas behind one ``public_base_url``). ``upstreams()`` lists, per
+relayed connection in accept order, the upstream it was connected to.
+
 The proxy runs its own event loop in a daemon thread so synchronous tests can drive it:
 ``start()``/``stop()`` (or ``with FaultProxy(...) as proxy``), ``set(Toxics(...))``,
-``update(**changes)``, ``clear()``, ``reset_all()`` and ``stats()`` are thread-safe. ``stop()``
-resets every connection and joins the thread: nothing outlives it.
+``update(**changes)``, ``clear()``, ``reset_all()``, ``retarget()``, ``upstreams()`` and
+``stats()`` are thread-safe. ``stop()`` resets every connection and joins the thread: nothing
+outlives it.
 """
 
 from __future__ import annotations
@@ -181,6 +187,7 @@ class FaultProxy:
         self._conns: set[_Conn] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._relayed: list[tuple[str, int]] = []
 
     # --- public, thread-safe ---------------------------------------------------------------
 
@@ -250,6 +257,22 @@ class FaultProxy:
     def stats(self) -> ProxyStats:
         return dataclasses.replace(self._stats, open_connections=len(self._conns))
 
+    @property
+    def upstream(self) -> tuple[str, int]:
+        return self._upstream
+
+    def retarget(self, port: int, host: str | None = None) -> None:
+        """Connect connections accepted from now on to ``host:port`` (``host`` unchanged when
+        None); connections already open keep their upstream."""
+        if not 0 < port <= 65535:
+            raise FaultProxyError("the upstream port must be within 1..65535")
+        target = (self._upstream[0] if host is None else host, port)
+        self._call(self._retarget(target))
+
+    def upstreams(self) -> list[tuple[str, int]]:
+        """The upstream of every relayed connection (connected upstream), in accept order."""
+        return self._call(self._relayed_copy())
+
     # --- loop side -------------------------------------------------------------------------
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -284,6 +307,12 @@ class FaultProxy:
             ssl_handshake_timeout=CONNECT_TIMEOUT if self._tls else None,
         )
         self._port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _retarget(self, target: tuple[str, int]) -> None:
+        self._upstream = target
+
+    async def _relayed_copy(self) -> list[tuple[str, int]]:
+        return list(self._relayed)
 
     async def _unlisten(self) -> None:
         server, self._server = self._server, None
@@ -351,6 +380,7 @@ class FaultProxy:
                 self._count(upstream_failures=1)
                 conn.reset()
                 return
+            self._relayed.append((host, port))
             pumps = [
                 asyncio.ensure_future(self._pump_request(reader, conn)),
                 asyncio.ensure_future(self._pump_response(up_reader, conn)),

@@ -92,10 +92,13 @@ class BrokerConfig:
     background_interval: float
     max_concurrent_rpcs: int | None
     audit_log: Path
+    public_port: int | None = None
+    """The port of ``public_base_url`` (redirect_uri, request_uri) when browsers and the AS
+    reach the listener through a front on another port; None: the listener's own port."""
 
 
 def render_config(c: BrokerConfig) -> str:
-    public = f"https://127.0.0.1:{c.web_port}"
+    public = f"https://127.0.0.1:{c.public_port or c.web_port}"
     limits = (
         f"max_concurrent_rpcs = {c.max_concurrent_rpcs}\n"
         if c.max_concurrent_rpcs is not None
@@ -166,6 +169,9 @@ class DevStack:
     log_name: str = "broker.log"
     owns_peer: bool = True
     """``down()`` stops the peer only when this stack started it (not on a replica)."""
+    serve_module: str = "broker.cli"
+    """The module ``start_broker`` runs as ``python -m <module> serve --config ...`` (a bench
+    can name a wrapper that observes the same serve process, see ``session_probe``)."""
 
     # --- construction ------------------------------------------------------------------------
 
@@ -187,7 +193,12 @@ class DevStack:
         max_concurrent_rpcs: int | None = None,
         refresh_grace_seconds: int = 0,
         token_delay_after_ms: int = 0,
+        public_port: int | None = None,
     ) -> DevStack:
+        """``public_port``: the listener's public base URL (and so the redirect_uri the peer
+        registers and the request_uri base) names this port instead of the listener's own: a
+        front (e.g. a :class:`~broker.devtools.faultproxy.FaultProxy` the caller starts there)
+        relays to the listener, and replicas share that public URL."""
         workdir.mkdir(parents=True, exist_ok=True)
         hsm_dir = workdir / "hsm"
         secrets_dir = workdir / "secrets"
@@ -290,7 +301,7 @@ class DevStack:
         pki = Pki(pki_dir / "ca.pem", pki_dir / "server.pem", pki_dir / "server-key.pem")
 
         web_port, grpc_port = free_port(), free_port()
-        public = f"https://127.0.0.1:{web_port}"
+        public = f"https://127.0.0.1:{public_port or web_port}"
         issuer_tls = pki
         peer = start_peer(
             issuer_tls,
@@ -356,6 +367,7 @@ class DevStack:
                 background_interval=background_interval,
                 max_concurrent_rpcs=max_concurrent_rpcs,
                 audit_log=audit_log,
+                public_port=public_port,
             )
             config_path.write_text(render_config(config))
         except BaseException:
@@ -391,7 +403,7 @@ class DevStack:
     def start_broker(self, *, timeout: float = 30.0) -> None:
         log = (self.workdir / self.log_name).open("ab")
         self.broker = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", self.serve_module, "serve", "--config", str(self.config_path)],
             env=self.env,
             stdout=log,
             stderr=log,
@@ -452,7 +464,9 @@ class DevStack:
         and store (a shared store needs PostgreSQL), on its own gRPC and HTTPS ports, with its
         own ``broker-<name>.toml``, log and audit log. Not started: call ``start_broker()``.
         Its redirect_uri is its own callback, which the peer does not know: logins go through
-        the primary stack; the replica serves the grants it finds in the shared store.
+        the primary stack; the replica serves the grants it finds in the shared store. Unless
+        the stack was made with ``public_port``: then every replica has the same public base
+        URL and redirect_uri (whichever listener the front relays to serves a login).
         Its ``down()`` leaves the peer running."""
         if self.config is None:
             raise StackError("this stack has no rendered configuration to derive a replica from")
@@ -463,7 +477,11 @@ class DevStack:
             self.config,
             grpc_port=free_port(),
             web_port=web_port,
-            redirect_uri=f"https://127.0.0.1:{web_port}/callback",
+            redirect_uri=(
+                self.config.redirect_uri
+                if self.config.public_port is not None
+                else f"https://127.0.0.1:{web_port}/callback"
+            ),
             audit_log=self.workdir / f"audit-{name}.jsonl",
         )
         config_path = self.workdir / f"broker-{name}.toml"

@@ -115,6 +115,30 @@ def test_passthrough_relays_both_directions(proxy: FaultProxy, upstream: Upstrea
     assert upstream.received == [b"hello", b"300"]
 
 
+def test_retarget_sends_new_connections_to_the_new_upstream_and_keeps_open_ones(
+    proxy: FaultProxy, upstream: Upstream
+) -> None:
+    other = Upstream()
+    try:
+        with connect(proxy.port) as before:
+            before.sendall(b"one")
+            assert recv_exactly(before, 3) == b"one"
+            proxy.retarget(other.port)
+            assert proxy.upstream == ("127.0.0.1", other.port)
+            with connect(proxy.port) as after:
+                after.sendall(b"two")
+                assert recv_exactly(after, 3) == b"two"
+            before.sendall(b"three")  # the open connection still reaches the first upstream
+            assert recv_exactly(before, 5) == b"three"
+        assert upstream.received == [b"one", b"three"]
+        assert other.received == [b"two"]
+        assert proxy.upstreams() == [("127.0.0.1", upstream.port), ("127.0.0.1", other.port)]
+        with pytest.raises(FaultProxyError):
+            proxy.retarget(0)
+    finally:
+        other.close()
+
+
 def test_latency_keeps_the_stream_intact(proxy: FaultProxy) -> None:
     proxy.update(latency_ms=50)
     with connect(proxy.port) as sock:
