@@ -230,6 +230,15 @@ class CredentialSettings:
 
 
 @dataclass(frozen=True)
+class MachineGrantSettings:
+    """One ``[[machine_grants]]`` entry: a machine-to-machine grant (client credentials with the
+    ``[credential]`` LEARCredentialMachine) that callers reach by ``label`` like a user grant."""
+
+    label: str
+    scope: str = "machine learcredential"
+
+
+@dataclass(frozen=True)
 class Settings:
     key: KeySettings
     oauth: OAuthSettings
@@ -241,6 +250,7 @@ class Settings:
     audit: AuditSettings
     source: Path  # the file these settings came from
     credential: CredentialSettings = CredentialSettings()
+    machine_grants: tuple[MachineGrantSettings, ...] = ()
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -777,6 +787,27 @@ def _credential(section: _Section) -> CredentialSettings:
     return CredentialSettings(path=path)
 
 
+def _machine_grants(value: object, base_dir: Path) -> tuple[MachineGrantSettings, ...]:
+    """``[[machine_grants]]``: an array of tables, labels unique."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError("machine_grants must be an array of tables ([[machine_grants]])")
+    grants: list[MachineGrantSettings] = []
+    for index, table in enumerate(value):
+        if not isinstance(table, dict):
+            raise ConfigError("machine_grants must be an array of tables ([[machine_grants]])")
+        section = _Section(f"machine_grants[{index}]", table, base_dir, False)
+        label = section.req_string("label")
+        scope = section.string("scope", default="machine learcredential")
+        assert scope is not None
+        section.finish()
+        if any(g.label == label for g in grants):
+            raise ConfigError(f"[[machine_grants]] label {label!r} is listed twice")
+        grants.append(MachineGrantSettings(label=label, scope=scope))
+    return tuple(grants)
+
+
 _REQUIRED = ("key", "oauth", "web", "grpc", "store")
 _OPTIONAL = ("tokens", "telemetry", "audit", "credential")
 
@@ -786,6 +817,8 @@ def parse_settings(
 ) -> Settings:
     """Validate an already-parsed TOML document (see :func:`load_settings`)."""
     for name, table in document.items():
+        if name == "machine_grants":
+            continue
         if name not in _REQUIRED + _OPTIONAL:
             raise ConfigError(f"unknown section [{name}]")
         if not isinstance(table, dict):
@@ -811,6 +844,7 @@ def parse_settings(
         audit=_audit(sections["audit"]),
         source=source,
         credential=_credential(sections["credential"]),
+        machine_grants=_machine_grants(document.get("machine_grants"), base_dir),
     )
     for section in sections.values():
         section.finish()

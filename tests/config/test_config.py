@@ -12,6 +12,7 @@ import pytest
 
 from broker.config import (
     DEFAULT_CONFIG_PATH,
+    MachineGrantSettings,
     Settings,
     load_settings,
     parse_settings,
@@ -468,6 +469,11 @@ def test_example_file_is_valid_and_documents_every_setting() -> None:
     for f in dataclasses.fields(Settings):
         if f.name == "source":
             continue
+        if f.name == "machine_grants":  # an array of tables, documented as a comment
+            for g in dataclasses.fields(MachineGrantSettings):
+                assert f"# {g.name} = " in text, f"[[machine_grants]] {g.name} undocumented"
+            assert "# [[machine_grants]]" in text
+            continue
         section = getattr(settings, f.name)
         fields = {g.name for g in dataclasses.fields(section)} - {"pin_file"}
         # optional file settings and the other store kind are documented as comments
@@ -557,3 +563,35 @@ def test_bad_schedule_values_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=rf"\[tokens\]\.{key}"):
         load(changed(base, "tokens", key, value))
+
+
+def _parse(doc: dict[str, Any], tmp_path: Path) -> Settings:
+    return parse_settings(doc, base_dir=tmp_path, source=tmp_path / "broker.toml")
+
+
+def test_machine_grants_array_of_tables(base: dict[str, Any], tmp_path: Path) -> None:
+    base["machine_grants"] = [{"label": "billing"}, {"label": "ops", "scope": "machine x"}]
+    assert _parse(base, tmp_path).machine_grants == (
+        MachineGrantSettings(label="billing", scope="machine learcredential"),
+        MachineGrantSettings(label="ops", scope="machine x"),
+    )
+    del base["machine_grants"]
+    assert _parse(base, tmp_path).machine_grants == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"label": "billing"}, "array of tables"),
+        ([{"label": "a"}, {"label": "a"}], "listed twice"),
+        ([{"scope": "machine"}], "label"),
+        ([{"label": "a", "extra": 1}], "unknown key"),
+        ([{"label": " a"}], "label"),
+    ],
+)
+def test_machine_grants_refused(
+    base: dict[str, Any], tmp_path: Path, value: object, message: str
+) -> None:
+    base["machine_grants"] = value
+    with pytest.raises(ConfigError, match=message):
+        _parse(base, tmp_path)
