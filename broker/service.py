@@ -24,9 +24,19 @@ import httpx
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 
+from broker.audit.sinks import (
+    AuditSink,
+    FanoutAuditSink,
+    FileAuditSink,
+    LogAuditSink,
+    MeterFailureObserver,
+)
+from broker.audit.trail import AuditTrail
 from broker.ceremony.selftest import run_selftest
 from broker.clock import Clock, SystemClock
 from broker.config import Settings
+from broker.credentials.expiry import credential_gauge
+from broker.credentials.store import credential_path
 from broker.errors import ConfigError
 from broker.keys.api import Sealer, Signer
 from broker.keys.didkey import public_key_from_did
@@ -44,14 +54,6 @@ from broker.telemetry import instruments
 from broker.telemetry.metrics import BrokerMetrics
 from broker.telemetry.observer import MetricsObserver
 from broker.telemetry.signer import MeteredSigner
-from broker.tokens.audit_events import (
-    AuditSink,
-    AuditTrail,
-    FanoutAuditSink,
-    FileAuditSink,
-    LogAuditSink,
-    MeterFailureObserver,
-)
 from broker.tokens.broker import TokenBroker
 from broker.tokens.deployment import DeploymentIdentity
 from broker.tokens.emergency import EmergencyVault
@@ -328,7 +330,7 @@ def audit_trail(
     meter_provider: otel_metrics.MeterProvider | None = None,
     tracer_provider: trace.TracerProvider | None = None,
 ) -> tuple[AuditTrail, list[FileAuditSink]]:
-    """The runtime audit trail from ``[audit]`` (see :mod:`broker.tokens.audit_events`):
+    """The runtime audit trail from ``[audit]`` (see :mod:`broker.audit.trail`):
     the log file (plus its mirror, fanned out with ``require``), else the ``broker.audit``
     logger. Returns the file sinks too, to close on stop."""
     a = settings.audit
@@ -415,6 +417,9 @@ async def start(
             deployment=deployment_identity(client.config, did),
         )
         resilience_gauges(meter_provider, skew, broker, hsm=hsm)
+        credential_file = credential_path(settings.credential.path, settings.audit.path)
+        if credential_file is not None:  # broker.credential.expiry (none while none stored)
+            credential_gauge(meter_provider, credential_file, clock)
         await broker.start()
         stack.push_async_callback(broker.stop)
         logins = LoginService(

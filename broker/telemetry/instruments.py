@@ -155,6 +155,14 @@ LAST_RETRY_WINDOW = InstrumentSpec(
     "Grants whose refresh is failing within refresh_threshold seconds of their retry deadline "
     "(refresh-token expiry minus [tokens].refresh_retry_margin)",
 )
+CREDENTIAL_EXPIRY = InstrumentSpec(
+    "broker.credential.expiry",
+    "gauge",
+    "s",
+    (),
+    "Seconds until the machine credential (LEARCredentialMachine) expires (negative: expired); "
+    "not reported while none is stored",
+)
 AUDIT_FAILURES = InstrumentSpec(
     "broker.audit.failures",
     "counter",
@@ -210,6 +218,7 @@ ALL: tuple[InstrumentSpec, ...] = (
     UNPERSISTED_GRANTS,
     OUTAGE_BUDGET,
     LAST_RETRY_WINDOW,
+    CREDENTIAL_EXPIRY,
     AUDIT_FAILURES,
     RPC_SERVER_DURATION,
     HTTP_CLIENT_DURATION,
