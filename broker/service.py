@@ -40,6 +40,7 @@ from broker.credentials.store import credential_path
 from broker.errors import ConfigError
 from broker.keys.api import Sealer, Signer
 from broker.keys.didkey import public_key_from_did
+from broker.machine_grants import ensure_machine_grants, machine_source, machine_specs
 from broker.keys.health import PROBE_BACKOFF, Backoff, HsmHealth, HsmState
 from broker.keys.kid import with_kid_format
 from broker.keys.pkcs11 import Pkcs11KeyStore
@@ -415,6 +416,7 @@ async def start(
             else None,
             persistence_observer=PersistenceHealthLog(),
             deployment=deployment_identity(client.config, did),
+            machine=machine_source(settings, client, signer, clock),
         )
         resilience_gauges(meter_provider, skew, broker, hsm=hsm)
         credential_file = credential_path(settings.credential.path, settings.audit.path)
@@ -422,6 +424,10 @@ async def start(
             credential_gauge(meter_provider, credential_file, clock)
         await broker.start()
         stack.push_async_callback(broker.stop)
+        await ensure_machine_grants(
+            broker,
+            machine_specs(settings, issuer=config.issuer, client_id=config.client_id),
+        )
         logins = LoginService(
             client,
             config,

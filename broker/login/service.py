@@ -10,6 +10,8 @@ import re
 import secrets
 from dataclasses import replace
 
+from broker.audit.events import AuditAction, AuditEvent, reason_code
+from broker.audit.trail import AuditTrail
 from broker.clock import Clock
 from broker.errors import (
     AuditError,
@@ -35,7 +37,6 @@ from broker.oauth.request_object import (
     par_authorization_url,
     sign_request_object,
 )
-from broker.tokens.audit_events import AuditAction, AuditEvent, AuditTrail, reason_code
 from broker.tokens.logins import (
     LoginRecord,
     LoginSecrets,

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import metrics, trace
 
+from broker.audit.trail import AuditTrail
 from broker.errors import ConfigError
 from broker.server.errors import REASON_OVERLOADED, status_trailers
 from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc
@@ -31,7 +32,6 @@ from broker.server.ports import LoginService, TokenBroker
 from broker.server.reflection import enable_reflection
 from broker.server.servicer import DEFAULT_MAX_DEADLINE, TokenBrokerServicer
 from broker.server.tracing import TracingInterceptor
-from broker.tokens.audit_events import AuditTrail
 
 log = logging.getLogger("broker.server.app")
 

@@ -16,6 +16,8 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from broker.audit.events import AuditAction, AuditEvent, identifier, reason_code
+from broker.audit.trail import AuditTrail
 from broker.errors import InvalidArgument, NotFound, PermissionDenied
 from broker.server import convert, paging, validation
 from broker.server.errors import Trailers, to_rich_status
@@ -23,7 +25,6 @@ from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.identity import PEM_KEY, CallerIdentity, identity_from_auth_context
 from broker.server.policy import Policy, Rule
 from broker.server.ports import LoginService, TokenBroker
-from broker.tokens.audit_events import AuditAction, AuditEvent, AuditTrail, identifier, reason_code
 from broker.tokens.model import Grant
 
 log = logging.getLogger("broker.server")

@@ -19,6 +19,9 @@ import grpc
 import pytest
 
 from broker.audit import verify_chain
+from broker.audit.events import AuditAction, AuditEvent, event_from_record, record_fields
+from broker.audit.sinks import AuditSink, FanoutAuditSink, FileAuditSink
+from broker.audit.trail import AuditTrail
 from broker.clock import FakeClock
 from broker.errors import (
     AuditUnavailable,
@@ -34,16 +37,6 @@ from broker.server.errors import to_status
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.policy import Policy
 from broker.server.servicer import TokenBrokerServicer
-from broker.tokens.audit_events import (
-    AuditAction,
-    AuditEvent,
-    AuditSink,
-    AuditTrail,
-    FanoutAuditSink,
-    FileAuditSink,
-    event_from_record,
-    record_fields,
-)
 from broker.tokens.broker import TokenBroker
 from broker.tokens.logins import MemoryLoginStore
 from tests.server.fakes import FakeBroker, FakeLogins
