@@ -40,12 +40,12 @@ from broker.credentials.store import credential_path
 from broker.errors import ConfigError
 from broker.keys.api import Sealer, Signer
 from broker.keys.didkey import public_key_from_did
-from broker.machine_grants import ensure_machine_grants, machine_source, machine_specs
 from broker.keys.health import PROBE_BACKOFF, Backoff, HsmHealth, HsmState
 from broker.keys.kid import with_kid_format
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.uri import parse_key_uri
 from broker.login import LoginService
+from broker.machine_grants import ensure_machine_grants, machine_source, machine_specs
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.oauth.skew import SkewMonitor
