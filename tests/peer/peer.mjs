@@ -25,6 +25,18 @@
 //   POST /admin/reset  clears the log
 //   POST /admin/ttl    {"access_token_ttl": N}: access tokens issued from now on live N seconds (lets a
 //                      test make a short-lived token stale, then keep the next one fresh whatever the load)
+//   POST /admin/m2m    {"trusted_issuers": [did, ...] | null}: the issuers of LEARCredentialMachines
+//                      the client_credentials grant trusts (null, the default: any)
+//
+// Machine-to-machine (client_credentials) in DOME's shape (DOME-PROFILE.md): before oidc-provider
+// sees the request, the front checks what the DOME Verifier checks: the client assertion's `aud`
+// is the issuer as one string, `exp` is after now (no skew allowance), `vp_token` is Base64 of a
+// VP JWT signed ES256 by the client's key (header kid = the did, a #fragment stripped), holder =
+// the did, one LEARCredentialMachine JWT (RS256 by its x5c certificate) bound to the did
+// (credentialSubject.id, else sub, else mandatee.id), within validFrom..validUntil, from a
+// trusted issuer. A VP @context that is not an array of strings is 400 invalid_request; any
+// other failure is an EMPTY 403, like DOME (the log says why: token_requests[].m2m_reason).
+// oidc-provider then authenticates the client (private_key_jwt, one-time jti) and issues the token.
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as https from 'node:https';
@@ -40,6 +52,7 @@ if (!configPath) {
 const cfg = JSON.parse(fs.readFileSync(configPath, 'utf8'));
 const vc = JSON.parse(fs.readFileSync(cfg.vc_file, 'utf8'));
 let accessTokenTtl = Number(cfg.access_token_ttl ?? 120);
+let m2mTrustedIssuers = cfg.m2m_trusted_issuers ?? null;
 const tokenDelayMs = Number(process.env.PEER_TOKEN_DELAY_MS ?? cfg.token_delay_ms ?? 0);
 const tokenDelayAfterMs = Number(cfg.token_delay_after_ms ?? 0);
 const refreshGraceMs = Number(cfg.refresh_grace_seconds ?? 0) * 1000;
@@ -51,6 +64,67 @@ const SCOPE = 'openid learcredential';
 const log = {
   token_requests: [], authorizations: [], request_objects: [], par_requests: [], grace_events: [],
 };
+
+function decodeVpToken(vpToken) {
+  if (typeof vpToken !== 'string') return null;
+  const jws = Buffer.from(vpToken, 'base64').toString('ascii');
+  const vp = { jws, ...decodeJwt(jws) };
+  const vcJwt = vp.claims?.vp?.verifiableCredential?.[0];
+  return { vp, vc: typeof vcJwt === 'string' ? decodeJwt(vcJwt) : null };
+}
+
+function verifyJws(jws, key, alg) {
+  const [h, p, s] = jws.split('.');
+  const data = Buffer.from(`${h}.${p}`, 'ascii');
+  const sig = Buffer.from(s, 'base64url');
+  if (alg === 'ES256') return crypto.verify('sha256', data, { key, dsaEncoding: 'ieee-p1363' }, sig);
+  if (alg === 'RS256') return crypto.verify('sha256', data, key, sig);
+  return false;
+}
+
+// What DOME's Verifier checks for client_credentials; returns null when the request may go on,
+// else {status, reason, body}.
+function checkMachineRequest(form, issuer) {
+  const did = cfg.client.client_id;
+  const fail = (reason, status = 403, body = null) => ({ status, reason, body });
+  // An unknown client fails client authentication first: oidc-provider answers 401 invalid_client.
+  if (form.client_id !== did) return null;
+  const assertion = decodeJwt(form.client_assertion);
+  const claims = assertion.claims ?? {};
+  if (typeof claims.aud !== 'string' || claims.aud !== issuer) return fail('aud_not_issuer_string');
+  if (!(Number(claims.exp) > Date.now() / 1000)) return fail('assertion_expired');
+  const decoded = decodeVpToken(claims.vp_token);
+  if (!decoded || !decoded.vp.header) return fail('no_vp_token');
+  const { vp, vc } = decoded;
+  const holderKid = String(vp.header.kid ?? vp.claims.iss ?? vp.claims.sub ?? '').split('#')[0];
+  if (vp.header.alg !== 'ES256' || holderKid !== did) return fail('vp_holder');
+  const clientKey = crypto.createPublicKey({ key: cfg.client.jwk, format: 'jwk' });
+  if (!verifyJws(vp.jws, clientKey, 'ES256')) return fail('vp_signature');
+  const body = vp.claims.vp ?? {};
+  const context = body['@context'];
+  if (!Array.isArray(context) || !context.every((c) => typeof c === 'string')) {
+    return fail('vp_context', 400, { error: 'invalid_request', error_description: '@context must be an array of strings' });
+  }
+  if (!Array.isArray(body.type) || !body.type.includes('VerifiablePresentation') || body.holder !== did) return fail('vp_shape');
+  const vcs = body.verifiableCredential;
+  if (!Array.isArray(vcs) || vcs.length !== 1 || typeof vcs[0] !== 'string' || !vc?.header) return fail('vp_credentials');
+  let certKey;
+  try {
+    certKey = new crypto.X509Certificate(Buffer.from(vc.header.x5c[0], 'base64')).publicKey;
+  } catch {
+    return fail('vc_certificate');
+  }
+  if (vc.header.alg !== 'RS256' || !verifyJws(vcs[0], certKey, 'RS256')) return fail('vc_signature');
+  const cred = vc.claims.vc ?? {};
+  if (!Array.isArray(cred.type) || !cred.type.includes('LEARCredentialMachine')) return fail('vc_type');
+  const subject = cred.credentialSubject ?? {};
+  const bound = subject.id ?? vc.claims.sub ?? subject.mandate?.mandatee?.id;
+  if (bound !== did) return fail('vc_binding');
+  const now = Date.now();
+  if (!(Date.parse(cred.validFrom) <= now && now <= Date.parse(cred.validUntil))) return fail('vc_time');
+  if (m2mTrustedIssuers !== null && !m2mTrustedIssuers.includes(vc.claims.iss)) return fail('untrusted_issuer');
+  return null;
+}
 
 function decodeJwt(jwt) {
   try {
@@ -91,7 +165,7 @@ function buildProvider(issuer) {
         client_id: cfg.client.client_id,
         redirect_uris: cfg.client.redirect_uris,
         response_types: ['code'],
-        grant_types: ['authorization_code', 'refresh_token'],
+        grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
         token_endpoint_auth_method: 'private_key_jwt',
         token_endpoint_auth_signing_alg: 'ES256',
         request_object_signing_alg: 'ES256',
@@ -115,6 +189,7 @@ function buildProvider(issuer) {
       AccessToken: () => accessTokenTtl,
       IdToken: Number(cfg.id_token_ttl ?? 60),
       RefreshToken: Number(cfg.refresh_token_ttl ?? 3600),
+      ClientCredentials: () => accessTokenTtl,
       AuthorizationCode: 600,
       Interaction: 600,
       Session: 3600,
@@ -125,6 +200,7 @@ function buildProvider(issuer) {
     rotateRefreshToken: true,
     features: {
       devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
       requestObjects: {
         // `request` by value is needed for PAR with signed request objects (the pushed body
         // carries `request=`); the authorization endpoint itself is driven by reference.
@@ -140,7 +216,7 @@ function buildProvider(issuer) {
         defaultResource: () => RESOURCE,
         useGrantedResource: () => true,
         getResourceServerInfo: (ctx, resourceIndicator, client) => ({
-          scope: 'learcredential',
+          scope: 'learcredential machine',
           audience: client.clientId,
           accessTokenTTL: accessTokenTtl,
           accessTokenFormat: 'jwt',
@@ -224,10 +300,12 @@ function buildProvider(issuer) {
           id_token: ctx.body.id_token ?? null,
         }
         : null;
+      const assertion = decodeJwt(body.client_assertion);
       const entry = {
         grant_type: body.grant_type ?? null,
         form: body,
-        assertion: decodeJwt(body.client_assertion),
+        assertion,
+        presentation: body.grant_type === 'client_credentials' ? decodeVpToken(assertion.claims?.vp_token) : undefined,
         status: ctx.status,
         error: ctx.body?.error ?? null,
         headers: { ...ctx.headers },
@@ -280,6 +358,43 @@ async function handle(req, res) {
     if (!Number.isInteger(ttl) || ttl < 1) return sendJson(res, 400, { error: 'invalid_ttl' });
     accessTokenTtl = ttl;
     return sendJson(res, 200, { ok: true, access_token_ttl: ttl });
+  }
+  if (url.pathname === '/admin/m2m' && req.method === 'POST') {
+    const chunks = [];
+    for await (const chunk of req) chunks.push(chunk);
+    const trusted = JSON.parse(Buffer.concat(chunks).toString('utf8')).trusted_issuers;
+    if (trusted !== null && !Array.isArray(trusted)) return sendJson(res, 400, { error: 'invalid_trusted_issuers' });
+    m2mTrustedIssuers = trusted;
+    return sendJson(res, 200, { ok: true, trusted_issuers: trusted });
+  }
+  if (url.pathname === '/token' && req.method === 'POST') {
+    // Read the body once; oidc-provider takes it from req.body (selective_body's fallback).
+    const chunks = [];
+    for await (const chunk of req) chunks.push(chunk);
+    req.body = Buffer.concat(chunks);
+    const form = Object.fromEntries(new URLSearchParams(req.body.toString('utf8')));
+    if (form.grant_type === 'client_credentials') {
+      const refused = checkMachineRequest(form, provider.issuer);
+      if (refused) {
+        const assertion = decodeJwt(form.client_assertion);
+        log.token_requests.push({
+          grant_type: form.grant_type,
+          form,
+          assertion,
+          presentation: decodeVpToken(assertion.claims?.vp_token),
+          status: refused.status,
+          error: refused.body?.error ?? null,
+          m2m_reason: refused.reason,
+          headers: { ...req.headers },
+          issued: null,
+          at: Date.now(),
+        });
+        process.stderr.write(`peer: client_credentials refused (${refused.reason}) -> ${refused.status}\n`);
+        if (refused.body) return sendJson(res, refused.status, refused.body);
+        res.writeHead(refused.status, { 'content-length': '0' });
+        return res.end();
+      }
+    }
   }
   if (url.pathname.startsWith('/interaction/') && req.method === 'GET') {
     try {
