@@ -93,7 +93,7 @@ async def run(
     from broker.devtools.peer import PeerSettings, Pki, free_port, start_peer, stop_peer
     from broker.keys.didkey import public_jwk, public_key_from_did
     from broker.keys.pkcs11 import Pkcs11KeyStore
-    from broker.keys.pkcs11_lib import default_module_path
+    from broker.keys.pkcs11.lib import default_module_path
     from broker.oauth.client_auth import client_assertion, client_auth_form
     from broker.web.server import WebServer
     from tests.integration.conftest import CALLBACK_PATH, SwappableApp

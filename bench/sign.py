@@ -3,7 +3,7 @@
 One run, one temporary SoftHSM2 token (never the system one), the same key for both HSM modes:
 
 - ``raw``: python-pkcs11 ``key.sign(digest, mechanism=CKM_ECDSA)`` over a precomputed SHA-256
-  digest, serialised by a lock as the library requires (see broker/keys/pkcs11_lib.py);
+  digest, serialised by a lock as the library requires (see broker/keys/pkcs11/lib.py);
 - ``broker``: ``broker.jose.sign_compact`` through ``Pkcs11Signer`` (JSON, base64url, SHA-256,
   lock, recovery wrapper, ``keys.sign`` span with the no-op tracer);
 - ``jwcrypto``: jwcrypto ``JWS`` ES256 with an in-memory key.
@@ -56,7 +56,7 @@ def _make_token(workdir: Path) -> tuple[str, str, str]:
     conf.write_text(template.replace("@TOKENDIR@", str(tokens)))
     os.environ["SOFTHSM2_CONF"] = str(conf)  # before the module is loaded
     from broker.keys.inittoken import init_token
-    from broker.keys.pkcs11_lib import default_module_path
+    from broker.keys.pkcs11.lib import default_module_path
 
     module = default_module_path()
     pin = secrets.token_hex(8)
@@ -132,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         with Pkcs11KeyStore(module, label, pin) as store:
             store.generate("bench-key", b"\xbe")
             signer = store.signer("bench-key")
-            lib_lock = store._lib.lock
-            raw_session = store._lib.lib.get_token(token_label=label).open()  # already logged in
+            lib_lock = store.session.lock
+            raw_session = store.session.lib.lib.get_token(
+                token_label=label
+            ).open()  # already logged in
             raw_key = raw_session.get_key(ObjectClass.PRIVATE_KEY, label="bench-key")
             digest = hashlib.sha256(b"bench").digest()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from broker.keys.pkcs11 import Pkcs11KeyStore
-from broker.keys.pkcs11_lib import default_module_path
+from broker.keys.pkcs11.lib import default_module_path
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_LABEL = "broker-test"

@@ -12,9 +12,9 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 
 from broker.ceremony.backend import CeremonyStore, KeyTarget, refuse_inline_pin
 from broker.errors import ConfigError, InvalidKeyUri
-from broker.keys import pkcs11_lib
 from broker.keys.importing import load_private_key
 from broker.keys.pkcs11 import Pkcs11KeyStore
+from broker.keys.pkcs11 import lib as pkcs11_lib
 from broker.keys.uri import KeyRef, parse_key_uri
 
 

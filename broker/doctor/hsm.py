@@ -17,10 +17,10 @@ from broker.clock import Clock
 from broker.config import Settings
 from broker.doctor.result import CheckResult, Status, fail, failed, ok, skip, warn
 from broker.errors import BrokerError
-from broker.keys import pkcs11_lib
 from broker.keys.api import KeyInfo
 from broker.keys.pkcs11 import Pkcs11KeyStore
-from broker.keys.pkcs11_errors import to_broker_error
+from broker.keys.pkcs11 import lib as pkcs11_lib
+from broker.keys.pkcs11.recovery import to_broker_error
 from broker.keys.uri import parse_key_uri, read_pin_file
 
 NAMES = (

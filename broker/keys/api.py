@@ -1,6 +1,6 @@
 """Key custody interfaces: small, named by role (model: smallstep kms/apiv1).
 
-Implementations: :class:`broker.keys.pkcs11.Pkcs11KeyStore` (a real PKCS#11 token) and
+Implementations: :class:`broker.keys.pkcs11.store.Pkcs11KeyStore` (a real PKCS#11 token) and
 :class:`broker.keys.soft.SoftKeyStore` (in memory, for unit tests). One contract suite
 (``tests/keys/test_keystore_contract.py``) runs against both.
 """
@@ -8,9 +8,9 @@ Implementations: :class:`broker.keys.pkcs11.Pkcs11KeyStore` (a real PKCS#11 toke
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker.keys.didkey import did_from_public_key, public_jwk
 
 ES256 = "ES256"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,24 @@ class Signer(Protocol):
         ...
 
     def sign(self, message: bytes) -> bytes: ...
+
+
+class Offload(Protocol):
+    """Where a signer's blocking work runs for async callers: one hop into a worker thread,
+    bounded in time by the implementation (:class:`broker.keys.health.HsmHealth`)."""
+
+    def run_async(self, operation: str, fn: Callable[[], T]) -> Awaitable[T]:
+        """``fn()`` in a worker thread, awaited without blocking the event loop."""
+        ...
+
+
+def offload_of(signer: object) -> Offload | None:
+    """The signer's :class:`Offload` (an optional ability: a ``offload`` property), if any.
+
+    A signer that wraps another (e.g. one recording metrics) passes its inner signer's on.
+    """
+    offload: Offload | None = getattr(signer, "offload", None)
+    return offload
 
 
 class KeyStore(Protocol):

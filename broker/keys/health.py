@@ -8,6 +8,10 @@ background recovery probe (TEST-CATALOGUE D02, D03, D08).
   before each retry, so a session whose operation failed is never reused (D06).
 - **Timeout** (D08): :meth:`HsmHealth.bounded` runs a device call in a small worker pool and gives
   up after ``op_timeout`` seconds with ``HsmUnavailable``; the stuck device call keeps its thread.
+  :meth:`HsmHealth.run_async` is the same bound for async callers: one hop from the event loop
+  into that pool, awaited there with the timeout. A call to :meth:`HsmHealth.bounded` made on one
+  of the pool's own workers runs inline (it is already bounded): a whole async signature, metrics
+  and all, makes exactly one thread hop.
 - **DOWN** (D02, D03): when a recovery fails (the device, library or token is gone) the store
   calls :meth:`HsmHealth.mark_down`: the first error is logged once, every further call fails
   fast in :meth:`HsmHealth.check` without touching the device, and a probe thread retries the
@@ -21,7 +25,9 @@ key store.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextvars
 import enum
 import logging
 import os
@@ -72,6 +78,13 @@ _POOL_WORKERS = 4
 
 Listener = Callable[[HsmState], None]
 Probe = Callable[[], None]
+
+# Which HsmHealth owns the pool the current thread is a worker of (set by the pool initializer).
+_WORKER = threading.local()
+
+
+def _mark_worker(owner: HsmHealth) -> None:
+    _WORKER.owner = owner
 
 
 class HsmHealth:
@@ -243,25 +256,48 @@ class HsmHealth:
     def sleep(self, seconds: float) -> None:
         self._sleep(seconds)
 
-    def bounded(self, operation: str, fn: Callable[[], T]) -> T:
-        """``fn()`` in a worker; :class:`HsmUnavailable` after ``op_timeout`` seconds."""
-        if self.op_timeout is None:
-            return fn()
+    def _worker_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         self._ensure_process()
         with self._lock:
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=_POOL_WORKERS, thread_name_prefix="hsm-op"
+                    max_workers=_POOL_WORKERS,
+                    thread_name_prefix="hsm-op",
+                    initializer=_mark_worker,
+                    initargs=(self,),
                 )
-            pool = self._pool
-        future = pool.submit(fn)
+            return self._pool
+
+    def _timed_out(self, operation: str) -> HsmUnavailable:
+        return HsmUnavailable(f"PKCS#11 {operation} took longer than {self.op_timeout:g} s")
+
+    def bounded(self, operation: str, fn: Callable[[], T]) -> T:
+        """``fn()`` in a worker; :class:`HsmUnavailable` after ``op_timeout`` seconds.
+
+        Inline when there is no bound, or when called on a worker of this pool (the caller is
+        already bounded: no second hop)."""
+        if self.op_timeout is None or getattr(_WORKER, "owner", None) is self:
+            return fn()
+        future = self._worker_pool().submit(fn)
         try:
             return future.result(timeout=self.op_timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()  # not started yet: never runs
-            raise HsmUnavailable(
-                f"PKCS#11 {operation} took longer than {self.op_timeout:g} s"
-            ) from None
+            raise self._timed_out(operation) from None
+
+    async def run_async(self, operation: str, fn: Callable[[], T]) -> T:
+        """``fn()`` on a worker of this pool (one hop from the event loop, the caller's context
+        variables carried over, so spans nest), :class:`HsmUnavailable` after ``op_timeout``
+        seconds; without a bound, on the loop's default executor."""
+        if self.op_timeout is None:
+            return await asyncio.to_thread(fn)
+        context = contextvars.copy_context()
+        future = self._worker_pool().submit(context.run, fn)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.op_timeout)
+        except TimeoutError:
+            future.cancel()  # not started yet: never runs
+            raise self._timed_out(operation) from None
 
     def stop(self) -> None:
         """Stop the probe and the worker pool (idempotent; a running device call is not waited for)."""

@@ -20,8 +20,8 @@ import pkcs11
 import pkcs11.exceptions as p11e
 
 from broker.errors import BrokerError, ConfigError, KeyStoreError
-from broker.keys import pkcs11_lib
-from broker.keys.pkcs11_errors import to_broker_error
+from broker.keys.pkcs11 import lib as pkcs11_lib
+from broker.keys.pkcs11.recovery import to_broker_error
 from broker.keys.uri import read_pin_file
 
 CKR_OK = 0

@@ -234,7 +234,8 @@ async def test_i01_extractable_key_fails_attribute_check(
 
     from pkcs11 import Attribute, KeyType, Mechanism
 
-    from broker.keys.pkcs11 import P256_PARAMS, Pkcs11KeyStore
+    from broker.keys.pkcs11 import Pkcs11KeyStore
+    from broker.keys.pkcs11.session import P256_PARAMS
 
     assert isinstance(hsm_store, Pkcs11KeyStore)
     label = f"doctor-weak-{secrets.token_hex(4)}"
@@ -257,7 +258,7 @@ async def test_i01_extractable_key_fails_attribute_check(
             },
         )
 
-    hsm_store._run("generate weak key", make)
+    hsm_store.session.run("generate weak key", make)
     try:
         uri = str(deployment.sections["key"]["uri"])
         deployment.sections["key"]["uri"] = uri.replace(f"object={keys.client}", f"object={label}")

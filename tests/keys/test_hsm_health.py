@@ -170,7 +170,7 @@ def inject_sign(
     store: Pkcs11KeyStore, monkeypatch: pytest.MonkeyPatch, make: Callable[[Any], Any]
 ) -> list[Any]:
     """Wrap every private-key handle the store finds; returns the wrappers made."""
-    real = store._private_ec
+    real = store.session.private_ec
     made: list[Any] = []
 
     def private_ec(session: Any, label: str) -> Any:
@@ -178,7 +178,7 @@ def inject_sign(
         made.append(wrapper)
         return wrapper
 
-    monkeypatch.setattr(store, "_private_ec", private_ec)
+    monkeypatch.setattr(store.session, "private_ec", private_ec)
     return made
 
 
@@ -272,13 +272,13 @@ def test_d08_operation_active_never_reuses_the_session(
 ) -> None:
     signer = store.signer(key)
     sessions: list[int] = []
-    real = store._private_ec
+    real = store.session.private_ec
 
     def private_ec(session: Any, label: str) -> Any:
         sessions.append(session.handle)
         return Failing(real(session, label), p11e.OperationActive, 1 if len(sessions) == 1 else 0)
 
-    monkeypatch.setattr(store, "_private_ec", private_ec)
+    monkeypatch.setattr(store.session, "private_ec", private_ec)
     signer.sign(b"d06")
     assert len(sessions) == 2 and sessions[0] != sessions[1]
 
@@ -334,7 +334,7 @@ def test_d02_failed_recovery_goes_down_fails_fast_and_the_probe_recovers(
     probes = Probes(health, store)
     changes = Transitions(health)
     unplugged = {"on": True}
-    real_login = store._login
+    real_login = store.session.login
     logins: list[object] = []
 
     def login(token: Any) -> Any:
@@ -343,7 +343,7 @@ def test_d02_failed_recovery_goes_down_fails_fast_and_the_probe_recovers(
             raise p11e.DeviceError()
         return real_login(token)
 
-    monkeypatch.setattr(store, "_login", login)
+    monkeypatch.setattr(store.session, "login", login)
     made = inject_sign(
         store,
         monkeypatch,
@@ -395,7 +395,9 @@ def test_d02_down_only_once_for_concurrent_failures_and_close_stops_the_probe(
     signer = store.signer(label)
     changes: list[HsmState] = []
     health.add_listener(changes.append)
-    monkeypatch.setattr(store, "_login", lambda token: (_ for _ in ()).throw(p11e.DeviceError()))
+    monkeypatch.setattr(
+        store.session, "login", lambda token: (_ for _ in ()).throw(p11e.DeviceError())
+    )
     inject_sign(store, monkeypatch, lambda real: Failing(real, p11e.DeviceError, -1))
     errors: list[BaseException] = []
 
@@ -427,7 +429,9 @@ def test_d05_pin_error_in_recovery_is_permanent_not_down(
     store: Pkcs11KeyStore, key: str, health: HsmHealth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     signer = store.signer(key)
-    monkeypatch.setattr(store, "_login", lambda token: (_ for _ in ()).throw(p11e.PinIncorrect()))
+    monkeypatch.setattr(
+        store.session, "login", lambda token: (_ for _ in ()).throw(p11e.PinIncorrect())
+    )
     inject_sign(store, monkeypatch, lambda real: Failing(real, p11e.SessionHandleInvalid, 1))
     with pytest.raises(PinIncorrect):
         signer.sign(b"pin")
@@ -479,14 +483,14 @@ def test_d03_token_removed_goes_down_and_is_found_by_label_when_it_returns(
     health = HsmHealth(clock=FakeClock(), sleep=lambda _: None, wait=steps.wait, op_timeout=None)
     hsm_store.list()  # the shared token's login survives the re-initialisations below
     # The library must see the new token: the store's own probe re-initialises and re-finds.
-    hsm_store._lib.reinitialize()
+    hsm_store.session.lib.reinitialize()
     store = make_store(softhsm_env, health, token_label=label)
     try:
         store.generate("client", b"\x03")
         signer = store.signer("client")
         probes = Probes(health, store)
         changes = Transitions(health)
-        slot_before = store._token.slot.slot_id
+        slot_before = store.session.token.slot.slot_id
 
         shutil.move(str(token_dir), parked)  # the token leaves
         # The device answers TOKEN_NOT_PRESENT on every call while the token is away.
@@ -506,7 +510,7 @@ def test_d03_token_removed_goes_down_and_is_found_by_label_when_it_returns(
         assert probes.next() == "up"
         assert changes.next() is HsmState.UP
         assert verify_es256_raw(signer.kid, b"back", signer.sign(b"back"))
-        assert store._token.label == label
+        assert store.session.token.label == label
         assert isinstance(slot_before, int)
     finally:
         if parked.exists():
@@ -514,8 +518,8 @@ def test_d03_token_removed_goes_down_and_is_found_by_label_when_it_returns(
         steps.stop()
         store.close()
         shutil.rmtree(token_dir, ignore_errors=True)
-        with hsm_store._lock:
-            hsm_store._lib.reinitialize()  # forget the removed token; other stores re-open
+        with hsm_store.session.lock:
+            hsm_store.session.lib.reinitialize()  # forget the removed token; other stores re-open
 
 
 # --- F08: gRPC health follows the HSM; warm-cache tokens are still served ---------------------------
@@ -570,7 +574,7 @@ async def test_f08_not_serving_while_hsm_down_warm_cache_still_served(
 
         # The device fails and its recovery fails: DOWN.
         monkeypatch.setattr(
-            store, "_login", lambda token: (_ for _ in ()).throw(p11e.DeviceError())
+            store.session, "login", lambda token: (_ for _ in ()).throw(p11e.DeviceError())
         )
         inject_sign(store, monkeypatch, lambda real: Failing(real, p11e.DeviceError, -1))
         with pytest.raises(HsmUnavailable):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,7 +34,9 @@ from broker.errors import (
 from broker.jose import sign_compact
 from broker.keys.didkey import did_from_public_key, jwk_from_did, public_key_from_did
 from broker.keys.inittoken import init_token
-from broker.keys.pkcs11 import P256_PARAMS, Pkcs11KeyStore, ec_point_to_public_key
+from broker.keys.pkcs11.session import P256_PARAMS
+from broker.keys.pkcs11.signer import Pkcs11Signer
+from broker.keys.pkcs11.store import Pkcs11KeyStore, ec_point_to_public_key
 from broker.keys.uri import KeyRef, parse_key_uri
 from tests.conftest import SoftHsmEnv
 from tests.keys.helpers import verify_es256_raw, verify_jws_with_jwcrypto
@@ -72,7 +73,7 @@ def key(hsm_store: Pkcs11KeyStore, label: str) -> str:
 
 def _raw(store: Pkcs11KeyStore, fn: Callable[[Any], Any]) -> Any:
     """Run ``fn(session)`` on the store's own session under its lock (test seam)."""
-    return store._run("test", fn)
+    return store.session.run("test", fn)
 
 
 # --- I01 / I02 -------------------------------------------------------------------------------
@@ -238,53 +239,53 @@ def test_sign_span_carries_kid_and_mechanism_only(softhsm_env: SoftHsmEnv, key: 
 
 def test_d01_session_closed_out_of_band_recovers(hsm_store: Pkcs11KeyStore, key: str) -> None:
     signer = hsm_store.signer(key)
-    before = hsm_store.recoveries
-    assert _cdll(hsm_store).C_CloseSession(ctypes.c_ulong(hsm_store._session.handle)) == 0
+    before = hsm_store.session.recoveries
+    assert _cdll(hsm_store).C_CloseSession(ctypes.c_ulong(hsm_store.session.current.handle)) == 0
     assert verify_es256_raw(signer.kid, b"after", signer.sign(b"after"))
-    assert hsm_store.recoveries == before + 1
+    assert hsm_store.session.recoveries == before + 1
 
 
 def test_d01_session_object_closed_recovers(hsm_store: Pkcs11KeyStore, key: str) -> None:
     signer = hsm_store.signer(key)
-    before = hsm_store.recoveries
-    hsm_store._session.close()  # C_Logout + C_CloseSession through python-pkcs11
+    before = hsm_store.session.recoveries
+    hsm_store.session.current.close()  # C_Logout + C_CloseSession through python-pkcs11
     assert verify_es256_raw(signer.kid, b"after", signer.sign(b"after"))
     assert hsm_store.get(key).did == signer.kid
-    assert hsm_store.recoveries == before + 1
+    assert hsm_store.session.recoveries == before + 1
 
 
 def test_d04_logout_out_of_band_recovers_sign_and_find(hsm_store: Pkcs11KeyStore, key: str) -> None:
     signer = hsm_store.signer(key)
     lib = _cdll(hsm_store)
-    before = hsm_store.recoveries
-    assert lib.C_Logout(ctypes.c_ulong(hsm_store._session.handle)) == 0
+    before = hsm_store.session.recoveries
+    assert lib.C_Logout(ctypes.c_ulong(hsm_store.session.current.handle)) == 0
     assert verify_es256_raw(signer.kid, b"x", signer.sign(b"x"))
-    assert lib.C_Logout(ctypes.c_ulong(hsm_store._session.handle)) == 0
+    assert lib.C_Logout(ctypes.c_ulong(hsm_store.session.current.handle)) == 0
     # A search while logged out finds no private objects: it must not say "no such key".
     assert hsm_store.get(key).did == signer.kid
-    assert lib.C_Logout(ctypes.c_ulong(hsm_store._session.handle)) == 0
+    assert lib.C_Logout(ctypes.c_ulong(hsm_store.session.current.handle)) == 0
     assert key in {i.label for i in hsm_store.list()}
-    assert hsm_store.recoveries == before + 3
+    assert hsm_store.session.recoveries == before + 3
 
 
 def test_d06_operation_left_active_is_replaced(hsm_store: Pkcs11KeyStore, key: str) -> None:
     signer = hsm_store.signer(key)
     signer.sign(b"warm the handle cache")
-    handle = hsm_store._handles[(ObjectClass.PRIVATE_KEY, key)].handle
+    handle = hsm_store.session.handles[(ObjectClass.PRIVATE_KEY, key)].handle
     mech = CK_MECHANISM(int(Mechanism.ECDSA), None, 0)
     rv = _cdll(hsm_store).C_SignInit(
-        ctypes.c_ulong(hsm_store._session.handle), ctypes.byref(mech), ctypes.c_ulong(handle)
+        ctypes.c_ulong(hsm_store.session.current.handle), ctypes.byref(mech), ctypes.c_ulong(handle)
     )
     assert rv == 0  # a sign operation now hangs open on the store's session
-    before = hsm_store.recoveries
+    before = hsm_store.session.recoveries
     assert verify_es256_raw(signer.kid, b"y", signer.sign(b"y"))
-    assert hsm_store.recoveries == before + 1
+    assert hsm_store.session.recoveries == before + 1
 
 
 @pytest.mark.parametrize("how", ["finalize", "reinitialize"])
 def test_reinitialised_library_recovers(hsm_store: Pkcs11KeyStore, key: str, how: str) -> None:
     signer = hsm_store.signer(key)
-    getattr(hsm_store._lib.lib, how)()
+    getattr(hsm_store.session.lib.lib, how)()
     assert verify_es256_raw(signer.kid, b"z", signer.sign(b"z"))
     assert hsm_store.get(key).did == signer.kid
 
@@ -299,7 +300,7 @@ def test_recovery_happens_once_then_hsm_unavailable(
         calls.append(label)
         raise p11e.DeviceError()
 
-    monkeypatch.setattr(hsm_store, "_private_ec", broken)
+    monkeypatch.setattr(hsm_store.session, "private_ec", broken)
     with pytest.raises(HsmUnavailable) as info:
         signer.sign(b"never")
     assert info.value.retryable
@@ -332,8 +333,8 @@ def test_d05_pin_locked_during_relogin_is_not_retried(
         logins.append(token)
         raise p11e.PinLocked()
 
-    monkeypatch.setattr(hsm_store, "_login", locked)
-    hsm_store._session.close()
+    monkeypatch.setattr(hsm_store.session, "login", locked)
+    hsm_store.session.current.close()
     with pytest.raises(PinLocked) as info:
         signer.sign(b"locked")
     assert not info.value.retryable
@@ -346,7 +347,7 @@ def test_login_retries_general_error_with_backoff(
     hsm_store: Pkcs11KeyStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sleeps: list[float] = []
-    monkeypatch.setattr("broker.keys.pkcs11.time.sleep", sleeps.append)
+    monkeypatch.setattr("broker.keys.pkcs11.session.time.sleep", sleeps.append)
 
     class Plain:
         handle = 0xFFFFFF  # no such session: "not logged in"
@@ -366,7 +367,7 @@ def test_login_retries_general_error_with_backoff(
             return "session"
 
     token = FlakyToken()
-    assert hsm_store._login(token) == "session"
+    assert hsm_store.session.login(token) == "session"
     assert token.attempts == 3
     assert sleeps == [0.05, 0.1]
 
@@ -502,7 +503,7 @@ def test_sealer_missing_key_and_missing_gcm(
 ) -> None:
     with pytest.raises(KeyNotFound):
         hsm_store.sealer(label)
-    monkeypatch.setattr(hsm_store, "_mechanisms", frozenset({Mechanism.ECDSA}))
+    monkeypatch.setattr(hsm_store.session, "_mechanisms", frozenset({Mechanism.ECDSA}))
     with pytest.raises(KeyStoreError, match="CKM_AES_GCM"):
         hsm_store.sealer(label)
 
@@ -535,7 +536,7 @@ def test_from_ref_with_pin_file_and_context_manager(softhsm_env: SoftHsmEnv, key
 def test_pin_never_in_repr_or_errors(hsm_store: Pkcs11KeyStore, softhsm_env: SoftHsmEnv) -> None:
     assert softhsm_env.pin not in repr(hsm_store)
     assert softhsm_env.pin not in repr(softhsm_env)
-    assert softhsm_env.pin not in repr(hsm_store.__dict__.get("_lib"))
+    assert softhsm_env.pin not in repr(hsm_store.session.lib)
     with pytest.raises(KeyNotFound) as info:
         hsm_store.get("absent-key")
     assert softhsm_env.pin not in str(info.value)
@@ -543,6 +544,7 @@ def test_pin_never_in_repr_or_errors(hsm_store: Pkcs11KeyStore, softhsm_env: Sof
 
 def test_sign_digest_matches_cka_ecdsa_over_sha256(hsm_store: Pkcs11KeyStore, key: str) -> None:
     """The signer hashes with SHA-256 itself when the token only has CKM_ECDSA."""
-    digest = hashlib.sha256(b"message").digest()
-    raw = hsm_store.sign_raw(key, digest, Mechanism.ECDSA)
-    assert verify_es256_raw(hsm_store.get(key).did, b"message", raw)
+    did = hsm_store.get(key).did
+    signer = Pkcs11Signer(hsm_store.session, key, did, Mechanism.ECDSA)
+    assert signer.mechanism == "CKM_ECDSA"
+    assert verify_es256_raw(did, b"message", signer.sign(b"message"))

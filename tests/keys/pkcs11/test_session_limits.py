@@ -73,9 +73,9 @@ def test_d07_waiters_on_a_held_lock_give_up_with_a_retryable_error(
     with _store(softhsm_env, lock_timeout=0.05) as store:
         signer = store.signer(label)
         assert verify_es256_raw(signer.kid, b"warm", signer.sign(b"warm"))
-        with store._lib.lock:  # the HSM is "stuck" for as long as this test holds the lock
+        with store.session.lib.lock:  # the HSM is "stuck" for as long as this test holds the lock
             results = _sign_all(signer, BURST)
-            still_held = store._lib.lock._is_owned()  # type: ignore[attr-defined]
+            still_held = store.session.lib.lock._is_owned()  # type: ignore[attr-defined]
         assert still_held  # every waiter returned while the lock was still held
         assert all(isinstance(r, HsmBusy) for r in results), results
         assert all(isinstance(r, BrokerError) and r.retryable for r in results)
@@ -85,9 +85,9 @@ def test_d07_waiters_on_a_held_lock_give_up_with_a_retryable_error(
 def test_d07_health_bounds_waiters_by_the_sign_timeout(softhsm_env: SoftHsmEnv, label: str) -> None:
     health = HsmHealth(op_timeout=0.05)
     with _store(softhsm_env, health=health) as store:
-        assert store.lock_timeout == 0.05  # the lock wait follows the health's op_timeout
+        assert store.session.lock_timeout == 0.05  # the lock wait follows the health's op_timeout
         signer = store.signer(label)
-        with store._lib.lock:
+        with store.session.lib.lock:
             results = _sign_all(signer, BURST)
         assert all(isinstance(r, BrokerError) and r.retryable for r in results), results
         assert verify_es256_raw(signer.kid, b"after", signer.sign(b"after"))
@@ -100,12 +100,12 @@ def test_d07_burst_ten_times_the_workers_completes_or_fails_retryably(
     with _store(softhsm_env, health=health) as store:
         signer = store.signer(label)
         signer.sign(b"warm")
-        baseline = store.count_open_sessions()
-        opened = store.sessions_opened
+        baseline = store.session.count_open_sessions()
+        opened = store.session.sessions_opened
         results: list[bytes | BaseException] = []
         for _ in range(5):
             results += _sign_all(signer, BURST)
-        after = store.count_open_sessions()
+        after = store.session.count_open_sessions()
         print(f"\nD07 burst: {len(results)} requests, open sessions {baseline} -> {after}")
         signatures = [r for r in results if isinstance(r, bytes)]
         failures = [r for r in results if not isinstance(r, bytes)]
@@ -117,8 +117,8 @@ def test_d07_burst_ten_times_the_workers_completes_or_fails_retryably(
             if isinstance(r, bytes)
         )
         assert after == baseline
-        assert store.sessions_opened == opened  # one session for the whole burst
-        assert store.open_sessions == 1
+        assert store.session.sessions_opened == opened  # one session for the whole burst
+        assert store.session.open_sessions == 1
 
 
 def test_d07_no_session_leak_after_ten_thousand_sequential_signs(
@@ -127,33 +127,33 @@ def test_d07_no_session_leak_after_ten_thousand_sequential_signs(
     with _store(softhsm_env) as store:
         signer = store.signer(label)
         signer.sign(b"warm")
-        baseline = store.count_open_sessions()
-        opened = store.sessions_opened
+        baseline = store.session.count_open_sessions()
+        opened = store.session.sessions_opened
         last = b""
         for i in range(10_000):
             last = signer.sign(i.to_bytes(4, "big"))
-        after = store.count_open_sessions()
+        after = store.session.count_open_sessions()
         print(f"\nD07 10^4 signs: open sessions {baseline} -> {after}")
         assert verify_es256_raw(signer.kid, (9_999).to_bytes(4, "big"), last)
         assert baseline is not None
         assert after == baseline
-        assert store.sessions_opened == opened
-        assert store.open_sessions == 1
+        assert store.session.sessions_opened == opened
+        assert store.session.open_sessions == 1
 
 
 def _break_session(store: Pkcs11KeyStore, label: str, how: str) -> None:
     cdll = ctypes.CDLL(store.module_path)
-    handle = ctypes.c_ulong(store._session.handle)
+    handle = ctypes.c_ulong(store.session.current.handle)
     if how == "closed":
         assert cdll.C_CloseSession(handle) == 0
     elif how == "logged_out":
         assert cdll.C_Logout(handle) == 0
     elif how == "operation_active":
-        key = store._handles[(ObjectClass.PRIVATE_KEY, label)].handle
+        key = store.session.handles[(ObjectClass.PRIVATE_KEY, label)].handle
         mech = CK_MECHANISM(int(Mechanism.ECDSA), None, 0)
         assert cdll.C_SignInit(handle, ctypes.byref(mech), ctypes.c_ulong(key)) == 0
     elif how == "reinitialised":
-        store._lib.lib.reinitialize()
+        store.session.lib.lib.reinitialize()
     elif how == "probe":
         store.probe()
     else:  # pragma: no cover - a typo in the test table
@@ -169,22 +169,22 @@ def test_d07_no_session_leak_after_recovery_cycles(softhsm_env: SoftHsmEnv, labe
         # Start from a library only this store uses: other stores' sessions die with it.
         store.probe()
         signer.sign(b"warm")
-        baseline = store.count_open_sessions()
-        assert baseline == 1 == store.open_sessions
-        recoveries = store.recoveries
+        baseline = store.session.count_open_sessions()
+        assert baseline == 1 == store.session.open_sessions
+        recoveries = store.session.recoveries
         for round_ in range(20):
             for how in CYCLE:
                 _break_session(store, label, how)
                 message = f"{round_}-{how}".encode()
                 assert verify_es256_raw(signer.kid, message, signer.sign(message)), how
-        after = store.count_open_sessions()
+        after = store.session.count_open_sessions()
         print(
-            f"\nD07 recovery: {20 * len(CYCLE)} breaks, {store.recoveries - recoveries} "
-            f"recoveries, sessions opened {store.sessions_opened} closed {store.sessions_closed} "
-            f"abandoned {store.sessions_abandoned}, open sessions {baseline} -> {after}"
+            f"\nD07 recovery: {20 * len(CYCLE)} breaks, {store.session.recoveries - recoveries} "
+            f"recoveries, sessions opened {store.session.sessions_opened} closed {store.session.sessions_closed} "
+            f"abandoned {store.session.sessions_abandoned}, open sessions {baseline} -> {after}"
         )
-        assert store.recoveries - recoveries >= 20 * 4  # every break but probe needs one
+        assert store.session.recoveries - recoveries >= 20 * 4  # every break but probe needs one
         assert after == baseline
-        assert store.open_sessions == 1
+        assert store.session.open_sessions == 1
     with _store(softhsm_env) as probe_store:  # and closing gives every session back
-        assert probe_store.count_open_sessions() == 1  # only probe_store's own
+        assert probe_store.session.count_open_sessions() == 1  # only probe_store's own

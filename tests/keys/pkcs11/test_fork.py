@@ -73,7 +73,7 @@ def _child_signs(
     start: multiprocessing.synchronize.Event,
 ) -> None:
     """Runs in the forked child: sign from several threads, report, close (exit 0 if no error)."""
-    lib = store._lib
+    lib = store.session.lib
     report: Report = {
         "stale_at_start": lib.stale,
         "generation_at_start": lib.generation,
@@ -83,9 +83,9 @@ def _child_signs(
     start.wait(HANG_GUARD_S)
     report["pairs"] = _sign_many(signer, "child")
     report["generation_after"] = lib.generation
-    report["opened"] = store.sessions_opened
-    report["abandoned"] = store.sessions_abandoned
-    report["open_sessions"] = store.open_sessions
+    report["opened"] = store.session.sessions_opened
+    report["abandoned"] = store.session.sessions_abandoned
+    report["open_sessions"] = store.session.open_sessions
     store.close()
     out.put(report)
 
@@ -101,8 +101,8 @@ def test_d12_fork_child_reinitialises_and_signs_concurrently_with_parent(
     store: Pkcs11KeyStore, signer: Pkcs11Signer
 ) -> None:
     assert verify_es256_raw(signer.kid, b"before fork", signer.sign(b"before fork"))
-    parent_generation = store._lib.generation
-    parent_opened = store.sessions_opened
+    parent_generation = store.session.lib.generation
+    parent_opened = store.session.sessions_opened
     start = FORK.Event()
     results: multiprocessing.Queue[Report] = FORK.Queue()
     child = FORK.Process(target=_child_signs, args=(store, signer, results, start), daemon=True)
@@ -127,10 +127,10 @@ def test_d12_fork_child_reinitialises_and_signs_concurrently_with_parent(
     assert report["open_sessions"] == 1
 
     # The parent never noticed: same module generation, same session, no recovery.
-    assert not store._lib.stale
-    assert store._lib.generation == parent_generation
-    assert store.sessions_opened == parent_opened
-    assert store.open_sessions == 1
+    assert not store.session.lib.stale
+    assert store.session.lib.generation == parent_generation
+    assert store.session.sessions_opened == parent_opened
+    assert store.session.open_sessions == 1
 
     pairs = parent_pairs + report["pairs"]
     assert len(pairs) == 2 * THREADS * SIGNS_PER_THREAD
@@ -151,7 +151,7 @@ def test_d12_fork_while_a_parent_thread_holds_the_module_lock(
     release = threading.Event()
 
     def hold() -> None:
-        with store._lib.lock:
+        with store.session.lib.lock:
             held.set()
             release.wait(HANG_GUARD_S)
 
@@ -179,15 +179,17 @@ def test_d12_fork_while_a_parent_thread_holds_the_module_lock(
 
 def _child_closes_unused(store: Pkcs11KeyStore, out: multiprocessing.Queue[Report]) -> None:
     store.close()
-    out.put({"closed": store.sessions_closed, "abandoned": store.sessions_abandoned})
+    out.put(
+        {"closed": store.session.sessions_closed, "abandoned": store.session.sessions_abandoned}
+    )
 
 
 def test_d12_child_closing_an_unused_store_never_closes_the_parents_session(
     store: Pkcs11KeyStore, signer: Pkcs11Signer
 ) -> None:
     signer.sign(b"warm")
-    recoveries = store.recoveries
-    closed, abandoned = store.sessions_closed, store.sessions_abandoned
+    recoveries = store.session.recoveries
+    closed, abandoned = store.session.sessions_closed, store.session.sessions_abandoned
     child, results = _run_child(_child_closes_unused, store)
     report = results.get(timeout=HANG_GUARD_S)
     child.join(HANG_GUARD_S)
@@ -195,7 +197,7 @@ def test_d12_child_closing_an_unused_store_never_closes_the_parents_session(
     # No C_Logout / C_CloseSession on the parent's handle from the child.
     assert report == {"closed": closed, "abandoned": abandoned + 1}
     assert verify_es256_raw(signer.kid, b"parent", signer.sign(b"parent"))
-    assert store.recoveries == recoveries
+    assert store.session.recoveries == recoveries
 
 
 def test_d12_fork_of_a_fork_re_initialises_again(
@@ -218,7 +220,7 @@ def _child_forks_again(
     store: Pkcs11KeyStore, signer: Pkcs11Signer, out: multiprocessing.Queue[Report]
 ) -> None:
     report: Report = {"child": (b"child", signer.sign(b"child"))}
-    report["child_adoptions"] = store._lib.adoptions
+    report["child_adoptions"] = store.session.lib.adoptions
     inner, inner_results = _run_child(_grandchild, store, signer)
     grand = inner_results.get(timeout=HANG_GUARD_S)
     inner.join(HANG_GUARD_S)
@@ -232,7 +234,10 @@ def _grandchild(
 ) -> None:
     signature = signer.sign(b"grandchild")
     out.put(
-        {"grandchild": (b"grandchild", signature), "grandchild_adoptions": store._lib.adoptions}
+        {
+            "grandchild": (b"grandchild", signature),
+            "grandchild_adoptions": store.session.lib.adoptions,
+        }
     )
 
 

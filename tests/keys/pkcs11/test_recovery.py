@@ -21,7 +21,7 @@ from broker.errors import (
     TokenNotPresent,
 )
 from broker.keys.pkcs11 import Pkcs11KeyStore
-from broker.keys.pkcs11_errors import RECOVERABLE, Action, rule_for, table, to_broker_error
+from broker.keys.pkcs11.recovery import RECOVERABLE, Action, rule_for, table, to_broker_error
 
 ALL_PKCS11_ERRORS = sorted(
     (
@@ -126,11 +126,11 @@ def _expect(store: Pkcs11KeyStore, klass: type[p11e.PKCS11Error], action: Any, b
     rule = rule_for(klass())
     if rule.action in RECOVERABLE:
         assert action() is not None
-        assert store.recoveries == before + 1
+        assert store.session.recoveries == before + 1
     else:
         with pytest.raises(rule.error):
             action()
-        assert store.recoveries == before
+        assert store.session.recoveries == before
 
 
 @pytest.mark.softhsm
@@ -142,7 +142,7 @@ def test_d09_injected_at_sign(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     signer = hsm_store.signer(signing_key)
-    real = hsm_store._private_ec
+    real = hsm_store.session.private_ec
     state = {"failed": False}
 
     class Failing:
@@ -153,8 +153,8 @@ def test_d09_injected_at_sign(
     def private_ec(session: Any, label: str) -> Any:
         return real(session, label) if state["failed"] else Failing()
 
-    monkeypatch.setattr(hsm_store, "_private_ec", private_ec)
-    _expect(hsm_store, klass, lambda: signer.sign(b"d09"), hsm_store.recoveries)
+    monkeypatch.setattr(hsm_store.session, "private_ec", private_ec)
+    _expect(hsm_store, klass, lambda: signer.sign(b"d09"), hsm_store.session.recoveries)
     assert state["failed"]
 
 
@@ -166,7 +166,7 @@ def test_d09_injected_at_find(
     klass: type[p11e.PKCS11Error],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = hsm_store._find
+    real = hsm_store.session.find
     state = {"failed": False}
 
     def find(session: Any, object_class: Any, label: str) -> Any:
@@ -175,8 +175,8 @@ def test_d09_injected_at_find(
             raise klass()
         return real(session, object_class, label)
 
-    monkeypatch.setattr(hsm_store, "_find", find)
-    _expect(hsm_store, klass, lambda: hsm_store.get(signing_key), hsm_store.recoveries)
+    monkeypatch.setattr(hsm_store.session, "find", find)
+    _expect(hsm_store, klass, lambda: hsm_store.get(signing_key), hsm_store.session.recoveries)
 
 
 @pytest.mark.softhsm
@@ -189,15 +189,15 @@ def test_d09_injected_at_login_during_recovery(
 ) -> None:
     """A lost session triggers recovery; the re-login then fails: no second recovery."""
     signer = hsm_store.signer(signing_key)
-    real = hsm_store._login
+    real = hsm_store.session.login
     calls: list[object] = []
 
     def login(token: Any) -> Any:
         calls.append(token)
         raise klass()
 
-    monkeypatch.setattr(hsm_store, "_login", login)
-    hsm_store._session.close()
+    monkeypatch.setattr(hsm_store.session, "login", login)
+    hsm_store.session.current.close()
     rule = rule_for(klass())
     expected: type[KeyStoreError] = rule.error
     with pytest.raises(expected) as info:
@@ -205,5 +205,5 @@ def test_d09_injected_at_login_during_recovery(
     assert len(calls) == 1  # never a login loop (D05: lock-out risk)
     if rule.action in RECOVERABLE or rule.action is Action.BUSY:
         assert info.value.retryable
-    monkeypatch.setattr(hsm_store, "_login", real)
+    monkeypatch.setattr(hsm_store.session, "login", real)
     assert len(signer.sign(b"back")) == 64
