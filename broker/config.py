@@ -37,6 +37,14 @@ from broker.keys.kid import KidFormat
 from broker.keys.uri import check_pin_file, parse_key_uri
 from broker.oauth.origins import parse_allowed_origin
 from broker.strict_json import DOCUMENT_MAX_BYTES, JWT_MAX_BYTES
+from broker.telemetry.settings import (  # defined in telemetry, which sits below config
+    EXPORTERS,
+    LOG_LEVELS,
+    Exporter,
+    LogFormat,
+    LogLevel,
+    TelemetrySettings,
+)
 from broker.tokens.schedule import (
     DEFAULT_FRACTION,
     DEFAULT_RETRY_MARGIN,
@@ -49,12 +57,8 @@ CONFIG_ENV = "BROKER_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/broker/broker.toml")
 
 StoreKind = Literal["sqlite", "postgres"]
-Exporter = Literal["otlp-grpc", "otlp-http", "console", "off"]
-LogFormat = Literal["json", "text"]
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-
-_EXPORTERS: tuple[Exporter, ...] = ("otlp-grpc", "otlp-http", "console", "off")
-_LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_EXPORTERS = EXPORTERS
+_LOG_LEVELS = LOG_LEVELS
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # as broker.tokens.postgres checks it
 MAX_CLOCK_SKEW = 60.0  # TEST-CATALOGUE B05: a configured skew of at most 60 s
 
@@ -186,18 +190,6 @@ class TokenSettings:
     jitter), never later than ``refresh_threshold`` before expiry."""
     refresh_retry_margin: float = DEFAULT_RETRY_MARGIN
     """Failed refreshes are retried until this many seconds before the refresh token dies."""
-
-
-@dataclass(frozen=True)
-class TelemetrySettings:
-    """``[telemetry]``: exporters for traces and metrics, and the log format."""
-
-    traces: Exporter = "off"
-    metrics: Exporter = "off"
-    endpoint: str | None = None  # OTLP endpoint; the exporter's default when None
-    service_name: str = "broker"
-    log_format: LogFormat = "json"
-    log_level: LogLevel = "INFO"
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from typing import Any, TextIO
 
 from opentelemetry import trace
 
-from broker.config import TelemetrySettings
 from broker.telemetry.redaction import RedactingFilter, record_extras, redact_text
+from broker.telemetry.settings import TelemetrySettings
 
 _RESERVED = frozenset(
     {"timestamp", "level", "logger", "message", "trace_id", "span_id", "exception", "stack"}

@@ -1,27 +1,35 @@
-"""Metrics for the token core: a :class:`broker.tokens.observer.TokenBrokerObserver` over
-:class:`broker.telemetry.metrics.BrokerMetrics`."""
+"""Metrics for the token core: implements the token core's observer port
+(:class:`broker.tokens.observer.TokenBrokerObserver`) over
+:class:`broker.telemetry.metrics.BrokerMetrics`.
+
+The dependency points from tokens to nothing here: the port is defined in ``tokens``, and this
+class satisfies it structurally without importing ``tokens`` (telemetry sits below every
+domain package). Freshness and refresh outcome arrive as the port's string enums and are
+taken as plain ``str`` (a ``StrEnum`` is one), so the signatures stay compatible.
+"""
 
 from __future__ import annotations
 
 from broker.telemetry.metrics import BrokerMetrics
-from broker.tokens.freshness import Freshness
-from broker.tokens.observer import RefreshOutcome
+
+_DEAD = "dead"
+"""The value of ``RefreshOutcome.DEAD``: the grant needs re-authorization (a test pins it)."""
 
 
 class MetricsObserver:
     def __init__(self, metrics: BrokerMetrics) -> None:
         self._metrics = metrics
 
-    def token_served(self, grant_id: str, freshness: Freshness, *, cache_hit: bool) -> None:
+    def token_served(self, grant_id: str, freshness: str, *, cache_hit: bool) -> None:
         if cache_hit:
             self._metrics.record_cache_hit()
         else:
             self._metrics.record_cache_miss()
-        self._metrics.record_token_request("GetAccessToken", f"served_{freshness.value.lower()}")
+        self._metrics.record_token_request("GetAccessToken", f"served_{str(freshness).lower()}")
 
-    def refresh_finished(self, grant_id: str, outcome: RefreshOutcome, *, duration: float) -> None:
-        self._metrics.record_refresh(duration, outcome.value)
-        if outcome is RefreshOutcome.DEAD:
+    def refresh_finished(self, grant_id: str, outcome: str, *, duration: float) -> None:
+        self._metrics.record_refresh(duration, str(outcome))
+        if str(outcome) == _DEAD:
             self._metrics.record_reauthorization_required()
 
     def single_flight_joined(self, grant_id: str) -> None:

@@ -19,12 +19,6 @@ from typing import TextIO
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-    OTLPMetricExporter as GrpcMetricExporter,
-)
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-    OTLPSpanExporter as GrpcSpanExporter,
-)
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
     OTLPMetricExporter as HttpMetricExporter,
 )
@@ -44,10 +38,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from broker.config import Exporter, TelemetrySettings
 from broker.errors import ConfigError
 from broker.telemetry.metrics import BrokerMetrics
 from broker.telemetry.redaction import RedactingSpanProcessor
+from broker.telemetry.settings import Exporter, TelemetrySettings
 
 METER_NAME = "broker"
 METRIC_EXPORT_INTERVAL_MS = 30_000
@@ -69,7 +63,10 @@ def _http_url(endpoint: str | None, signal: str) -> str | None:
 
 def _span_exporter(kind: Exporter, endpoint: str | None, out: TextIO) -> SpanExporter | None:
     if kind == "otlp-grpc":
-        return GrpcSpanExporter(endpoint=endpoint)
+        # Imported when chosen: it imports grpc, which `broker serve` must quiet first.
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+
+        return OTLPSpanExporter(endpoint=endpoint)
     if kind == "otlp-http":
         return HttpSpanExporter(endpoint=_http_url(endpoint, "traces"))
     if kind == "console":
@@ -81,7 +78,9 @@ def _span_exporter(kind: Exporter, endpoint: str | None, out: TextIO) -> SpanExp
 
 def _metric_exporter(kind: Exporter, endpoint: str | None, out: TextIO) -> MetricExporter | None:
     if kind == "otlp-grpc":
-        return GrpcMetricExporter(endpoint=endpoint)
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter  # noqa: PLC0415
+
+        return OTLPMetricExporter(endpoint=endpoint)
     if kind == "otlp-http":
         return HttpMetricExporter(endpoint=_http_url(endpoint, "metrics"))
     if kind == "console":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from broker.clock import Clock
 from broker.errors import BrokerError
-from broker.keys.api import Signer
+from broker.keys.api import Offload, Signer, offload_of
 from broker.telemetry.metrics import BrokerMetrics
 
 
@@ -32,6 +32,11 @@ class MeteredSigner:
     @property
     def mechanism(self) -> str:
         return self._inner.mechanism
+
+    @property
+    def offload(self) -> Offload | None:
+        """The inner signer's worker: async signatures run there, this recording included."""
+        return offload_of(self._inner)
 
     def sign(self, message: bytes) -> bytes:
         started = self._clock.monotonic()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import TelemetrySettings
 from broker.serve_cli import GRPC_CORE_LOG_DEFAULTS, quiet_grpc_core
 from broker.telemetry.logging import configure_logging
+from broker.telemetry.settings import TelemetrySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ HANDSHAKE_FAILURE = textwrap.dedent(
     if sys.argv[1] == "quiet":
         quiet_grpc_core(os.environ)
     import grpc
-    from broker.config import TelemetrySettings
+    from broker.telemetry.settings import TelemetrySettings
     from broker.devtools.pki import Ca
     from broker.telemetry.logging import configure_logging
 

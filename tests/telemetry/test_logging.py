@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from broker.config import TelemetrySettings
 from broker.telemetry.logging import JsonFormatter, configure_logging
 from broker.telemetry.redaction import REDACTED, RedactingFilter
+from broker.telemetry.settings import TelemetrySettings
 
 PIN = "87654321"
 JWT = (

@@ -24,9 +24,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from broker.config import TelemetrySettings
 from broker.devtools.otlp_sink import OtlpSink
 from broker.telemetry import RedactingSpanProcessor, build_providers
+from broker.telemetry.settings import TelemetrySettings
 
 JWT = (
     "eyJhbGciOiJFUzI1NiIsImtpZCI6ImRpZDprZXk6ekRuIn0.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
@@ -202,7 +202,7 @@ def test_install_global_sets_providers_and_w3c_propagators() -> None:
     code = textwrap.dedent(
         """
         from opentelemetry import metrics, propagate, trace
-        from broker.config import TelemetrySettings
+        from broker.telemetry.settings import TelemetrySettings
         from broker.telemetry import build_providers, install_global
 
         t = build_providers(TelemetrySettings())
