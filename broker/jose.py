@@ -25,7 +25,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 from broker import strict_json
-from broker.keys.api import Signer
+from broker.keys.api import Signer, offload_of
 
 # Immutable helpers (no state): the compact encoder json.dumps(separators=...) would build per call,
 # and the standard -> URL-safe base64 alphabet translation.
@@ -146,8 +146,17 @@ async def sign_compact_async(
     typ: str | None = "JWT",
     extra_header: Mapping[str, Any] | None = None,
 ) -> str:
-    """:func:`sign_compact` in a worker thread: HSM calls never block the event loop."""
-    return await asyncio.to_thread(sign_compact, signer, claims, typ=typ, extra_header=extra_header)
+    """:func:`sign_compact` in a worker thread: HSM calls never block the event loop.
+
+    Exactly one thread hop: the signer's own bounded worker when it has one
+    (:func:`broker.keys.api.offload_of`; the HSM's per-operation timeout applies there and the
+    signature, its metrics and its ``C_Sign`` all run on that worker), else the default executor.
+    """
+    call = functools.partial(sign_compact, signer, claims, typ=typ, extra_header=extra_header)
+    offload = offload_of(signer)
+    if offload is None:
+        return await asyncio.to_thread(call)
+    return await offload.run_async("sign", call)
 
 
 def unverified_parts(
