@@ -48,7 +48,10 @@ not in the outage budget.
 Deployment binding: given ``deployment`` (the issuer and client_id the refresher sends to;
 serve passes the OAuth client's), a grant whose stored issuer or client_id differs is never
 refreshed: its refresh token is not sent, :class:`broker.errors.DeploymentMismatch` (not
-retryable) is raised and recorded as the grant's last error.
+retryable) is raised and recorded as the grant's last error. During a key rotation
+(``other_identities``) a grant of another recorded identity is refreshed through THAT
+identity's refresher (its own key and client_id), never the active one's; machine grants are
+renewed only as the active identity (``deployment``).
 
 Audit (``audit_events.py``): ``grant.created`` is written before the grant is stored and fails
 the call when it cannot be written (H01, fail closed); ``grant.reauthorization_required`` (A05),
@@ -73,7 +76,7 @@ import hashlib
 import logging
 import random
 import secrets
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -112,6 +115,7 @@ from broker.tokens.emergency import (
     PersistenceObserver,
 )
 from broker.tokens.freshness import MIN_SERVE_TTL, REFRESH_THRESHOLD, Freshness, freshness
+from broker.tokens.identities import IdentityRefresher, IdentityRefreshers
 from broker.tokens.model import AccessToken, Grant, GrantKind, GrantStatus
 from broker.tokens.observer import NullObserver, RefreshOutcome, TokenBrokerObserver
 from broker.tokens.ports import MachineTokenSource, Refresher
@@ -234,6 +238,7 @@ class TokenBroker:
         refresh_retry_margin: float = DEFAULT_RETRY_MARGIN,
         refresh_token_lifetime: RefreshTokenLifetime | None = None,
         machine: MachineTokenSource | None = None,
+        other_identities: Sequence[IdentityRefresher] = (),
     ) -> None:
         if refresh_threshold <= 0:
             raise InvalidArgument("refresh_threshold must be positive")
@@ -274,6 +279,13 @@ class TokenBroker:
         self._emergency = emergency
         self._persistence_observer = persistence_observer
         self._deployment = deployment
+        if other_identities and deployment is None:
+            raise InvalidArgument("other_identities need the active deployment identity")
+        self._routes = (
+            None
+            if deployment is None
+            else IdentityRefreshers([IdentityRefresher(deployment, refresher), *other_identities])
+        )
         self._lifetimes: dict[str, float] = {}  # of the last token the AS issued, per grant
         self._watchers = Watchers(watch_queue_size)
         self._stopping = False
@@ -945,7 +957,7 @@ class TokenBroker:
         async with self._store.refresh_lock(grant_id):
             grant = await self._store.get(grant_id)  # re-read: another replica may have refreshed
             self._check_status(grant)
-            await self._check_deployment(grant)
+            refresher = await self._refresher_for(grant)
             pending = self._unpersisted.get(grant_id)
             if pending is not None and pending.version != grant.version:
                 # The store moved on (another replica rotated): its refresh token is newer.
@@ -991,7 +1003,7 @@ class TokenBroker:
             await self._store.mark_refresh_started(grant_id, self._clock.now())
             try:
                 tokens = self._resolve(
-                    await self._refresher.refresh(grant.refresh_token, subject=grant.subject)
+                    await refresher.refresh(grant.refresh_token, subject=grant.subject)
                 )
             except InvalidGrant as exc:
                 span.set_attribute("oauth.error", exc.error)
@@ -1075,20 +1087,26 @@ class TokenBroker:
         _log.info("machine grant renewed", extra={"grant_id": grant_id, "label": grant.label})
         return entry
 
-    async def _check_deployment(self, grant: Grant) -> None:
-        """Refuse (before anything is sent) a grant of another issuer or client than the one
-        the refresher talks to: its refresh token would go to the wrong AS."""
+    async def _refresher_for(self, grant: Grant) -> Refresher:
+        """The refresher of the identity that created ``grant`` (its own key and client_id).
+        Refuse (before anything is sent) a grant of no identity this broker holds: its
+        refresh token would go to the wrong AS or client. A machine grant renews only as the
+        active identity."""
         target = self._deployment
-        if target is None or target.owns(grant.issuer, grant.client_id):
-            return
-        exc = DeploymentMismatch(
-            f"grant {grant.grant_id} is of {grant_owner_text(grant.issuer, grant.client_id)}, "
-            f"but this broker refreshes at {grant_owner_text(target.issuer, target.client_id)}: "
-            "its refresh token is not sent"
-        )
-        _log.error("%s", exc.message)
-        await self._record_error(grant.grant_id, exc)
-        raise exc
+        if self._routes is None or target is None:
+            return self._refresher
+        try:
+            if grant.kind is GrantKind.MACHINE and not target.owns(grant.issuer, grant.client_id):
+                raise DeploymentMismatch(
+                    f"machine grant {grant.grant_id} is of "
+                    f"{grant_owner_text(grant.issuer, grant.client_id)}; machine grants renew "
+                    f"only as the active {grant_owner_text(target.issuer, target.client_id)}"
+                )
+            return self._routes.for_grant(grant.grant_id, grant.issuer, grant.client_id)
+        except DeploymentMismatch as exc:
+            _log.error("%s", exc.message)
+            await self._record_error(grant.grant_id, exc)
+            raise
 
     async def _audit_grant(
         self, action: AuditAction, grant: Grant, outcome: Outcome, reason: str

@@ -38,6 +38,27 @@ class IdentityRole(enum.StrEnum):
     ADDED = "added"  # added later by a key-rotation ceremony
 
 
+class IdentityState(enum.StrEnum):
+    """Where an identity is in a key rotation (``broker keys rotate``).
+
+    ``prepared``: its key exists and is registered as a client, but new logins do not use it
+    yet; ``active``: new logins and machine grants use it (the configured ``[key] uri``);
+    ``retiring``: replaced, its grants keep refreshing with its key until re-authorized;
+    ``retired``: its key is destroyed, its grants need re-authorization. Every identity
+    recorded before rotations existed is ``active``.
+    """
+
+    PREPARED = "prepared"
+    ACTIVE = "active"
+    RETIRING = "retiring"
+    RETIRED = "retired"
+
+    @property
+    def serves(self) -> bool:
+        """Whether grants of an identity in this state are refreshed."""
+        return self is not IdentityState.RETIRED
+
+
 class RecordedHow(enum.StrEnum):
     CREATED = "created"  # recorded with a fresh store
     ADOPTED = "adopted"  # recorded at the first open of a store that had none
@@ -85,6 +106,9 @@ class RecordedIdentity:
     how: RecordedHow
     schema_version: int
     recorded_at: float
+    state: IdentityState = IdentityState.ACTIVE
+    key_uri: str | None = None
+    """The identity's key as a printable RFC 7512 URI (never a PIN); None when unknown."""
 
 
 def grant_owner_text(issuer: str, client_id: str) -> str:
@@ -106,7 +130,14 @@ def check_binding(
     issuer/client_id pairs of the stored grants) is only consulted when nothing is recorded.
     """
     if recorded:
-        if any(r.identity == configured for r in recorded):
+        mine = next((r for r in recorded if r.identity == configured), None)
+        if mine is not None and mine.state is IdentityState.RETIRED:
+            raise DeploymentMismatch(
+                f"the configured identity ({configured.describe()}) was retired in the grant "
+                f"store {where} by 'broker keys rotate retire': its key is destroyed; set "
+                "[key] uri to the active key"
+            )
+        if mine is not None:
             return False
         primary = next((r for r in recorded if r.role is IdentityRole.PRIMARY), recorded[0])
         others = len(recorded) - 1
@@ -166,6 +197,8 @@ IDENTITY_COLUMNS: tuple[str, ...] = (
     "how",
     "schema_version",
     "recorded_at",
+    "state",
+    "key_uri",
 )
 
 
@@ -175,7 +208,10 @@ def identity_row(
     how: RecordedHow,
     schema_version: int,
     recorded_at: float,
-) -> tuple[str, str, str, str, str, int, float]:
+    *,
+    state: IdentityState = IdentityState.ACTIVE,
+    key_uri: str | None = None,
+) -> tuple[str, str, str, str, str, int, float, str, str | None]:
     return (
         identity.issuer,
         identity.client_id,
@@ -184,15 +220,19 @@ def identity_row(
         how.value,
         schema_version,
         float(recorded_at),
+        state.value,
+        key_uri,
     )
 
 
 def recorded_from_row(values: Sequence[object]) -> RecordedIdentity:
-    issuer, client_id, did, role, how, schema_version, recorded_at = values
+    issuer, client_id, did, role, how, schema_version, recorded_at, state, key_uri = values
     return RecordedIdentity(
         identity=DeploymentIdentity(str(issuer), str(client_id), str(did)),
         role=IdentityRole(str(role)),
         how=RecordedHow(str(how)),
         schema_version=int(str(schema_version)),
         recorded_at=float(str(recorded_at)),
+        state=IdentityState(str(state)),
+        key_uri=None if key_uri is None else str(key_uri),
     )

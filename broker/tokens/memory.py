@@ -36,6 +36,7 @@ from broker.oauth.types import TokenSet
 from broker.tokens.deployment import (
     DeploymentIdentity,
     IdentityRole,
+    IdentityState,
     RecordedHow,
     RecordedIdentity,
     check_binding,
@@ -107,7 +108,7 @@ def _not_found(grant_id: str) -> GrantNotFound:
 class MemoryGrantStore:
     """GrantStore in a dict. Not durable, not shared between processes."""
 
-    SCHEMA_VERSION = 5  # as the SQL stores (identity 2, expiry columns 3, logins 4, kind 5)
+    SCHEMA_VERSION = 6  # as the SQL stores (identity 2, expiry 3, logins 4, kind 5, rotation 6)
 
     def __init__(
         self,
@@ -268,6 +269,45 @@ class MemoryGrantStore:
     async def identities(self) -> Sequence[RecordedIdentity]:
         """The deployment identities recorded in this store (primary first)."""
         return list(self._recorded)
+
+    async def add_identity(
+        self, identity: DeploymentIdentity, *, state: IdentityState, key_uri: str | None
+    ) -> RecordedIdentity:
+        """IdentityLedger: record a further identity (a key-rotation ceremony)."""
+        self._enter("add_identity")
+        if any(r.identity == identity for r in self._recorded):
+            raise InvalidArgument(f"the identity {identity.describe()} is recorded already")
+        added = RecordedIdentity(
+            identity,
+            IdentityRole.ADDED,
+            RecordedHow.CEREMONY,
+            self.SCHEMA_VERSION,
+            self._clock.now(),
+            state=state,
+            key_uri=key_uri,
+        )
+        self._recorded.append(added)
+        return added
+
+    async def set_identity(
+        self,
+        identity: DeploymentIdentity,
+        *,
+        state: IdentityState | None = None,
+        key_uri: str | None = None,
+    ) -> RecordedIdentity:
+        """IdentityLedger: change an identity's rotation state and/or key URI."""
+        self._enter("set_identity")
+        for index, recorded in enumerate(self._recorded):
+            if recorded.identity == identity:
+                changed = dataclasses.replace(
+                    recorded,
+                    state=recorded.state if state is None else state,
+                    key_uri=recorded.key_uri if key_uri is None else key_uri,
+                )
+                self._recorded[index] = changed
+                return changed
+        raise InvalidArgument(f"the identity {identity.describe()} is not recorded")
 
     async def close(self) -> None:
         self._closed = True

@@ -44,6 +44,7 @@ from broker.errors import (
     ConfigError,
     GrantExists,
     GrantNotFound,
+    InvalidArgument,
     StoreError,
     StoreUnusable,
     VersionConflict,
@@ -54,6 +55,7 @@ from broker.tokens.deployment import (
     IDENTITY_COLUMNS,
     DeploymentIdentity,
     IdentityRole,
+    IdentityState,
     RecordedHow,
     RecordedIdentity,
     check_binding,
@@ -146,6 +148,15 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             # How a grant renews (broker.tokens.model.GrantKind); grants before are user grants.
             "ALTER TABLE {schema}.grants ADD COLUMN kind TEXT NOT NULL DEFAULT 'user' "
             "CHECK (kind IN ('user', 'machine'))",
+        ),
+    ),
+    (
+        6,
+        (
+            # Key rotation (broker.tokens.identities): where each identity is in it and its key.
+            "ALTER TABLE {schema}.deployment_identities ADD COLUMN state TEXT NOT NULL "
+            "DEFAULT 'active' CHECK (state IN ('prepared', 'active', 'retiring', 'retired'))",
+            "ALTER TABLE {schema}.deployment_identities ADD COLUMN key_uri TEXT",
         ),
     ),
 )
@@ -414,6 +425,61 @@ class PostgresGrantStore(PostgresLogins):
             cur = await conn.execute(self._q_identities())
             rows = await cur.fetchall()
         return [recorded_from_row(r) for r in rows]
+
+    async def add_identity(
+        self, identity: DeploymentIdentity, *, state: IdentityState, key_uri: str | None
+    ) -> RecordedIdentity:
+        """IdentityLedger: record a further identity (a key-rotation ceremony)."""
+        row = identity_row(
+            identity,
+            IdentityRole.ADDED,
+            RecordedHow.CEREMONY,
+            SCHEMA_VERSION,
+            self._clock.now(),
+            state=state,
+            key_uri=key_uri,
+        )
+        query = sql.SQL(
+            "INSERT INTO {}.deployment_identities ({cols}) VALUES ({vals}) ON CONFLICT DO NOTHING "
+            "RETURNING did"
+        ).format(
+            self._ident,
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in IDENTITY_COLUMNS),
+            vals=sql.SQL(", ").join(sql.Placeholder() for _ in IDENTITY_COLUMNS),
+        )
+        async with self._operation("add_identity") as conn:
+            cur = await conn.execute(query, row)
+            inserted = await cur.fetchone()
+        if inserted is None:
+            raise InvalidArgument(f"the identity {identity.describe()} is recorded already")
+        return recorded_from_row(row)
+
+    async def set_identity(
+        self,
+        identity: DeploymentIdentity,
+        *,
+        state: IdentityState | None = None,
+        key_uri: str | None = None,
+    ) -> RecordedIdentity:
+        """IdentityLedger: change an identity's rotation state and/or key URI."""
+        query = sql.SQL(
+            "UPDATE {}.deployment_identities SET state = COALESCE(%s, state), "
+            "key_uri = COALESCE(%s, key_uri) WHERE issuer = %s AND client_id = %s AND did = %s "
+            "RETURNING {cols}"
+        ).format(self._ident, cols=sql.SQL(", ").join(sql.Identifier(c) for c in IDENTITY_COLUMNS))
+        params = (
+            None if state is None else state.value,
+            key_uri,
+            identity.issuer,
+            identity.client_id,
+            identity.did,
+        )
+        async with self._operation("set_identity") as conn:
+            cur = await conn.execute(query, params)
+            found = await cur.fetchone()
+        if found is None:
+            raise InvalidArgument(f"the identity {identity.describe()} is not recorded")
+        return recorded_from_row(found)
 
     async def expiries(self) -> Sequence[GrantExpiry]:
         """The expiry columns of every ACTIVE grant (clear columns only: no token is opened)."""

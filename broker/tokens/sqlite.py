@@ -39,6 +39,7 @@ from broker.errors import (
     ConfigError,
     GrantExists,
     GrantNotFound,
+    InvalidArgument,
     StoreError,
     VersionConflict,
 )
@@ -48,6 +49,7 @@ from broker.tokens.deployment import (
     IDENTITY_COLUMNS,
     DeploymentIdentity,
     IdentityRole,
+    IdentityState,
     RecordedHow,
     RecordedIdentity,
     check_binding,
@@ -144,6 +146,15 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             # How a grant renews (broker.tokens.model.GrantKind); grants before are user grants.
             "ALTER TABLE grants ADD COLUMN kind TEXT NOT NULL DEFAULT 'user' "
             "CHECK (kind IN ('user', 'machine'))",
+        ),
+    ),
+    (
+        6,
+        (
+            # Key rotation (broker.tokens.identities): where each identity is in it and its key.
+            "ALTER TABLE deployment_identities ADD COLUMN state TEXT NOT NULL DEFAULT 'active' "
+            "CHECK (state IN ('prepared', 'active', 'retiring', 'retired'))",
+            "ALTER TABLE deployment_identities ADD COLUMN key_uri TEXT",
         ),
     ),
 )
@@ -535,6 +546,64 @@ class SqliteGrantStore(SqliteLogins):
             "identities",
             lambda c: [recorded_from_row(r) for r in c.execute(_SELECT_IDENTITIES).fetchall()],
         )
+
+    async def add_identity(
+        self, identity: DeploymentIdentity, *, state: IdentityState, key_uri: str | None
+    ) -> RecordedIdentity:
+        """IdentityLedger: record a further identity (a key-rotation ceremony)."""
+        row = identity_row(
+            identity,
+            IdentityRole.ADDED,
+            RecordedHow.CEREMONY,
+            SCHEMA_VERSION,
+            self._clock.now(),
+            state=state,
+            key_uri=key_uri,
+        )
+
+        def run(conn: sqlite3.Connection) -> None:
+            def tx(c: sqlite3.Connection) -> None:
+                try:
+                    c.execute(_INSERT_IDENTITY, row)
+                except sqlite3.IntegrityError:
+                    raise InvalidArgument(
+                        f"the identity {identity.describe()} is recorded already"
+                    ) from None
+
+            self._write(conn, tx)
+
+        await self._run("add_identity", run)
+        return recorded_from_row(row)
+
+    async def set_identity(
+        self,
+        identity: DeploymentIdentity,
+        *,
+        state: IdentityState | None = None,
+        key_uri: str | None = None,
+    ) -> RecordedIdentity:
+        """IdentityLedger: change an identity's rotation state and/or key URI."""
+        key = (identity.issuer, identity.client_id, identity.did)
+
+        def run(conn: sqlite3.Connection) -> RecordedIdentity:
+            def tx(c: sqlite3.Connection) -> RecordedIdentity:
+                c.execute(
+                    "UPDATE deployment_identities SET state = COALESCE(?, state), "
+                    "key_uri = COALESCE(?, key_uri) WHERE issuer = ? AND client_id = ? AND did = ?",
+                    (None if state is None else state.value, key_uri, *key),
+                )
+                found = c.execute(
+                    f"SELECT {', '.join(IDENTITY_COLUMNS)} FROM deployment_identities "  # noqa: S608
+                    "WHERE issuer = ? AND client_id = ? AND did = ?",
+                    key,
+                ).fetchone()
+                if found is None:
+                    raise InvalidArgument(f"the identity {identity.describe()} is not recorded")
+                return recorded_from_row(found)
+
+            return self._write(conn, tx)
+
+        return await self._run("set_identity", run)
 
     async def storage_settings(self) -> dict[str, str]:
         """The durability pragmas of the live connection (for ``broker doctor`` and G03)."""
