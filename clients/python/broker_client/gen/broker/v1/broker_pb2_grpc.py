@@ -45,11 +45,13 @@ class TokenBrokerStub:
     client_authentication_failed   FAILED_PRECONDITION
     clock_skew_suspected           FAILED_PRECONDITION
     confirmation_mismatch          FAILED_PRECONDITION
+    credential                     FAILED_PRECONDITION
     deployment_mismatch            FAILED_PRECONDITION
     endpoint_origin_refused        FAILED_PRECONDITION
     grant_revoked                  FAILED_PRECONDITION
     invalid_grant                  FAILED_PRECONDITION
     login_expired                  FAILED_PRECONDITION
+    m2m_rejected                   FAILED_PRECONDITION
     reauthorization_required       FAILED_PRECONDITION
     internal                       INTERNAL
     authorization_response         INVALID_ARGUMENT
@@ -155,11 +157,13 @@ class TokenBrokerServicer:
     client_authentication_failed   FAILED_PRECONDITION
     clock_skew_suspected           FAILED_PRECONDITION
     confirmation_mismatch          FAILED_PRECONDITION
+    credential                     FAILED_PRECONDITION
     deployment_mismatch            FAILED_PRECONDITION
     endpoint_origin_refused        FAILED_PRECONDITION
     grant_revoked                  FAILED_PRECONDITION
     invalid_grant                  FAILED_PRECONDITION
     login_expired                  FAILED_PRECONDITION
+    m2m_rejected                   FAILED_PRECONDITION
     reauthorization_required       FAILED_PRECONDITION
     internal                       INTERNAL
     authorization_response         INVALID_ARGUMENT
@@ -327,11 +331,13 @@ class TokenBroker:
     client_authentication_failed   FAILED_PRECONDITION
     clock_skew_suspected           FAILED_PRECONDITION
     confirmation_mismatch          FAILED_PRECONDITION
+    credential                     FAILED_PRECONDITION
     deployment_mismatch            FAILED_PRECONDITION
     endpoint_origin_refused        FAILED_PRECONDITION
     grant_revoked                  FAILED_PRECONDITION
     invalid_grant                  FAILED_PRECONDITION
     login_expired                  FAILED_PRECONDITION
+    m2m_rejected                   FAILED_PRECONDITION
     reauthorization_required       FAILED_PRECONDITION
     internal                       INTERNAL
     authorization_response         INVALID_ARGUMENT
