@@ -14,19 +14,25 @@ message; never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, cast
 
 from broker import doctor, errors, serve_cli
 from broker.ceremony import commands as ceremony_commands
+from broker.rotation_wiring import rotation_deps
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
-GROUPS: tuple[Registrar, ...] = (ceremony_commands.register, serve_cli.register, doctor.register)
+GROUPS: tuple[Registrar, ...] = (
+    functools.partial(ceremony_commands.register, rotation=rotation_deps()),
+    serve_cli.register,
+    doctor.register,
+)
 
 # Most specific first: the first class that matches names what failed.
 _WHAT_FAILED: tuple[tuple[type[errors.BrokerError], str], ...] = (

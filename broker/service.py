@@ -17,7 +17,7 @@ import contextlib
 import logging
 import signal
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -49,6 +49,7 @@ from broker.machine_grants import ensure_machine_grants, machine_source, machine
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.oauth.skew import SkewMonitor
+from broker.serve_identities import open_identity_signers
 from broker.server.app import RunningServer, ServerTlsReloader, start_server
 from broker.server.policy import PolicyHolder
 from broker.telemetry import instruments
@@ -58,7 +59,7 @@ from broker.telemetry.signer import MeteredSigner
 from broker.tokens.broker import TokenBroker
 from broker.tokens.deployment import DeploymentIdentity
 from broker.tokens.emergency import EmergencyVault
-from broker.tokens.logins import GrantAndLoginStore
+from broker.tokens.identities import IdentityRefresher, LedgerStore
 from broker.tokens.postgres_driver import require_postgres_driver
 from broker.tokens.sqlite import SqliteGrantStore
 from broker.web.app import create_app
@@ -254,8 +255,13 @@ def deployment_identity(config: ClientConfig, did: str) -> DeploymentIdentity:
 
 
 async def open_store(
-    settings: Settings, sealer: Sealer, clock: Clock, identity: DeploymentIdentity
-) -> GrantAndLoginStore:
+    settings: Settings,
+    sealer: Sealer,
+    clock: Clock,
+    identity: DeploymentIdentity | None,
+    *,
+    record_identity: bool = True,
+) -> LedgerStore:
     """Open the configured store bound to ``identity`` (refuses another deployment's store:
     DeploymentMismatch; an existing file or schema that is not a store: StoreUnusable)."""
     s = settings.store
@@ -266,11 +272,18 @@ async def open_store(
         from broker.tokens.postgres import PostgresGrantStore  # noqa: PLC0415
 
         return await PostgresGrantStore.connect(
-            s.dsn, sealer, clock, schema=s.schema, identity=identity
+            s.dsn,
+            sealer,
+            clock,
+            schema=s.schema,
+            identity=identity,
+            record_identity=record_identity,
         )
     if s.path is None:
         raise ConfigError("[store].path is required for the sqlite store")
-    return await SqliteGrantStore.connect(str(s.path), sealer, clock, identity=identity)
+    return await SqliteGrantStore.connect(
+        str(s.path), sealer, clock, identity=identity, record_identity=record_identity
+    )
 
 
 def hsm_health(settings: Settings, clock: Clock) -> HsmHealth:
@@ -311,13 +324,16 @@ def open_key(
     return keystore, signer, info.did, sealer
 
 
-def jwks_endpoint(settings: Settings, did: str) -> JwksEndpoint | None:
-    """The ``[web].jwks_path`` route publishing the client key (None when turned off)."""
+def jwks_endpoint(
+    settings: Settings, did: str, other_dids: Sequence[str] = ()
+) -> JwksEndpoint | None:
+    """The ``[web].jwks_path`` route publishing the client key, then the other identities'
+    keys of a rotation in progress (None when turned off)."""
     w = settings.web
     if w.jwks_path is None:
         return None
     return JwksEndpoint(
-        StaticKeys((public_key_from_did(did),)),
+        StaticKeys(tuple(public_key_from_did(d) for d in (did, *other_dids))),
         kid_format=settings.oauth.kid_format,
         path=w.jwks_path,
         max_age=w.jwks_max_age,
@@ -392,6 +408,31 @@ async def start(
         client = OAuthClient(
             config, http, signer, clock, tracer_provider=tracer_provider, skew=skew
         )
+        # Key rotation: the other recorded identities refresh their own grants with their keys.
+        others = await asyncio.to_thread(
+            open_identity_signers,
+            keystore,
+            parse_key_uri(settings.key.uri).token,
+            await store.identities(),
+            deployment_identity(config, did),
+            config,
+            kid_format=settings.oauth.kid_format,
+            clock=clock,
+        )
+        other_refreshers = [
+            IdentityRefresher(
+                o.recorded.identity,
+                OAuthClient(
+                    o.config,
+                    http,
+                    o.signer if metrics is None else MeteredSigner(o.signer, metrics, clock),
+                    clock,
+                    tracer_provider=tracer_provider,
+                    skew=skew,
+                ),
+            )
+            for o in others
+        ]
         emergency_dir = settings.store.emergency_dir
         if emergency_dir is None:
             log.warning(
@@ -417,6 +458,7 @@ async def start(
             persistence_observer=PersistenceHealthLog(),
             deployment=deployment_identity(client.config, did),
             machine=machine_source(settings, client, signer, clock),
+            other_identities=other_refreshers,
         )
         resilience_gauges(meter_provider, skew, broker, hsm=hsm)
         credential_file = credential_path(settings.credential.path, settings.audit.path)
@@ -449,7 +491,7 @@ async def start(
                 redirect_uri=config.redirect_uri,
                 post_login_url=w.post_login_url,
                 tracer_provider=tracer_provider,
-                jwks=jwks_endpoint(settings, did),
+                jwks=jwks_endpoint(settings, did, [o.recorded.identity.did for o in others]),
                 links=links,
             ),
             host=w.host,

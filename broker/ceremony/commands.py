@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
@@ -54,6 +54,9 @@ from broker.errors import (
 )
 from broker.keys.api import KeyInfo
 from broker.keys.uri import KeyRef
+
+if TYPE_CHECKING:
+    from broker.ceremony.rotate_commands import RotationDeps
 
 KEY_URI_ENV = "BROKER_KEY_URI"
 AUDIT_LOG_ENV = "BROKER_AUDIT_LOG"
@@ -595,6 +598,7 @@ def register(
     backend_factory: Callable[[], KeyBackend] | None = None,
     clock: Clock | None = None,
     tracer_provider: trace.TracerProvider | None = None,
+    rotation: RotationDeps | None = None,
 ) -> None:
     """Add the ``keys`` group to the ``broker`` command. The keyword arguments are for tests."""
     deps = Deps(
@@ -638,6 +642,9 @@ def register(
     from broker.ceremony import credential_commands  # noqa: PLC0415
 
     credential_commands.register(sub, deps, common)
+    from broker.ceremony import rotate_commands  # noqa: PLC0415
+
+    rotate_commands.register(sub, deps, common, rotation)
     for name in ("destroy", "adopt"):
         parsers[name].add_argument(
             "--yes", action="store_true", help="do not ask to type the did (for scripts)"

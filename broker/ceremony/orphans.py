@@ -26,8 +26,16 @@ from urllib.parse import unquote_to_bytes
 SIGNING = "signing"
 SEALING = "sealing"
 INTENT_SUFFIX = ".intent"
-CREATING = frozenset({"keys.generate", "keys.import", "keys.generate_sealing_key", "keys.adopt"})
-DESTROYING = frozenset({"keys.destroy"})
+CREATING = frozenset(
+    {
+        "keys.generate",
+        "keys.import",
+        "keys.generate_sealing_key",
+        "keys.adopt",
+        "keys.rotate.prepare",
+    }
+)
+DESTROYING = frozenset({"keys.destroy", "keys.rotate.retire"})
 NO_RECORD = "no completed audit record"
 OPEN_INTENT = "intent recorded but the ceremony never completed"
 OTHER_KEY = "the audit log records another key under this label"
