@@ -23,6 +23,7 @@ from broker.tokens.deployment import (
     RecordedIdentity,
     grant_owner_text,
 )
+from broker.tokens.logins import GrantAndLoginStore
 from broker.tokens.ports import Refresher
 
 
@@ -50,6 +51,10 @@ class IdentityLedger(Protocol):
         """Change the state and/or the key URI of a recorded identity (None: unchanged);
         raise :class:`broker.errors.InvalidArgument` when it is not recorded."""
         ...
+
+
+class LedgerStore(GrantAndLoginStore, IdentityLedger, Protocol):
+    """What serve and the rotation ceremony open: the SQLite and PostgreSQL stores."""
 
 
 @dataclass(frozen=True)
