@@ -334,7 +334,9 @@ async def test_gauges_outage_budget_and_grants_in_last_retry_window() -> None:
     assert broker.grants_in_last_retry_window() == 2
     assert broker.outage_budget() == pytest.approx(start + L - clock.now())
     refresher.down_until = 0.0
-    await run_passes(broker, clock, start + L - 60)
+    # Each failing grant is retried at the latest at its deadline (refresh-token expiry minus
+    # the margin; b's is 100 s after a's), whatever the randomised back-off drew.
+    await run_passes(broker, clock, start + 100 + L - MARGIN + INTERVAL)
     assert broker.grants_in_last_retry_window() == 0
     assert broker.outage_budget() is not None and broker.outage_budget() > L - 400  # type: ignore[operator]
     assert a in [g.grant_id for g in await broker.list_grants()]
