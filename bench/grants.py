@@ -37,7 +37,7 @@ from broker.keys.soft import SoftSealer  # noqa: E402
 from broker.oauth.types import TokenSet  # noqa: E402
 from broker.tokens.broker import TokenBroker  # noqa: E402
 from broker.tokens.model import Grant, GrantStatus  # noqa: E402
-from broker.tokens.sqlite import SqliteGrantStore  # noqa: E402
+from broker.tokens.stores.sqlite import SqliteGrantStore  # noqa: E402
 
 SIZES = (100, 100_000)
 COLD_SAMPLES = 2_000

@@ -59,7 +59,9 @@ DEFAULT_CONFIG_PATH = Path("/etc/broker/broker.toml")
 StoreKind = Literal["sqlite", "postgres"]
 _EXPORTERS = EXPORTERS
 _LOG_LEVELS = LOG_LEVELS
-_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # as broker.tokens.postgres checks it
+_SCHEMA_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+)  # as broker.tokens.stores.postgres checks it
 MAX_CLOCK_SKEW = 60.0  # TEST-CATALOGUE B05: a configured skew of at most 60 s
 
 

@@ -8,7 +8,7 @@ from broker.clock import Clock
 from broker.config import Settings
 from broker.keys.api import Sealer
 from broker.service import client_config, http_client, open_store
-from broker.tokens.identities import LedgerStore
+from broker.tokens.stores.identities import LedgerStore
 
 
 async def open_ledger(settings: Settings, sealer: Sealer, clock: Clock) -> LedgerStore:

@@ -24,7 +24,7 @@ from broker.keys.api import KeyStore, Signer
 from broker.keys.kid import KidFormat, with_kid_format
 from broker.keys.uri import parse_key_uri
 from broker.oauth.config import ClientConfig
-from broker.tokens.deployment import DeploymentIdentity, IdentityState, RecordedIdentity
+from broker.tokens.stores.deployment import DeploymentIdentity, IdentityState, RecordedIdentity
 
 log = logging.getLogger("broker.service")
 

@@ -57,11 +57,11 @@ from broker.telemetry.metrics import BrokerMetrics
 from broker.telemetry.observer import MetricsObserver
 from broker.telemetry.signer import MeteredSigner
 from broker.tokens.broker import TokenBroker
-from broker.tokens.deployment import DeploymentIdentity
 from broker.tokens.emergency import EmergencyVault
-from broker.tokens.identities import IdentityRefresher, LedgerStore
-from broker.tokens.postgres_driver import require_postgres_driver
-from broker.tokens.sqlite import SqliteGrantStore
+from broker.tokens.stores.deployment import DeploymentIdentity
+from broker.tokens.stores.identities import IdentityRefresher, LedgerStore
+from broker.tokens.stores.postgres_driver import require_postgres_driver
+from broker.tokens.stores.sqlite import SqliteGrantStore
 from broker.web.app import create_app
 from broker.web.jwks import JwksEndpoint, StaticKeys
 from broker.web.links import BrowserLinks, LinkedLogins
@@ -269,7 +269,7 @@ async def open_store(
         if s.dsn is None:
             raise ConfigError("[store].dsn is required for the postgres store")
         require_postgres_driver()  # psycopg is the optional `postgres` extra
-        from broker.tokens.postgres import PostgresGrantStore  # noqa: PLC0415
+        from broker.tokens.stores.postgres import PostgresGrantStore  # noqa: PLC0415
 
         return await PostgresGrantStore.connect(
             s.dsn,

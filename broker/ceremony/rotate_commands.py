@@ -2,7 +2,7 @@
 
 In DOME the did:key IS the client_id: a new key is a new client, registered in the Trusted
 Services List before use, and a refresh token works only for the client it was issued to.
-So a rotation keeps both keys live in between (:mod:`broker.tokens.identities`):
+So a rotation keeps both keys live in between (:mod:`broker.tokens.stores.identities`):
 
 - ``prepare --key NEW_URI``: the new key is generated in the token (intent record first, like
   ``keys generate``), its TSL entry printed, its LEARCredentialMachine checked and stored next
@@ -73,9 +73,9 @@ from broker.keys.api import Sealer, Signer
 from broker.keys.uri import parse_key_uri
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
-from broker.tokens.deployment import DeploymentIdentity, IdentityState, RecordedIdentity
-from broker.tokens.identities import LedgerStore
 from broker.tokens.model import GrantStatus
+from broker.tokens.stores.deployment import DeploymentIdentity, IdentityState, RecordedIdentity
+from broker.tokens.stores.identities import LedgerStore
 
 T = TypeVar("T")
 

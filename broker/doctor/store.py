@@ -25,10 +25,10 @@ from broker.clock import Clock
 from broker.config import Settings
 from broker.doctor.result import CheckResult, Status, fail, failed, ok, warn
 from broker.errors import BrokerError, KeyStoreError
-from broker.tokens import sqlite
-from broker.tokens.deployment import DeploymentIdentity
-from broker.tokens.postgres_driver import require_postgres_driver
 from broker.tokens.schedule import RefreshTokenLifetime, describe_budget
+from broker.tokens.stores import sqlite
+from broker.tokens.stores.deployment import DeploymentIdentity
+from broker.tokens.stores.postgres_driver import require_postgres_driver
 
 NAME = "store"
 
@@ -140,7 +140,7 @@ async def _postgres(
     lifetime: RefreshTokenLifetime,
 ) -> CheckResult:
     require_postgres_driver()  # psycopg is the optional `postgres` extra
-    from broker.tokens import postgres  # noqa: PLC0415
+    from broker.tokens.stores import postgres  # noqa: PLC0415
 
     store = postgres.PostgresGrantStore(
         dsn, RefusingSealer(), clock, schema=schema, identity=identity, record_identity=False

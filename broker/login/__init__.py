@@ -2,7 +2,7 @@
 
 An application service with state (the pending logins), kept out of the stateless protocol
 package :mod:`broker.oauth`. It uses oauth's verbs to build, sign and exchange; it keeps its
-pending logins in a :class:`broker.tokens.logins.LoginStore`; it hands each new grant to a
+pending logins in a :class:`broker.tokens.stores.logins.LoginStore`; it hands each new grant to a
 :class:`broker.login.ports.GrantSink` (the token core implements it); it writes the runtime
 audit trail of :mod:`broker.audit`. Modules: ``service`` (:class:`LoginService`), ``views``
 (what callers see), ``ports`` (what it needs), ``restarts`` (when a failed exchange restarts).
@@ -16,7 +16,7 @@ section 2.1), and the code is exchanged at once (DOME-PROFILE.md: codes are exch
 immediately) inside the client's exchange gate, so that no refresh of the same client runs
 between the code's issue and its exchange (DOME Verifier bug 1).
 
-Where logins live: in a :class:`broker.tokens.logins.LoginStore` (the grant store: SQLite or
+Where logins live: in a :class:`broker.tokens.stores.logins.LoginStore` (the grant store: SQLite or
 PostgreSQL; a process-local memory store by default). Any replica on the same store serves a
 login's ``request_uri`` and completes its callback, and a login survives a restart of the
 replica that started it. Only digests of ``state`` and of the ``request_uri`` reference are

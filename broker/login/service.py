@@ -37,7 +37,7 @@ from broker.oauth.request_object import (
     par_authorization_url,
     sign_request_object,
 )
-from broker.tokens.logins import (
+from broker.tokens.stores.logins import (
     LoginRecord,
     LoginSecrets,
     LoginStatus,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from broker.tokens.logins import LoginRecord, LoginStatus
+from broker.tokens.stores.logins import LoginRecord, LoginStatus
 
 
 class LoginState(enum.StrEnum):

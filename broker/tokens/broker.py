@@ -107,7 +107,6 @@ from broker.tokens.audit_events import (
     identifier,
     reason_code,
 )
-from broker.tokens.deployment import DeploymentIdentity, grant_owner_text
 from broker.tokens.emergency import (
     EmergencyFileError,
     EmergencyRecord,
@@ -115,7 +114,6 @@ from broker.tokens.emergency import (
     PersistenceObserver,
 )
 from broker.tokens.freshness import MIN_SERVE_TTL, REFRESH_THRESHOLD, Freshness, freshness
-from broker.tokens.identities import IdentityRefresher, IdentityRefreshers
 from broker.tokens.model import AccessToken, Grant, GrantKind, GrantStatus
 from broker.tokens.observer import NullObserver, RefreshOutcome, TokenBrokerObserver
 from broker.tokens.ports import MachineTokenSource, Refresher
@@ -127,7 +125,9 @@ from broker.tokens.schedule import (
     RefreshTokenLifetime,
     outage_budget,
 )
-from broker.tokens.store import GrantStore
+from broker.tokens.stores.base import GrantStore
+from broker.tokens.stores.deployment import DeploymentIdentity, grant_owner_text
+from broker.tokens.stores.identities import IdentityRefresher, IdentityRefreshers
 from broker.tokens.watch import Watchers
 
 _log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.policy import Policy
 from broker.server.servicer import TokenBrokerServicer
 from broker.tokens.broker import TokenBroker
-from broker.tokens.logins import MemoryLoginStore
+from broker.tokens.stores.logins import MemoryLoginStore
 from tests.server.fakes import FakeBroker, FakeLogins
 from tests.server.pki import Ca
 from tests.tokens.fakes import FakeGrantStore, FakeRefresher, token_set

@@ -27,9 +27,9 @@ from broker.keys.api import Sealer
 from broker.keys.soft import SoftSealer
 from broker.rotation_wiring import open_ledger
 from broker.service import client_config
-from broker.tokens.deployment import DeploymentIdentity
 from broker.tokens.model import Grant, GrantStatus
-from broker.tokens.sqlite import SqliteGrantStore
+from broker.tokens.stores.deployment import DeploymentIdentity
+from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.cli.soft_backend import SoftBackend, SoftCeremonyStore
 from tests.doctor.helpers import ISSUER, FakeVerifier, make_deployment
 from tests.tokens.test_store_contract import make_grant

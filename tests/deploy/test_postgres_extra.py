@@ -77,7 +77,7 @@ def test_postgres_store_without_the_extra_is_a_config_error_naming_it(tmp_path: 
         from broker.doctor.store import RefusingSealer, check_store
         from broker.errors import ConfigError
         from broker.service import open_store
-        from broker.tokens.deployment import DeploymentIdentity
+        from broker.tokens.stores.deployment import DeploymentIdentity
 
         settings = load_settings({str(config)!r}, check_files=False)
         identity = DeploymentIdentity(issuer="https://as.example", client_id="c", did="c")
@@ -112,7 +112,7 @@ def test_sqlite_store_opens_without_psycopg(tmp_path: Path) -> None:
         from broker.config import load_settings
         from broker.doctor.store import RefusingSealer
         from broker.service import open_store
-        from broker.tokens.deployment import DeploymentIdentity
+        from broker.tokens.stores.deployment import DeploymentIdentity
 
         async def main():
             settings = load_settings({str(config)!r}, check_files=False)

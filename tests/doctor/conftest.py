@@ -13,8 +13,8 @@ import pytest
 from broker.clock import FakeClock
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.soft import SoftSealer
-from broker.tokens.deployment import DeploymentIdentity
-from broker.tokens.sqlite import SqliteGrantStore
+from broker.tokens.stores.deployment import DeploymentIdentity
+from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.conftest import SoftHsmEnv
 from tests.doctor.helpers import ISSUER, Deployment, FakeVerifier, make_deployment
 

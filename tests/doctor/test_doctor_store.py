@@ -12,9 +12,9 @@ import pytest
 from broker.clock import FakeClock
 from broker.doctor.result import Status
 from broker.keys.soft import SoftSealer
-from broker.tokens.deployment import DeploymentIdentity
 from broker.tokens.model import GrantStatus
-from broker.tokens.sqlite import SqliteGrantStore
+from broker.tokens.stores.deployment import DeploymentIdentity
+from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.doctor.conftest import Keys
 from tests.doctor.helpers import ISSUER, Deployment, FakeVerifier
 from tests.doctor.test_doctor import doctor
@@ -95,7 +95,7 @@ async def test_postgres_store_of_another_deployment_fails_naming_both_sides(
     deployment: Deployment, verifier: FakeVerifier, clock: FakeClock, keys: Keys
 ) -> None:
     from broker.doctor.runner import DoctorOptions
-    from broker.tokens.postgres import PostgresGrantStore
+    from broker.tokens.stores.postgres import PostgresGrantStore
 
     dsn = postgres_dsn_or_skip()
     schema = pg_schema_name()

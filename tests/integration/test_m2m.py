@@ -32,8 +32,8 @@ from broker.oauth.client_credentials import MachineClient
 from broker.oauth.config import ClientConfig
 from broker.server.errors import to_rich_status
 from broker.tokens.broker import MachineGrantSpec, TokenBroker
-from broker.tokens.memory import MemoryGrantStore
 from broker.tokens.model import GrantKind
+from broker.tokens.stores.memory import MemoryGrantStore
 from tests.credentials.issuer import TestIssuer
 from tests.integration.conftest import CALLBACK_PATH
 from tests.integration.flow import ShiftedClock

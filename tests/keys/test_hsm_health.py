@@ -36,7 +36,7 @@ from broker.oauth.types import TokenSet
 from broker.server.app import SERVICE_NAME
 from broker.service import HsmServingReporter
 from broker.tokens.broker import TokenBroker
-from broker.tokens.memory import MemoryGrantStore
+from broker.tokens.stores.memory import MemoryGrantStore
 from tests.conftest import SoftHsmEnv
 from tests.keys.helpers import verify_es256_raw
 from tests.server.conftest import make_harness

@@ -30,7 +30,7 @@ from broker.oauth.config import ClientConfig
 from broker.oauth.skew import SkewMonitor, parse_http_date
 from broker.oauth.types import TokenSet
 from broker.tokens.broker import TokenBroker
-from broker.tokens.memory import MemoryGrantStore
+from broker.tokens.stores.memory import MemoryGrantStore
 from tests.oauth.fakeas import FakeAS, form_of
 
 FUTURE_LIMIT = 10

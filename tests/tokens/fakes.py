@@ -16,7 +16,7 @@ from broker.tokens.model import Grant, GrantStatus
 
 
 class FakeGrantStore:
-    """Implements broker.tokens.store.GrantStore in memory. ``log`` records every mutating
+    """Implements broker.tokens.stores.base.GrantStore in memory. ``log`` records every mutating
     call (and lock take/release) in order; ``gets`` counts reads; ``fail[op]`` raises once."""
 
     def __init__(self, clock: FakeClock) -> None:

@@ -19,9 +19,9 @@ from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.service import deployment_identity
 from broker.tokens.broker import TokenBroker
-from broker.tokens.deployment import DeploymentIdentity
-from broker.tokens.memory import MemoryGrantStore
 from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.stores.deployment import DeploymentIdentity
+from broker.tokens.stores.memory import MemoryGrantStore
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS
 from tests.tokens.fakes import FakeRefresher
 from tests.tokens.test_store_contract import make_grant

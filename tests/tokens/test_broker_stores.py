@@ -18,11 +18,11 @@ from broker.clock import FakeClock
 from broker.errors import InvalidGrant, ReauthorizationRequired
 from broker.keys.soft import SoftSealer
 from broker.tokens.broker import TokenBroker
-from broker.tokens.memory import MemoryGrantStore
 from broker.tokens.model import Grant, GrantStatus
-from broker.tokens.postgres import PostgresGrantStore
-from broker.tokens.sqlite import SqliteGrantStore
-from broker.tokens.store import GrantStore
+from broker.tokens.stores.base import GrantStore
+from broker.tokens.stores.memory import MemoryGrantStore
+from broker.tokens.stores.postgres import PostgresGrantStore
+from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.tokens.fakes import FakeRefresher, token_set
 from tests.tokens.test_store_contract import drop_pg_schema, pg_schema_name, postgres_dsn_or_skip
 

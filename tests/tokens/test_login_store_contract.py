@@ -20,15 +20,15 @@ from psycopg import sql
 from broker.clock import FakeClock
 from broker.errors import KeyStoreError, StoreError
 from broker.keys.soft import SoftSealer
-from broker.tokens.logins import (
+from broker.tokens.stores.logins import (
     LoginRecord,
     LoginSecrets,
     LoginStatus,
     LoginStore,
     MemoryLoginStore,
 )
-from broker.tokens.postgres import PostgresGrantStore
-from broker.tokens.sqlite import SCHEMA_VERSION, SqliteGrantStore
+from broker.tokens.stores.postgres import PostgresGrantStore
+from broker.tokens.stores.sqlite import SCHEMA_VERSION, SqliteGrantStore
 from tests.tokens.test_store_contract import drop_pg_schema, pg_schema_name, postgres_dsn_or_skip
 
 NOW = 1_800_000_000.0
@@ -315,7 +315,7 @@ async def test_secrets_are_sealed_at_rest_and_bound_to_the_login_id(replicas: Re
     # A sealed blob copied to another login does not open there.
     other = await replicas.raw("L-2")
     assert bytes(other["secrets"]) != bytes(raw["secrets"])
-    from broker.tokens.logins import open_secrets
+    from broker.tokens.stores.logins import open_secrets
 
     sealer = replicas.a._sealer  # type: ignore[attr-defined]
     assert open_secrets(sealer, "L-1", bytes(raw["secrets"])) == make_login().secrets
@@ -325,7 +325,7 @@ async def test_secrets_are_sealed_at_rest_and_bound_to_the_login_id(replicas: Re
 
 
 def test_the_login_table_is_its_own_migration_step() -> None:
-    from broker.tokens import postgres, sqlite
+    from broker.tokens.stores import postgres, sqlite
 
     assert SCHEMA_VERSION == postgres.SCHEMA_VERSION >= 4
     assert "pending_logins" in dict(sqlite.MIGRATIONS)[4][0]

@@ -21,9 +21,9 @@ from broker.errors import (
 from broker.oauth.types import TokenSet
 from broker.tokens.broker import MachineGrantSpec, TokenBroker, machine_grant_id
 from broker.tokens.freshness import REFRESH_THRESHOLD
-from broker.tokens.memory import MemoryGrantStore
 from broker.tokens.model import GrantKind, GrantStatus
-from broker.tokens.store import GrantStore
+from broker.tokens.stores.base import GrantStore
+from broker.tokens.stores.memory import MemoryGrantStore
 from tests.tokens.fakes import FakeRefresher
 
 LIFETIME = 3600.0

@@ -26,8 +26,8 @@ from broker.oauth.config import ClientConfig
 from broker.oauth.types import TokenSet
 from broker.server.errors import to_status
 from broker.tokens.broker import TokenBroker
-from broker.tokens.memory import MemoryGrantStore
 from broker.tokens.model import GrantStatus
+from broker.tokens.stores.memory import MemoryGrantStore
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS
 
 SECRETS = ("rt-initial", "at-initial", "client_assertion", "eyJ")

@@ -27,7 +27,7 @@ from broker.tokens.schedule import (
     jitter_unit,
     outage_budget,
 )
-from broker.tokens.sqlite import SqliteGrantStore
+from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.tokens.fakes import FakeGrantStore, token_set
 
 L = 3600.0  # DOME v2: access and refresh token both live an hour

@@ -15,15 +15,15 @@ import pytest
 from broker.clock import FakeClock
 from broker.errors import DeploymentMismatch, InvalidArgument
 from broker.tokens.broker import TokenBroker
-from broker.tokens.deployment import (
+from broker.tokens.model import GrantKind, GrantStatus
+from broker.tokens.stores.deployment import (
     DeploymentIdentity,
     IdentityRole,
     IdentityState,
     RecordedHow,
 )
-from broker.tokens.identities import IdentityRefresher
-from broker.tokens.memory import MemoryGrantStore
-from broker.tokens.model import GrantKind, GrantStatus
+from broker.tokens.stores.identities import IdentityRefresher
+from broker.tokens.stores.memory import MemoryGrantStore
 from tests.tokens import test_store_binding
 from tests.tokens.fakes import FakeRefresher
 from tests.tokens.test_broker_deployment import expired_grant

@@ -17,11 +17,11 @@ import pytest
 from broker.clock import FakeClock
 from broker.errors import DeploymentMismatch
 from broker.keys.soft import SoftSealer
-from broker.tokens.deployment import DeploymentIdentity, IdentityRole, RecordedHow
-from broker.tokens.memory import MemoryGrantStore
-from broker.tokens.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
-from broker.tokens.postgres import PostgresGrantStore
-from broker.tokens.sqlite import SCHEMA_VERSION, SqliteGrantStore
+from broker.tokens.stores.deployment import DeploymentIdentity, IdentityRole, RecordedHow
+from broker.tokens.stores.memory import MemoryGrantStore
+from broker.tokens.stores.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from broker.tokens.stores.postgres import PostgresGrantStore
+from broker.tokens.stores.sqlite import SCHEMA_VERSION, SqliteGrantStore
 from tests.tokens.test_store_contract import (
     drop_pg_schema,
     make_grant,
@@ -126,7 +126,7 @@ async def test_store_without_identity_is_adopted_when_every_grant_is_ours(
     unbound = await opener()
     await unbound.create(make_grant())
     assert list(await unbound.identities()) == []
-    with caplog.at_level(logging.WARNING, logger="broker.tokens.deployment"):
+    with caplog.at_level(logging.WARNING, logger="broker.tokens.stores.deployment"):
         bound = await opener(identity=OURS)
     (recorded,) = await bound.identities()
     assert (recorded.identity, recorded.how) == (OURS, RecordedHow.ADOPTED)

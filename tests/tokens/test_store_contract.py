@@ -32,11 +32,11 @@ from broker.errors import (
 )
 from broker.keys.soft import SoftSealer
 from broker.oauth.types import TokenSet
-from broker.tokens.memory import MemoryGrantStore
 from broker.tokens.model import Grant, GrantKind, GrantStatus
-from broker.tokens.postgres import PostgresGrantStore
-from broker.tokens.sqlite import SqliteGrantStore
-from broker.tokens.store import GrantStore
+from broker.tokens.stores.base import GrantStore
+from broker.tokens.stores.memory import MemoryGrantStore
+from broker.tokens.stores.postgres import PostgresGrantStore
+from broker.tokens.stores.sqlite import SqliteGrantStore
 
 PG_DSN = os.environ.get("BROKER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 HANG_GUARD_S = 30.0  # only to turn a deadlock into a failure; never asserted on

@@ -23,9 +23,9 @@ import pytest
 
 from broker.clock import FakeClock
 from broker.keys.soft import SoftSealer
-from broker.tokens.postgres import PostgresGrantStore
-from broker.tokens.sqlite import SqliteGrantStore
-from broker.tokens.store import GrantStore
+from broker.tokens.stores.base import GrantStore
+from broker.tokens.stores.postgres import PostgresGrantStore
+from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.tokens.test_store_contract import (
     HANG_GUARD_S,
     drop_pg_schema,
@@ -48,10 +48,10 @@ async def main() -> None:
     grants = sys.argv[4].split(",")
     sealer = SoftSealer(bytes.fromhex(sys.stdin.readline().strip()))
     if kind == "sqlite":
-        from broker.tokens.sqlite import SqliteGrantStore
+        from broker.tokens.stores.sqlite import SqliteGrantStore
         store = await SqliteGrantStore.connect(where, sealer, SystemClock())
     else:
-        from broker.tokens.postgres import PostgresGrantStore
+        from broker.tokens.stores.postgres import PostgresGrantStore
         store = await PostgresGrantStore.connect(where, sealer, SystemClock(), schema=schema)
     while True:
         for gid in grants:

@@ -27,10 +27,10 @@ from broker.keys.soft import SoftSealer
 from broker.oauth.types import TokenSet
 from broker.tokens.broker import TokenBroker
 from broker.tokens.emergency import EmergencyFileError, EmergencyVault, file_name
-from broker.tokens.memory import MemoryGrantStore
 from broker.tokens.model import Grant
-from broker.tokens.sqlite import SqliteGrantStore
-from broker.tokens.store import GrantStore
+from broker.tokens.stores.base import GrantStore
+from broker.tokens.stores.memory import MemoryGrantStore
+from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.tokens.fakes import FakeRefresher, token_set
 
 LIFETIME = 3600.0

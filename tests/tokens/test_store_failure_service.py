@@ -13,7 +13,7 @@ from broker.clock import FakeClock
 from broker.oauth.skew import SkewMonitor
 from broker.service import PersistenceHealthLog, resilience_gauges
 from broker.tokens.broker import TokenBroker
-from broker.tokens.memory import MemoryGrantStore
+from broker.tokens.stores.memory import MemoryGrantStore
 from tests.tokens.fakes import FakeRefresher
 
 

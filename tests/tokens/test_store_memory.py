@@ -6,7 +6,7 @@ import pytest
 
 from broker.clock import FakeClock
 from broker.errors import InvalidArgument, StoreError
-from broker.tokens.memory import KeyedLocks, MemoryGrantStore
+from broker.tokens.stores.memory import KeyedLocks, MemoryGrantStore
 from tests.tokens.test_store_contract import make_grant, make_tokens
 
 

@@ -18,7 +18,7 @@ from psycopg import sql
 from broker.clock import FakeClock
 from broker.errors import ConfigError, KeyStoreError, StoreError, VersionConflict
 from broker.keys.soft import SoftSealer
-from broker.tokens.postgres import SCHEMA_VERSION, PostgresGrantStore
+from broker.tokens.stores.postgres import SCHEMA_VERSION, PostgresGrantStore
 from tests.tokens.test_store_contract import (
     HANG_GUARD_S,
     drop_pg_schema,
@@ -44,7 +44,7 @@ _HOLDER = """
 import asyncio, sys
 from broker.clock import SystemClock
 from broker.keys.soft import SoftSealer
-from broker.tokens.postgres import PostgresGrantStore
+from broker.tokens.stores.postgres import PostgresGrantStore
 
 async def main() -> None:
     dsn, schema, grant_id = sys.argv[1], sys.argv[2], sys.argv[3]

@@ -14,9 +14,9 @@ from psycopg import sql
 from broker.clock import FakeClock
 from broker.errors import DeploymentMismatch, StoreUnusable
 from broker.keys.soft import SoftSealer
-from broker.tokens.deployment import DeploymentIdentity, RecordedHow
-from broker.tokens.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresGrantStore
-from broker.tokens.sealing import COLUMNS, seal_grant
+from broker.tokens.stores.deployment import DeploymentIdentity, RecordedHow
+from broker.tokens.stores.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresGrantStore
+from broker.tokens.stores.sealing import COLUMNS, seal_grant
 from tests.tokens.test_store_contract import (
     drop_pg_schema,
     make_grant,
@@ -129,7 +129,7 @@ async def test_schema_1_store_of_this_deployment_is_migrated_and_adopted_with_a_
 ) -> None:
     sealer = SoftSealer()
     write_schema_1_store(dsn, schema, sealer, OURS.issuer)
-    with caplog.at_level(logging.WARNING, logger="broker.tokens.deployment"):
+    with caplog.at_level(logging.WARNING, logger="broker.tokens.stores.deployment"):
         store = await PostgresGrantStore.connect(
             dsn, sealer, FakeClock(), schema=schema, identity=OURS
         )

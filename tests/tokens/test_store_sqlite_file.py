@@ -15,9 +15,9 @@ import pytest
 from broker.clock import FakeClock
 from broker.errors import DeploymentMismatch, StoreUnusable
 from broker.keys.soft import SoftSealer
-from broker.tokens.deployment import DeploymentIdentity, RecordedHow
-from broker.tokens.sealing import COLUMNS, seal_grant
-from broker.tokens.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteGrantStore
+from broker.tokens.stores.deployment import DeploymentIdentity, RecordedHow
+from broker.tokens.stores.sealing import COLUMNS, seal_grant
+from broker.tokens.stores.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteGrantStore
 from tests.tokens.test_store_contract import make_grant
 
 OURS = DeploymentIdentity(
@@ -153,7 +153,7 @@ async def test_schema_1_store_of_this_deployment_is_migrated_and_adopted_with_a_
 ) -> None:
     path = tmp_path / "grants.db"
     sealer = write_schema_1_store(path, ("g-1", OURS.issuer, OURS.client_id))
-    with caplog.at_level(logging.WARNING, logger="broker.tokens.deployment"):
+    with caplog.at_level(logging.WARNING, logger="broker.tokens.stores.deployment"):
         store = await SqliteGrantStore.connect(str(path), sealer, FakeClock(), identity=OURS)
     try:
         assert store.adopted

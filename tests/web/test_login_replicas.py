@@ -17,9 +17,9 @@ import pytest
 from broker.clock import FakeClock
 from broker.keys.soft import SoftKeyStore, SoftSealer, SoftSigner
 from broker.login import LoginService, LoginState, LoginView
-from broker.tokens.logins import GrantAndLoginStore
-from broker.tokens.postgres import PostgresGrantStore
-from broker.tokens.sqlite import SqliteGrantStore
+from broker.tokens.stores.logins import GrantAndLoginStore
+from broker.tokens.stores.postgres import PostgresGrantStore
+from broker.tokens.stores.sqlite import SqliteGrantStore
 from broker.web.app import create_app
 from tests.tokens.test_store_contract import drop_pg_schema, pg_schema_name, postgres_dsn_or_skip
 from tests.web.fakes import BASE_URL, ISSUER, REDIRECT_URI, FakeClient, FakeSink, client_config

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broker.errors import DeploymentMismatch
-from broker.tokens.deployment import (
+from broker.tokens.ports import Refresher
+from broker.tokens.stores.deployment import (
     DeploymentIdentity,
     IdentityState,
     RecordedIdentity,
     grant_owner_text,
 )
-from broker.tokens.logins import GrantAndLoginStore
-from broker.tokens.ports import Refresher
+from broker.tokens.stores.logins import GrantAndLoginStore
 
 
 class IdentityLedger(Protocol):

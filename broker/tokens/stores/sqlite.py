@@ -4,9 +4,9 @@ Durability: ``journal_mode=WAL`` with ``synchronous=FULL`` (a committed rotation
 loss; WAL + NORMAL may roll back the last commits, G03), every write in one ``BEGIN IMMEDIATE``
 transaction. The file (and its ``-wal``/``-shm`` companions, which SQLite creates with the main
 file's mode) is created 0600 (G09); tokens and id_token claims are sealed (see
-:mod:`broker.tokens.sealing`).
+:mod:`broker.tokens.stores.sealing`).
 
-Binding (see :mod:`broker.tokens.deployment` and :mod:`broker.tokens.sqlite_file`): only a path
+Binding (see :mod:`broker.tokens.stores.deployment` and :mod:`broker.tokens.stores.sqlite_file`): only a path
 that does not exist gets a fresh store (built aside and linked into place); an existing file
 that is empty, truncated, not SQLite or SQLite without our tables is refused with
 :class:`broker.errors.StoreUnusable` before anything is written to it. Opened with an
@@ -18,7 +18,7 @@ version 5 the ``kind`` column (user or machine grant).
 Concurrency: all SQLite calls run on one dedicated worker thread that owns the connection, so
 the event loop never blocks on disk. ``refresh_lock`` is a per-grant :class:`asyncio.Lock` inside
 this process: SQLite is the single-replica store. Several replicas need
-:class:`broker.tokens.postgres.PostgresGrantStore`. (Another process opening the same file is
+:class:`broker.tokens.stores.postgres.PostgresGrantStore`. (Another process opening the same file is
 still safe for data, thanks to transactions and the ``expected_version`` check, but refreshes are
 then not serialised across processes.)
 """
@@ -45,7 +45,8 @@ from broker.errors import (
 )
 from broker.keys.api import Sealer
 from broker.oauth.types import TokenSet
-from broker.tokens.deployment import (
+from broker.tokens.model import Grant, GrantExpiry, GrantStatus
+from broker.tokens.stores.deployment import (
     IDENTITY_COLUMNS,
     DeploymentIdentity,
     IdentityRole,
@@ -58,9 +59,8 @@ from broker.tokens.deployment import (
     log_adoption,
     recorded_from_row,
 )
-from broker.tokens.memory import KeyedLocks
-from broker.tokens.model import Grant, GrantExpiry, GrantStatus
-from broker.tokens.sealing import (
+from broker.tokens.stores.memory import KeyedLocks
+from broker.tokens.stores.sealing import (
     COLUMNS,
     SealedRow,
     check_expected_version,
@@ -75,8 +75,8 @@ from broker.tokens.sealing import (
     seal_grant,
     validate_tokens,
 )
-from broker.tokens.sqlite_file import check_is_grant_store, create_fresh, inspect_existing
-from broker.tokens.sqlite_logins import LOGINS_MIGRATION, SqliteLogins
+from broker.tokens.stores.sqlite_file import check_is_grant_store, create_fresh, inspect_existing
+from broker.tokens.stores.sqlite_logins import LOGINS_MIGRATION, SqliteLogins
 
 T = TypeVar("T")
 
@@ -139,7 +139,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "ALTER TABLE grants ADD COLUMN refresh_expires_at REAL",
         ),
     ),
-    (4, LOGINS_MIGRATION),  # pending interactive logins (broker.tokens.sqlite_logins)
+    (4, LOGINS_MIGRATION),  # pending interactive logins (broker.tokens.stores.sqlite_logins)
     (
         5,
         (
@@ -151,7 +151,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (
         6,
         (
-            # Key rotation (broker.tokens.identities): where each identity is in it and its key.
+            # Key rotation (broker.tokens.stores.identities): where each identity is in it and its key.
             "ALTER TABLE deployment_identities ADD COLUMN state TEXT NOT NULL DEFAULT 'active' "
             "CHECK (state IN ('prepared', 'active', 'retiring', 'retired'))",
             "ALTER TABLE deployment_identities ADD COLUMN key_uri TEXT",
@@ -183,7 +183,7 @@ class SqliteGrantStore(SqliteLogins):
 
     ``identity``: the deployment opening the store (serve and doctor always give it). It is
     recorded when the store is created, or adopted by a store that has none (see
-    :mod:`broker.tokens.deployment`) unless ``record_identity`` is False (the doctor only
+    :mod:`broker.tokens.stores.deployment`) unless ``record_identity`` is False (the doctor only
     compares); another recorded identity refuses the open. Without an identity nothing is
     compared or recorded (tests and tools that send no token).
     """

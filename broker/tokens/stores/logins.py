@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from broker.errors import KeyStoreError, StoreError
 from broker.keys.api import Sealer
-from broker.tokens.store import GrantStore
+from broker.tokens.stores.base import GrantStore
 
 _AAD_PREFIX = b"broker.login.v1\x00"
 SECRETS_FIELD = "secrets"

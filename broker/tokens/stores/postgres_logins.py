@@ -1,7 +1,7 @@
 """Pending logins in the PostgreSQL grant store (table ``{schema}.pending_logins``).
 
-:class:`PostgresLogins` is the :class:`broker.tokens.logins.LoginStore` half of
-:class:`broker.tokens.postgres.PostgresGrantStore`, shared by every replica on the schema.
+:class:`PostgresLogins` is the :class:`broker.tokens.stores.logins.LoginStore` half of
+:class:`broker.tokens.stores.postgres.PostgresGrantStore`, shared by every replica on the schema.
 Each state change is one statement that compares and sets the status
 (``UPDATE ... WHERE status = 'pending' ... RETURNING``): of two replicas claiming one login at
 once, PostgreSQL's row lock lets exactly one update the row; the other sees the new status and
@@ -19,7 +19,7 @@ from psycopg import sql
 
 from broker.errors import StoreError
 from broker.keys.api import Sealer
-from broker.tokens.logins import (
+from broker.tokens.stores.logins import (
     FINISHED,
     LOGIN_COLUMNS,
     LoginRecord,

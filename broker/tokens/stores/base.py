@@ -10,7 +10,7 @@ Guarantees every implementation gives:
 - ``refresh_lock`` serialises refreshes of one grant: within the process for SQLite, across
   replicas for PostgreSQL (an advisory lock held for the whole refresh). Callers re-read the
   grant after taking it.
-- a store belongs to one deployment (:mod:`broker.tokens.deployment`): opened with an
+- a store belongs to one deployment (:mod:`broker.tokens.stores.deployment`): opened with an
   identity, it records it at creation and refuses another with
   :class:`broker.errors.DeploymentMismatch`; a bound store refuses to ``create`` a grant of
   another issuer/client. An existing file or schema that is not a store of ours (empty,
@@ -24,8 +24,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from broker.oauth.types import TokenSet
-from broker.tokens.deployment import RecordedIdentity
 from broker.tokens.model import Grant, GrantExpiry, GrantStatus
+from broker.tokens.stores.deployment import RecordedIdentity
 
 
 class GrantStore(Protocol):

@@ -1,7 +1,7 @@
 """The PostgreSQL driver is the optional ``postgres`` extra of the distribution.
 
 psycopg is imported only when ``[store] kind = "postgres"`` is configured: serve and the doctor
-call :func:`require_postgres_driver` before they import :mod:`broker.tokens.postgres`, so an
+call :func:`require_postgres_driver` before they import :mod:`broker.tokens.stores.postgres`, so an
 installation without the extra runs the SQLite store and fails a postgres configuration with a
 :class:`ConfigError` naming the extra, not an ImportError from deep inside the store.
 """

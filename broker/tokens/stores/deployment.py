@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from broker.errors import DeploymentMismatch, InvalidArgument
 
-_log = logging.getLogger("broker.tokens.deployment")
+_log = logging.getLogger("broker.tokens.stores.deployment")
 
 MAX_IDENTITY_LENGTH = 4096
 

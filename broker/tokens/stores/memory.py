@@ -1,4 +1,4 @@
-"""An in-memory :class:`broker.tokens.store.GrantStore` for the token core's unit tests.
+"""An in-memory :class:`broker.tokens.stores.base.GrantStore` for the token core's unit tests.
 
 Same contract as the SQLite and PostgreSQL stores (the contract suite runs against all three),
 except durability and sealing: everything lives in process memory. ``refresh_lock`` is a
@@ -33,7 +33,8 @@ from broker.errors import (
     VersionConflict,
 )
 from broker.oauth.types import TokenSet
-from broker.tokens.deployment import (
+from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.stores.deployment import (
     DeploymentIdentity,
     IdentityRole,
     IdentityState,
@@ -43,8 +44,7 @@ from broker.tokens.deployment import (
     check_grant_owner,
     log_adoption,
 )
-from broker.tokens.model import Grant, GrantStatus
-from broker.tokens.sealing import (
+from broker.tokens.stores.sealing import (
     check_expected_version,
     check_grant_id,
     check_label,

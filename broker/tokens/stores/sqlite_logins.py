@@ -1,7 +1,7 @@
 """Pending logins in the SQLite grant store (table ``pending_logins``).
 
-:class:`SqliteLogins` is the :class:`broker.tokens.logins.LoginStore` half of
-:class:`broker.tokens.sqlite.SqliteGrantStore`; every write is one ``BEGIN IMMEDIATE``
+:class:`SqliteLogins` is the :class:`broker.tokens.stores.logins.LoginStore` half of
+:class:`broker.tokens.stores.sqlite.SqliteGrantStore`; every write is one ``BEGIN IMMEDIATE``
 transaction on the store's worker thread, and every state change a compare-and-set on the
 status (``UPDATE ... WHERE status = ? RETURNING``).
 """
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from broker.errors import StoreError
 from broker.keys.api import Sealer
-from broker.tokens.logins import (
+from broker.tokens.stores.logins import (
     FINISHED,
     LOGIN_COLUMNS,
     LoginRecord,

@@ -3,7 +3,7 @@
 - Durability: a rotation is one committed transaction (``SELECT ... FOR UPDATE``, version check,
   ``UPDATE``); once :meth:`PostgresGrantStore.rotate` returns, the new refresh token is durable.
 - Sealing: tokens and id_token claims are stored as sealed ``bytea`` (see
-  :mod:`broker.tokens.sealing`); label, subject, status and expiry stay in clear for listing.
+  :mod:`broker.tokens.stores.sealing`); label, subject, status and expiry stay in clear for listing.
 - ``refresh_lock(grant_id)``: first a per-grant :class:`asyncio.Lock` in this process (advisory
   locks are re-entrant per session, and one waiter per grant per replica is enough), then
   ``pg_advisory_lock(hashtext(namespace), hashtext(grant_id))`` on a session used for nothing
@@ -21,7 +21,7 @@
 - Binding: opened with an ``identity``, the store records it when the schema is created (table
   ``deployment_identities``, schema version 2) and refuses any other with
   :class:`broker.errors.DeploymentMismatch`, in the migration transaction (a refused open
-  changes nothing). See :mod:`broker.tokens.deployment`.
+  changes nothing). See :mod:`broker.tokens.stores.deployment`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ from broker.errors import (
 )
 from broker.keys.api import Sealer
 from broker.oauth.types import TokenSet
-from broker.tokens.deployment import (
+from broker.tokens.model import Grant, GrantExpiry, GrantStatus
+from broker.tokens.stores.deployment import (
     IDENTITY_COLUMNS,
     DeploymentIdentity,
     IdentityRole,
@@ -64,10 +65,9 @@ from broker.tokens.deployment import (
     log_adoption,
     recorded_from_row,
 )
-from broker.tokens.memory import KeyedLocks
-from broker.tokens.model import Grant, GrantExpiry, GrantStatus
-from broker.tokens.postgres_logins import LOGINS_MIGRATION, PostgresLogins
-from broker.tokens.sealing import (
+from broker.tokens.stores.memory import KeyedLocks
+from broker.tokens.stores.postgres_logins import LOGINS_MIGRATION, PostgresLogins
+from broker.tokens.stores.sealing import (
     COLUMNS,
     SealedRow,
     check_expected_version,
@@ -141,7 +141,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "ALTER TABLE {schema}.grants ADD COLUMN refresh_expires_at DOUBLE PRECISION",
         ),
     ),
-    (4, LOGINS_MIGRATION),  # pending interactive logins (broker.tokens.postgres_logins)
+    (4, LOGINS_MIGRATION),  # pending interactive logins (broker.tokens.stores.postgres_logins)
     (
         5,
         (
@@ -153,7 +153,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (
         6,
         (
-            # Key rotation (broker.tokens.identities): where each identity is in it and its key.
+            # Key rotation (broker.tokens.stores.identities): where each identity is in it and its key.
             "ALTER TABLE {schema}.deployment_identities ADD COLUMN state TEXT NOT NULL "
             "DEFAULT 'active' CHECK (state IN ('prepared', 'active', 'retiring', 'retired'))",
             "ALTER TABLE {schema}.deployment_identities ADD COLUMN key_uri TEXT",
