@@ -77,6 +77,14 @@ class Peer:
             resp = http.post(f"{self.admin_base}/admin/ttl", json={"access_token_ttl": seconds})
             resp.raise_for_status()
 
+    def register_client(self, client: PeerClient) -> None:
+        """One more client from now on (test-only admin call): what adding the did to the
+        TSL and restarting the Verifier does, without the restart's loss of every refresh
+        token. Raises :class:`httpx.HTTPStatusError` (409) when it is registered already."""
+        with httpx.Client(verify=self.pki.ssl_context()) as http:
+            resp = http.post(f"{self.admin_base}/admin/clients", json=client.as_config())
+            resp.raise_for_status()
+
     def token_requests(self) -> list[dict[str, Any]]:
         reqs = self.admin_log().get("token_requests", [])
         return list(reqs) if isinstance(reqs, list) else []
@@ -97,6 +105,18 @@ def ensure_node_modules() -> None:
         )
 
 
+@dataclass(frozen=True)
+class PeerClient:
+    """One registered client: its did (the client_id), public JWK and redirect URIs."""
+
+    client_id: str
+    jwk: dict[str, str]
+    redirect_uris: list[str]
+
+    def as_config(self) -> dict[str, Any]:
+        return {"client_id": self.client_id, "jwk": self.jwk, "redirect_uris": self.redirect_uris}
+
+
 @dataclass
 class PeerSettings:
     client_id: str
@@ -113,6 +133,8 @@ class PeerSettings:
     """The port the issuer URL names (a proxy in front of the peer); None: the listening port."""
     refresh_token_ttl: int | None = None
     """Lifetime of each issued (and each rotated) refresh token, seconds; None: the peer's 3600."""
+    more_clients: list[PeerClient] = field(default_factory=list)
+    """Clients registered besides ``client_id`` (e.g. both dids of a key rotation)."""
 
 
 START_ATTEMPTS = 3
@@ -175,6 +197,8 @@ def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: floa
         config["public_port"] = settings.public_port
     if settings.refresh_token_ttl is not None:
         config["refresh_token_ttl"] = settings.refresh_token_ttl
+    if settings.more_clients:
+        config["clients"] = [c.as_config() for c in settings.more_clients]
     config_path = workdir / f"peer-{secrets.token_hex(4)}.json"
     config_path.write_text(json.dumps(config))
     env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(pki.ca_file)}

@@ -13,7 +13,11 @@
 For the end-to-end tests: ``replica(name)`` is a second ``broker serve`` on the same key, peer and
 store with its own gRPC/HTTPS ports; ``issue_client_cert(identity)`` makes a client certificate
 from the stack's CA for another caller identity; ``refresh_requests()`` counts the
-``refresh_token`` requests the peer received.
+``refresh_token`` requests the peer received. For a key rotation: ``up(more_dids=...)`` has the
+peer know further clients from its start, ``register_client(did)`` registers one at the running
+peer (a new key's did is only known once ``broker keys rotate prepare`` made it), ``use_key``
+rewrites this process's ``[key] uri`` and client_id, and ``cli(...)`` runs a ``broker``
+command with the stack's environment (SoftHSM, audit log).
 """
 
 from __future__ import annotations
@@ -35,7 +39,16 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from broker.devtools.peer import ROOT, Peer, PeerSettings, Pki, free_port, start_peer, stop_peer
+from broker.devtools.peer import (
+    ROOT,
+    Peer,
+    PeerClient,
+    PeerSettings,
+    Pki,
+    free_port,
+    start_peer,
+    stop_peer,
+)
 from broker.devtools.pki import Ca, Issued
 from broker.keys.didkey import jwk_from_did
 from broker.server.gen.broker.v1 import broker_pb2_grpc
@@ -194,11 +207,13 @@ class DevStack:
         refresh_grace_seconds: int = 0,
         token_delay_after_ms: int = 0,
         public_port: int | None = None,
+        more_dids: tuple[str, ...] = (),
     ) -> DevStack:
         """``public_port``: the listener's public base URL (and so the redirect_uri the peer
         registers and the request_uri base) names this port instead of the listener's own: a
         front (e.g. a :class:`~broker.devtools.faultproxy.FaultProxy` the caller starts there)
-        relays to the listener, and replicas share that public URL."""
+        relays to the listener, and replicas share that public URL. ``more_dids``: clients the
+        peer registers besides the stack's own did (same redirect_uri)."""
         workdir.mkdir(parents=True, exist_ok=True)
         hsm_dir = workdir / "hsm"
         secrets_dir = workdir / "secrets"
@@ -313,6 +328,9 @@ class DevStack:
                 token_delay_ms=token_delay_ms,
                 refresh_grace_seconds=refresh_grace_seconds,
                 token_delay_after_ms=token_delay_after_ms,
+                more_clients=[
+                    PeerClient(d, jwk_from_did(d), [f"{public}/callback"]) for d in more_dids
+                ],
             ),
             workdir,
         )
@@ -511,6 +529,29 @@ class DevStack:
             path.write_bytes(data)
             path.chmod(0o600)
         return cert, key
+
+    def register_client(self, did: str) -> None:
+        """The peer registers ``did`` as one more client, with this stack's redirect_uri (what
+        the operator does at the Verifier between ``rotate prepare`` and ``rotate activate``)."""
+        if self.config is None:
+            raise StackError("this stack has no rendered configuration")
+        self.peer.register_client(PeerClient(did, jwk_from_did(did), [self.config.redirect_uri]))
+
+    def use_key(self, key_uri: str, did: str) -> None:
+        """Rewrite this process's configuration to ``key_uri`` (its ``[key] uri``) and ``did``
+        (``[oauth] client_id``); the next ``start_broker()`` serves as that identity."""
+        if self.config is None:
+            raise StackError("this stack has no rendered configuration")
+        self.config = replace(self.config, key_uri=key_uri, did=did)
+        self.config_path.write_text(render_config(self.config))
+        self.key_uri, self.did = key_uri, did
+
+    def cli(self, *argv: str, what: str | None = None) -> str:
+        """``python -m broker.cli ARGV`` with the stack's environment (its SoftHSM token, audit
+        log); returns stdout, raises :class:`StackError` with stderr's tail on a non-zero exit."""
+        return _run(
+            [sys.executable, "-m", "broker.cli", *argv], self.env, what or " ".join(argv[:3])
+        )
 
     def refresh_requests(self) -> int:
         """How many ``refresh_token`` grant requests the peer has received (since its last

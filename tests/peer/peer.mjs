@@ -3,7 +3,9 @@
 // Usage: node peer.mjs <config.json>
 // The config file (written by tests/integration/conftest.py) holds:
 //   host, port (0 = any), tls_cert, tls_key            HTTPS listener (test CA)
-//   client: { client_id, jwk, redirect_uris }          our did:key client and its public JWK
+//   client: { client_id, jwk, redirect_uris }          our did:key client and its public JWK, or
+//   clients: [{ client_id, jwk, redirect_uris }, ...]  several (a key rotation: the old and the new did);
+//                                                      `client` and `clients` may be given together
 //   pkce_required (bool), access_token_ttl (s), id_token_ttl (s), refresh_token_ttl (s)
 //   token_delay_ms                                     artificial delay before /token (env PEER_TOKEN_DELAY_MS wins)
 //   token_delay_after_ms (default 0)                   delay after /token was processed (tokens issued, refresh
@@ -27,6 +29,11 @@
 //                      test make a short-lived token stale, then keep the next one fresh whatever the load)
 //   POST /admin/m2m    {"trusted_issuers": [did, ...] | null}: the issuers of LEARCredentialMachines
 //                      the client_credentials grant trusts (null, the default: any)
+//   POST /admin/clients {client_id, jwk, redirect_uris}: registers one more client from now on. It
+//                      stands for "add the did to the TSL and restart the Verifier" WITHOUT losing the
+//                      Verifier's state (a real restart drops every refresh token, DOME bug 3), so a
+//                      key-rotation test can keep the old client's grants refreshing throughout.
+//                      409 when the client_id is registered already.
 //
 // Machine-to-machine (client_credentials) in DOME's shape (DOME-PROFILE.md): before oidc-provider
 // sees the request, the front checks what the DOME Verifier checks: the client assertion's `aud`
@@ -43,6 +50,7 @@ import * as https from 'node:https';
 
 import Provider, { errors as oidcErrors } from 'oidc-provider';
 import RequestUriCache from 'oidc-provider/lib/helpers/request_uri_cache.js';
+import instance from 'oidc-provider/lib/helpers/weak_cache.js';
 
 const configPath = process.argv[2];
 if (!configPath) {
@@ -58,6 +66,13 @@ const tokenDelayAfterMs = Number(cfg.token_delay_after_ms ?? 0);
 const refreshGraceMs = Number(cfg.refresh_grace_seconds ?? 0) * 1000;
 const accountId = cfg.account_id ?? 'did:key:zDnaeVYnWTZu5nbrH1qmBVMvNwSrtKnkRbCZ4xH5h2LQPnzdr';
 const RESOURCE = 'urn:dome:verifier';
+// The registered clients by client_id (the did): `client` and/or `clients` from the config, and
+// those added through POST /admin/clients.
+const clients = new Map();
+for (const c of [...(cfg.client ? [cfg.client] : []), ...(cfg.clients ?? [])]) {
+  if (clients.has(c.client_id)) throw new Error(`client ${c.client_id} listed twice`);
+  clients.set(c.client_id, c);
+}
 const SCOPE = 'openid learcredential';
 
 // --- what the AS received --------------------------------------------------------------------
@@ -85,10 +100,11 @@ function verifyJws(jws, key, alg) {
 // What DOME's Verifier checks for client_credentials; returns null when the request may go on,
 // else {status, reason, body}.
 function checkMachineRequest(form, issuer) {
-  const did = cfg.client.client_id;
+  const client = clients.get(form.client_id);
   const fail = (reason, status = 403, body = null) => ({ status, reason, body });
   // An unknown client fails client authentication first: oidc-provider answers 401 invalid_client.
-  if (form.client_id !== did) return null;
+  if (!client) return null;
+  const did = client.client_id;
   const assertion = decodeJwt(form.client_assertion);
   const claims = assertion.claims ?? {};
   if (typeof claims.aud !== 'string' || claims.aud !== issuer) return fail('aud_not_issuer_string');
@@ -98,7 +114,7 @@ function checkMachineRequest(form, issuer) {
   const { vp, vc } = decoded;
   const holderKid = String(vp.header.kid ?? vp.claims.iss ?? vp.claims.sub ?? '').split('#')[0];
   if (vp.header.alg !== 'ES256' || holderKid !== did) return fail('vp_holder');
-  const clientKey = crypto.createPublicKey({ key: cfg.client.jwk, format: 'jwk' });
+  const clientKey = crypto.createPublicKey({ key: client.jwk, format: 'jwk' });
   if (!verifyJws(vp.jws, clientKey, 'ES256')) return fail('vp_signature');
   const body = vp.claims.vp ?? {};
   const context = body['@context'];
@@ -158,21 +174,24 @@ RequestUriCache.prototype.resolve = async function resolve(requestUri) {
 const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
 const asJwk = { ...privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'ES256', kid: 'peer-es256' };
 
+// oidc-provider's metadata for one of our clients (the key's kid is the did, like DOME's).
+function clientMetadata(client) {
+  return {
+    client_id: client.client_id,
+    redirect_uris: client.redirect_uris,
+    response_types: ['code'],
+    grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'ES256',
+    request_object_signing_alg: 'ES256',
+    id_token_signed_response_alg: 'ES256',
+    jwks: { keys: [{ ...client.jwk, kid: client.client_id }] },
+  };
+}
+
 function buildProvider(issuer) {
   const configuration = {
-    clients: [
-      {
-        client_id: cfg.client.client_id,
-        redirect_uris: cfg.client.redirect_uris,
-        response_types: ['code'],
-        grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
-        token_endpoint_auth_method: 'private_key_jwt',
-        token_endpoint_auth_signing_alg: 'ES256',
-        request_object_signing_alg: 'ES256',
-        id_token_signed_response_alg: 'ES256',
-        jwks: { keys: [{ ...cfg.client.jwk, kid: cfg.client.client_id }] },
-      },
-    ],
+    clients: [...clients.values()].map(clientMetadata),
     jwks: { keys: [asJwk] },
     cookies: { keys: ['broker-test-peer-cookie-key'] },
     clientAuthMethods: ['private_key_jwt'],
@@ -395,6 +414,21 @@ async function handle(req, res) {
         return res.end();
       }
     }
+  }
+  if (url.pathname === '/admin/clients' && req.method === 'POST') {
+    const chunks = [];
+    for await (const chunk of req) chunks.push(chunk);
+    const client = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    if (typeof client.client_id !== 'string' || typeof client.jwk !== 'object'
+      || !Array.isArray(client.redirect_uris)) {
+      return sendJson(res, 400, { error: 'invalid_client_metadata' });
+    }
+    if (clients.has(client.client_id)) return sendJson(res, 409, { error: 'client_exists' });
+    // A static client like the configured ones (oidc-provider's own registry; never evicted).
+    instance(provider).clientAddStatic(clientMetadata(client));
+    clients.set(client.client_id, client);
+    process.stderr.write(`peer: client registered: ${client.client_id}\n`);
+    return sendJson(res, 200, { ok: true, client_id: client.client_id });
   }
   if (url.pathname.startsWith('/interaction/') && req.method === 'GET') {
     try {
