@@ -33,6 +33,7 @@ from broker.audit.sinks import (
 )
 from broker.audit.trail import AuditTrail
 from broker.ceremony.selftest import run_selftest
+from broker.backoff import BackoffPolicy
 from broker.clock import Clock, SystemClock
 from broker.config import Settings
 from broker.credentials.expiry import credential_gauge
@@ -40,7 +41,7 @@ from broker.credentials.store import credential_path
 from broker.errors import ConfigError
 from broker.keys.api import Sealer, Signer
 from broker.keys.didkey import public_key_from_did
-from broker.keys.health import PROBE_BACKOFF, Backoff, HsmHealth, HsmState
+from broker.keys.health import PROBE_BACKOFF, HsmHealth, HsmState
 from broker.keys.kid import with_kid_format
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.uri import parse_key_uri
@@ -295,7 +296,7 @@ def hsm_health(settings: Settings, clock: Clock) -> HsmHealth:
         clock=clock,
         busy_retries=k.busy_retries,
         op_timeout=k.sign_timeout,
-        probe_backoff=Backoff(
+        probe_backoff=BackoffPolicy(
             initial=k.probe_initial, factor=PROBE_BACKOFF.factor, maximum=k.probe_max
         ),
     )

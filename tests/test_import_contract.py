@@ -35,6 +35,11 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "errors": frozenset({"*"}),
     "clock": frozenset({"*"}),
     "strict_json": frozenset({"*"}),
+    # the one retry back-off rule: the exception tree only
+    "backoff": frozenset(
+        {"clock", "strict_json", "keys", "jose", "oauth", "credentials", "telemetry", "audit"}
+        | {"tokens", "login", "config", "web", "server", "service", "cli", "doctor"}
+    ),
     # key custody knows nothing of OAuth, tokens, logins or the adapters
     "keys": frozenset(
         {"oauth", "tokens", "login", "server", "web", "audit", "config", "service", "telemetry"}

@@ -34,9 +34,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TypeVar
 
+from broker.backoff import BackoffPolicy
 from broker.clock import Clock, SystemClock
 from broker.errors import BrokerError, HsmUnavailable, InvalidArgument
 
@@ -50,28 +50,8 @@ class HsmState(enum.Enum):
     DOWN = "down"
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential delays: ``initial``, ``initial * factor``, ... each capped at ``maximum``."""
-
-    initial: float
-    factor: float
-    maximum: float
-
-    def __post_init__(self) -> None:
-        if self.initial <= 0 or self.factor < 1 or self.maximum < self.initial:
-            raise InvalidArgument("backoff needs initial > 0, factor >= 1, maximum >= initial")
-
-    def delays(self) -> Iterator[float]:
-        """An endless sequence of delays."""
-        delay = self.initial
-        while True:
-            yield delay
-            delay = min(delay * self.factor, self.maximum)
-
-
-BUSY_BACKOFF = Backoff(initial=0.05, factor=2.0, maximum=1.0)
-PROBE_BACKOFF = Backoff(initial=2.0, factor=1.5, maximum=30.0)
+BUSY_BACKOFF = BackoffPolicy(initial=0.05, factor=2.0, maximum=1.0)
+PROBE_BACKOFF = BackoffPolicy(initial=2.0, factor=1.5, maximum=30.0)
 DEFAULT_BUSY_RETRIES = 3
 DEFAULT_OP_TIMEOUT = 10.0
 _POOL_WORKERS = 4
@@ -102,14 +82,16 @@ class HsmHealth:
         sleep: Callable[[float], None] = time.sleep,
         wait: Callable[[float], bool] | None = None,
         busy_retries: int = DEFAULT_BUSY_RETRIES,
-        busy_backoff: Backoff = BUSY_BACKOFF,
-        probe_backoff: Backoff = PROBE_BACKOFF,
+        busy_backoff: BackoffPolicy = BUSY_BACKOFF,
+        probe_backoff: BackoffPolicy = PROBE_BACKOFF,
         op_timeout: float | None = DEFAULT_OP_TIMEOUT,
     ) -> None:
         if busy_retries < 0:
             raise InvalidArgument("busy_retries must be >= 0")
         if op_timeout is not None and op_timeout <= 0:
             raise InvalidArgument("op_timeout must be positive (or None for no bound)")
+        if busy_backoff.initial <= 0 or probe_backoff.initial <= 0:
+            raise InvalidArgument("HSM back-off delays must be positive (a zero delay spins)")
         self._clock = clock or SystemClock()
         self._sleep = sleep
         self._stopped = threading.Event()

@@ -20,6 +20,7 @@ import httpx
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
+from broker.backoff import BackoffPolicy
 from broker.clock import Clock
 from broker.errors import (
     AuthServerUnavailable,
@@ -241,11 +242,18 @@ async def exchange_code(
     )
 
 
-def backoff_delay(config: ClientConfig, attempt: int, jitter: float) -> float:
-    """Delay before retry ``attempt`` + 1: ``base * 2**(attempt-1)`` stretched by up to 25 %
-    jitter (``jitter`` in [0, 1)), capped at ``refresh_backoff_max``; the first is >= base."""
-    delay = config.refresh_backoff_base * (2.0 ** (attempt - 1)) * (1.0 + 0.25 * jitter)
-    return min(delay, config.refresh_backoff_max)
+RETRY_JITTER = 0.25
+"""A retry's delay is stretched by up to 25 %."""
+
+
+def retry_backoff(config: ClientConfig) -> BackoffPolicy:
+    """The retry back-off of the token endpoint (:mod:`broker.backoff`): ``base * 2**(n-1)``
+    stretched by up to 25 % jitter, capped at ``refresh_backoff_max``; the first is >= base."""
+    return BackoffPolicy(
+        initial=config.refresh_backoff_base,
+        maximum=config.refresh_backoff_max,
+        jitter=RETRY_JITTER,
+    )
 
 
 async def refresh(
@@ -348,6 +356,7 @@ async def _with_retries(
     jitter: Callable[[], float],
     what: str,
 ) -> RawTokenResponse:
+    backoff = retry_backoff(config)
     number = 1
     while True:
         try:
@@ -356,11 +365,12 @@ async def _with_retries(
             if number >= config.refresh_max_attempts:
                 raise
             if exc.retry_after is not None:
+                # The server said when: wait exactly that, or give up if it is too long.
                 if exc.retry_after > config.refresh_backoff_max:
                     raise
                 delay = exc.retry_after
             else:
-                delay = backoff_delay(config, number, jitter())
+                delay = backoff.delay(number, jitter())
             _log.warning(
                 "%s attempt %d of %d failed (%s, HTTP %s): retrying in %.1f s",
                 what,

@@ -26,11 +26,12 @@ import pkcs11.exceptions as p11e
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from broker.backoff import BackoffPolicy
 from broker.clock import FakeClock
 from broker.errors import HsmUnavailable, InvalidArgument, KeyStoreError, PinIncorrect
 from broker.jose import sign_compact_async
 from broker.keys.api import Signer
-from broker.keys.health import PROBE_BACKOFF, Backoff, HsmHealth, HsmState
+from broker.keys.health import PROBE_BACKOFF, HsmHealth, HsmState
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.oauth.types import TokenSet
 from broker.server.app import SERVICE_NAME
@@ -194,13 +195,21 @@ def test_d02_probe_backoff_is_2s_times_1_5_capped_at_30s() -> None:
 
 
 @pytest.mark.parametrize(
-    ("initial", "factor", "maximum"), [(0.0, 2.0, 1.0), (1.0, 0.5, 2.0), (2.0, 2.0, 1.0)]
+    ("initial", "factor", "maximum"), [(-1.0, 2.0, 1.0), (1.0, 0.5, 2.0), (2.0, 2.0, 1.0)]
 )
 def test_bad_backoff_and_health_settings_are_invalid_argument(
     initial: float, factor: float, maximum: float
 ) -> None:
     with pytest.raises(InvalidArgument):
-        Backoff(initial, factor, maximum)
+        BackoffPolicy(initial=initial, factor=factor, maximum=maximum)
+
+
+def test_a_zero_hsm_backoff_is_invalid_argument() -> None:
+    """A zero delay would spin the probe thread (the shared rule allows 0 for other users)."""
+    with pytest.raises(InvalidArgument):
+        HsmHealth(probe_backoff=BackoffPolicy(initial=0.0, factor=1.5, maximum=30.0))
+    with pytest.raises(InvalidArgument):
+        HsmHealth(busy_backoff=BackoffPolicy(initial=0.0, maximum=1.0))
 
 
 def test_bad_health_settings_are_invalid_argument() -> None:

@@ -672,9 +672,10 @@ async def test_a06_503_without_retry_after_backs_off_exponentially_then_gives_up
 
 
 def test_a06_backoff_is_capped_and_jitter_bounded(config: ClientConfig) -> None:
-    delays = [token_endpoint.backoff_delay(config, n, 0.999) for n in range(1, 8)]
+    backoff = token_endpoint.retry_backoff(config)
+    delays = [backoff.delay(n, 0.999) for n in range(1, 8)]
     assert delays[0] < 6.25 and delays[-1] == config.refresh_backoff_max
-    assert all(token_endpoint.backoff_delay(config, n, 0.0) >= 5.0 for n in range(1, 8))
+    assert all(backoff.delay(n, 0.0) >= 5.0 for n in range(1, 8))
     assert delays == sorted(delays)
 
 
