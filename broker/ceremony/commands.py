@@ -311,7 +311,8 @@ def cmd_tsl_entry(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
         post_logout_uris=args.post_logout_uri or [],
         jwks_uri=args.jwks_uri,
     )
-    return entry, tsl.render_yaml(entry)
+    document = tsl.wrapped(entry) if args.wrap else entry
+    return document, tsl.render_yaml(entry, wrap=args.wrap)
 
 
 def cmd_selftest(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
@@ -432,17 +433,21 @@ def cmd_generate_sealing_key(deps: Deps, args: argparse.Namespace, facts: Facts)
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     result = verify_chain(args.log or audit_log_path(args))
-    output.emit(
-        sys.stdout,
-        as_json=args.json,
-        document=output.verify_document(result),
-        text=output.verify_text(result),
-    )
-    if not result.ok:
-        raise AuditError(
+    broken = (
+        None
+        if result.ok
+        else AuditError(
             f"audit chain broken at record {result.first_bad_seq}: {result.reason}",
             reason="audit_chain_broken",
         )
+    )
+    document = output.verify_document(result)
+    if broken is not None:  # one JSON document: the report carries the error member
+        document.update(output.error_document(broken))
+        output.mark_reported(broken)
+    output.emit(sys.stdout, as_json=args.json, document=document, text=output.verify_text(result))
+    if broken is not None:
+        raise broken
     return 0
 
 
@@ -638,10 +643,18 @@ def register(
         help="jwkSetUrl = the broker's own key set (e.g. https://broker.example.org"
         "/.well-known/jwks.json) instead of {issuer}/oidc/did/{did}",
     )
+    tsl_p.add_argument(
+        "--wrap",
+        action="store_true",
+        help="print the entry under 'clients:', as the trust-framework file lists it",
+    )
     # Imported here: the credential commands build on this module's helpers.
     from broker.ceremony import credential_commands  # noqa: PLC0415
 
     credential_commands.register(sub, deps, common)
+    from broker.ceremony import init_token_command  # noqa: PLC0415
+
+    init_token_command.register(sub, deps)
     from broker.ceremony import rotate_commands  # noqa: PLC0415
 
     rotate_commands.register(sub, deps, common, rotation)

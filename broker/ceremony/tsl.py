@@ -107,10 +107,21 @@ def _scalar(value: Any) -> str:
     raise TypeError(f"unsupported TSL value type {type(value).__name__}")
 
 
-def render_yaml(entry: dict[str, Any]) -> str:
-    """The entry as one YAML list item, in the layout of the DOME profile."""
-    lines = []
+WRAPPER_KEY = "clients"  # the list's key in the Verifier's trust-framework file
+
+
+def render_yaml(entry: dict[str, Any], *, wrap: bool = False) -> str:
+    """The entry as one YAML list item, in the layout of the DOME profile; with ``wrap`` under
+    ``clients:`` (a whole trust-framework file with this one client, or the block to merge
+    into one)."""
+    indent = "  " if wrap else ""
+    lines = [f"{WRAPPER_KEY}:"] if wrap else []
     for index, (name, value) in enumerate(entry.items()):
         lead = "- " if index == 0 else "  "
-        lines.append(f"{lead}{name}: {_scalar(value)}")
+        lines.append(f"{indent}{lead}{name}: {_scalar(value)}")
     return "\n".join(lines) + "\n"
+
+
+def wrapped(entry: dict[str, Any]) -> dict[str, Any]:
+    """The ``--json --wrap`` document: ``{"clients": [entry]}``."""
+    return {WRAPPER_KEY: [entry]}

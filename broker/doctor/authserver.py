@@ -17,6 +17,7 @@ import httpx
 
 from broker.clock import Clock
 from broker.config import Settings
+from broker.doctor.net import network_failed
 from broker.doctor.result import CheckResult, fail, failed, ok, skip, warn
 from broker.errors import (
     AuthServerUnavailable,
@@ -80,9 +81,11 @@ async def discovery(http: httpx.AsyncClient, config: ClientConfig, clock: Clock)
             return Discovery(await _issuer_mismatch(http, config), cache, None, True)
         return Discovery(failed("as.discovery", exc), cache, None, True)
     except AuthServerUnavailable as exc:
-        return Discovery(failed("as.discovery", exc), cache, None, False)
+        url = discovery_url(config.issuer)
+        return Discovery(network_failed("as.discovery", exc, "GET", url), cache, None, False)
     except BrokerError as exc:
-        return Discovery(failed("as.discovery", exc), cache, None, True)
+        url = discovery_url(config.issuer)
+        return Discovery(failed("as.discovery", exc, f"GET {url}"), cache, None, True)
     return Discovery(ok("as.discovery", f"issuer {md.issuer} (exact match)"), cache, md, True)
 
 
@@ -134,6 +137,9 @@ async def jwks(
         return fail(
             "as.jwks", "no usable ES256/P-256 key: id_tokens could not be verified [no_es256_key]"
         )
+    except AuthServerUnavailable as exc:
+        url = (await cache.get()).jwks_uri
+        return network_failed("as.jwks", exc, "GET", url)
     except BrokerError as exc:
         return failed("as.jwks", exc)
     return ok("as.jwks", "one usable ES256/P-256 key")
@@ -160,17 +166,17 @@ async def dome_did(http: httpx.AsyncClient, config: ClientConfig, did: str) -> C
             accept="application/jwk-set+json, application/json",
         )
     except BrokerError as exc:
-        return failed("as.dome_did", exc, "GET /oidc/did/{did}")
+        return network_failed("as.dome_did", exc, "GET", url)
     if resp.status_code == 404:
         return warn(
             "as.dome_did", "no /oidc/did endpoint (404): not a DOME Verifier, pre-flight skipped"
         )
     if resp.status_code != 200:
-        return fail("as.dome_did", f"GET /oidc/did/{{did}} answered HTTP {resp.status_code}")
+        return fail("as.dome_did", f"GET {url} answered HTTP {resp.status_code}")
     try:
         doc = bounded.parse_json_object(resp)
     except BrokerError as exc:
-        return failed("as.dome_did", exc, "GET /oidc/did/{did}")
+        return failed("as.dome_did", exc, f"GET {url}")
     found = doc.get("keys")
     if not isinstance(found, list) or not found:
         return fail("as.dome_did", "the did endpoint answered without a 'keys' array")
@@ -212,7 +218,7 @@ async def clock_skew(
     try:
         resp = await _raw_discovery(http, config)
     except BrokerError as exc:
-        return failed("as.clock_skew", exc)
+        return network_failed("as.clock_skew", exc, "GET", discovery_url(config.issuer))
     after = clock.now()
     header = resp.headers.get("date")
     if header is None:

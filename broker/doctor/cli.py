@@ -1,8 +1,11 @@
 """``broker doctor [--config FILE] [--json] [--cert-warn-days N]``: the pre-go-live check.
 
 Prints one line per check (ok / warn / fail / skip and a reason) or, with ``--json``, one JSON
-document (:func:`broker.doctor.result.to_json`). Exit status: 0 when no check failed, 1 when
-any did, 2 for a usage error.
+document (:func:`broker.doctor.result.to_json`). Exit status as ``broker serve`` for the same
+failure: 0 when no check failed, 1 when any did, 2 for a usage error or a configuration that
+serve would refuse. A configuration file that cannot be read or parsed at all is reported like
+serve reports it (one line on stderr; a JSON error document with ``--json``): there is nothing
+else to check.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 import os
 import sys
 
-from broker.config import resolve_config_path
+from broker.config import load_settings, resolve_config_path
 from broker.doctor.result import DEFAULT_WARN_DAYS, exit_code, to_json, to_text
 
 # The checks import the whole service (grpc, httpx, stores): loaded when the command runs, so
@@ -34,6 +37,7 @@ def _doctor(args: argparse.Namespace) -> int:
     from broker.doctor.runner import DoctorOptions, run_doctor  # noqa: PLC0415 - see above
 
     path = resolve_config_path(args.config, os.environ)
+    load_settings(path, check_files=False)  # ConfigError: the one line and status 2, as serve
     options = DoctorOptions(cert_warn_days=args.cert_warn_days)
     results = asyncio.run(run_doctor(path, options=options))
     text = to_json(results, config=str(path)) if args.json else to_text(results)

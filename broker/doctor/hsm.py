@@ -20,6 +20,7 @@ from broker.errors import BrokerError
 from broker.keys.api import KeyInfo
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.pkcs11 import lib as pkcs11_lib
+from broker.keys.pkcs11.hints import missing_token_hint, with_hint
 from broker.keys.pkcs11.recovery import to_broker_error
 from broker.keys.uri import parse_key_uri, read_pin_file
 
@@ -72,7 +73,12 @@ def check_hsm(settings: Settings, clock: Clock) -> HsmOutcome:
             token = lib.lib.get_token(token_label=ref.token)
             model = str(getattr(token, "model", "") or "").strip()
     except p11e.PKCS11Error as exc:
-        out.add(failed("hsm.token", to_broker_error(exc, f"finding token {ref.token!r}")))
+        error = to_broker_error(exc, f"finding token {ref.token!r}")
+        if isinstance(exc, p11e.NoSuchToken):
+            with lib.lock:
+                hint = missing_token_hint(lib.lib, lib.path, ref.token)
+            error = with_hint(error, hint)
+        out.add(failed("hsm.token", error))
         out.skip_rest(f"token {ref.token!r} is not available")
         return out
     out.add(ok("hsm.token", f"token {ref.token!r} present" + (f" ({model})" if model else "")))

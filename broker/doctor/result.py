@@ -5,10 +5,10 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, ConfigError, InvalidArgument
 
 DEFAULT_WARN_DAYS = 30.0  # certificates expiring sooner than this warn
 
@@ -30,6 +30,8 @@ class CheckResult:
     name: str
     status: Status
     detail: str
+    caller_error: bool = field(default=False, compare=False)
+    """Failed on an error ``broker serve`` exits 2 for (configuration, invalid argument)."""
 
     def as_dict(self) -> dict[str, str]:
         return {"name": self.name, "status": self.status.value, "detail": self.detail}
@@ -56,7 +58,9 @@ def failed(name: str, exc: BaseException, what: str = "") -> CheckResult:
     reason code, anything else by its type only (its text may hold anything)."""
     prefix = f"{what}: " if what else ""
     if isinstance(exc, BrokerError):
-        return fail(name, f"{prefix}{exc.message} [{exc.reason}]")
+        caller = isinstance(exc, ConfigError | InvalidArgument)
+        text = _one_line(f"{prefix}{exc.message} [{exc.reason}]")
+        return CheckResult(name, Status.FAIL, text, caller_error=caller)
     return fail(name, f"{prefix}unexpected {type(exc).__name__} [internal]")
 
 
@@ -64,9 +68,19 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+CONFIG_CHECK_PREFIX = "config."
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
 def exit_code(results: Sequence[CheckResult]) -> int:
-    """1 when any check failed, else 0 (warnings and skips alone do not fail the run)."""
-    return 1 if any(r.status is Status.FAIL for r in results) else 0
+    """2 when a configuration check failed, or any check on a configuration error (e.g. a
+    PKCS#11 module that does not load): the status ``broker serve`` exits with for the same
+    failure. 1 when any other check failed, else 0 (warnings and skips alone do not fail)."""
+    failing = [r for r in results if r.status is Status.FAIL]
+    if any(r.caller_error or r.name.startswith(CONFIG_CHECK_PREFIX) for r in failing):
+        return EXIT_CONFIG
+    return EXIT_FAILED if failing else 0
 
 
 def summary(results: Sequence[CheckResult]) -> dict[str, int]:

@@ -1,6 +1,7 @@
 """Initialise a PKCS#11 token by label with PINs read from files, never from argv.
 
-``python -m broker.keys.inittoken --module M --label L --so-pin-file F --user-pin-file F``
+``python -m broker.keys.inittoken --module M --label L --so-pin-file F --user-pin-file F``; the
+audited operator command is ``broker keys init-token`` (:mod:`broker.ceremony.init_token_command`).
 
 ``softhsm2-util --init-token`` takes the PINs on its command line (visible in ``ps``) and refuses
 to read them from a non-terminal stdin, so this helper calls ``C_InitToken`` (through ``ctypes``:
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import sys
 from pathlib import Path
 
@@ -27,11 +29,42 @@ from broker.keys.uri import read_pin_file
 CKR_OK = 0
 
 
-def _read_pin(path: str, what: str) -> str:
+SOFTHSM_CONF_TEMPLATE = """# SoftHSM2 configuration written by 'broker keys init-token'.
+directories.tokendir = {tokendir}
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+slots.mechanisms = ALL
+library.reset_on_fork = false
+"""
+
+
+def read_init_pin(path: str, what: str) -> str:
+    """A PIN for token initialisation, from a file (mode checked), 4 to 255 bytes."""
     pin = read_pin_file(Path(path))
     if not 4 <= len(pin.encode("utf-8")) <= 255:
         raise ConfigError(f"{what} in {path} must be 4 to 255 bytes long")
     return pin
+
+
+def ensure_softhsm_conf(conf: Path) -> bool:
+    """Write a SoftHSM2 configuration at ``conf`` whose token directory is ``tokens`` next to
+    it (both directories 0700), unless ``conf`` exists; True when written. Never the system
+    token directory."""
+    if conf.exists():
+        if not conf.is_file():
+            raise ConfigError(f"--softhsm-conf {conf} exists and is not a file")
+        return False
+    tokendir = conf.absolute().parent / "tokens"
+    try:
+        conf.absolute().parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tokendir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(SOFTHSM_CONF_TEMPLATE.format(tokendir=tokendir))
+    except OSError as exc:
+        raise ConfigError(f"cannot write the SoftHSM configuration {conf}: {exc.strerror}") from exc
+    return True
 
 
 def token_exists(module_path: str, label: str) -> bool:
@@ -97,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         module = args.module or pkcs11_lib.default_module_path()
-        so_pin = _read_pin(args.so_pin_file, "SO PIN")
-        user_pin = _read_pin(args.user_pin_file, "user PIN")
+        so_pin = read_init_pin(args.so_pin_file, "SO PIN")
+        user_pin = read_init_pin(args.user_pin_file, "user PIN")
         created = init_token(module, args.label, so_pin, user_pin)
     except BrokerError as exc:
         print(f"inittoken: {exc}", file=sys.stderr)

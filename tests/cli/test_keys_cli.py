@@ -545,7 +545,12 @@ def test_audit_verify_reports_ok_and_tampering(env: Env) -> None:
     assert "BROKEN" in out and "seq 4" in out
     assert err.count("\n") == 1 and "audit chain broken at record 4" in err
     code, out, _ = env.run("audit-verify", "--json")  # --log defaults to --audit-log
-    assert code == 1 and json.loads(out)["first_bad_seq"] == 4
+    assert code == 1 and json.loads(out)["first_bad_seq"] == 4  # one document, error inside
+    assert json.loads(out)["error"] == {
+        "reason": "audit_chain_broken",
+        "message": "audit chain broken at record 4: " + json.loads(out)["reason"],
+        "retryable": False,
+    }
     # no ceremony runs on an edited log: the orphan check reads the verified chain
     code, _, err = env.run("show", key=env.uri("a"))
     assert code == 1 and "audit chain broken at record 4" in err and "[audit_chain_broken]" in err

@@ -94,7 +94,7 @@ async def test_missing_config_file_fails_and_skips_everything_else(
     assert "cannot read configuration file" in results[0].detail
     assert {r.status for r in results[1:]} == {SKIP}
     assert [r.name for r in results] == list(ALL_NAMES)
-    assert exit_code(results) == 1
+    assert exit_code(results) == 2  # as serve exits for a configuration it cannot read
     assert verifier.requests == []
 
 

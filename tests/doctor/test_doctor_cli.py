@@ -119,6 +119,10 @@ def test_cli_config_from_environment_and_unreachable_as(
     doc = json.loads(capsys.readouterr().out)
     found = {c["name"]: c for c in doc["checks"]}
     assert found["as.discovery"]["status"] == "fail"
+    assert found["as.discovery"]["detail"] == (
+        "GET http://127.0.0.1:9/.well-known/openid-configuration: connection refused "
+        "[as_unavailable]"
+    )
     assert found["as.clock_skew"]["status"] == "skip"
     assert found["hsm.selftest"]["status"] == "ok"
 
@@ -129,7 +133,18 @@ def test_cli_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor", "--bogus"]) == 2
 
 
-def test_cli_missing_config_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["doctor", "--config", str(tmp_path / "absent.toml")]) == 1
-    out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("fail  config.load")
+def test_cli_missing_config_exits_2_like_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing can be checked without a configuration: one stderr line and status 2, as serve."""
+    absent = tmp_path / "absent.toml"
+    assert main(["doctor", "--config", str(absent)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"broker doctor: configuration: cannot read configuration file {absent}: "
+        "No such file or directory [config]\n"
+    )
+    assert main(["doctor", "--config", str(absent), "--json"]) == 2
+    out, _ = capsys.readouterr()
+    assert json.loads(out)["error"]["reason"] == "config"

@@ -34,6 +34,7 @@ from typing import Any
 import pkcs11
 
 from broker.errors import ConfigError
+from broker.keys.pkcs11.hints import module_load_hint
 
 DEFAULT_MODULES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -185,7 +186,10 @@ def load(module_path: str) -> LoadedLibrary:
         try:
             lib = pkcs11.lib(real)
         except (pkcs11.PKCS11Error, RuntimeError, OSError) as exc:
-            raise ConfigError(f"PKCS#11 module {module_path} could not be loaded") from exc
+            hint = module_load_hint(real)
+            raise ConfigError(
+                f"PKCS#11 module {module_path} could not be loaded" + (f": {hint}" if hint else "")
+            ) from exc
         try:
             cdll: ctypes.CDLL | None = ctypes.CDLL(real)
         except OSError:

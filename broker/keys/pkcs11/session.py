@@ -31,6 +31,7 @@ from pkcs11.util.ec import encode_named_curve_parameters
 
 from broker.errors import HsmBusy, HsmUnavailable, InvalidKey, KeyNotFound, KeyStoreError
 from broker.keys.health import HsmHealth
+from broker.keys.pkcs11.hints import missing_token_hint, with_hint
 from broker.keys.pkcs11.lib import CKS_RO_USER_FUNCTIONS, CKS_RW_USER_FUNCTIONS, LoadedLibrary
 from broker.keys.pkcs11.recovery import RECOVERABLE, Action, rule_for, to_broker_error
 
@@ -163,6 +164,10 @@ class Pkcs11Session:
             token = self._lib.lib.get_token(token_label=self._token_label)
             mechanisms = frozenset(token.slot.get_mechanisms())
             session = self.login(token)
+        except p11e.NoSuchToken as exc:
+            error = to_broker_error(exc, f"opening token {self._token_label!r}")
+            hint = missing_token_hint(self._lib.lib, self._lib.path, self._token_label)
+            raise with_hint(error, hint) from exc
         except p11e.PKCS11Error as exc:
             raise to_broker_error(exc, f"opening token {self._token_label!r}") from exc
         self._token = token
