@@ -2,7 +2,8 @@
 
 Order and dependencies: configuration first (nothing else runs without valid settings), then
 the HSM chain, the authorization server (discovery first; the JWKS and the DOME pre-flight need
-it, the pre-flight also needs our did), TLS material and the grant store. A check that cannot
+it, the pre-flight also needs our did), TLS material, the grant store and its key-rotation
+state (``store.rotation``, which skips when the store cannot be read). A check that cannot
 run because another failed is reported as "skip" with the reason.
 """
 
@@ -19,7 +20,7 @@ from opentelemetry.trace import TracerProvider
 
 from broker.clock import Clock, SystemClock
 from broker.config import Settings
-from broker.doctor import authserver, config_checks, credential, hsm, store, tls
+from broker.doctor import authserver, config_checks, credential, hsm, rotation, store, tls
 from broker.doctor.result import DEFAULT_WARN_DAYS, CheckResult, Status, failed, skip, warn
 from broker.service import http_client
 
@@ -38,6 +39,7 @@ ALL_NAMES = (
     "tls.grpc_server",
     "tls.grpc_client_ca",
     "store",
+    rotation.NAME,
     credential.NAME,
 )
 
@@ -47,6 +49,7 @@ class DoctorOptions:
     cert_warn_days: float = DEFAULT_WARN_DAYS
     skew_warn_seconds: float = authserver.SKEW_WARN_SECONDS
     pg_schema: str = "broker"  # the schema serve uses; tests give their own
+    prepared_warn_days: float = rotation.DEFAULT_PREPARED_WARN_DAYS
 
 
 def _crashed(names: Sequence[str], exc: BaseException) -> list[CheckResult]:
@@ -136,6 +139,18 @@ async def _run(
         ("store",),
         lambda: _one(
             store.check_store(settings, clock, pg_schema=options.pg_schema, did=outcome.did)
+        ),
+    )
+    results += await _guard(
+        (rotation.NAME,),
+        lambda: _one(
+            rotation.check_rotation(
+                settings,
+                clock,
+                pg_schema=options.pg_schema,
+                did=outcome.did,
+                prepared_warn_days=options.prepared_warn_days,
+            )
         ),
     )
     results.append(
