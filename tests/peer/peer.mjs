@@ -15,6 +15,7 @@
 //                                                      rotation (Cognito/Connect2id-style grace; 0 = oidc-provider's
 //                                                      strict rotation: reuse -> invalid_grant + grant revoked)
 //   account_id, vc_file                                the user and the LEARCredentialEmployee sample
+//   store_max_entries (default 1000000)                size of the in-memory store (oidc-provider's own: 1000)
 //   public_port (optional)                             the port the issuer URL (and so discovery) names when
 //                                                      clients reach the peer through a proxy on that port;
 //                                                      the peer still listens on `port`
@@ -50,6 +51,8 @@ import * as https from 'node:https';
 
 import Provider, { errors as oidcErrors } from 'oidc-provider';
 import RequestUriCache from 'oidc-provider/lib/helpers/request_uri_cache.js';
+import { setStorage } from 'oidc-provider/lib/adapters/memory_adapter.js';
+import QuickLRU from 'quick-lru';
 import instance from 'oidc-provider/lib/helpers/weak_cache.js';
 
 const configPath = process.argv[2];
@@ -58,6 +61,11 @@ if (!configPath) {
   process.exit(2);
 }
 const cfg = JSON.parse(fs.readFileSync(configPath, 'utf8'));
+// oidc-provider's in-memory adapter is an LRU of 1000 entries (sessions, interactions, codes,
+// grants, refresh tokens - rotated-out ones included): with a few hundred grants it silently
+// evicts live grants and refresh tokens, and their refreshes get invalid_grant. A test AS must
+// not lose state on its own: the store holds `store_max_entries` entries (default 1,000,000).
+setStorage(new QuickLRU({ maxSize: Number(cfg.store_max_entries ?? 1000000) }));
 const vc = JSON.parse(fs.readFileSync(cfg.vc_file, 'utf8'));
 let accessTokenTtl = Number(cfg.access_token_ttl ?? 120);
 let m2mTrustedIssuers = cfg.m2m_trusted_issuers ?? null;
