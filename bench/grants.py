@@ -37,6 +37,7 @@ from broker.keys.soft import SoftSealer  # noqa: E402
 from broker.oauth.types import TokenSet  # noqa: E402
 from broker.tokens.broker import TokenBroker  # noqa: E402
 from broker.tokens.model import Grant, GrantStatus  # noqa: E402
+from broker.tokens.settings import RefreshPolicy  # noqa: E402
 from broker.tokens.stores.sqlite import SqliteGrantStore  # noqa: E402
 
 SIZES = (100, 100_000)
@@ -78,7 +79,9 @@ async def measure(n: int, workdir: Path) -> dict[str, float]:
     t0 = time.perf_counter()
     ids = await populate(store, n, clock.now())
     populate_s = time.perf_counter() - t0
-    broker = TokenBroker(store, NeverRefresher(), clock, refresh_threshold=300, min_serve_ttl=10)
+    broker = TokenBroker(
+        store, NeverRefresher(), clock, refresh=RefreshPolicy(threshold=300, min_serve_ttl=10)
+    )
     rng = random.Random(7)
     cold: list[float] = []
     half = n // 2

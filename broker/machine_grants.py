@@ -21,7 +21,8 @@ from broker.errors import BrokerError, CredentialError
 from broker.keys.api import Signer
 from broker.oauth.client import OAuthClient
 from broker.oauth.client_credentials import MachineClient
-from broker.tokens.broker import MachineGrantSpec, TokenBroker
+from broker.tokens.broker import TokenBroker
+from broker.tokens.machine import MachineGrantSpec
 
 _log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from broker.audit.sinks import (
     MeterFailureObserver,
 )
 from broker.audit.trail import AuditTrail
-from broker.ceremony.selftest import run_selftest
 from broker.backoff import BackoffPolicy
+from broker.ceremony.selftest import run_selftest
 from broker.clock import Clock, SystemClock
 from broker.config import Settings
 from broker.credentials.expiry import credential_gauge
@@ -59,6 +59,8 @@ from broker.telemetry.observer import MetricsObserver
 from broker.telemetry.signer import MeteredSigner
 from broker.tokens.broker import TokenBroker
 from broker.tokens.emergency import EmergencyVault
+from broker.tokens.observer import NullObserver
+from broker.tokens.settings import BackgroundPolicy, Identities, RefreshPolicy, Reporting
 from broker.tokens.stores.deployment import DeploymentIdentity
 from broker.tokens.stores.identities import IdentityRefresher, LedgerStore
 from broker.tokens.stores.postgres_driver import require_postgres_driver
@@ -444,22 +446,25 @@ async def start(
             store,
             client,
             clock,
-            refresh_threshold=t.refresh_threshold,
-            min_serve_ttl=t.min_serve_ttl,
-            background_interval=t.background_interval,
-            refresh_fraction=t.refresh_fraction,
-            refresh_retry_margin=t.refresh_retry_margin,
-            refresh_token_lifetime=settings.oauth.refresh_token_lifetime,
-            observer=MetricsObserver(metrics) if metrics is not None else None,
-            tracer_provider=tracer_provider,
-            audit=audit,
+            refresh=RefreshPolicy(
+                threshold=t.refresh_threshold,
+                fraction=t.refresh_fraction,
+                retry_margin=t.refresh_retry_margin,
+                lifetime=settings.oauth.refresh_token_lifetime,
+                min_serve_ttl=t.min_serve_ttl,
+            ),
+            background=BackgroundPolicy(interval=t.background_interval),
+            reporting=Reporting(
+                observer=MetricsObserver(metrics) if metrics is not None else NullObserver(),
+                tracer_provider=tracer_provider,
+                audit=audit,
+                persistence=PersistenceHealthLog(),
+            ),
+            identities=Identities(deployment_identity(client.config, did), other_refreshers),
             emergency=EmergencyVault(emergency_dir, sealer, clock)
             if emergency_dir is not None
             else None,
-            persistence_observer=PersistenceHealthLog(),
-            deployment=deployment_identity(client.config, did),
             machine=machine_source(settings, client, signer, clock),
-            other_identities=other_refreshers,
         )
         resilience_gauges(meter_provider, skew, broker, hsm=hsm)
         credential_file = credential_path(settings.credential.path, settings.audit.path)

@@ -28,7 +28,7 @@ from broker.errors import ConfigError
 from broker.server.errors import REASON_OVERLOADED, status_trailers
 from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc
 from broker.server.policy import PolicyHolder
-from broker.server.ports import LoginService, TokenBroker
+from broker.server.ports import LoginService, TokenService
 from broker.server.reflection import enable_reflection
 from broker.server.servicer import DEFAULT_MAX_DEADLINE, TokenBrokerServicer
 from broker.server.tracing import TracingInterceptor
@@ -426,7 +426,7 @@ class RunningServer:
 
 async def start_server(
     *,
-    broker: TokenBroker,
+    broker: TokenService,
     logins: LoginService,
     policy: PolicyHolder,
     bind: str,

@@ -1,6 +1,6 @@
 """The domain services the gRPC adapter calls, as structural protocols.
 
-The token core (``broker/tokens/broker.py``) and the login service (``broker/oauth/login.py``)
+The token core (``broker/tokens/broker.py``) and the login service (``broker/login/service.py``)
 satisfy these without importing this module; tests use fakes. Values are read through
 read-only properties so frozen dataclasses match.
 """
@@ -57,8 +57,10 @@ class LoginView(Protocol):
     def error(self) -> str | None: ...
 
 
-class TokenBroker(Protocol):
-    """The token core: cached access tokens by grant, one refresh at a time per grant."""
+class TokenService(Protocol):
+    """What the servicer needs of the token core (``broker.tokens.broker.TokenBroker``, named
+    apart from it and from the gRPC service ``broker.v1.TokenBroker``): cached access tokens by
+    grant, one refresh at a time per grant."""
 
     async def get_access_token(self, grant_id: str, *, min_ttl: float) -> AccessTokenView:
         """A token valid for at least ``min_ttl`` seconds (RFC 6749 section 6 refresh if not).

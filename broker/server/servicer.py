@@ -24,7 +24,7 @@ from broker.server.errors import Trailers, to_rich_status
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.identity import PEM_KEY, CallerIdentity, identity_from_auth_context
 from broker.server.policy import Policy, Rule
-from broker.server.ports import LoginService, TokenBroker
+from broker.server.ports import LoginService, TokenService
 from broker.tokens.model import Grant
 
 log = logging.getLogger("broker.server")
@@ -52,7 +52,7 @@ class TokenBrokerServicer:
     def __init__(
         self,
         *,
-        broker: TokenBroker,
+        broker: TokenService,
         logins: LoginService,
         policy: PolicySource,
         max_deadline: float = DEFAULT_MAX_DEADLINE,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Protocol
 
 from broker.oauth.types import TokenSet
-from broker.tokens.model import Grant
 
 
 class Refresher(Protocol):
@@ -34,11 +33,3 @@ class MachineTokenSource(Protocol):
     """
 
     async def acquire(self, *, label: str, scope: str) -> TokenSet: ...
-
-
-class GrantSink(Protocol):
-    """Where a completed login hands its new grant (implemented by the token core)."""
-
-    async def add_grant(
-        self, tokens: TokenSet, *, label: str, issuer: str, client_id: str
-    ) -> Grant: ...

@@ -38,6 +38,7 @@ from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.policy import Policy
 from broker.server.servicer import TokenBrokerServicer
 from broker.tokens.broker import TokenBroker
+from broker.tokens.settings import Reporting
 from broker.tokens.stores.logins import MemoryLoginStore
 from tests.server.fakes import FakeBroker, FakeLogins
 from tests.server.pki import Ca
@@ -80,7 +81,9 @@ class Stack:
         self.refresher = FakeRefresher(clock)
         self.observer = Recorder()
         self.trail = AuditTrail(sink, timeout=TIMEOUT * 3, observer=self.observer)
-        self.broker = TokenBroker(self.store, self.refresher, clock, audit=self.trail)
+        self.broker = TokenBroker(
+            self.store, self.refresher, clock, reporting=Reporting(audit=self.trail)
+        )
         keys = SoftKeyStore()
         keys.generate("client", b"\x01")
         signer = keys.signer("client")

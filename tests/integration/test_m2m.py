@@ -31,7 +31,8 @@ from broker.oauth.client import OAuthClient
 from broker.oauth.client_credentials import MachineClient
 from broker.oauth.config import ClientConfig
 from broker.server.errors import to_rich_status
-from broker.tokens.broker import MachineGrantSpec, TokenBroker
+from broker.tokens.broker import TokenBroker
+from broker.tokens.machine import MachineGrantSpec
 from broker.tokens.model import GrantKind
 from broker.tokens.stores.memory import MemoryGrantStore
 from tests.credentials.issuer import TestIssuer

@@ -37,6 +37,7 @@ from broker.oauth.types import TokenSet
 from broker.server.app import SERVICE_NAME
 from broker.service import HsmServingReporter
 from broker.tokens.broker import TokenBroker
+from broker.tokens.settings import Seams
 from broker.tokens.stores.memory import MemoryGrantStore
 from tests.conftest import SoftHsmEnv
 from tests.keys.helpers import verify_es256_raw
@@ -566,7 +567,7 @@ async def test_f08_not_serving_while_hsm_down_warm_cache_still_served(
     clock = FakeClock()
     refresher = SigningRefresher(signer, clock)
     grants = MemoryGrantStore(clock)
-    broker = TokenBroker(grants, refresher, clock, rng=random.Random(5))
+    broker = TokenBroker(grants, refresher, clock, seams=Seams(rng=random.Random(5)))
     warm = await broker.add_grant(
         token_set(clock), label="warm", issuer="https://as.example", client_id=signer.kid
     )

@@ -30,6 +30,7 @@ from broker.oauth.config import ClientConfig
 from broker.oauth.skew import SkewMonitor, parse_http_date
 from broker.oauth.types import TokenSet
 from broker.tokens.broker import TokenBroker
+from broker.tokens.settings import Seams
 from broker.tokens.stores.memory import MemoryGrantStore
 from tests.oauth.fakeas import FakeAS, form_of
 
@@ -191,7 +192,7 @@ async def test_c09_no_retry_storm_through_the_token_core(
     store = MemoryGrantStore(clock)
     async with skewed.client() as http:
         client = OAuthClient(config, http, signer, clock, skew=monitor(clock))
-        broker = TokenBroker(store, client, clock, rng=random.Random(1))
+        broker = TokenBroker(store, client, clock, seams=Seams(rng=random.Random(1)))
         grant = await broker.add_grant(
             await _initial_tokens(clock),
             label="svc",

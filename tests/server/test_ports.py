@@ -12,7 +12,7 @@ from broker.tokens.model import AccessToken
 
 def as_ports(
     broker: RealTokenBroker, logins: RealLoginService, token: AccessToken, view: LoginView
-) -> tuple[ports.TokenBroker, ports.LoginService, ports.AccessTokenView, ports.LoginView]:
+) -> tuple[ports.TokenService, ports.LoginService, ports.AccessTokenView, ports.LoginView]:
     return broker, logins, token, view
 
 

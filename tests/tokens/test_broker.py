@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import inspect
 import random
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,13 @@ from broker.errors import (
 from broker.tokens.broker import TokenBroker
 from broker.tokens.freshness import MIN_SERVE_TTL, REFRESH_THRESHOLD, Freshness
 from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.settings import (
+    REFRESH_BACKOFF,
+    BackgroundPolicy,
+    RefreshPolicy,
+    Seams,
+    Sleep,
+)
 from tests.tokens.fakes import FakeGrantStore, FakeRefresher, token_set
 
 T = REFRESH_THRESHOLD
@@ -45,10 +54,29 @@ def refresher(clock: FakeClock) -> FakeRefresher:
     return FakeRefresher(clock, lifetime=LIFETIME)
 
 
+NO_JITTER: dict[str, Any] = {
+    "refresh": RefreshPolicy(jitter=0.0),
+    "backoff": dataclasses.replace(REFRESH_BACKOFF, jitter=0.0),
+}
+
+
 def make_broker(
-    store: FakeGrantStore, refresher: FakeRefresher, clock: FakeClock, **kwargs: object
+    store: FakeGrantStore,
+    refresher: FakeRefresher,
+    clock: FakeClock,
+    *,
+    sleep: Sleep | None = None,
+    id_factory: Callable[[], str] | None = None,
+    **kwargs: Any,
 ) -> TokenBroker:
-    return TokenBroker(store, refresher, clock, rng=random.Random(7), **kwargs)  # type: ignore[arg-type]
+    """A broker with a seeded rng; ``sleep``/``id_factory`` go into its Seams, ``kwargs`` to
+    TokenBroker (refresh=, backoff=, background=, reporting=, watch_queue_size=)."""
+    seams = Seams(rng=random.Random(7))
+    if sleep is not None:
+        seams = dataclasses.replace(seams, sleep=sleep)
+    if id_factory is not None:
+        seams = dataclasses.replace(seams, id_factory=id_factory)
+    return TokenBroker(store, refresher, clock, seams=seams, **kwargs)
 
 
 @pytest.fixture
@@ -312,7 +340,7 @@ async def test_a05_grant_without_refresh_token_needs_reauthorization(
 async def test_a06_as_down_serves_cached_until_expiry_then_retryable_error(
     store: FakeGrantStore, refresher: FakeRefresher, clock: FakeClock
 ) -> None:
-    broker = make_broker(store, refresher, clock, jitter=0.0)
+    broker = make_broker(store, refresher, clock, **NO_JITTER)
     grant = await add(broker, clock)
     refresher.errors = [AuthServerUnavailable("down", status_code=503) for _ in range(100)]
     to_expiry(clock, grant, T - 1)
@@ -345,7 +373,7 @@ async def test_a06_as_down_serves_cached_until_expiry_then_retryable_error(
 async def test_a06_retry_after_is_honoured_and_callers_fail_fast_meanwhile(
     store: FakeGrantStore, refresher: FakeRefresher, clock: FakeClock
 ) -> None:
-    broker = make_broker(store, refresher, clock, jitter=0.0)
+    broker = make_broker(store, refresher, clock, **NO_JITTER)
     grant = await add(broker, clock)
     to_expiry(clock, grant, 1)
     refresher.errors = [AuthServerUnavailable("429", status_code=429, retry_after=30)]
@@ -580,25 +608,29 @@ async def test_revoke_unknown_grant_is_not_found(broker: TokenBroker) -> None:
 async def test_invalid_constructor_arguments_are_rejected(
     store: FakeGrantStore, refresher: FakeRefresher, clock: FakeClock
 ) -> None:
-    for kwargs in (
-        {"refresh_threshold": 0},
-        {"min_serve_ttl": -1},
-        {"jitter": 1.0},
-        {"watch_queue_size": 0},
-        {"backoff_initial": 0},
-        {"background_interval": 0},
-    ):
+    invalid: list[Callable[[], object]] = [
+        lambda: RefreshPolicy(threshold=0),
+        lambda: RefreshPolicy(min_serve_ttl=-1),
+        lambda: RefreshPolicy(jitter=1.0),
+        lambda: make_broker(store, refresher, clock, watch_queue_size=0),
+        lambda: make_broker(
+            store, refresher, clock, backoff=dataclasses.replace(REFRESH_BACKOFF, initial=0)
+        ),
+        lambda: BackgroundPolicy(interval=0),
+        lambda: BackgroundPolicy(concurrency=0),
+    ]
+    for make in invalid:
         with pytest.raises(InvalidArgument):
-            make_broker(store, refresher, clock, **kwargs)
+            make()
 
 
 async def test_broker_serves_the_grpc_port_and_is_the_login_grant_sink(
     broker: TokenBroker, clock: FakeClock
 ) -> None:
-    """Typed against broker.server.ports.TokenBroker and broker.tokens.ports.GrantSink (mypy
+    """Typed against broker.server.ports.TokenService and broker.login.ports.GrantSink (mypy
     checks the assignment; the calls check the behaviour through those interfaces)."""
-    from broker.server.ports import TokenBroker as ServerPort
-    from broker.tokens.ports import GrantSink
+    from broker.login.ports import GrantSink
+    from broker.server.ports import TokenService as ServerPort
 
     sink: GrantSink = broker
     port: ServerPort = broker

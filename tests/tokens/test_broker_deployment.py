@@ -20,6 +20,7 @@ from broker.oauth.config import ClientConfig
 from broker.service import deployment_identity
 from broker.tokens.broker import TokenBroker
 from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.settings import Identities, Seams
 from broker.tokens.stores.deployment import DeploymentIdentity
 from broker.tokens.stores.memory import MemoryGrantStore
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS
@@ -54,7 +55,9 @@ async def test_grant_of_another_deployment_is_never_sent(issuer: str, client_id:
     store = MemoryGrantStore(clock)  # unbound: holds whatever it was given
     await store.create(expired_grant(clock, "foreign", issuer=issuer, client_id=client_id))
     refresher = FakeRefresher(clock)
-    broker = TokenBroker(store, refresher, clock, rng=random.Random(1), deployment=OURS)
+    broker = TokenBroker(
+        store, refresher, clock, seams=Seams(rng=random.Random(1)), identities=Identities(OURS)
+    )
 
     with pytest.raises(DeploymentMismatch) as info:
         await broker.get_access_token("foreign")
@@ -77,7 +80,9 @@ async def test_grant_of_this_deployment_is_refreshed() -> None:
     store = MemoryGrantStore(clock, identity=OURS)
     await store.create(expired_grant(clock, "ours"))
     refresher = FakeRefresher(clock)
-    broker = TokenBroker(store, refresher, clock, rng=random.Random(1), deployment=OURS)
+    broker = TokenBroker(
+        store, refresher, clock, seams=Seams(rng=random.Random(1)), identities=Identities(OURS)
+    )
     token = await broker.get_access_token("ours")
     assert token.access_token == "at-1"
     assert refresher.used == ["RT-ours-v1-plaintext"]
@@ -103,8 +108,8 @@ async def test_foreign_grant_through_the_real_oauth_client_makes_no_request() ->
             store,
             client,
             clock,
-            rng=random.Random(1),
-            deployment=deployment_identity(client.config, signer.kid),
+            seams=Seams(rng=random.Random(1)),
+            identities=Identities(deployment_identity(client.config, signer.kid)),
         )
         with pytest.raises(DeploymentMismatch):
             await broker.get_access_token("foreign")

@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import random
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -25,6 +27,12 @@ from broker.tokens.broker import TokenBroker
 from broker.tokens.freshness import MIN_SERVE_TTL, REFRESH_THRESHOLD, Freshness
 from broker.tokens.model import AccessToken, Grant, GrantStatus
 from broker.tokens.observer import RefreshOutcome
+from broker.tokens.settings import (
+    BackgroundPolicy,
+    Reporting,
+    Seams,
+    Sleep,
+)
 from tests.tokens.fakes import FakeGrantStore, FakeRefresher, token_set
 
 T = REFRESH_THRESHOLD
@@ -85,9 +93,22 @@ def refresher(clock: FakeClock) -> FakeRefresher:
 
 
 def make_broker(
-    store: FakeGrantStore, refresher: FakeRefresher, clock: FakeClock, **kwargs: object
+    store: FakeGrantStore,
+    refresher: FakeRefresher,
+    clock: FakeClock,
+    *,
+    sleep: Sleep | None = None,
+    id_factory: Callable[[], str] | None = None,
+    **kwargs: Any,
 ) -> TokenBroker:
-    return TokenBroker(store, refresher, clock, rng=random.Random(7), **kwargs)  # type: ignore[arg-type]
+    """A broker with a seeded rng; ``sleep``/``id_factory`` go into its Seams, ``kwargs`` to
+    TokenBroker (refresh=, backoff=, background=, reporting=, watch_queue_size=)."""
+    seams = Seams(rng=random.Random(7))
+    if sleep is not None:
+        seams = dataclasses.replace(seams, sleep=sleep)
+    if id_factory is not None:
+        seams = dataclasses.replace(seams, id_factory=id_factory)
+    return TokenBroker(store, refresher, clock, seams=seams, **kwargs)
 
 
 async def add(broker: TokenBroker, clock: FakeClock, label: str = "svc") -> Grant:
@@ -137,7 +158,7 @@ async def test_watch_queue_is_bounded_and_keeps_the_newest(
         await broker.get_access_token(grant.grant_id)
     assert [(await anext(stream)).access_token for _ in range(2)] == ["at-4", "at-5"]
     await stream.aclose()
-    assert broker._watchers.count() == 0
+    assert broker.watcher_count() == 0
 
 
 async def test_watch_ends_with_grant_revoked(
@@ -244,7 +265,7 @@ async def test_j02_grants_expiring_together_are_refreshed_over_several_passes(
     store: FakeGrantStore, refresher: FakeRefresher, clock: FakeClock
 ) -> None:
     interval = 15.0
-    broker = make_broker(store, refresher, clock, background_interval=interval)
+    broker = make_broker(store, refresher, clock, background=BackgroundPolicy(interval=interval))
     grants = [await add(broker, clock) for _ in range(60)]  # all expire at the same instant
     to_expiry(clock, grants[0], T + 1)
     per_pass = []
@@ -361,7 +382,7 @@ async def test_observer_sees_serves_refreshes_and_joins(
     store: FakeGrantStore, refresher: FakeRefresher, clock: FakeClock
 ) -> None:
     observer = RecordingObserver()
-    broker = make_broker(store, refresher, clock, observer=observer)
+    broker = make_broker(store, refresher, clock, reporting=Reporting(observer=observer))
     grant = await add(broker, clock)
     gid = grant.grant_id
     await broker.get_access_token(gid)
@@ -385,7 +406,7 @@ async def test_observer_sees_serves_refreshes_and_joins(
 async def test_a_failing_observer_does_not_break_serving(
     store: FakeGrantStore, refresher: FakeRefresher, clock: FakeClock
 ) -> None:
-    broker = make_broker(store, refresher, clock, observer=BrokenObserver())
+    broker = make_broker(store, refresher, clock, reporting=Reporting(observer=BrokenObserver()))
     grant = await add(broker, clock)
     assert (await broker.get_access_token(grant.grant_id)).access_token == "at-0"
 
@@ -396,7 +417,7 @@ async def test_spans_carry_grant_freshness_and_cache_hit_but_no_secret(
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    broker = make_broker(store, refresher, clock, tracer_provider=provider)
+    broker = make_broker(store, refresher, clock, reporting=Reporting(tracer_provider=provider))
     grant = await add(broker, clock)
     await broker.get_access_token(grant.grant_id)
     to_expiry(clock, grant, 1)
@@ -429,7 +450,7 @@ async def test_invalid_grant_span_records_the_oauth_error_code(
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    broker = make_broker(store, refresher, clock, tracer_provider=provider)
+    broker = make_broker(store, refresher, clock, reporting=Reporting(tracer_provider=provider))
     grant = await add(broker, clock)
     to_expiry(clock, grant, 1)
     refresher.errors = [InvalidGrant(status_code=400)]

@@ -19,6 +19,7 @@ from broker.errors import InvalidGrant, ReauthorizationRequired
 from broker.keys.soft import SoftSealer
 from broker.tokens.broker import TokenBroker
 from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.settings import Seams
 from broker.tokens.stores.base import GrantStore
 from broker.tokens.stores.memory import MemoryGrantStore
 from broker.tokens.stores.postgres import PostgresGrantStore
@@ -74,7 +75,7 @@ async def stores(
 
 
 def make_broker(store: GrantStore, refresher: FakeRefresher, clock: FakeClock) -> TokenBroker:
-    return TokenBroker(store, refresher, clock, rng=random.Random(3))
+    return TokenBroker(store, refresher, clock, seams=Seams(rng=random.Random(3)))
 
 
 async def add(broker: TokenBroker, clock: FakeClock) -> Grant:

@@ -9,6 +9,7 @@ import pytest
 
 from broker.clock import FakeClock
 from broker.tokens.broker import TokenBroker
+from broker.tokens.settings import Seams
 from tests.tokens.fakes import FakeGrantStore, FakeRefresher, token_set
 
 LIFETIME = 3600.0
@@ -27,7 +28,7 @@ def lifecycle(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str, str]]:
 async def test_refresh_and_revoke_are_logged_at_info(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     refresher = FakeRefresher(clock, lifetime=LIFETIME)
-    broker = TokenBroker(FakeGrantStore(clock), refresher, clock, rng=random.Random(7))
+    broker = TokenBroker(FakeGrantStore(clock), refresher, clock, seams=Seams(rng=random.Random(7)))
     grant = await broker.add_grant(
         token_set(clock, lifetime=LIFETIME),
         label="crm",

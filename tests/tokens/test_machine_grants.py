@@ -19,9 +19,11 @@ from broker.errors import (
     MachineGrantRejected,
 )
 from broker.oauth.types import TokenSet
-from broker.tokens.broker import MachineGrantSpec, TokenBroker, machine_grant_id
+from broker.tokens.broker import TokenBroker
 from broker.tokens.freshness import REFRESH_THRESHOLD
+from broker.tokens.machine import MachineGrantSpec, machine_grant_id
 from broker.tokens.model import GrantKind, GrantStatus
+from broker.tokens.settings import Seams
 from broker.tokens.stores.base import GrantStore
 from broker.tokens.stores.memory import MemoryGrantStore
 from tests.tokens.fakes import FakeRefresher
@@ -67,7 +69,7 @@ def machine_broker(store: GrantStore, clock: FakeClock, machine: FakeMachine) ->
         store,
         FakeRefresher(clock, lifetime=LIFETIME),
         clock,
-        rng=random.Random(7),
+        seams=Seams(rng=random.Random(7)),
         machine=machine,
     )
 

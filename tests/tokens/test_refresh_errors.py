@@ -27,6 +27,7 @@ from broker.oauth.types import TokenSet
 from broker.server.errors import to_status
 from broker.tokens.broker import TokenBroker
 from broker.tokens.model import GrantStatus
+from broker.tokens.settings import Seams
 from broker.tokens.stores.memory import MemoryGrantStore
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS
 
@@ -58,7 +59,7 @@ async def core() -> AsyncIterator[Core]:
 
     async with fake_as.client() as http:
         client = OAuthClient(config, http, signer, clock, sleep=no_sleep)
-        broker = TokenBroker(store, client, clock, rng=random.Random(1))
+        broker = TokenBroker(store, client, clock, seams=Seams(rng=random.Random(1)))
         tokens = TokenSet(
             access_token="at-initial",
             token_type="Bearer",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -27,6 +29,7 @@ from broker.tokens.schedule import (
     jitter_unit,
     outage_budget,
 )
+from broker.tokens.settings import BackgroundPolicy, RefreshPolicy, Seams
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.tokens.fakes import FakeGrantStore, token_set
 
@@ -35,6 +38,9 @@ THRESHOLD = 225.0
 MARGIN = 120.0
 INTERVAL = 15.0  # background pass every 15 s of fake time
 ACCESS = RefreshTokenLifetime(LifetimeKind.ACCESS)
+POLICY = RefreshPolicy(
+    threshold=THRESHOLD, min_serve_ttl=30.0, fraction=0.5, retry_margin=MARGIN, lifetime=ACCESS
+)
 
 
 class DomeRefresher:
@@ -83,19 +89,22 @@ def make(
     store: FakeGrantStore | SqliteGrantStore,
     refresher: DomeRefresher,
     clock: FakeClock,
-    **kwargs: object,
+    *,
+    id_factory: Callable[[], str] | None = None,
+    **policy: Any,
 ) -> TokenBroker:
-    options: dict[str, object] = {
-        "refresh_threshold": THRESHOLD,
-        "min_serve_ttl": 30.0,
-        "background_interval": INTERVAL,
-        "refresh_fraction": 0.5,
-        "refresh_retry_margin": MARGIN,
-        "refresh_token_lifetime": ACCESS,
-        "rng": random.Random(7),
-    }
-    options.update(kwargs)
-    return TokenBroker(store, refresher, clock, **options)  # type: ignore[arg-type]
+    """A broker with this file's schedule; ``policy``: RefreshPolicy fields to change."""
+    seams = Seams(rng=random.Random(7))
+    if id_factory is not None:
+        seams = dataclasses.replace(seams, id_factory=id_factory)
+    return TokenBroker(
+        store,
+        refresher,
+        clock,
+        refresh=dataclasses.replace(POLICY, **policy),
+        background=BackgroundPolicy(interval=INTERVAL),
+        seams=seams,
+    )
 
 
 async def add(broker: TokenBroker, tokens: TokenSet) -> str:
@@ -237,13 +246,13 @@ SHORT_MARGIN = 30.0
 BACK_AT = L - 40.0  # the AS is back 40 s before the refresh token dies, 10 s before the deadline
 
 
-async def run_outage(**kwargs: object) -> tuple[DomeRefresher, TokenBroker, str, float]:
+async def run_outage(**kwargs: Any) -> tuple[DomeRefresher, TokenBroker, str, float]:
     """The AS goes down with the first grant's tokens and is back ``BACK_AT`` later: only a
     refresh between then and the refresh token's death (3600 s) saves the grant."""
     clock = FakeClock()
     refresher = DomeRefresher(clock)
     store = FakeGrantStore(clock)
-    options: dict[str, object] = {"refresh_retry_margin": SHORT_MARGIN, "id_factory": lambda: "g-1"}
+    options: dict[str, Any] = {"retry_margin": SHORT_MARGIN, "id_factory": lambda: "g-1"}
     options.update(kwargs)
     broker = make(store, refresher, clock, **options)
     start = clock.now()
@@ -271,7 +280,7 @@ async def test_an_outage_longer_than_the_threshold_kills_only_the_threshold_sche
     clock = FakeClock()
     refresher = DomeRefresher(clock)
     broker = make(
-        FakeGrantStore(clock), refresher, clock, refresh_fraction=fraction, id_factory=lambda: "g"
+        FakeGrantStore(clock), refresher, clock, fraction=fraction, id_factory=lambda: "g"
     )
     start = clock.now()
     grant_id = await add(broker, refresher.grant_tokens())
@@ -300,7 +309,7 @@ async def test_a_refresh_without_a_new_refresh_token_keeps_the_old_expiry() -> N
     clock = FakeClock()
     refresher = DomeRefresher(clock)
     store = FakeGrantStore(clock)
-    broker = make(store, refresher, clock, refresh_token_lifetime=RefreshTokenLifetime.of(86400))
+    broker = make(store, refresher, clock, lifetime=RefreshTokenLifetime.of(86400))
     start = clock.now()
     grant_id = await add(broker, refresher.grant_tokens())
     assert store.grants[grant_id].refresh_expires_at == start + 86400
@@ -349,7 +358,7 @@ async def test_unknown_lifetime_contributes_no_budget() -> None:
         FakeGrantStore(clock),
         refresher,
         clock,
-        refresh_token_lifetime=RefreshTokenLifetime(LifetimeKind.UNKNOWN),
+        lifetime=RefreshTokenLifetime(LifetimeKind.UNKNOWN),
     )
     await add(broker, dataclasses.replace(token_set(clock), refresh_expires_at=None))
     assert broker.outage_budget() is None

@@ -16,6 +16,7 @@ from broker.clock import FakeClock
 from broker.errors import DeploymentMismatch, InvalidArgument
 from broker.tokens.broker import TokenBroker
 from broker.tokens.model import GrantKind, GrantStatus
+from broker.tokens.settings import Identities, Seams
 from broker.tokens.stores.deployment import (
     DeploymentIdentity,
     IdentityRole,
@@ -93,9 +94,8 @@ def _broker(
         store,
         new,
         clock,
-        rng=random.Random(1),
-        deployment=NEW,
-        other_identities=[IdentityRefresher(OURS, old)],
+        seams=Seams(rng=random.Random(1)),
+        identities=Identities(NEW, [IdentityRefresher(OURS, old)]),
     )
 
 
@@ -149,14 +149,3 @@ async def test_a_machine_grant_of_the_old_identity_is_not_renewed_as_the_new_one
 
     assert "machine grants renew only as the active" in str(info.value)
     assert old.used == [] and new.used == []
-
-
-def test_other_identities_need_the_active_one() -> None:
-    clock = FakeClock()
-    with pytest.raises(InvalidArgument):
-        TokenBroker(
-            MemoryGrantStore(clock),
-            FakeRefresher(clock),
-            clock,
-            other_identities=[IdentityRefresher(OURS, FakeRefresher(clock))],
-        )

@@ -28,6 +28,7 @@ from broker.oauth.types import TokenSet
 from broker.tokens.broker import TokenBroker
 from broker.tokens.emergency import EmergencyFileError, EmergencyVault, file_name
 from broker.tokens.model import Grant
+from broker.tokens.settings import Reporting, Seams
 from broker.tokens.stores.base import GrantStore
 from broker.tokens.stores.memory import MemoryGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
@@ -66,9 +67,9 @@ def make_broker(
         store,
         refresher,
         clock,
-        rng=random.Random(4),
+        seams=Seams(rng=random.Random(4)),
         emergency=vault,
-        persistence_observer=persistence,
+        reporting=Reporting(persistence=persistence),
     )
 
 
