@@ -15,9 +15,11 @@ restarted is left out, so a rolling restart has no window in which a call fails.
 4. a new login creates G2 with client_id B; callers loop on G2 too;
 5. the peer's log: every refresh of G1 is client A with an assertion signed by A, every
    refresh of G2 client B signed by B; G1 refreshed through the restarted replicas too;
-6. ``rotate retire`` refuses while G1 needs A; ``--force`` ends G1 (FAILED_PRECONDITION,
-   reauthorization required, key_retired) and it is never refreshed again, key A is gone from
-   the token, G2 keeps being served; the audit chains verify.
+6. ``rotate retire`` refuses while G1 needs A; ``--force`` ends G1: it is never refreshed
+   again, and once a token issued before the retirement would have expired every call is
+   FAILED_PRECONDITION (reauthorization required, key_retired); until then a replica may still
+   serve the access token it caches (seen: 0-3 such calls). Key A is gone from the token, G2
+   keeps being served; the audit chain verifies.
 """
 
 from __future__ import annotations
@@ -318,12 +320,14 @@ def test_rotation_while_callers_keep_getting_tokens_for_both_identities(
             lambda: any(c.code == "FAILED_PRECONDITION" for c in callers.of("G1", retired_at)),
             "G1 to fail with FAILED_PRECONDITION",
         )
-        first_refused = min(
-            c.at for c in callers.of("G1", retired_at) if c.code == "FAILED_PRECONDITION"
-        )
+        # A replica still holding G1's last access token serves it until it is no longer
+        # fresh enough (each replica caches in its own process); none is served, on any
+        # replica, once a token issued before the retirement would have expired.
         time.sleep(2 * ACCESS_TOKEN_TTL)  # G2 refreshes at least once more meanwhile
-        after = callers.of("G1", first_refused)
+        after = callers.of("G1", retired_at + ACCESS_TOKEN_TTL)
+        assert after, "no G1 call after the retirement window"
         assert {c.code for c in after} == {"FAILED_PRECONDITION"}, Counter(c.code for c in after)
+        late_ok = [c for c in callers.of("G1", retired_at) if c.code == "OK"]
         grant = grant_of(a, g1)
         assert grant.status == broker_pb2.GRANT_STATUS_REAUTHORIZATION_REQUIRED
         assert grant.last_error == "key_retired"
@@ -342,7 +346,8 @@ def test_rotation_while_callers_keep_getting_tokens_for_both_identities(
     print(
         f"rotation e2e: G1 {len(chain_g1)} refreshes as A, G2 {len(chain_g2)} as B; calls "
         f"before retire {sum(1 for c in callers.calls if c.at < before_retire)} all OK; "
-        f"G1 refused {len(after)} times after retire"
+        f"G1 refused {len(after)} times after retire + one token lifetime, "
+        f"{len(late_ok)} cached token(s) served after retire"
     )
 
     # Key A is gone from the token; the audit chain (the ceremonies' log) verifies and holds
