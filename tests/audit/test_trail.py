@@ -22,7 +22,6 @@ from broker.audit import verify_chain
 from broker.audit.events import AuditAction, AuditEvent, event_from_record, record_fields
 from broker.audit.sinks import AuditSink, FanoutAuditSink, FileAuditSink
 from broker.audit.trail import AuditTrail
-from broker.clock import FakeClock
 from broker.errors import (
     AuditUnavailable,
     InvalidArgument,
@@ -40,6 +39,7 @@ from broker.server.servicer import TokenBrokerServicer
 from broker.tokens.broker import TokenBroker
 from broker.tokens.settings import Reporting
 from broker.tokens.stores.logins import MemoryLoginStore
+from tests.clock import FakeClock
 from tests.server.fakes import FakeBroker, FakeLogins
 from tests.server.pki import Ca
 from tests.tokens.fakes import FakeGrantStore, FakeRefresher, token_set

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from broker.audit import GENESIS, AuditLog, rfc3339_utc, verify_chain
-from broker.clock import FakeClock
 from broker.errors import AuditError
+from tests.clock import FakeClock
 
 
 def _log(path: Path) -> AuditLog:

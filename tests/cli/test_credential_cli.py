@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker.audit import verify_chain
 from broker.ceremony import commands
 from broker.cli import main
-from broker.clock import FakeClock
 from broker.credentials.lear import parse_credential
 from broker.keys.didkey import did_from_public_key
 from tests.cli.soft_backend import SoftBackend
+from tests.clock import FakeClock
 from tests.conftest import SoftHsmEnv
 from tests.credentials.issuer import TestCa, TestIssuer
 

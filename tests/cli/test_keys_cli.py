@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker.audit import verify_chain
 from broker.ceremony import commands
 from broker.cli import GROUPS, Registrar, main
-from broker.clock import FakeClock
 from broker.errors import KeyNotFound
 from broker.keys.didkey import did_from_public_key, public_key_from_did
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.soft import SoftSigner
 from tests.cli.soft_backend import SoftBackend, SoftCeremonyStore
+from tests.clock import FakeClock
 from tests.conftest import SoftHsmEnv
 
 SOFT_PIN = "4711-secret-pin"

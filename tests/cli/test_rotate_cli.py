@@ -20,7 +20,6 @@ from broker.audit import verified_records
 from broker.ceremony import commands
 from broker.ceremony.rotate_commands import RotationDeps
 from broker.cli import main
-from broker.clock import FakeClock
 from broker.config import Settings
 from broker.errors import KeyNotFound
 from broker.keys.api import Sealer
@@ -31,6 +30,7 @@ from broker.tokens.model import Grant, GrantStatus
 from broker.tokens.stores.deployment import DeploymentIdentity
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.cli.soft_backend import SoftBackend, SoftCeremonyStore
+from tests.clock import FakeClock
 from tests.doctor.helpers import ISSUER, FakeVerifier, make_deployment
 from tests.tokens.test_store_contract import make_grant
 

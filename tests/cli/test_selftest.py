@@ -9,9 +9,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.ceremony.selftest import run_selftest
-from broker.clock import FakeClock
 from broker.errors import SelfTestFailed
 from broker.keys.soft import SoftKeyStore
+from tests.clock import FakeClock
 
 
 @dataclass

@@ -9,11 +9,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from broker.clock import FakeClock
 from broker.credentials.expiry import credential_gauge
 from broker.credentials.lear import parse_credential
 from broker.credentials.store import save_credential
 from broker.keys.didkey import did_from_public_key
+from tests.clock import FakeClock
 from tests.credentials.issuer import TestIssuer
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

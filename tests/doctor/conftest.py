@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.soft import SoftSealer
 from broker.tokens.stores.deployment import DeploymentIdentity
 from broker.tokens.stores.sqlite import SqliteGrantStore
+from tests.clock import FakeClock
 from tests.conftest import SoftHsmEnv
 from tests.doctor.helpers import ISSUER, Deployment, FakeVerifier, make_deployment
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.doctor.result import CheckResult, Status, exit_code, to_json, to_text
 from broker.doctor.runner import ALL_NAMES, DoctorOptions, run_doctor
+from tests.clock import FakeClock
 from tests.conftest import SoftHsmEnv
 from tests.doctor.conftest import Keys
 from tests.doctor.helpers import ISSUER, CertAuthority, Deployment, FakeVerifier

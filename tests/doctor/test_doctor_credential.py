@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from broker.clock import FakeClock
 from broker.credentials.lear import parse_credential
 from broker.credentials.store import save_credential
 from broker.doctor.credential import check_credential
 from broker.doctor.result import DEFAULT_WARN_DAYS, Status
 from broker.doctor.runner import ALL_NAMES
 from broker.keys.didkey import did_from_public_key
+from tests.clock import FakeClock
 from tests.credentials.issuer import TestIssuer
 
 ISSUED = datetime(2026, 6, 1, tzinfo=UTC)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.doctor.result import CheckResult, Status, exit_code
 from broker.doctor.rotation import NAME, assess
 from broker.doctor.runner import ALL_NAMES, DoctorOptions, run_doctor
@@ -23,6 +22,7 @@ from broker.tokens.stores.deployment import (
     RecordedIdentity,
 )
 from broker.tokens.stores.sqlite import SqliteGrantStore
+from tests.clock import FakeClock
 from tests.doctor.conftest import Keys
 from tests.doctor.helpers import ISSUER, Deployment, FakeVerifier
 

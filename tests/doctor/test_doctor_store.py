@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.doctor.result import Status
 from broker.keys.soft import SoftSealer
 from broker.tokens.model import GrantStatus
 from broker.tokens.stores.deployment import DeploymentIdentity
 from broker.tokens.stores.sqlite import SqliteGrantStore
+from tests.clock import FakeClock
 from tests.doctor.conftest import Keys
 from tests.doctor.helpers import ISSUER, Deployment, FakeVerifier
 from tests.doctor.test_doctor import doctor

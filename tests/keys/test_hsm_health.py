@@ -27,7 +27,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.backoff import BackoffPolicy
-from broker.clock import FakeClock
 from broker.errors import HsmUnavailable, InvalidArgument, KeyStoreError, PinIncorrect
 from broker.jose import sign_compact_async
 from broker.keys.api import Signer
@@ -39,6 +38,7 @@ from broker.service import HsmServingReporter
 from broker.tokens.broker import TokenBroker
 from broker.tokens.settings import Seams
 from broker.tokens.stores.memory import MemoryGrantStore
+from tests.clock import FakeClock
 from tests.conftest import SoftHsmEnv
 from tests.keys.helpers import verify_es256_raw
 from tests.server.conftest import make_harness

@@ -5,10 +5,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from broker.clock import FakeClock
 from broker.keys.soft import SoftKeyStore, SoftSigner
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import ServerMetadata, parse_metadata
+from tests.clock import FakeClock
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS, metadata_doc
 
 

@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from broker import errors as e
-from broker.clock import FakeClock
 from broker.oauth import http as bounded
 from broker.oauth.as_errors import Endpoint, classify, error_from_response, likely_cause
 from broker.oauth.skew import SkewMonitor
+from tests.clock import FakeClock
 
 T, P = Endpoint.TOKEN, Endpoint.PAR
 DID = "did:key:zDnaeClient"

@@ -14,7 +14,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from broker.clock import FakeClock
 from broker.errors import (
     AuthServerUnavailable,
     DiscoveryError,
@@ -30,6 +29,7 @@ from broker.oauth.client import OAuthClient
 from broker.oauth.client_auth import JWT_BEARER
 from broker.oauth.config import ClientConfig
 from broker.tokens.ports import Refresher
+from tests.clock import FakeClock
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS, form_of
 
 NONCE = "nonce-nonce-nonce-nonce-nonce-1"

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from broker.clock import FakeClock
 from broker.credentials.lear import LearCredentialMachine, parse_credential
 from broker.errors import (
     ClientAuthenticationFailed,
@@ -31,6 +30,7 @@ from broker.oauth.client import OAuthClient
 from broker.oauth.client_credentials import MachineClient, check_audience
 from broker.oauth.config import ClientConfig
 from broker.oauth.vp import VC_CONTEXT_V2, vp_token_value
+from tests.clock import FakeClock
 from tests.credentials.issuer import TestIssuer
 from tests.oauth.fakeas import ISSUER, FakeAS
 

@@ -15,12 +15,12 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from broker.clock import FakeClock
 from broker.errors import TokenValidationError
 from broker.jose import b64url
 from broker.oauth.config import ClientConfig
 from broker.oauth.id_token import P256_ORDER, VC_JSON_ERROR_CLAIM, validate_id_token
 from broker.oauth.metadata import JwksCache, MetadataCache
+from tests.clock import FakeClock
 from tests.oauth.fakeas import DROP, ISSUER, AsKey, FakeAS
 
 NONCE = "n-0S6_WzA2Mj-n-0S6_WzA2Mj"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import (
     AuthServerUnavailable,
     ConfigError,
@@ -18,6 +17,7 @@ from broker.errors import (
 from broker.keys.soft import SoftSigner
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import JwksCache, MetadataCache, discovery_url
+from tests.clock import FakeClock
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, AsKey, FakeAS, metadata_doc
 
 

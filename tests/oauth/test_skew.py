@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import (
     ClientAuthenticationFailed,
     ClockSkewSuspected,
@@ -32,6 +31,7 @@ from broker.oauth.types import TokenSet
 from broker.tokens.broker import TokenBroker
 from broker.tokens.settings import Seams
 from broker.tokens.stores.memory import MemoryGrantStore
+from tests.clock import FakeClock
 from tests.oauth.fakeas import FakeAS, form_of
 
 FUTURE_LIMIT = 10

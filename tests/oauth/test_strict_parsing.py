@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker import strict_json
-from broker.clock import FakeClock
 from broker.errors import TokenValidationError, UnexpectedResponse
 from broker.jose import b64url
 from broker.keys.soft import SoftSigner, es256_raw_signature
@@ -28,6 +27,7 @@ from broker.oauth import token_endpoint
 from broker.oauth.config import ClientConfig
 from broker.oauth.id_token import VC_JSON_ERROR_CLAIM, validate_id_token
 from broker.oauth.metadata import JwksCache, MetadataCache, ServerMetadata
+from tests.clock import FakeClock
 from tests.oauth.fakeas import ISSUER, FakeAS
 
 NONCE = "n-strict-0S6_WzA2Mj"

@@ -16,7 +16,6 @@ import httpx
 import pytest
 from jwcrypto import jwk, jws
 
-from broker.clock import FakeClock
 from broker.errors import (
     AuthServerUnavailable,
     ClientAuthenticationFailed,
@@ -32,6 +31,7 @@ from broker.oauth import token_endpoint
 from broker.oauth.client_auth import JWT_BEARER
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import ServerMetadata, parse_metadata
+from tests.clock import FakeClock
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS, form_of, metadata_doc
 
 VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"

@@ -16,10 +16,10 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 import pytest
 
-from broker.clock import FakeClock
 from broker.keys.soft import SoftKeyStore
 from broker.login import LoginService
 from broker.server.gen.broker.v1 import broker_pb2 as pb
+from tests.clock import FakeClock
 from tests.server.conftest import Harness, make_harness
 from tests.web.fakes import BASE_URL, ISSUER, FakeClient, FakeSink, client_config, metadata
 

@@ -10,11 +10,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from broker.audit.sinks import MeterFailureObserver
-from broker.clock import FakeClock
 from broker.errors import HsmUnavailable
 from broker.telemetry import instruments
 from broker.telemetry.metrics import BrokerMetrics
 from broker.telemetry.signer import MeteredSigner
+from tests.clock import FakeClock
 
 CATALOGUE = {spec.name: spec.unit for spec in instruments.ALL}
 

@@ -9,10 +9,10 @@ import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from broker.clock import FakeClock
 from broker.errors import BrokerError, GrantExists, GrantNotFound, VersionConflict
 from broker.oauth.types import TokenSet
 from broker.tokens.model import Grant, GrantStatus
+from tests.clock import FakeClock
 
 
 class FakeGrantStore:

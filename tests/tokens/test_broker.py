@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import (
     AuthServerUnavailable,
     GrantExists,
@@ -33,6 +32,7 @@ from broker.tokens.settings import (
     Seams,
     Sleep,
 )
+from tests.clock import FakeClock
 from tests.tokens.fakes import FakeGrantStore, FakeRefresher, token_set
 
 T = REFRESH_THRESHOLD

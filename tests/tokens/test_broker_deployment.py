@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import DeploymentMismatch
 from broker.keys.soft import SoftKeyStore
 from broker.oauth.client import OAuthClient
@@ -23,6 +22,7 @@ from broker.tokens.model import Grant, GrantStatus
 from broker.tokens.settings import Identities, Seams
 from broker.tokens.stores.deployment import DeploymentIdentity
 from broker.tokens.stores.memory import MemoryGrantStore
+from tests.clock import FakeClock
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS
 from tests.tokens.fakes import FakeRefresher
 from tests.tokens.test_store_contract import make_grant

@@ -14,7 +14,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from broker.clock import FakeClock
 from broker.errors import (
     AuthServerUnavailable,
     GrantNotFound,
@@ -33,6 +32,7 @@ from broker.tokens.settings import (
     Seams,
     Sleep,
 )
+from tests.clock import FakeClock
 from tests.tokens.fakes import FakeGrantStore, FakeRefresher, token_set
 
 T = REFRESH_THRESHOLD

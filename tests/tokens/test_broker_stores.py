@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import InvalidGrant, ReauthorizationRequired
 from broker.keys.soft import SoftSealer
 from broker.tokens.broker import TokenBroker
@@ -24,6 +23,7 @@ from broker.tokens.stores.base import GrantStore
 from broker.tokens.stores.memory import MemoryGrantStore
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
+from tests.clock import FakeClock
 from tests.tokens.fakes import FakeRefresher, token_set
 from tests.tokens.test_store_contract import drop_pg_schema, pg_schema_name, postgres_dsn_or_skip
 

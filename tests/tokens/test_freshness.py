@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.tokens.freshness import MIN_SERVE_TTL, REFRESH_THRESHOLD, Freshness, freshness
+from tests.clock import FakeClock
 
 T = REFRESH_THRESHOLD
 

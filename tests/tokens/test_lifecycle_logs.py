@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.tokens.broker import TokenBroker
 from broker.tokens.settings import Seams
+from tests.clock import FakeClock
 from tests.tokens.fakes import FakeGrantStore, FakeRefresher, token_set
 
 LIFETIME = 3600.0

@@ -17,7 +17,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from broker.clock import FakeClock
 from broker.errors import KeyStoreError, StoreError
 from broker.keys.soft import SoftSealer
 from broker.tokens.stores.logins import (
@@ -29,6 +28,7 @@ from broker.tokens.stores.logins import (
 )
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SCHEMA_VERSION, SqliteGrantStore
+from tests.clock import FakeClock
 from tests.tokens.test_store_contract import drop_pg_schema, pg_schema_name, postgres_dsn_or_skip
 
 NOW = 1_800_000_000.0

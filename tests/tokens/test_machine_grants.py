@@ -10,7 +10,6 @@ import random
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import (
     AuthServerUnavailable,
     BrokerError,
@@ -26,6 +25,7 @@ from broker.tokens.model import GrantKind, GrantStatus
 from broker.tokens.settings import Seams
 from broker.tokens.stores.base import GrantStore
 from broker.tokens.stores.memory import MemoryGrantStore
+from tests.clock import FakeClock
 from tests.tokens.fakes import FakeRefresher
 
 LIFETIME = 3600.0

@@ -14,7 +14,6 @@ import grpc
 import httpx
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import (
     AuthServerUnavailable,
     ClientAuthenticationFailed,
@@ -29,6 +28,7 @@ from broker.tokens.broker import TokenBroker
 from broker.tokens.model import GrantStatus
 from broker.tokens.settings import Seams
 from broker.tokens.stores.memory import MemoryGrantStore
+from tests.clock import FakeClock
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS
 
 SECRETS = ("rt-initial", "at-initial", "client_assertion", "eyJ")

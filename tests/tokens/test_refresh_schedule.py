@@ -13,7 +13,6 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from broker.clock import FakeClock
 from broker.errors import AuthServerUnavailable, InvalidGrant, ReauthorizationRequired
 from broker.keys.soft import SoftSealer
 from broker.oauth.skew import SkewMonitor
@@ -31,6 +30,7 @@ from broker.tokens.schedule import (
 )
 from broker.tokens.settings import BackgroundPolicy, RefreshPolicy, Seams
 from broker.tokens.stores.sqlite import SqliteGrantStore
+from tests.clock import FakeClock
 from tests.tokens.fakes import FakeGrantStore, token_set
 
 L = 3600.0  # DOME v2: access and refresh token both live an hour

@@ -12,7 +12,6 @@ import random
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import DeploymentMismatch, InvalidArgument
 from broker.tokens.broker import TokenBroker
 from broker.tokens.model import GrantKind, GrantStatus
@@ -25,6 +24,7 @@ from broker.tokens.stores.deployment import (
 )
 from broker.tokens.stores.identities import IdentityRefresher
 from broker.tokens.stores.memory import MemoryGrantStore
+from tests.clock import FakeClock
 from tests.tokens import test_store_binding
 from tests.tokens.fakes import FakeRefresher
 from tests.tokens.test_broker_deployment import expired_grant

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import DeploymentMismatch
 from broker.keys.soft import SoftSealer
 from broker.tokens.stores.deployment import DeploymentIdentity, IdentityRole, RecordedHow
@@ -22,6 +21,7 @@ from broker.tokens.stores.memory import MemoryGrantStore
 from broker.tokens.stores.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SCHEMA_VERSION, SqliteGrantStore
+from tests.clock import FakeClock
 from tests.tokens.test_store_contract import (
     drop_pg_schema,
     make_grant,

@@ -22,7 +22,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from broker.clock import FakeClock
 from broker.errors import (
     GrantExists,
     GrantNotFound,
@@ -37,6 +36,7 @@ from broker.tokens.stores.base import GrantStore
 from broker.tokens.stores.memory import MemoryGrantStore
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
+from tests.clock import FakeClock
 
 PG_DSN = os.environ.get("BROKER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 HANG_GUARD_S = 30.0  # only to turn a deadlock into a failure; never asserted on

@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.keys.soft import SoftSealer
 from broker.tokens.stores.base import GrantStore
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
+from tests.clock import FakeClock
 from tests.tokens.test_store_contract import (
     HANG_GUARD_S,
     drop_pg_schema,

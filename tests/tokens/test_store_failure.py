@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import StoreError
 from broker.keys.soft import SoftSealer
 from broker.oauth.types import TokenSet
@@ -32,6 +31,7 @@ from broker.tokens.settings import Reporting, Seams
 from broker.tokens.stores.base import GrantStore
 from broker.tokens.stores.memory import MemoryGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
+from tests.clock import FakeClock
 from tests.tokens.fakes import FakeRefresher, token_set
 
 LIFETIME = 3600.0

@@ -9,11 +9,11 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from broker.clock import FakeClock
 from broker.oauth.skew import SkewMonitor
 from broker.service import PersistenceHealthLog, resilience_gauges
 from broker.tokens.broker import TokenBroker
 from broker.tokens.stores.memory import MemoryGrantStore
+from tests.clock import FakeClock
 from tests.tokens.fakes import FakeRefresher
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import KeyStoreError
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.soft import SoftSealer
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
+from tests.clock import FakeClock
 from tests.tokens.test_store_contract import (
     drop_pg_schema,
     make_grant,

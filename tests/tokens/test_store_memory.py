@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import InvalidArgument, StoreError
 from broker.tokens.stores.memory import KeyedLocks, MemoryGrantStore
+from tests.clock import FakeClock
 from tests.tokens.test_store_contract import make_grant, make_tokens
 
 

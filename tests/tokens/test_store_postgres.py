@@ -15,10 +15,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from broker.clock import FakeClock
 from broker.errors import ConfigError, KeyStoreError, StoreError, VersionConflict
 from broker.keys.soft import SoftSealer
 from broker.tokens.stores.postgres import SCHEMA_VERSION, PostgresGrantStore
+from tests.clock import FakeClock
 from tests.tokens.test_store_contract import (
     HANG_GUARD_S,
     drop_pg_schema,

@@ -11,12 +11,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from broker.clock import FakeClock
 from broker.errors import DeploymentMismatch, StoreUnusable
 from broker.keys.soft import SoftSealer
 from broker.tokens.stores.deployment import DeploymentIdentity, RecordedHow
 from broker.tokens.stores.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresGrantStore
 from broker.tokens.stores.sealing import COLUMNS, seal_grant
+from tests.clock import FakeClock
 from tests.tokens.test_store_contract import (
     drop_pg_schema,
     make_grant,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import ConfigError, KeyStoreError, StoreError, StoreUnusable
 from broker.keys.soft import SoftSealer
 from broker.tokens.stores.sqlite import SCHEMA_VERSION, SqliteGrantStore
+from tests.clock import FakeClock
 from tests.tokens.test_store_contract import make_grant, make_tokens
 
 SECRETS = (

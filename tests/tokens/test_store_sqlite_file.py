@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import DeploymentMismatch, StoreUnusable
 from broker.keys.soft import SoftSealer
 from broker.tokens.stores.deployment import DeploymentIdentity, RecordedHow
 from broker.tokens.stores.sealing import COLUMNS, seal_grant
 from broker.tokens.stores.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteGrantStore
+from tests.clock import FakeClock
 from tests.tokens.test_store_contract import make_grant
 
 OURS = DeploymentIdentity(

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.keys.soft import SoftKeyStore, SoftSigner
 from broker.login import LoginService
+from tests.clock import FakeClock
 from tests.web.fakes import BASE_URL, FakeClient, FakeSink, client_config
 
 

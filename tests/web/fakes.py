@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 
-from broker.clock import FakeClock
 from broker.errors import InvalidGrant
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import ServerMetadata
 from broker.oauth.types import TokenSet
 from broker.tokens.model import Grant, GrantStatus
+from tests.clock import FakeClock
 
 ISSUER = "https://as.example.org"
 BASE_URL = "https://broker.example.org"

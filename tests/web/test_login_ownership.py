@@ -8,7 +8,6 @@ from collections.abc import Awaitable
 
 import pytest
 
-from broker.clock import FakeClock
 from broker.errors import (
     AuthorizationDenied,
     AuthorizationResponseError,
@@ -19,6 +18,7 @@ from broker.errors import (
 from broker.keys.soft import SoftSigner
 from broker.login import LoginService, LoginState, LoginView
 from broker.oauth.metadata import ServerMetadata
+from tests.clock import FakeClock
 from tests.web.fakes import BASE_URL, ISSUER, FakeClient, FakeSink, client_config
 from tests.web.test_login_service import ref_of, state_of
 

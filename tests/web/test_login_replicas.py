@@ -14,13 +14,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from broker.clock import FakeClock
 from broker.keys.soft import SoftKeyStore, SoftSealer, SoftSigner
 from broker.login import LoginService, LoginState, LoginView
 from broker.tokens.stores.logins import GrantAndLoginStore
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from broker.web.app import create_app
+from tests.clock import FakeClock
 from tests.tokens.test_store_contract import drop_pg_schema, pg_schema_name, postgres_dsn_or_skip
 from tests.web.fakes import BASE_URL, ISSUER, REDIRECT_URI, FakeClient, FakeSink, client_config
 

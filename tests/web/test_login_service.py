@@ -8,7 +8,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from jwcrypto import jwk, jws
 
-from broker.clock import FakeClock
 from broker.errors import (
     AuthorizationDenied,
     AuthorizationResponseError,
@@ -23,6 +22,7 @@ from broker.jose import unverified_parts
 from broker.keys.didkey import public_key_from_did
 from broker.keys.soft import SoftSigner
 from broker.login import LoginService, LoginState, LoginView
+from tests.clock import FakeClock
 from tests.web.fakes import (
     BASE_URL,
     ISSUER,

@@ -12,13 +12,13 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from broker.clock import FakeClock
 from broker.keys.soft import SoftKeyStore, SoftSigner
 from broker.login import LoginService, LoginState, LoginView
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.tokens.stores.logins import MemoryLoginStore
 from broker.web.app import create_app
+from tests.clock import FakeClock
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS, form_of
 from tests.web.fakes import BASE_URL, FakeSink
 

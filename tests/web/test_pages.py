@@ -14,11 +14,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from broker.clock import FakeClock
 from broker.login import LoginService, LoginState, LoginView
 from broker.web import pages
 from broker.web.app import create_app
 from broker.web.links import COOKIE_NAME, BrowserLinks, LinkedLogins
+from tests.clock import FakeClock
 from tests.web.fakes import BASE_URL, ISSUER, REDIRECT_URI, FakeClient
 
 EXPECTED_HEADERS = {

@@ -17,13 +17,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from broker.clock import FakeClock
 from broker.errors import HsmUnavailable
 from broker.jose import sign_compact_async
 from broker.keys.health import HsmHealth, HsmState
 from broker.keys.pkcs11.store import Pkcs11KeyStore
 from broker.telemetry.metrics import BrokerMetrics
 from broker.telemetry.signer import MeteredSigner
+from tests.clock import FakeClock
 from tests.conftest import SoftHsmEnv
 from tests.keys.helpers import verify_jws_with_jwcrypto
 
