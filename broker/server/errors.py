@@ -64,6 +64,8 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
             return code, f"broker's machine credential not usable: {exc.reason}"
         if isinstance(exc, e.EndpointOriginRefused):
             return code, f"broker refuses the authorization server's metadata: {exc.reason}"
+        if type(exc) is e.OAuthErrorResponse:
+            return code, f"the authorization server refused the request: error={exc.error}"
         return code, f"grant or login not usable: {exc.reason}"
     if code is grpc.StatusCode.ALREADY_EXISTS:
         return code, f"already exists: {exc.reason}"
@@ -97,14 +99,15 @@ def status_code_for(cls: type[BaseException]) -> grpc.StatusCode:
         | e.LoginExpired
         | e.AuthorizationDenied
         | e.ConfirmationMismatch
-        | e.ClientAuthenticationFailed
+        | e.OAuthErrorResponse
         | e.EndpointOriginRefused
         | e.DeploymentMismatch
         | e.CredentialError,
     ):
         # The grant or login cannot be used as it is: a user has to act (log in again), or an
         # operator (the AS refuses our client authentication, or a clock skewed far enough for
-        # that, or AS metadata naming endpoints on a foreign origin). Retrying cannot help.
+        # that, another OAuth error such as invalid_scope or unauthorized_client, or AS metadata
+        # naming endpoints on a foreign origin). Retrying cannot help.
         return grpc.StatusCode.FAILED_PRECONDITION
     if issubclass(cls, e.LoginCapacityExceeded):
         return grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -34,7 +34,7 @@ EXPECTED: dict[str, Any] = {
     "DiscoveryError": S.UNAVAILABLE,
     "EndpointOriginRefused": S.FAILED_PRECONDITION,
     "AuthServerUnavailable": S.UNAVAILABLE,
-    "OAuthErrorResponse": S.UNAVAILABLE,
+    "OAuthErrorResponse": S.FAILED_PRECONDITION,
     "InvalidGrant": S.FAILED_PRECONDITION,
     "ClockSkewSuspected": S.FAILED_PRECONDITION,
     "UnexpectedResponse": S.UNAVAILABLE,

@@ -52,6 +52,7 @@ class TokenBrokerStub:
     invalid_grant                  FAILED_PRECONDITION
     login_expired                  FAILED_PRECONDITION
     m2m_rejected                   FAILED_PRECONDITION
+    oauth_error                    FAILED_PRECONDITION
     reauthorization_required       FAILED_PRECONDITION
     internal                       INTERNAL
     authorization_response         INVALID_ARGUMENT
@@ -76,7 +77,6 @@ class TokenBrokerStub:
     invalid_key                    UNAVAILABLE
     keystore                       UNAVAILABLE
     oauth                          UNAVAILABLE
-    oauth_error                    UNAVAILABLE
     orphan_key                     UNAVAILABLE
     pin_incorrect                  UNAVAILABLE
     pin_locked                     UNAVAILABLE
@@ -164,6 +164,7 @@ class TokenBrokerServicer:
     invalid_grant                  FAILED_PRECONDITION
     login_expired                  FAILED_PRECONDITION
     m2m_rejected                   FAILED_PRECONDITION
+    oauth_error                    FAILED_PRECONDITION
     reauthorization_required       FAILED_PRECONDITION
     internal                       INTERNAL
     authorization_response         INVALID_ARGUMENT
@@ -188,7 +189,6 @@ class TokenBrokerServicer:
     invalid_key                    UNAVAILABLE
     keystore                       UNAVAILABLE
     oauth                          UNAVAILABLE
-    oauth_error                    UNAVAILABLE
     orphan_key                     UNAVAILABLE
     pin_incorrect                  UNAVAILABLE
     pin_locked                     UNAVAILABLE
@@ -338,6 +338,7 @@ class TokenBroker:
     invalid_grant                  FAILED_PRECONDITION
     login_expired                  FAILED_PRECONDITION
     m2m_rejected                   FAILED_PRECONDITION
+    oauth_error                    FAILED_PRECONDITION
     reauthorization_required       FAILED_PRECONDITION
     internal                       INTERNAL
     authorization_response         INVALID_ARGUMENT
@@ -362,7 +363,6 @@ class TokenBroker:
     invalid_key                    UNAVAILABLE
     keystore                       UNAVAILABLE
     oauth                          UNAVAILABLE
-    oauth_error                    UNAVAILABLE
     orphan_key                     UNAVAILABLE
     pin_incorrect                  UNAVAILABLE
     pin_locked                     UNAVAILABLE
