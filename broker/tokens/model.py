@@ -85,3 +85,31 @@ class GrantExpiry:
     access_expires_at: float
     access_issued_at: float | None
     refresh_expires_at: float | None
+
+
+@dataclass(frozen=True)
+class GrantSummary:
+    """A grant's clear (never sealed) columns: what listing and scheduling need, read without
+    opening any token. ``refresh_due_at`` is when its next refresh is due (epoch seconds);
+    ``claimed_by``/``claim_until``: the replica that holds the refresh lease and until when
+    (None when unclaimed)."""
+
+    grant_id: str
+    label: str
+    issuer: str
+    client_id: str
+    subject: str
+    scope: str
+    status: GrantStatus
+    kind: GrantKind
+    version: int
+    access_expires_at: float
+    access_issued_at: float | None
+    refresh_expires_at: float | None
+    refresh_started_at: float | None
+    refresh_due_at: float
+    created_at: float
+    updated_at: float
+    last_error: str | None
+    claimed_by: str | None = None
+    claim_until: float | None = None

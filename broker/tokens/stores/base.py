@@ -24,7 +24,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from broker.oauth.types import TokenSet
-from broker.tokens.model import Grant, GrantExpiry, GrantStatus
+from broker.tokens.model import Grant, GrantExpiry, GrantStatus, GrantSummary
 from broker.tokens.stores.deployment import RecordedIdentity
 
 
@@ -85,3 +85,43 @@ class ExpiryView(Protocol):
     outage budget; the SQL stores have it)."""
 
     async def expiries(self) -> Sequence[GrantExpiry]: ...
+
+
+class GrantIndex(Protocol):
+    """The grants' clear columns, read without opening any token (every implementation has
+    it): listing (ListGrants needs no secret) and the background pass's question "which grants
+    are due?". ``refresh_due_at`` is computed by the store's :class:`~broker.tokens.stores.due.
+    DueRule` on ``create`` and ``rotate`` (or given to ``rotate``); it is indexed."""
+
+    async def list_metadata(self, *, label: str | None = None) -> list[GrantSummary]:
+        """Every grant (or those with ``label``), ordered by grant id."""
+        ...
+
+    async def due(
+        self, now: float, *, horizon: float = 0.0, limit: int = 1000
+    ) -> list[GrantSummary]:
+        """ACTIVE grants with ``refresh_due_at <= now + horizon``, earliest first, at most
+        ``limit``; claims are ignored (see :class:`RefreshClaims`)."""
+        ...
+
+
+class RefreshClaims(Protocol):
+    """Refresh leases, so that replicas sharing a store divide the due grants instead of all
+    refreshing all of them. A claim is a lease (``claimed_by``, ``claim_until``): a crashed
+    claimer's lease expires and another replica claims the grant. ``rotate`` and
+    ``set_status`` clear the claim; the per-grant ``refresh_lock`` still serialises refreshes
+    (a claim divides work, the lock is what makes a refresh exclusive)."""
+
+    async def claim_due(
+        self, now: float, *, owner: str, lease: float, horizon: float = 0.0, limit: int = 1000
+    ) -> list[GrantSummary]:
+        """Atomically claim up to ``limit`` due ACTIVE grants (as :meth:`GrantIndex.due`)
+        whose claim is absent or expired (``claim_until <= now``; a grant ``owner`` holds is
+        not handed out again either, so a failing refresh waits for its lease); each is
+        returned claimed by ``owner`` until ``now + lease``. Two concurrent callers never get
+        the same grant."""
+        ...
+
+    async def release_claim(self, grant_id: str, *, owner: str) -> None:
+        """Drop ``owner``'s claim on the grant (nothing if another holds it or it is gone)."""
+        ...

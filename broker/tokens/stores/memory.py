@@ -18,6 +18,7 @@ raise a given error before it changes anything (e.g. a :class:`broker.errors.Sto
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Sequence
@@ -33,7 +34,7 @@ from broker.errors import (
     VersionConflict,
 )
 from broker.oauth.types import TokenSet
-from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.model import Grant, GrantStatus, GrantSummary
 from broker.tokens.stores.deployment import (
     DeploymentIdentity,
     IdentityRole,
@@ -44,7 +45,10 @@ from broker.tokens.stores.deployment import (
     check_grant_owner,
     log_adoption,
 )
+from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule, due_at
 from broker.tokens.stores.sealing import (
+    check_claim,
+    check_due_query,
     check_expected_version,
     check_grant_id,
     check_label,
@@ -67,6 +71,10 @@ OPERATIONS = frozenset(
         "delete",
         "refresh_lock",
         "ping",
+        "list_metadata",
+        "due",
+        "claim_due",
+        "release_claim",
     }
 )
 
@@ -101,6 +109,13 @@ class KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+@dataclasses.dataclass
+class _Schedule:
+    due_at: float
+    claimed_by: str | None = None
+    claim_until: float | None = None
+
+
 def _not_found(grant_id: str) -> GrantNotFound:
     return GrantNotFound(f"no grant {grant_id!r}")
 
@@ -108,7 +123,8 @@ def _not_found(grant_id: str) -> GrantNotFound:
 class MemoryGrantStore:
     """GrantStore in a dict. Not durable, not shared between processes."""
 
-    SCHEMA_VERSION = 6  # as the SQL stores (identity 2, expiry 3, logins 4, kind 5, rotation 6)
+    SCHEMA_VERSION = 7  # as the SQL stores (identity 2, expiry 3, logins 4, kind 5, rotation 6,
+    # scheduling 7)
 
     def __init__(
         self,
@@ -117,10 +133,14 @@ class MemoryGrantStore:
         identity: DeploymentIdentity | None = None,
         record_identity: bool = True,
         shared_with: MemoryGrantStore | None = None,
+        due_rule: DueRule = DEFAULT_DUE_RULE,
     ) -> None:
         self._clock: Clock = clock if clock is not None else SystemClock()
         fresh = shared_with is None
         self._grants: dict[str, Grant] = {} if shared_with is None else shared_with._grants
+        # grant id -> [refresh_due_at, claimed_by, claim_until] (the SQL stores' clear columns)
+        self._sched: dict[str, _Schedule] = {} if shared_with is None else shared_with._sched
+        self._due_rule = due_rule
         self._recorded: list[RecordedIdentity] = (
             [] if shared_with is None else shared_with._recorded
         )
@@ -171,6 +191,14 @@ class MemoryGrantStore:
         if grant.grant_id in self._grants:
             raise GrantExists(f"grant {grant.grant_id!r} already exists")
         self._grants[grant.grant_id] = dataclasses.replace(grant, id_claims=dict(grant.id_claims))
+        self._sched[grant.grant_id] = _Schedule(
+            self._due(
+                grant.grant_id, grant.version, grant.access_issued_at, grant.access_expires_at
+            )
+        )
+
+    def _due(self, grant_id: str, version: int, issued: float | None, expires: float) -> float:
+        return due_at(self._due_rule, grant_id, version, issued_at=issued, expires_at=expires)
 
     async def get(self, grant_id: str) -> Grant:
         self._enter("get")
@@ -190,11 +218,20 @@ class MemoryGrantStore:
             grant, refresh_started_at=at, updated_at=self._clock.now()
         )
 
-    async def rotate(self, grant_id: str, tokens: TokenSet, *, expected_version: int) -> Grant:
+    async def rotate(
+        self,
+        grant_id: str,
+        tokens: TokenSet,
+        *,
+        expected_version: int,
+        refresh_due_at: float | None = None,
+    ) -> Grant:
         self._enter("rotate")
         check_grant_id(grant_id)
         check_expected_version(expected_version)
         validate_tokens(tokens)
+        if refresh_due_at is not None:
+            refresh_due_at = check_time("refresh_due_at", refresh_due_at)
         grant = self._current(grant_id)
         if grant.version != expected_version:
             raise VersionConflict(
@@ -219,6 +256,11 @@ class MemoryGrantStore:
             else grant.refresh_expires_at,
         )
         self._grants[grant_id] = new
+        self._sched[grant_id] = _Schedule(
+            self._due(grant_id, new.version, new.access_issued_at, new.access_expires_at)
+            if refresh_due_at is None
+            else refresh_due_at
+        )
         return new
 
     async def set_status(self, grant_id: str, status: GrantStatus, *, reason: str | None) -> Grant:
@@ -236,6 +278,8 @@ class MemoryGrantStore:
             updated_at=self._clock.now(),
         )
         self._grants[grant_id] = new
+        sched = self._sched_of(new)
+        sched.claimed_by = sched.claim_until = None
         return new
 
     async def record_error(self, grant_id: str, reason: str) -> None:
@@ -252,6 +296,98 @@ class MemoryGrantStore:
         check_grant_id(grant_id)
         if self._grants.pop(grant_id, None) is None:
             raise _not_found(grant_id)
+        self._sched.pop(grant_id, None)
+
+    # --- GrantIndex / RefreshClaims -------------------------------------------------------------
+
+    def _sched_of(self, grant: Grant) -> _Schedule:
+        sched = self._sched.get(grant.grant_id)
+        if sched is None:  # a grant put in place without create()
+            sched = self._sched[grant.grant_id] = _Schedule(
+                self._due(
+                    grant.grant_id, grant.version, grant.access_issued_at, grant.access_expires_at
+                )
+            )
+        return sched
+
+    def _summary(self, grant: Grant) -> GrantSummary:
+        sched = self._sched_of(grant)
+        return GrantSummary(
+            grant_id=grant.grant_id,
+            label=grant.label,
+            issuer=grant.issuer,
+            client_id=grant.client_id,
+            subject=grant.subject,
+            scope=grant.scope,
+            status=grant.status,
+            kind=grant.kind,
+            version=grant.version,
+            access_expires_at=grant.access_expires_at,
+            access_issued_at=grant.access_issued_at,
+            refresh_expires_at=grant.refresh_expires_at,
+            refresh_started_at=grant.refresh_started_at,
+            refresh_due_at=sched.due_at,
+            created_at=grant.created_at,
+            updated_at=grant.updated_at,
+            last_error=grant.last_error,
+            claimed_by=sched.claimed_by,
+            claim_until=sched.claim_until,
+        )
+
+    async def list_metadata(self, *, label: str | None = None) -> builtins.list[GrantSummary]:
+        self._enter("list_metadata")
+        if label is not None:
+            check_label(label)
+        return [
+            self._summary(g)
+            for _, g in sorted(self._grants.items())
+            if label is None or g.label == label
+        ]
+
+    def _due_now(self, now: float, horizon: float, limit: int) -> builtins.list[Grant]:
+        due = [
+            g
+            for g in self._grants.values()
+            if g.status is GrantStatus.ACTIVE and self._sched_of(g).due_at <= now + horizon
+        ]
+        due.sort(key=lambda g: (self._sched_of(g).due_at, g.grant_id))
+        return due[:limit] if limit < len(due) else due
+
+    async def due(
+        self, now: float, *, horizon: float = 0.0, limit: int = 1000
+    ) -> builtins.list[GrantSummary]:
+        self._enter("due")
+        now, horizon, limit = check_due_query(now, horizon, limit)
+        return [self._summary(g) for g in self._due_now(now, horizon, limit)]
+
+    async def claim_due(
+        self, now: float, *, owner: str, lease: float, horizon: float = 0.0, limit: int = 1000
+    ) -> builtins.list[GrantSummary]:
+        self._enter("claim_due")
+        now, horizon, limit = check_due_query(now, horizon, limit)
+        owner, lease = check_claim(owner, lease)
+
+        def free(sched: _Schedule) -> bool:
+            until = sched.claim_until
+            return until is None or until <= now
+
+        candidates = [
+            g
+            for g in self._due_now(now, horizon, len(self._grants) or 1)
+            if free(self._sched_of(g))
+        ][:limit]
+        for g in candidates:
+            sched = self._sched_of(g)
+            sched.claimed_by, sched.claim_until = owner, now + lease
+        return [self._summary(g) for g in candidates]
+
+    async def release_claim(self, grant_id: str, *, owner: str) -> None:
+        self._enter("release_claim")
+        check_grant_id(grant_id)
+        owner, _ = check_claim(owner, 1.0)
+        sched = self._sched.get(grant_id)
+        if sched is not None and sched.claimed_by == owner:
+            sched.claimed_by = sched.claim_until = None
 
     def refresh_lock(self, grant_id: str) -> AbstractAsyncContextManager[None]:
         check_grant_id(grant_id)

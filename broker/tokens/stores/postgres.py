@@ -22,11 +22,16 @@
   ``deployment_identities``, schema version 2) and refuses any other with
   :class:`broker.errors.DeploymentMismatch`, in the migration transaction (a refused open
   changes nothing). See :mod:`broker.tokens.stores.deployment`.
+- Scheduling (schema version 7): ``refresh_due_at`` (indexed for the ACTIVE grants) and the
+  refresh lease ``claimed_by``/``claim_until``. :meth:`PostgresGrantStore.claim_due` picks due
+  rows ``FOR UPDATE SKIP LOCKED`` and leases them in one statement, so replicas divide the due
+  grants; an expired lease (a crashed claimer) is claimed again. Nothing there opens a token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -51,7 +56,7 @@ from broker.errors import (
 )
 from broker.keys.api import Sealer
 from broker.oauth.types import TokenSet
-from broker.tokens.model import Grant, GrantExpiry, GrantStatus
+from broker.tokens.model import Grant, GrantExpiry, GrantStatus, GrantSummary
 from broker.tokens.stores.deployment import (
     IDENTITY_COLUMNS,
     DeploymentIdentity,
@@ -65,11 +70,15 @@ from broker.tokens.stores.deployment import (
     log_adoption,
     recorded_from_row,
 )
+from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule, due_at
 from broker.tokens.stores.memory import KeyedLocks
 from broker.tokens.stores.postgres_logins import LOGINS_MIGRATION, PostgresLogins
 from broker.tokens.stores.sealing import (
     COLUMNS,
+    SUMMARY_COLUMNS,
     SealedRow,
+    check_claim,
+    check_due_query,
     check_expected_version,
     check_grant_id,
     check_label,
@@ -77,6 +86,7 @@ from broker.tokens.stores.sealing import (
     check_status,
     check_time,
     grant_expiry,
+    grant_summary,
     open_grant,
     rotation_update,
     seal_grant,
@@ -159,6 +169,17 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "ALTER TABLE {schema}.deployment_identities ADD COLUMN key_uri TEXT",
         ),
     ),
+    (
+        7,
+        (
+            # Scheduling without opening tokens (broker.tokens.stores.due); NULL due times of
+            # older grants are filled in by the open that migrates.
+            "ALTER TABLE {schema}.grants ADD COLUMN refresh_due_at DOUBLE PRECISION",
+            "ALTER TABLE {schema}.grants ADD COLUMN claimed_by TEXT",
+            "ALTER TABLE {schema}.grants ADD COLUMN claim_until DOUBLE PRECISION",
+            "CREATE INDEX grants_due ON {schema}.grants (refresh_due_at) WHERE status = 'active'",
+        ),
+    ),
 )
 OUR_TABLES = frozenset({"schema_migrations", "grants"})
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -238,6 +259,7 @@ class PostgresGrantStore(PostgresLogins):
         connect_timeout: float = 5.0,
         identity: DeploymentIdentity | None = None,
         record_identity: bool = True,
+        due_rule: DueRule = DEFAULT_DUE_RULE,
     ) -> None:
         if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
             raise ConfigError(
@@ -263,17 +285,25 @@ class PostgresGrantStore(PostgresLogins):
         self._closed = False
         self._identity = identity
         self._record_identity = record_identity
+        self._due_rule = due_rule
         self._owners: tuple[DeploymentIdentity, ...] = ()  # grants create() accepts (bound)
         self.adopted = False  # this open recorded the identity of a schema that had none
         ident = sql.Identifier(schema)
         table = sql.SQL("{}.grants").format(ident)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
         self._q_select = sql.SQL("SELECT {cols} FROM {table}").format(cols=cols, table=table)
+        insert_cols = (*COLUMNS, "refresh_due_at")
         self._q_insert = sql.SQL(
             "INSERT INTO {table} ({cols}) VALUES ({values}) "
             "ON CONFLICT (grant_id) DO NOTHING RETURNING grant_id"
         ).format(
-            table=table, cols=cols, values=sql.SQL(", ").join(sql.Placeholder() for _ in COLUMNS)
+            table=table,
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in insert_cols),
+            values=sql.SQL(", ").join(sql.Placeholder() for _ in insert_cols),
+        )
+        self._summary_cols = sql.SQL(", ").join(sql.Identifier(c) for c in SUMMARY_COLUMNS)
+        self._q_summary = sql.SQL("SELECT {cols} FROM {table}").format(
+            cols=self._summary_cols, table=table
         )
         self._table = table
         self._cols = cols
@@ -295,9 +325,16 @@ class PostgresGrantStore(PostgresLogins):
         schema: str = "broker",
         identity: DeploymentIdentity | None = None,
         record_identity: bool = True,
+        due_rule: DueRule = DEFAULT_DUE_RULE,
     ) -> PostgresGrantStore:
         store = cls(
-            dsn, sealer, clock, schema=schema, identity=identity, record_identity=record_identity
+            dsn,
+            sealer,
+            clock,
+            schema=schema,
+            identity=identity,
+            record_identity=record_identity,
+            due_rule=due_rule,
         )
         try:
             await store.open()
@@ -373,6 +410,7 @@ class PostgresGrantStore(PostgresLogins):
                         ).format(self._ident),
                         (version, self._clock.now()),
                     )
+                await self._fill_due(conn)
                 recorded_now, grants = await self._bind(conn, fresh=fresh)
         except psycopg.Error as exc:
             raise _wrap("open", exc) from exc
@@ -380,6 +418,30 @@ class PostgresGrantStore(PostgresLogins):
             self.adopted = True
             log_adoption(f"schema {self._schema!r} on {self._where}", self._identity, grants)
         self._opened = True
+
+    async def _fill_due(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Give grants stored before schema 7 their due time (clear columns only)."""
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT grant_id, version, access_issued_at, access_expires_at FROM {} "
+                "WHERE refresh_due_at IS NULL"
+            ).format(self._table)
+        )
+        rows = await cur.fetchall()
+        if rows:
+            async with conn.cursor() as c:
+                await c.executemany(
+                    sql.SQL("UPDATE {} SET refresh_due_at = %s WHERE grant_id = %s").format(
+                        self._table
+                    ),
+                    [
+                        (self._due(str(gid), int(v), issued, float(expires)), gid)
+                        for gid, v, issued, expires in rows
+                    ],
+                )
+
+    def _due(self, grant_id: str, version: int, issued: float | None, expires: float) -> float:
+        return due_at(self._due_rule, grant_id, version, issued_at=issued, expires_at=expires)
 
     def _q_identities(self) -> sql.Composed:
         return sql.SQL(
@@ -513,10 +575,13 @@ class PostgresGrantStore(PostgresLogins):
         except psycopg.Error as exc:
             raise _wrap(operation, exc) from exc
 
-    async def _open_row(self, values: tuple[Any, ...] | None, grant_id: str) -> Grant:
+    async def _open_row(
+        self, values: tuple[Any, ...] | None, grant_id: str, known: TokenSet | None = None
+    ) -> Grant:
         if values is None:
             raise GrantNotFound(f"no grant {grant_id!r}")
-        return await asyncio.to_thread(open_grant, self._sealer, SealedRow.from_values(values))
+        row = SealedRow.from_values(values)
+        return await asyncio.to_thread(lambda: open_grant(self._sealer, row, known=known))
 
     async def _update(
         self, operation: str, grant_id: str, columns: dict[str, Any]
@@ -537,8 +602,9 @@ class PostgresGrantStore(PostgresLogins):
     async def create(self, grant: Grant) -> None:
         row = await asyncio.to_thread(seal_grant, self._sealer, grant)
         check_grant_owner(self._owners, grant.issuer, grant.client_id, grant.grant_id)
+        due = self._due(row.grant_id, row.version, row.access_issued_at, row.access_expires_at)
         async with self._operation("create") as conn:
-            cur = await conn.execute(self._q_insert, row.values())
+            cur = await conn.execute(self._q_insert, (*row.values(), due))
             inserted = await cur.fetchone()
         if inserted is None:
             raise GrantExists(f"grant {grant.grant_id!r} already exists")
@@ -564,6 +630,70 @@ class PostgresGrantStore(PostgresLogins):
             lambda: [open_grant(self._sealer, SealedRow.from_values(r)) for r in rows]
         )
 
+    # --- GrantIndex / RefreshClaims: clear columns only ---------------------------------------
+
+    async def list_metadata(self, *, label: str | None = None) -> builtins.list[GrantSummary]:
+        async with self._operation("list_metadata") as conn:
+            if label is None:
+                cur = await conn.execute(self._q_summary + sql.SQL(" ORDER BY grant_id"))
+            else:
+                check_label(label)
+                cur = await conn.execute(
+                    self._q_summary + sql.SQL(" WHERE label = %s ORDER BY grant_id"), (label,)
+                )
+            rows = await cur.fetchall()
+        return [grant_summary(r) for r in rows]
+
+    async def due(
+        self, now: float, *, horizon: float = 0.0, limit: int = 1000
+    ) -> builtins.list[GrantSummary]:
+        now, horizon, limit = check_due_query(now, horizon, limit)
+        async with self._operation("due") as conn:
+            cur = await conn.execute(
+                self._q_summary
+                + sql.SQL(
+                    " WHERE status = 'active' AND refresh_due_at <= %s "
+                    "ORDER BY refresh_due_at, grant_id LIMIT %s"
+                ),
+                (now + horizon, limit),
+            )
+            rows = await cur.fetchall()
+        return [grant_summary(r) for r in rows]
+
+    async def claim_due(
+        self, now: float, *, owner: str, lease: float, horizon: float = 0.0, limit: int = 1000
+    ) -> builtins.list[GrantSummary]:
+        now, horizon, limit = check_due_query(now, horizon, limit)
+        owner, lease = check_claim(owner, lease)
+        query = sql.SQL(
+            "WITH picked AS (SELECT grant_id FROM {table} "
+            "WHERE status = 'active' AND refresh_due_at <= %s "
+            "AND (claim_until IS NULL OR claim_until <= %s) "
+            "ORDER BY refresh_due_at, grant_id LIMIT %s FOR UPDATE SKIP LOCKED) "
+            "UPDATE {table} AS g SET claimed_by = %s, claim_until = %s FROM picked "
+            "WHERE g.grant_id = picked.grant_id RETURNING {cols}"
+        ).format(
+            table=self._table,
+            cols=sql.SQL(", ").join(sql.Identifier("g", c) for c in SUMMARY_COLUMNS),
+        )
+        async with self._operation("claim_due") as conn:
+            cur = await conn.execute(query, (now + horizon, now, limit, owner, now + lease))
+            rows = await cur.fetchall()
+        claimed = [grant_summary(r) for r in rows]
+        return sorted(claimed, key=lambda g: (g.refresh_due_at, g.grant_id))
+
+    async def release_claim(self, grant_id: str, *, owner: str) -> None:
+        check_grant_id(grant_id)
+        owner, _ = check_claim(owner, 1.0)
+        async with self._operation("release_claim") as conn:
+            await conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET claimed_by = NULL, claim_until = NULL "
+                    "WHERE grant_id = %s AND claimed_by = %s"
+                ).format(self._table),
+                (grant_id, owner),
+            )
+
     async def mark_refresh_started(self, grant_id: str, at: float) -> None:
         check_grant_id(grant_id)
         at = check_time("at", at)
@@ -575,13 +705,28 @@ class PostgresGrantStore(PostgresLogins):
         if updated is None:
             raise GrantNotFound(f"no grant {grant_id!r}")
 
-    async def rotate(self, grant_id: str, tokens: TokenSet, *, expected_version: int) -> Grant:
+    async def rotate(
+        self,
+        grant_id: str,
+        tokens: TokenSet,
+        *,
+        expected_version: int,
+        refresh_due_at: float | None = None,
+    ) -> Grant:
+        """See :meth:`GrantStore.rotate`; ``refresh_due_at`` as for the SQLite store. Sealed
+        before the transaction; the given tokens are returned without being opened again."""
         check_grant_id(grant_id)
         check_expected_version(expected_version)
         validate_tokens(tokens)
+        due = (
+            self._due(grant_id, expected_version + 1, tokens.received_at, tokens.expires_at)
+            if refresh_due_at is None
+            else check_time("refresh_due_at", refresh_due_at)
+        )
         update = await asyncio.to_thread(
             rotation_update, self._sealer, grant_id, tokens, self._clock.now()
         )
+        update.update(refresh_due_at=due, claimed_by=None, claim_until=None)
         query = sql.SQL(
             "UPDATE {table} SET {sets}, version = version + 1 WHERE grant_id = %s RETURNING {cols}"
         ).format(
@@ -607,7 +752,7 @@ class PostgresGrantStore(PostgresLogins):
                 )
             cur = await conn.execute(query, (*update.values(), grant_id))
             values = await cur.fetchone()
-        return await self._open_row(values, grant_id)
+        return await self._open_row(values, grant_id, known=tokens)
 
     async def set_status(self, grant_id: str, status: GrantStatus, *, reason: str | None) -> Grant:
         check_grant_id(grant_id)
@@ -622,6 +767,8 @@ class PostgresGrantStore(PostgresLogins):
                 "last_error": reason,
                 "refresh_started_at": None,
                 "updated_at": self._clock.now(),
+                "claimed_by": None,
+                "claim_until": None,
             },
         )
         return await self._open_row(values, grant_id)

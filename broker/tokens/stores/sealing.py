@@ -20,7 +20,7 @@ from typing import Any
 from broker.errors import InvalidArgument, KeyStoreError, StoreError
 from broker.keys.api import Sealer
 from broker.oauth.types import TokenSet
-from broker.tokens.model import Grant, GrantExpiry, GrantKind, GrantStatus
+from broker.tokens.model import Grant, GrantExpiry, GrantKind, GrantStatus, GrantSummary
 
 ACCESS_TOKEN = "access_token"  # noqa: S105 (a field name)
 REFRESH_TOKEN = "refresh_token"  # noqa: S105 (a field name)
@@ -260,7 +260,15 @@ def seal_grant(sealer: Sealer, grant: Grant) -> SealedRow:
     )
 
 
-def open_grant(sealer: Sealer, row: SealedRow) -> Grant:
+def open_grant(
+    sealer: Sealer,
+    row: SealedRow,
+    *,
+    known: TokenSet | None = None,
+) -> Grant:
+    """The grant of a stored row. ``known``: the tokens just written by a rotation, whose
+    plaintext is in hand: those fields are taken from it instead of being opened again (a
+    rotation that brought a new refresh token and id_token claims opens nothing)."""
     gid = row.grant_id
     try:
         status = GrantStatus(row.status)
@@ -270,16 +278,23 @@ def open_grant(sealer: Sealer, row: SealedRow) -> Grant:
         kind = GrantKind(row.kind)
     except ValueError:
         raise StoreError(f"grant {gid!r} has an unknown stored kind") from None
-    access = open_field(sealer, gid, ACCESS_TOKEN, row.access_token).decode()
-    refresh = (
-        None
-        if row.refresh_token is None
-        else open_field(sealer, gid, REFRESH_TOKEN, row.refresh_token).decode()
-    )
-    try:
-        claims = json.loads(open_field(sealer, gid, ID_CLAIMS, row.id_claims))
-    except ValueError:
-        raise StoreError(f"grant {gid!r} has undecodable id_claims") from None
+    if known is not None:
+        access = known.access_token
+    else:
+        access = open_field(sealer, gid, ACCESS_TOKEN, row.access_token).decode()
+    if known is not None and known.refresh_token is not None:
+        refresh: str | None = known.refresh_token
+    elif row.refresh_token is None:
+        refresh = None
+    else:
+        refresh = open_field(sealer, gid, REFRESH_TOKEN, row.refresh_token).decode()
+    if known is not None and known.id_claims:
+        claims: Any = json.loads(encode_claims(known.id_claims))
+    else:
+        try:
+            claims = json.loads(open_field(sealer, gid, ID_CLAIMS, row.id_claims))
+        except ValueError:
+            raise StoreError(f"grant {gid!r} has undecodable id_claims") from None
     if not isinstance(claims, dict):
         raise StoreError(f"grant {gid!r} has undecodable id_claims")
     return Grant(
@@ -352,3 +367,83 @@ def grant_expiry(values: tuple[Any, ...] | list[Any]) -> GrantExpiry:
         access_issued_at=_optional_float(issued),
         refresh_expires_at=_optional_float(refresh_expires),
     )
+
+
+# --- clear metadata (never opens a field) -------------------------------------------------------
+
+#: Clear columns of a :class:`GrantSummary`, in its field order.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "grant_id",
+    "label",
+    "issuer",
+    "client_id",
+    "subject",
+    "scope",
+    "status",
+    "kind",
+    "version",
+    "access_expires_at",
+    "access_issued_at",
+    "refresh_expires_at",
+    "refresh_started_at",
+    "refresh_due_at",
+    "created_at",
+    "updated_at",
+    "last_error",
+    "claimed_by",
+    "claim_until",
+)
+
+MAX_CLAIM_LIMIT = 10_000
+
+
+def grant_summary(values: tuple[Any, ...] | list[Any]) -> GrantSummary:
+    """A :class:`GrantSummary` from the :data:`SUMMARY_COLUMNS` of a row."""
+    if len(values) != len(SUMMARY_COLUMNS):
+        raise StoreError("grant summary row has an unexpected shape")
+    row = dict(zip(SUMMARY_COLUMNS, values, strict=True))
+    gid = str(row["grant_id"])
+    try:
+        status = GrantStatus(row["status"])
+        kind = GrantKind(row["kind"])
+    except ValueError:
+        raise StoreError(f"grant {gid!r} has an unknown stored status or kind") from None
+    return GrantSummary(
+        grant_id=gid,
+        label=str(row["label"]),
+        issuer=str(row["issuer"]),
+        client_id=str(row["client_id"]),
+        subject=str(row["subject"]),
+        scope=str(row["scope"]),
+        status=status,
+        kind=kind,
+        version=int(row["version"]),
+        access_expires_at=float(row["access_expires_at"]),
+        access_issued_at=_optional_float(row["access_issued_at"]),
+        refresh_expires_at=_optional_float(row["refresh_expires_at"]),
+        refresh_started_at=_optional_float(row["refresh_started_at"]),
+        refresh_due_at=float(row["refresh_due_at"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+        last_error=row["last_error"],
+        claimed_by=row["claimed_by"],
+        claim_until=_optional_float(row["claim_until"]),
+    )
+
+
+def check_due_query(now: object, horizon: object, limit: object) -> tuple[float, float, int]:
+    now_f = check_time("now", now)
+    horizon_f = check_time("horizon", horizon)
+    if horizon_f < 0:
+        raise InvalidArgument("horizon must not be negative")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CLAIM_LIMIT:
+        raise InvalidArgument(f"limit must be an integer in [1, {MAX_CLAIM_LIMIT}]")
+    return now_f, horizon_f, limit
+
+
+def check_claim(owner: object, lease: object) -> tuple[str, float]:
+    owner_s = _check_text("owner", owner, max_length=MAX_ID_LENGTH, empty_ok=False)
+    lease_f = check_time("lease", lease)
+    if not lease_f > 0:
+        raise InvalidArgument("lease must be positive")
+    return owner_s, lease_f

@@ -13,7 +13,12 @@ that is empty, truncated, not SQLite or SQLite without our tables is refused wit
 ``identity``, the store records it at creation (table ``deployment_identities``, schema version
 2) and refuses any other with :class:`broker.errors.DeploymentMismatch`. Schema version 3 adds
 the nullable ``access_issued_at`` and ``refresh_expires_at`` columns (the refresh schedule);
-version 5 the ``kind`` column (user or machine grant).
+version 5 the ``kind`` column (user or machine grant); version 7 the scheduling columns
+``refresh_due_at`` (indexed for the ACTIVE grants: the background pass reads only the due ones,
+opening nothing) and the refresh lease ``claimed_by``/``claim_until``.
+
+HSM calls (sealing and opening tokens) never run on the store's worker thread nor inside a write
+transaction: a rotation seals first, writes, and returns the tokens it was given in plaintext.
 
 Concurrency: all SQLite calls run on one dedicated worker thread that owns the connection, so
 the event loop never blocks on disk. ``refresh_lock`` is a per-grant :class:`asyncio.Lock` inside
@@ -26,6 +31,7 @@ then not serialised across processes.)
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import sqlite3
 import stat
@@ -45,7 +51,7 @@ from broker.errors import (
 )
 from broker.keys.api import Sealer
 from broker.oauth.types import TokenSet
-from broker.tokens.model import Grant, GrantExpiry, GrantStatus
+from broker.tokens.model import Grant, GrantExpiry, GrantStatus, GrantSummary
 from broker.tokens.stores.deployment import (
     IDENTITY_COLUMNS,
     DeploymentIdentity,
@@ -59,10 +65,14 @@ from broker.tokens.stores.deployment import (
     log_adoption,
     recorded_from_row,
 )
+from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule, due_at
 from broker.tokens.stores.memory import KeyedLocks
 from broker.tokens.stores.sealing import (
     COLUMNS,
+    SUMMARY_COLUMNS,
     SealedRow,
+    check_claim,
+    check_due_query,
     check_expected_version,
     check_grant_id,
     check_label,
@@ -70,6 +80,7 @@ from broker.tokens.stores.sealing import (
     check_status,
     check_time,
     grant_expiry,
+    grant_summary,
     open_grant,
     rotation_update,
     seal_grant,
@@ -157,10 +168,23 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "ALTER TABLE deployment_identities ADD COLUMN key_uri TEXT",
         ),
     ),
+    (
+        7,
+        (
+            # Scheduling without opening tokens (broker.tokens.stores.due); NULL due times of
+            # older grants are filled in by the open that migrates.
+            "ALTER TABLE grants ADD COLUMN refresh_due_at REAL",
+            "ALTER TABLE grants ADD COLUMN claimed_by TEXT",
+            "ALTER TABLE grants ADD COLUMN claim_until REAL",
+            "CREATE INDEX grants_due ON grants (refresh_due_at) WHERE status = 'active'",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM grants"  # noqa: S608 (constant column list)
+_SELECT_SUMMARY = f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM grants"  # noqa: S608 (constant)
+_DUE_WHERE = "status = 'active' AND refresh_due_at <= ?"  # literal: the partial index applies
 _SELECT_IDENTITIES = (
     f"SELECT {', '.join(IDENTITY_COLUMNS)} FROM deployment_identities "  # noqa: S608 (constant)
     "ORDER BY role DESC, recorded_at"
@@ -197,6 +221,7 @@ class SqliteGrantStore(SqliteLogins):
         busy_timeout: float = 10.0,
         identity: DeploymentIdentity | None = None,
         record_identity: bool = True,
+        due_rule: DueRule = DEFAULT_DUE_RULE,
     ) -> None:
         if not isinstance(path, str) or not path or path == ":memory:" or path.startswith("file:"):
             raise ConfigError("the SQLite grant store needs a file path")
@@ -212,6 +237,7 @@ class SqliteGrantStore(SqliteLogins):
         self._closed = False
         self._identity = identity
         self._record_identity = record_identity
+        self._due_rule = due_rule
         self._owners: tuple[DeploymentIdentity, ...] = ()  # grants create() accepts (bound)
         self.adopted = False  # this open recorded the identity of a store that had none
 
@@ -228,6 +254,7 @@ class SqliteGrantStore(SqliteLogins):
         busy_timeout: float = 10.0,
         identity: DeploymentIdentity | None = None,
         record_identity: bool = True,
+        due_rule: DueRule = DEFAULT_DUE_RULE,
     ) -> SqliteGrantStore:
         store = cls(
             path,
@@ -236,6 +263,7 @@ class SqliteGrantStore(SqliteLogins):
             busy_timeout=busy_timeout,
             identity=identity,
             record_identity=record_identity,
+            due_rule=due_rule,
         )
         try:
             await store.open()
@@ -338,12 +366,30 @@ class SqliteGrantStore(SqliteLogins):
                     "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                     (version, self._clock.now()),
                 )
+            self._fill_due(c)
             return self._bind(c, fresh=fresh)
 
         if self._write(conn, step) and not fresh:
             self.adopted = True
             count = conn.execute("SELECT COUNT(*) FROM grants").fetchone()
             log_adoption(self._path, self._require_identity(), int(count[0]) if count else 0)
+
+    def _fill_due(self, c: sqlite3.Connection) -> None:
+        """Give grants stored before schema 7 their due time (clear columns only)."""
+        rows = c.execute(
+            "SELECT grant_id, version, access_issued_at, access_expires_at FROM grants "
+            "WHERE refresh_due_at IS NULL"
+        ).fetchall()
+        c.executemany(
+            "UPDATE grants SET refresh_due_at = ? WHERE grant_id = ?",
+            [
+                (self._due(str(gid), int(v), issued, float(expires)), gid)
+                for gid, v, issued, expires in rows
+            ],
+        )
+
+    def _due(self, grant_id: str, version: int, issued: float | None, expires: float) -> float:
+        return due_at(self._due_rule, grant_id, version, issued_at=issued, expires_at=expires)
 
     def _require_identity(self) -> DeploymentIdentity:
         assert self._identity is not None
@@ -382,20 +428,21 @@ class SqliteGrantStore(SqliteLogins):
     # --- GrantStore -------------------------------------------------------------------------
 
     async def create(self, grant: Grant) -> None:
-        def seal(_c: sqlite3.Connection) -> SealedRow:
-            sealed = seal_grant(self._sealer, grant)
-            check_grant_owner(self._owners, grant.issuer, grant.client_id, grant.grant_id)
-            return sealed
-
-        row = await self._run("create", seal)
-        placeholders = ", ".join("?" for _ in COLUMNS)
-        sql = f"INSERT INTO grants ({', '.join(COLUMNS)}) VALUES ({placeholders})"  # noqa: S608
+        if self._closed:
+            raise StoreError("the grant store is closed")
+        # Sealed before the write (and off the store's thread): no HSM call under the lock.
+        row = await asyncio.to_thread(seal_grant, self._sealer, grant)
+        check_grant_owner(self._owners, grant.issuer, grant.client_id, grant.grant_id)
+        due = self._due(row.grant_id, row.version, row.access_issued_at, row.access_expires_at)
+        columns = (*COLUMNS, "refresh_due_at")
+        placeholders = ", ".join("?" for _ in columns)
+        sql = f"INSERT INTO grants ({', '.join(columns)}) VALUES ({placeholders})"  # noqa: S608
 
         def insert(conn: sqlite3.Connection) -> None:
             def tx(c: sqlite3.Connection) -> None:
                 if c.execute("SELECT 1 FROM grants WHERE grant_id = ?", (row.grant_id,)).fetchone():
                     raise GrantExists(f"grant {row.grant_id!r} already exists")
-                c.execute(sql, row.values())
+                c.execute(sql, (*row.values(), due))
 
             self._write(conn, tx)
 
@@ -407,24 +454,93 @@ class SqliteGrantStore(SqliteLogins):
             raise GrantNotFound(f"no grant {grant_id!r}")
         return SealedRow.from_values(values)
 
+    async def _open(self, row: SealedRow, known: TokenSet | None = None) -> Grant:
+        """Open a row off the store's thread (HSM calls never hold up other store calls)."""
+        return await asyncio.to_thread(lambda: open_grant(self._sealer, row, known=known))
+
     async def get(self, grant_id: str) -> Grant:
         check_grant_id(grant_id)
-        return await self._run("get", lambda c: open_grant(self._sealer, self._fetch(c, grant_id)))
+        return await self._open(await self._run("get", lambda c: self._fetch(c, grant_id)))
 
     async def list(self, *, label: str | None = None) -> list[Grant]:
         if label is not None:
             check_label(label)
 
-        def fetch(conn: sqlite3.Connection) -> list[Grant]:
+        def fetch(conn: sqlite3.Connection) -> list[Any]:
             if label is None:
-                rows = conn.execute(f"{_SELECT} ORDER BY grant_id").fetchall()
+                return conn.execute(f"{_SELECT} ORDER BY grant_id").fetchall()
+            return conn.execute(f"{_SELECT} WHERE label = ? ORDER BY grant_id", (label,)).fetchall()
+
+        rows = await self._run("list", fetch)
+        return await asyncio.to_thread(
+            lambda: [open_grant(self._sealer, SealedRow.from_values(r)) for r in rows]
+        )
+
+    # --- GrantIndex / RefreshClaims: clear columns only ---------------------------------------
+
+    async def list_metadata(self, *, label: str | None = None) -> builtins.list[GrantSummary]:
+        if label is not None:
+            check_label(label)
+
+        def fetch(conn: sqlite3.Connection) -> builtins.list[GrantSummary]:
+            if label is None:
+                rows = conn.execute(f"{_SELECT_SUMMARY} ORDER BY grant_id").fetchall()
             else:
                 rows = conn.execute(
-                    f"{_SELECT} WHERE label = ? ORDER BY grant_id", (label,)
+                    f"{_SELECT_SUMMARY} WHERE label = ? ORDER BY grant_id", (label,)
                 ).fetchall()
-            return [open_grant(self._sealer, SealedRow.from_values(r)) for r in rows]
+            return [grant_summary(r) for r in rows]
 
-        return await self._run("list", fetch)
+        return await self._run("list_metadata", fetch)
+
+    async def due(
+        self, now: float, *, horizon: float = 0.0, limit: int = 1000
+    ) -> builtins.list[GrantSummary]:
+        now, horizon, limit = check_due_query(now, horizon, limit)
+
+        def fetch(conn: sqlite3.Connection) -> builtins.list[GrantSummary]:
+            rows = conn.execute(
+                f"{_SELECT_SUMMARY} WHERE {_DUE_WHERE} ORDER BY refresh_due_at, grant_id LIMIT ?",
+                (now + horizon, limit),
+            ).fetchall()
+            return [grant_summary(r) for r in rows]
+
+        return await self._run("due", fetch)
+
+    async def claim_due(
+        self, now: float, *, owner: str, lease: float, horizon: float = 0.0, limit: int = 1000
+    ) -> builtins.list[GrantSummary]:
+        now, horizon, limit = check_due_query(now, horizon, limit)
+        owner, lease = check_claim(owner, lease)
+        sql = (
+            "UPDATE grants SET claimed_by = ?, claim_until = ? WHERE grant_id IN ("  # noqa: S608
+            f"SELECT grant_id FROM grants WHERE {_DUE_WHERE} "
+            "AND (claim_until IS NULL OR claim_until <= ?) "
+            "ORDER BY refresh_due_at, grant_id LIMIT ?) "
+            f"RETURNING {', '.join(SUMMARY_COLUMNS)}"
+        )
+
+        def tx(c: sqlite3.Connection) -> builtins.list[GrantSummary]:
+            rows = c.execute(sql, (owner, now + lease, now + horizon, now, limit))
+            return [grant_summary(r) for r in rows.fetchall()]
+
+        claimed = await self._run("claim_due", lambda conn: self._write(conn, tx))
+        return sorted(claimed, key=lambda g: (g.refresh_due_at, g.grant_id))
+
+    async def release_claim(self, grant_id: str, *, owner: str) -> None:
+        check_grant_id(grant_id)
+        owner, _ = check_claim(owner, 1.0)
+        await self._run(
+            "release_claim",
+            lambda conn: self._write(
+                conn,
+                lambda c: c.execute(
+                    "UPDATE grants SET claimed_by = NULL, claim_until = NULL "
+                    "WHERE grant_id = ? AND claimed_by = ?",
+                    (grant_id, owner),
+                ),
+            ),
+        )
 
     def _update(self, conn: sqlite3.Connection, grant_id: str, columns: dict[str, Any]) -> None:
         assignments = ", ".join(f"{name} = ?" for name in columns)
@@ -447,26 +563,47 @@ class SqliteGrantStore(SqliteLogins):
             ),
         )
 
-    async def rotate(self, grant_id: str, tokens: TokenSet, *, expected_version: int) -> Grant:
+    async def rotate(
+        self,
+        grant_id: str,
+        tokens: TokenSet,
+        *,
+        expected_version: int,
+        refresh_due_at: float | None = None,
+    ) -> Grant:
+        """See :meth:`GrantStore.rotate`. ``refresh_due_at``: the next due time the caller
+        computed (default: the store's rule). Seals before the write transaction and returns
+        the given tokens as they are: only what it did not get (the kept refresh token, the
+        kept claims) is opened, after the transaction."""
         check_grant_id(grant_id)
         check_expected_version(expected_version)
         validate_tokens(tokens)
+        if self._closed:
+            raise StoreError("the grant store is closed")
+        version = expected_version + 1
+        due = (
+            self._due(grant_id, version, tokens.received_at, tokens.expires_at)
+            if refresh_due_at is None
+            else check_time("refresh_due_at", refresh_due_at)
+        )
+        update = await asyncio.to_thread(
+            rotation_update, self._sealer, grant_id, tokens, self._clock.now()
+        )
+        update.update(version=version, refresh_due_at=due, claimed_by=None, claim_until=None)
 
         def tx(c: sqlite3.Connection) -> SealedRow:
-            current = self._fetch(c, grant_id)
-            if current.version != expected_version:
+            row = c.execute("SELECT version FROM grants WHERE grant_id = ?", (grant_id,)).fetchone()
+            if row is None:
+                raise GrantNotFound(f"no grant {grant_id!r}")
+            if int(row[0]) != expected_version:
                 raise VersionConflict(
-                    f"grant {grant_id!r} is at version {current.version}, not {expected_version}"
+                    f"grant {grant_id!r} is at version {row[0]}, not {expected_version}"
                 )
-            update = rotation_update(self._sealer, grant_id, tokens, self._clock.now())
-            update["version"] = current.version + 1
             self._update(c, grant_id, update)
             return self._fetch(c, grant_id)
 
-        def run(conn: sqlite3.Connection) -> Grant:
-            return open_grant(self._sealer, self._write(conn, tx))
-
-        return await self._run("rotate", run)
+        stored = await self._run("rotate", lambda conn: self._write(conn, tx))
+        return await self._open(stored, known=tokens)
 
     async def set_status(self, grant_id: str, status: GrantStatus, *, reason: str | None) -> Grant:
         check_grant_id(grant_id)
@@ -484,13 +621,13 @@ class SqliteGrantStore(SqliteLogins):
                     "last_error": reason,
                     "refresh_started_at": None,
                     "updated_at": now,
+                    "claimed_by": None,
+                    "claim_until": None,
                 },
             )
             return self._fetch(c, grant_id)
 
-        return await self._run(
-            "set_status", lambda conn: open_grant(self._sealer, self._write(conn, tx))
-        )
+        return await self._open(await self._run("set_status", lambda conn: self._write(conn, tx)))
 
     async def record_error(self, grant_id: str, reason: str) -> None:
         check_grant_id(grant_id)

@@ -1,0 +1,31 @@
+"""When a stored grant's next refresh is due, as the stores record it (``refresh_due_at``).
+
+The stores keep the due time in a clear, indexed column so that the background pass can ask
+for the grants due now (:meth:`broker.tokens.stores.base.GrantIndex.due`) without opening any
+token. A store computes it with a :class:`DueRule` when a grant is created or rotated; the
+token core passes its own :class:`broker.tokens.schedule.RefreshSchedule` (which is one), and
+may give an explicit time to ``rotate(..., refresh_due_at=...)``. The default rule is the
+schedule with the default threshold (:data:`broker.tokens.freshness.REFRESH_THRESHOLD`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from broker.tokens.freshness import REFRESH_THRESHOLD
+from broker.tokens.schedule import RefreshSchedule
+
+
+class DueRule(Protocol):
+    def due_at(
+        self, grant_id: str, version: int, *, issued_at: float | None, expires_at: float
+    ) -> float: ...
+
+
+DEFAULT_DUE_RULE: DueRule = RefreshSchedule(threshold=REFRESH_THRESHOLD)
+
+
+def due_at(
+    rule: DueRule, grant_id: str, version: int, *, issued_at: float | None, expires_at: float
+) -> float:
+    return float(rule.due_at(grant_id, version, issued_at=issued_at, expires_at=expires_at))
