@@ -32,6 +32,7 @@ log = logging.getLogger("broker.server")
 T = TypeVar("T")
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
 
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["TokenBroker"].full_name
 DEFAULT_MAX_DEADLINE = 30.0
 _IDENTITY_CACHE_SIZE = 1024
 

@@ -18,7 +18,7 @@ from broker_client import (
 )
 from broker_client.retry import MAX_ATTEMPTS, MIN_ATTEMPTS
 
-from broker.server.app import client_retry_service_config
+from broker.server.limits import client_retry_service_config
 from tests.client.conftest import LiveBroker
 
 EXPECTED = AccessToken(

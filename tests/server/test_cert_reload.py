@@ -17,9 +17,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.errors import ConfigError
-from broker.server.app import RunningServer, ServerTlsReloader, start_server
+from broker.server.app import RunningServer, start_server
 from broker.server.gen.broker.v1 import broker_pb2
 from broker.server.policy import PolicyHolder
+from broker.server.tls import ServerTlsReloader
 from tests.server.conftest import APP, POLICY, stub
 from tests.server.fakes import FakeBroker, FakeLogins, make_grant
 from tests.server.pki import Ca, Issued

@@ -21,14 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from broker.errors import ConfigError, HsmUnavailable
-from broker.server.app import (
+from broker.server.gen.broker.v1 import broker_pb2 as pb
+from broker.server.limits import (
     MIN_STREAMS_PER_CONNECTION,
     ConcurrencyLimiter,
     client_retry_service_config,
     server_options,
     streams_per_connection,
 )
-from broker.server.gen.broker.v1 import broker_pb2 as pb
 from tests.server.conftest import ADMIN, APP, Harness, make_harness, stub
 
 BOUND = 60.0  # seconds: upper bound of any test here, never an assertion

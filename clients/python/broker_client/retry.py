@@ -1,6 +1,6 @@
 """The gRPC retry policy callers of the broker should use, as data.
 
-A copy of the broker's recommendation (``broker.server.app.client_retry_service_config``; a test
+A copy of the broker's recommendation (``broker.server.limits.client_retry_service_config``; a test
 keeps the two equal): retry UNAVAILABLE only, with exponential backoff and jitter, never
 RESOURCE_EXHAUSTED (an overloaded broker must not be hit again at once), with retry throttling.
 Every broker RPC is safe to retry.
