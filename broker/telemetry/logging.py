@@ -5,7 +5,7 @@ logger with :class:`TraceContextFilter` then :class:`~broker.telemetry.redaction
 and adds the redacting filter to every other handler already on the root logger. The Python
 ``grpc`` logger is routed to that handler (propagation on, no handler of its own that writes);
 gRPC C-core's own stderr lines are silenced by ``broker serve`` before grpc is imported
-(:func:`broker.serve_cli.quiet_grpc_core`).
+(:func:`broker.cli.serve.quiet_grpc_core`).
 
 A JSON line holds ``timestamp`` (RFC 3339, UTC, milliseconds), ``level``, ``logger``,
 ``message``, ``trace_id`` / ``span_id`` (hex, when a span is current), ``exception`` /

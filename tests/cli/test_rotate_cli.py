@@ -24,7 +24,7 @@ from broker.config import Settings
 from broker.errors import KeyNotFound
 from broker.keys.api import Sealer
 from broker.keys.soft import SoftSealer
-from broker.rotation_wiring import open_ledger
+from broker.cli.rotation_wiring import open_ledger
 from broker.service import client_config
 from broker.tokens.model import Grant, GrantStatus
 from broker.tokens.stores.deployment import DeploymentIdentity

@@ -60,7 +60,7 @@ def test_serve_cli_and_doctor_import_without_psycopg() -> None:
     out = run_without_psycopg(
         """
         import json, sys
-        import broker.cli, broker.service, broker.doctor.store, broker.serve_cli
+        import broker.cli, broker.service, broker.doctor.store, broker.cli.serve
         print(json.dumps({"loaded": sorted(m for m in sys.modules if m.startswith("psycopg"))}))
         """
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.serve_cli import GRPC_CORE_LOG_DEFAULTS, quiet_grpc_core
+from broker.cli.serve import GRPC_CORE_LOG_DEFAULTS, quiet_grpc_core
 from broker.telemetry.logging import configure_logging
 from broker.telemetry.settings import TelemetrySettings
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HANDSHAKE_FAILURE = textwrap.dedent(
     """
     import asyncio, logging, os, sys
-    from broker.serve_cli import quiet_grpc_core
+    from broker.cli.serve import quiet_grpc_core
     if sys.argv[1] == "quiet":
         quiet_grpc_core(os.environ)
     import grpc

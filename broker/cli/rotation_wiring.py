@@ -1,0 +1,45 @@
+"""The serve-side parts the rotation ceremony (``broker keys rotate``) uses, wired for the
+``broker`` command: the ceremonies sit below the composition root and do not import it.
+
+The composition root (:mod:`broker.service`) pulls in grpc, uvicorn and the stores, so it is
+imported when a rotate step first needs it, not when the command starts (``broker serve`` must
+quiet gRPC C-core before grpc is imported).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from broker.ceremony.rotate_commands import RotationDeps
+from broker.clock import Clock
+from broker.config import Settings
+from broker.keys.api import Sealer
+from broker.oauth.config import ClientConfig
+from broker.tokens.stores.identities import LedgerStore
+
+
+async def open_ledger(settings: Settings, sealer: Sealer, clock: Clock) -> LedgerStore:
+    """The configured grant store, opened without binding or recording an identity."""
+    from broker.service import open_store  # noqa: PLC0415 - see the module docstring
+
+    return await open_store(settings, sealer, clock, None, record_identity=False)
+
+
+def http_client(settings: Settings) -> httpx.AsyncClient:
+    """The service's HTTP client to the authorization server."""
+    from broker.service import http_client as service_http_client  # noqa: PLC0415
+
+    return service_http_client(settings)
+
+
+def client_config(settings: Settings, client_id: str) -> ClientConfig:
+    """The service's OAuth client configuration for ``client_id``."""
+    from broker.service import client_config as service_client_config  # noqa: PLC0415
+
+    return service_client_config(settings, client_id)
+
+
+def rotation_deps() -> RotationDeps:
+    return RotationDeps(
+        open_store=open_ledger, http_factory=http_client, client_config=client_config
+    )
