@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from broker.errors import ConfigError
 from broker.server.errors import REASON_OVERLOADED, status_trailers
+from broker.server.interceptors import (
+    StreamBehavior,
+    UnaryBehavior,
+    WrappingInterceptor,
+    rewrap,
+)
 from broker.server.servicer import SERVICE_NAME
 
 # The limiter's overload lines keep the logger name they had in the wiring module (log filters).
@@ -77,7 +83,7 @@ def server_options(
     ]
 
 
-class ConcurrencyLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ConcurrencyLimiter(WrappingInterceptor):
     """At most ``limit`` broker RPCs at once; the excess fails fast with RESOURCE_EXHAUSTED (F06).
 
     Replaces grpc.aio's ``maximum_concurrent_rpcs``, which counts every RPC, health checks
@@ -91,14 +97,16 @@ class ConcurrencyLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     event loop only, so the counters need no lock.
     """
 
+    unwrapped_prefixes = LIMIT_EXEMPT_PREFIXES
+
     def __init__(self, limit: int) -> None:
+        super().__init__()
         if limit < 1:
             raise ConfigError("max_concurrent_rpcs must be at least 1")
         self.limit = limit
         self.active = 0
         self.rejected = 0  # since start
         self._episode_rejected = 0
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     @property
     def overloaded(self) -> bool:
@@ -123,27 +131,9 @@ class ConcurrencyLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             log.warning("gRPC overload over: %d calls were rejected", self._episode_rejected)
             self._episode_rejected = 0
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[Any]],
-        handler_call_details: Any,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or method.startswith(LIMIT_EXEMPT_PREFIXES):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, handler: Any) -> Any:
-        if handler.unary_unary is not None:
-            behavior = handler.unary_unary
-
-            async def unary(request: Any, context: Any) -> Any:
+    def wrap(self, method: str, handler: Any) -> Any:
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def limited(request: Any, context: Any) -> Any:
                 if not self._acquire():
                     await _abort_overloaded(context)
                 try:
@@ -151,60 +141,21 @@ class ConcurrencyLimiter(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 finally:
                     self._release()
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            stream_behavior = handler.unary_stream
+            return limited
 
-            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def limited(request: Any, context: Any) -> AsyncIterator[Any]:
                 if not self._acquire():
                     await _abort_overloaded(context)
                 try:
-                    async for item in stream_behavior(request, context):
+                    async for item in behavior(request, context):
                         yield item
                 finally:
                     self._release()
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            client_stream_behavior = handler.stream_unary
+            return limited
 
-            async def client_stream(requests: Any, context: Any) -> Any:
-                if not self._acquire():
-                    await _abort_overloaded(context)
-                try:
-                    return await client_stream_behavior(requests, context)
-                finally:
-                    self._release()
-
-            return grpc.stream_unary_rpc_method_handler(
-                client_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        bidi_behavior = handler.stream_stream
-
-        async def bidi(requests: Any, context: Any) -> AsyncIterator[Any]:
-            if not self._acquire():
-                await _abort_overloaded(context)
-            try:
-                async for item in bidi_behavior(requests, context):
-                    yield item
-            finally:
-                self._release()
-
-        return grpc.stream_stream_rpc_method_handler(
-            bidi,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return rewrap(handler, unary=unary, stream=stream)
 
 
 _OVERLOADED = "server overloaded, retry later with backoff"

@@ -22,13 +22,19 @@ Nothing here is secret: metadata values are read only by the propagator.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from broker.server.interceptors import (
+    StreamBehavior,
+    UnaryBehavior,
+    WrappingInterceptor,
+    rewrap,
+)
 from broker.telemetry import instruments
 
 # Server-side codes that mark a span as an error (OpenTelemetry RPC semantic conventions).
@@ -74,40 +80,29 @@ def peer_attributes(peer: str | None) -> dict[str, str | int]:
     return {}
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps each method handler once (cached per method); per call only the span work runs."""
+class TracingInterceptor(WrappingInterceptor):
+    """Wraps each method handler once (cached per method); per call only the span work runs.
+    Client-streaming methods (the broker has none) are passed through untraced."""
+
+    unwrapped_prefixes = _UNTRACED_PREFIXES
 
     def __init__(self, tracer: trace.Tracer, meter: metrics.Meter | None = None) -> None:
+        super().__init__()
         self._tracer = tracer
         self._duration = instruments.create(
             meter if meter is not None else metrics.get_meter("broker.server"),
             instruments.RPC_SERVER_DURATION,
         )
         self._server: dict[str, str | int] = {}
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     def bound(self, bind: str, port: int) -> None:
         """Record the listener's address once it is bound (before the first call is served)."""
         self._server = server_address_of(bind, port)
-        self._wrapped.clear()
+        self.forget_wrapped()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[Any]],
-        handler_call_details: Any,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or method.startswith(_UNTRACED_PREFIXES):
+    def wrap(self, method: str, handler: Any) -> Any:
+        if handler.request_streaming:
             return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, method: str, handler: Any) -> Any:
         service, _, name = method.lstrip("/").partition("/")
         attributes: dict[str, str | int] = {
             "rpc.system": "grpc",
@@ -137,10 +132,8 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             duration.record(elapsed_ms, {**attributes, "rpc.grpc.status_code": code})
 
-        if handler.unary_unary is not None:
-            behavior = handler.unary_unary
-
-            async def unary(request: Any, context: Any) -> Any:
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def traced(request: Any, context: Any) -> Any:
                 started = time.perf_counter()
                 with start(context) as span:
                     try:
@@ -148,29 +141,21 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     finally:
                         finish(span, context, started)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            stream_behavior = handler.unary_stream
+            return traced
 
-            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def traced(request: Any, context: Any) -> AsyncIterator[Any]:
                 started = time.perf_counter()
                 with start(context) as span:
                     try:
-                        async for item in stream_behavior(request, context):
+                        async for item in behavior(request, context):
                             yield item
                     finally:
                         finish(span, context, started)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+            return traced
+
+        return rewrap(handler, unary=unary, stream=stream)
 
 
 def _finish(span: trace.Span, context: Any) -> int:
