@@ -8,6 +8,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -111,12 +112,16 @@ async def async_wait_until(predicate: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[LiveBroker]:
+@contextmanager
+def serve(tmp_path: Path, **harness_options: Any) -> Iterator[LiveBroker]:
+    """The server of :func:`tests.server.conftest.make_harness` (with ``harness_options``) on
+    its own event loop thread, stopped on exit."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="broker-server", daemon=True)
     thread.start()
-    harness, provider = asyncio.run_coroutine_threadsafe(make_harness(tmp_path), loop).result(WAIT)
+    harness, provider = asyncio.run_coroutine_threadsafe(
+        make_harness(tmp_path, **harness_options), loop
+    ).result(WAIT)
     live = LiveBroker(harness, loop, tmp_path)
     try:
         yield live
@@ -127,3 +132,9 @@ def live(tmp_path: Path) -> Iterator[LiveBroker]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(WAIT)
         loop.close()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveBroker]:
+    with serve(tmp_path) as running:
+        yield running

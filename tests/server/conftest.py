@@ -89,13 +89,15 @@ async def make_harness(
     *,
     policy_text: str = POLICY,
     login_service: LoginService | None = None,
+    server_names: tuple[str, ...] = ("broker.test",),
     **kwargs: Any,
 ) -> tuple[Harness, TracerProvider]:
     """The server over the fakes; ``login_service`` replaces the fake login service in the
-    server (``Harness.logins`` is then not wired)."""
+    server (``Harness.logins`` is then not wired); ``server_names`` are the DNS names of the
+    server certificate (the first is also its CN)."""
     ca = Ca("client-ca")
     server_ca = Ca("server-ca")
-    server_cert = server_ca.issue(cn="broker.test", dns=("broker.test",), server=True)
+    server_cert = server_ca.issue(cn=server_names[0], dns=server_names, server=True)
     policy_path = tmp_path / "policy.toml"
     policy_path.write_text(policy_text)
     exporter = InMemorySpanExporter()
