@@ -76,6 +76,30 @@ def test_readme_python_blocks_compile() -> None:
         compile(block, f"{README.name}:python-block-{n}", "exec")
 
 
+def test_readme_python_blocks_type_check(tmp_path: Path) -> None:
+    """``mypy --strict`` over every block, each its own module against the client's source;
+    the blocks after the first use the five-line example's ``source``."""
+    prelude = "from broker_client import TokenSource\n\nsource: TokenSource\n\n"
+    blocks = python_blocks(README.read_text())
+    files = []
+    for n, block in enumerate(blocks):
+        files.append(tmp_path / f"readme_block_{n}.py")
+        files[-1].write_text(block if n == 0 else prelude + block)
+    checked = subprocess.run(
+        [
+            *(sys.executable, "-m", "mypy", "--strict", "--no-error-summary"),
+            *("--config-file", str(REPO / "pyproject.toml"), "--cache-dir", str(tmp_path / "c")),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,  # the config's mypy_path (clients/python) is relative to it
+        timeout=TIMEOUT,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_readme_five_line_example_is_five_lines() -> None:
     example = five_line_example(README.read_text())
     assert len([line for line in example.splitlines() if line.strip()]) == 5
