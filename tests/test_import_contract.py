@@ -30,6 +30,12 @@ GRPC_USERS = frozenset({"server", "devtools", "demo"})
 ``demo`` (a gRPC client of a running broker). The composition root (``service``) and the CLI
 reach gRPC only through ``server``."""
 
+GRPC_WIRING = frozenset({"service"})
+"""The composition root starts the gRPC server: the one unit outside :data:`GRPC_USERS` that may
+import a module of ``server`` that imports gRPC. Any other unit (``doctor`` checking the policy
+file and the TLS material as serve would) uses only grpc-free ``server`` modules
+(``server.policy``, ``server.certificates``)."""
+
 FORBIDDEN: dict[str, frozenset[str]] = {
     # the bottom: the exception tree, the clock, strict JSON
     "errors": frozenset({"*"}),
@@ -69,6 +75,13 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "server": frozenset({"web", "service", "config"}),
 }
 """importer unit -> units it may not import (``"*"``: nothing from ``broker`` at all)."""
+
+IMPORTED_ONLY_BY: dict[str, frozenset[str]] = {
+    # the `broker` command tree is the top: it may import every unit, none imports it, except
+    # the development harness that runs the same command in-process (devtools.session_probe)
+    "cli": frozenset({"devtools"}),
+}
+"""imported unit -> the only units that may import it."""
 
 
 @dataclass(frozen=True)
@@ -166,22 +179,37 @@ def allowed(edge: Edge) -> bool:
     )
 
 
+def is_grpc(dotted: str) -> bool:
+    return dotted.partition(".")[0] in GRPC_MODULES or dotted.startswith("broker.server.gen")
+
+
+def grpc_reach_violations(edges: list[Edge]) -> list[Edge]:
+    """Imports, from a unit neither in :data:`GRPC_USERS` nor :data:`GRPC_WIRING`, of a
+    ``broker`` module that itself imports gRPC."""
+    grpc_importers = {e.importer for e in edges if is_grpc(e.imported)}
+    return [
+        e
+        for e in edges
+        if unit(e.importer) not in GRPC_USERS | GRPC_WIRING | {None}
+        and e.imported in grpc_importers
+    ]
+
+
 def rule_violations(edges: list[Edge]) -> list[Edge]:
     bad = []
     for edge in edges:
         src, dst = unit(edge.importer), unit(edge.imported)
         if src is None:
             continue
-        if edge.imported.split(".")[0] in GRPC_MODULES or edge.imported.startswith(
-            "broker.server.gen"
-        ):
+        if is_grpc(edge.imported):
             if src not in GRPC_USERS:
                 bad.append(edge)
             continue
         if dst is None or dst == src:
             continue
         forbidden = FORBIDDEN.get(src, frozenset())
-        if "*" in forbidden or dst in forbidden:
+        importers = IMPORTED_ONLY_BY.get(dst)
+        if "*" in forbidden or dst in forbidden or (importers is not None and src not in importers):
             bad.append(edge)
     return bad
 
@@ -255,6 +283,11 @@ def test_package_rules_hold() -> None:
     assert not bad, report("imports across a package wall (docs/design-notes.md):", bad)
 
 
+def test_only_the_composition_root_imports_server_modules_that_import_grpc() -> None:
+    bad = [e for e in grpc_reach_violations(all_edges()) if not allowed(e)]
+    assert not bad, report("imports of a gRPC-loading module outside the wiring:", bad)
+
+
 def test_every_allowlist_entry_still_matches_an_import() -> None:
     edges = all_edges()
     stale = [
@@ -293,5 +326,21 @@ def test_the_checker_sees_function_level_relative_and_from_package_imports() -> 
         Edge("broker/oauth/_contract_probe.py", line, "broker.oauth._p", m) for line, m in found
     ]
     assert [e.line for e in rule_violations(edges)] == [3, 4]
+    up = Edge("broker/ceremony/x.py", 7, "broker.ceremony.x", "broker.cli.keys_audited")
+    harness = Edge("broker/devtools/x.py", 8, "broker.devtools.x", "broker.cli")
+    assert rule_violations([up, harness]) == [up]
     back = Edge("broker/tokens/x.py", 9, "broker.tokens.x", "broker.oauth.types")
     assert cycles([*edges, back]) == [["oauth", "tokens"]]
+
+
+def test_the_checker_flags_a_module_that_imports_grpc_through_a_server_module() -> None:
+    edges = [
+        Edge("broker/server/tls.py", 1, "broker.server.tls", "grpc"),
+        Edge("broker/server/certificates.py", 1, "broker.server.certificates", "cryptography"),
+        Edge("broker/doctor/tls.py", 5, "broker.doctor.tls", "broker.server.certificates"),
+        Edge("broker/doctor/tls.py", 6, "broker.doctor.tls", "broker.server.tls"),
+        Edge("broker/service.py", 7, "broker.service", "broker.server.tls"),
+    ]
+    assert [str(e) for e in grpc_reach_violations(edges)] == [
+        "broker/doctor/tls.py:6: broker.doctor.tls -> broker.server.tls"
+    ]

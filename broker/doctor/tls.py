@@ -1,6 +1,7 @@
 """TLS material checks: the web listener's certificate, the gRPC server certificate and the
 client-CA bundle parse, are valid now, do not expire within the warning window, and each
-certificate matches its private key."""
+certificate matches its private key. The bundle and key-match rules are serve's own
+(:mod:`broker.server.certificates`, which imports no grpc)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from broker.clock import Clock
 from broker.doctor.result import CheckResult, fail, ok, skip, warn
+from broker.server.certificates import first_non_ca, key_matches
 
 
 def _load_certs(path: Path) -> list[x509.Certificate]:
@@ -73,9 +75,7 @@ def check_pair(
     except (OSError, ValueError):
         # cryptography's message could quote key material: name the file only.
         return fail(name, f"{key_path} is not a PEM private key")
-    pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if key.public_key().public_bytes(der, pub) != certs[0].public_key().public_bytes(der, pub):
+    if not key_matches(certs[0], key):
         return fail(name, f"the private key {key_path} does not match the certificate {cert_path}")
     now = _now(clock)
     problem = _validity(name, certs, now, warn_days, "certificate")
@@ -96,13 +96,9 @@ def check_ca_bundle(name: str, path: Path, clock: Clock, warn_days: float) -> Ch
         certs = _load_certs(path)
     except (OSError, ValueError):
         return fail(name, f"{path} holds no PEM certificate")
-    for cert in certs:
-        try:
-            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = False
-        if not is_ca:
-            return fail(name, f"{path}: {_subject(cert)} is not a CA certificate")
+    not_ca = first_non_ca(certs)
+    if not_ca is not None:
+        return fail(name, f"{path}: {_subject(not_ca)} is not a CA certificate")
     problem = _validity(name, certs, _now(clock), warn_days, "CA")
     if problem is not None:
         return problem

@@ -4,8 +4,8 @@
 free port). Client certificates are required and checked against ``client_ca_pem`` by gRPC
 (TEST-CATALOGUE E01-E03); the servicer then applies the identity policy (E04, E05). The parts
 live in :mod:`broker.server.limits` (resource limits, overload, the callers' retry policy) and
-:mod:`broker.server.tls` (credentials, CA bundle, certificate reload); this module is the one
-the composition root uses.
+:mod:`broker.server.tls` (credentials, certificate reload; the rules for the files in
+:mod:`broker.server.certificates`); this module is the one the composition root uses.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from opentelemetry import metrics, trace
 
 from broker.audit.trail import AuditTrail
 from broker.errors import ConfigError
+from broker.server.certificates import check_client_ca_bundle
 from broker.server.gen.broker.v1 import broker_pb2_grpc
 from broker.server.limits import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -32,7 +33,7 @@ from broker.server.policy import PolicyHolder
 from broker.server.ports import LoginService, TokenService
 from broker.server.reflection import enable_reflection
 from broker.server.servicer import DEFAULT_MAX_DEADLINE, SERVICE_NAME, TokenBrokerServicer
-from broker.server.tls import ServerTlsReloader, check_client_ca_bundle, server_credentials
+from broker.server.tls import ServerTlsReloader, server_credentials
 from broker.server.tracing import TracingInterceptor
 
 __all__ = [

@@ -1,5 +1,6 @@
-"""The gRPC server's TLS: mutual-TLS server credentials, the client-CA bundle check and the live
-reload of certificate, key and bundle (TEST-CATALOGUE E01-E03, E09)."""
+"""The gRPC server's TLS: mutual-TLS server credentials and the live reload of certificate, key
+and client-CA bundle (TEST-CATALOGUE E01-E03, E09). The rules the files must meet are in
+:mod:`broker.server.certificates`."""
 
 from __future__ import annotations
 
@@ -12,40 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from broker.errors import ConfigError
+from broker.server.certificates import check_client_ca_bundle, check_server_pair
 
 # Reload lines keep the logger name they had in the wiring module (log filters).
 log = logging.getLogger("broker.server.app")
-
-
-def check_client_ca_bundle(client_ca_pem: bytes) -> list[x509.Certificate]:
-    """The bundle must hold at least one CA certificate and nothing else (E02)."""
-    try:
-        certs = x509.load_pem_x509_certificates(client_ca_pem)
-    except ValueError as exc:
-        raise ConfigError("client CA bundle is not PEM certificates") from exc
-    for cert in certs:
-        try:
-            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = False
-        if not is_ca:
-            raise ConfigError("client CA bundle holds a certificate that is not a CA")
-    return certs
-
-
-def _check_server_pair(cert_pem: bytes, key_pem: bytes) -> None:
-    """The server certificate chain parses and its first certificate matches the key."""
-    try:
-        leaf = x509.load_pem_x509_certificates(cert_pem)[0]
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError, IndexError) as exc:
-        raise ConfigError("server certificate or key is not valid PEM") from exc
-    if leaf.public_key() != key.public_key():
-        raise ConfigError("server certificate does not match the server key")
 
 
 class ServerTlsReloader:
@@ -102,7 +75,7 @@ class ServerTlsReloader:
             cert, key, ca = (path.read_bytes() for path in self._paths)
         except OSError as exc:
             raise ConfigError(f"TLS files unreadable ({type(exc).__name__})") from exc
-        _check_server_pair(cert, key)
+        check_server_pair(cert, key)
         check_client_ca_bundle(ca)
         return cert, key, ca
 
