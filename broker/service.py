@@ -62,6 +62,7 @@ from broker.tokens.emergency import EmergencyVault
 from broker.tokens.observer import NullObserver
 from broker.tokens.settings import BackgroundPolicy, Identities, RefreshPolicy, Reporting
 from broker.tokens.stores.deployment import DeploymentIdentity
+from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule
 from broker.tokens.stores.identities import IdentityRefresher, LedgerStore
 from broker.tokens.stores.postgres_driver import require_postgres_driver
 from broker.tokens.stores.sqlite import SqliteGrantStore
@@ -264,9 +265,12 @@ async def open_store(
     identity: DeploymentIdentity | None,
     *,
     record_identity: bool = True,
+    due_rule: DueRule = DEFAULT_DUE_RULE,
 ) -> LedgerStore:
     """Open the configured store bound to ``identity`` (refuses another deployment's store:
-    DeploymentMismatch; an existing file or schema that is not a store: StoreUnusable)."""
+    DeploymentMismatch; an existing file or schema that is not a store: StoreUnusable).
+    ``due_rule``: how the store computes a grant's next due time (serve: the token core's
+    configured schedule, so the background pass reads only the due grants)."""
     s = settings.store
     if s.kind == "postgres":
         if s.dsn is None:
@@ -281,11 +285,17 @@ async def open_store(
             schema=s.schema,
             identity=identity,
             record_identity=record_identity,
+            due_rule=due_rule,
         )
     if s.path is None:
         raise ConfigError("[store].path is required for the sqlite store")
     return await SqliteGrantStore.connect(
-        str(s.path), sealer, clock, identity=identity, record_identity=record_identity
+        str(s.path),
+        sealer,
+        clock,
+        identity=identity,
+        record_identity=record_identity,
+        due_rule=due_rule,
     )
 
 
@@ -397,7 +407,21 @@ async def start(
         stack.callback(keystore.close)
         closers.append(("key store", keystore.close))
         config = client_config(settings, did)
-        store = await open_store(settings, sealer, clock, deployment_identity(config, did))
+        t = settings.tokens
+        refresh_policy = RefreshPolicy(
+            threshold=t.refresh_threshold,
+            fraction=t.refresh_fraction,
+            retry_margin=t.refresh_retry_margin,
+            lifetime=settings.oauth.refresh_token_lifetime,
+            min_serve_ttl=t.min_serve_ttl,
+        )
+        store = await open_store(
+            settings,
+            sealer,
+            clock,
+            deployment_identity(config, did),
+            due_rule=refresh_policy.schedule(),
+        )
         stack.push_async_callback(store.close)
         closers.append(("grant store", store.close))
         http = http_client(settings)
@@ -441,18 +465,11 @@ async def start(
             log.warning(
                 "no [store].emergency_dir: a refresh token the store fails to write is lost at exit"
             )
-        t = settings.tokens
         broker = TokenBroker(
             store,
             client,
             clock,
-            refresh=RefreshPolicy(
-                threshold=t.refresh_threshold,
-                fraction=t.refresh_fraction,
-                retry_margin=t.refresh_retry_margin,
-                lifetime=settings.oauth.refresh_token_lifetime,
-                min_serve_ttl=t.min_serve_ttl,
-            ),
+            refresh=refresh_policy,
             background=BackgroundPolicy(interval=t.background_interval),
             reporting=Reporting(
                 observer=MetricsObserver(metrics) if metrics is not None else NullObserver(),

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.ports import AccessTokenView, LoginView
-from broker.tokens.model import Grant, GrantStatus
+from broker.tokens.model import Grant, GrantStatus, GrantSummary
 
 _LOGIN_STATES = {
     "PENDING": pb.LOGIN_STATE_PENDING,
@@ -64,7 +64,7 @@ def login(view: LoginView) -> pb.Login:
     )
 
 
-def grant(g: Grant) -> pb.Grant:
+def grant(g: Grant | GrantSummary) -> pb.Grant:
     """A grant without its tokens."""
     return pb.Grant(
         grant_id=g.grant_id,

@@ -8,10 +8,10 @@ read-only properties so frozen dataclasses match.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
-from broker.tokens.model import Grant
+from broker.tokens.model import Grant, GrantSummary
 
 
 class AccessTokenView(Protocol):
@@ -75,7 +75,9 @@ class TokenService(Protocol):
 
     async def get_grant(self, grant_id: str) -> Grant: ...
 
-    async def list_grants(self, label: str | None) -> list[Grant]: ...
+    async def list_grants(self, label: str | None) -> Sequence[Grant | GrantSummary]:
+        """Clear columns only are used (a GrantSummary carries no token)."""
+        ...
 
     async def revoke_grant(self, grant_id: str) -> object:
         """Revoke the grant (the result, if any, is not used)."""

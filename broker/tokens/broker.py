@@ -19,7 +19,7 @@ Implements :class:`broker.login.ports.GrantSink` (``add_grant``) and the server'
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 from broker.backoff import BackoffPolicy
 from broker.clock import Clock
@@ -30,7 +30,7 @@ from broker.tokens.core import Serving
 from broker.tokens.emergency import EmergencyVault
 from broker.tokens.flight import Backoffs, Flights
 from broker.tokens.machine import MachineGrants, MachineGrantSpec
-from broker.tokens.model import AccessToken, Grant
+from broker.tokens.model import AccessToken, Grant, GrantSummary
 from broker.tokens.persistence import PendingResults
 from broker.tokens.ports import MachineTokenSource, Refresher
 from broker.tokens.refresh import RefreshPath
@@ -101,6 +101,7 @@ class TokenBroker:
             policy=background or BackgroundPolicy(),
             sleep=seams.sleep,
             min_serve_ttl=ttl,
+            schedule=policy.schedule(),
         )
         self._serving = Serving(
             store,
@@ -144,7 +145,7 @@ class TokenBroker:
     async def get_grant(self, grant_id: str) -> Grant:
         return await self._serving.get_grant(grant_id)
 
-    async def list_grants(self, label: str | None = None) -> list[Grant]:
+    async def list_grants(self, label: str | None = None) -> Sequence[Grant | GrantSummary]:
         return await self._serving.list_grants(label)
 
     async def revoke_grant(self, grant_id: str) -> Grant:

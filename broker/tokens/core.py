@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from opentelemetry import trace
 
@@ -35,7 +35,7 @@ from broker.tokens.failures import audit_grant
 from broker.tokens.flight import Flights
 from broker.tokens.freshness import Freshness
 from broker.tokens.machine import MachineGrants
-from broker.tokens.model import AccessToken, Grant, GrantStatus
+from broker.tokens.model import AccessToken, Grant, GrantStatus, GrantSummary
 from broker.tokens.stores.base import GrantStore
 from broker.tokens.watch import Watchers
 
@@ -180,7 +180,13 @@ class Serving:
     async def get_grant(self, grant_id: str) -> Grant:
         return await self._store.get(grant_id)
 
-    async def list_grants(self, label: str | None = None) -> list[Grant]:
+    async def list_grants(self, label: str | None = None) -> Sequence[Grant | GrantSummary]:
+        """The grants' clear columns (ListGrants shows no token): a store that indexes them
+        answers without opening any token; another store's grants are opened and listed."""
+        list_metadata = getattr(self._store, "list_metadata", None)
+        if callable(list_metadata):
+            summaries: list[GrantSummary] = await list_metadata(label=label)
+            return summaries
         return await self._store.list(label=label)
 
     async def revoke_grant(self, grant_id: str) -> Grant:

@@ -7,6 +7,15 @@ deleted from the store are forgotten, dead ones buried; a grant is due once the 
 clock passes its entry's ``due_at`` (per-grant jitter lives there, so N grants expiring together
 become due at different wake-ups: J02), unless it is in flight or in back-off.
 
+With a store that indexes and leases (:class:`broker.tokens.stores.base.GrantIndex` and
+:class:`~broker.tokens.stores.base.RefreshClaims`: memory, SQLite, PostgreSQL) a pass opens only
+what it refreshes: it claims the grants the store says are due (``refresh_due_at``, clear and
+indexed; replicas sharing the store divide them, a crashed replica's lease expires), keeps those
+not in flight or back-off and, when cached, whose entry is due, and refreshes them; every
+``SWEEP_EVERY``-th pass (the first included) reads the clear metadata of every grant to forget
+deleted grants, bury dead ones and pick up (open, publish) the cached grants another replica
+rotated. Stores without those roles are scanned in full as before.
+
 Crash recovery (:meth:`Scheduler.recover_interrupted`): ACTIVE grants whose intent record
 (``refresh_started_at``) is set had a refresh in flight when a process died, and the AS may or
 may not have rotated the refresh token. Each is refreshed once, normally, with the stored (old)
@@ -18,17 +27,48 @@ REAUTHORIZATION_REQUIRED like any dead grant: one attempt, never a loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
 
 from broker.clock import Clock
 from broker.errors import BrokerError
 from broker.tokens.cache import TokenCache
 from broker.tokens.flight import Flights
-from broker.tokens.model import GrantStatus
+from broker.tokens.model import Grant, GrantStatus, GrantSummary
 from broker.tokens.settings import BackgroundPolicy, Sleep
-from broker.tokens.stores.base import GrantStore
+from broker.tokens.stores.base import GrantIndex, GrantStore, RefreshClaims
+from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule
 
 _log = logging.getLogger("broker.tokens.broker")  # the token core's log name
+
+#: A refresh lease: long enough for one refresh with its retries; a failed refresh's grant is
+#: left to the lease (and the local back-off) before any replica tries it again.
+CLAIM_LEASE = 120.0
+#: Due grants claimed per pass (the rest are claimed by the next passes or other replicas).
+CLAIM_LIMIT = 1000
+#: Every how many passes the clear metadata of every grant is read (deleted, dead, rotated
+#: elsewhere). Reading it opens nothing.
+SWEEP_EVERY = 10
+
+
+def replica_name() -> str:
+    """This process's name in refresh leases (host, pid and a random part: unique)."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _LeaseState:
+    owner: str  # this replica in the store's refresh leases
+    rule: DueRule  # the core's schedule, given to the store before the first indexed pass
+    passes: int = 0
+
+
+class _Indexed(GrantStore, GrantIndex, RefreshClaims):
+    """A store with the scheduling roles (a type for the checks below, never instantiated)."""
 
 
 class Scheduler:
@@ -42,16 +82,17 @@ class Scheduler:
         policy: BackgroundPolicy,
         sleep: Sleep,
         min_serve_ttl: float,
+        schedule: DueRule = DEFAULT_DUE_RULE,
     ) -> None:
         self._store = store
         self._clock = clock
         self._cache = cache
         self._flights = flights
-        self._interval = policy.interval
+        self._wait = functools.partial(sleep, policy.interval)
         self._semaphore = asyncio.Semaphore(policy.concurrency)
-        self._sleep = sleep
         self._min_serve_ttl = min_serve_ttl
         self._task: asyncio.Task[None] | None = None
+        self._lease = _LeaseState(replica_name(), schedule)
 
     @property
     def running(self) -> bool:
@@ -77,7 +118,7 @@ class Scheduler:
 
     async def _run(self) -> None:
         while True:
-            await self._sleep(self._interval)
+            await self._wait()
             try:
                 await self.run_once()
             except BrokerError as exc:
@@ -101,9 +142,57 @@ class Scheduler:
                 # already recorded by the refresh path (store.record_error / status change)
                 _log.info("background refresh of grant %s failed: %s", grant_id, exc.reason)
 
+    def _indexed(self) -> _Indexed | None:
+        store = self._store
+        if all(callable(getattr(store, m, None)) for m in ("list_metadata", "claim_due")):
+            return store  # type: ignore[return-value]
+        return None
+
     async def find_due(self) -> list[str]:
         if self._flights.stopping:
             return []
+        store = self._indexed()
+        if store is not None:
+            return await self._find_due_indexed(store)
+        return await self._find_due_by_scan()
+
+    async def _find_due_indexed(self, store: _Indexed) -> list[str]:
+        """Claim the due grants; open only the ones another replica rotated (sweep)."""
+        if self._lease.passes == 0:
+            await store.reschedule(self._lease.rule)  # due times by the core's own schedule
+        if self._lease.passes % SWEEP_EVERY == 0:
+            await self._sweep(store)
+        self._lease.passes += 1
+        claimed = await store.claim_due(
+            self._clock.now(), owner=self._lease.owner, lease=CLAIM_LEASE, limit=CLAIM_LIMIT
+        )
+        mono = self._clock.monotonic()
+        due = []
+        for summary in claimed:
+            entry = self._cache.get(summary.grant_id)
+            if self._flights.busy(summary.grant_id):
+                continue  # in flight here: its lease is ours; in back-off: the lease waits
+            if entry is not None and entry.version >= summary.version and mono < entry.due_at:
+                await store.release_claim(summary.grant_id, owner=self._lease.owner)
+                continue  # the core's own schedule says later
+            due.append(summary.grant_id)
+        return due
+
+    async def _sweep(self, store: _Indexed) -> None:
+        listed = {s.grant_id: s for s in await store.list_metadata()}
+        for grant_id in self._cache.grant_ids():
+            if grant_id not in listed and grant_id not in self._flights:
+                self._cache.forget(grant_id)  # deleted (by another replica or an operator)
+        for grant_id, summary in listed.items():
+            entry = self._cache.get(grant_id)
+            if summary.status is not GrantStatus.ACTIVE:
+                if entry is not None:
+                    self._cache.check_status_quietly(_status_only(summary))
+                continue
+            if entry is not None and entry.version < summary.version:
+                self._cache.admit(await self._store.get(grant_id))  # rotated elsewhere
+
+    async def _find_due_by_scan(self) -> list[str]:
         due = []
         now = self._clock.monotonic()
         grants = await self._store.list()
@@ -126,11 +215,20 @@ class Scheduler:
     async def recover_interrupted(self) -> list[str]:
         """Refresh once every ACTIVE grant with an intent record; returns their ids. Failures
         are recorded (dead grants flagged), not raised."""
-        grants = [
-            g
-            for g in await self._store.list()
-            if g.status is GrantStatus.ACTIVE and g.refresh_started_at is not None
-        ]
+        store = self._indexed()
+        if store is not None:  # the intent records are clear columns: open nothing to find them
+            ids = [
+                s.grant_id
+                for s in await store.list_metadata()
+                if s.status is GrantStatus.ACTIVE and s.refresh_started_at is not None
+            ]
+            grants = [await self._store.get(grant_id) for grant_id in ids]
+        else:
+            grants = [
+                g
+                for g in await self._store.list()
+                if g.status is GrantStatus.ACTIVE and g.refresh_started_at is not None
+            ]
         results = await asyncio.gather(
             *(self._flights.join(g.grant_id, self._min_serve_ttl) for g in grants),
             return_exceptions=True,
@@ -141,3 +239,24 @@ class Scheduler:
             if isinstance(result, BrokerError):
                 _log.warning("recovery of grant %s failed: %s", grant.grant_id, result.reason)
         return [g.grant_id for g in grants]
+
+
+def _status_only(summary: GrantSummary) -> Grant:
+    """A token-less Grant carrying a summary's status, for the cache's status check (which
+    reads only the id and status)."""
+    return Grant(
+        grant_id=summary.grant_id,
+        label=summary.label,
+        issuer=summary.issuer,
+        client_id=summary.client_id,
+        subject=summary.subject,
+        scope=summary.scope,
+        status=summary.status,
+        access_token="-",  # noqa: S106 (no token: never served, the grant is dead)
+        access_expires_at=summary.access_expires_at,
+        refresh_token=None,
+        created_at=summary.created_at,
+        updated_at=summary.updated_at,
+        version=summary.version,
+        kind=summary.kind,
+    )

@@ -36,6 +36,7 @@ NOW = 1_800_000_000.0
 LEAD = 100.0
 
 
+@dataclass(frozen=True)
 class LeadRule:
     """Due ``LEAD`` seconds before the access token expires (easy to predict)."""
 
@@ -205,6 +206,29 @@ async def test_rotate_moves_the_due_time_and_takes_the_cores_override(r: Replica
         refresh_due_at=NOW - 1,
     )
     assert [g.grant_id for g in await r.b.due(NOW)] == ["g-1"]
+
+
+@dataclass(frozen=True)
+class LaterRule:
+    def due_at(
+        self, grant_id: str, version: int, *, issued_at: float | None, expires_at: float
+    ) -> float:
+        return expires_at - 10
+
+
+async def test_reschedule_recomputes_active_due_times_opening_nothing(r: Replicas) -> None:
+    ids = await _seed(r.a, 3)
+    await r.a.set_status(ids[2], GrantStatus.REVOKED, reason="revoked_by_operator")
+    opens = r.sealer.opens
+    assert await r.a.reschedule(LeadRule()) == 0  # the rule in use: nothing to do
+    assert await r.a.reschedule(LaterRule()) == 2
+    meta = {g.grant_id: g.refresh_due_at for g in await r.b.list_metadata()}
+    assert meta[ids[0]] == NOW + 50 - 10 and meta[ids[1]] == NOW + 51 - 10
+    await r.a.create(make_grant("new", access_expires_at=NOW + 500))
+    assert [g.refresh_due_at for g in await r.b.list_metadata() if g.grant_id == "new"] == [
+        NOW + 490
+    ]
+    assert r.sealer.opens == opens
 
 
 async def test_due_queries_are_validated(r: Replicas) -> None:

@@ -26,6 +26,7 @@ from typing import Protocol
 from broker.oauth.types import TokenSet
 from broker.tokens.model import Grant, GrantExpiry, GrantStatus, GrantSummary
 from broker.tokens.stores.deployment import RecordedIdentity
+from broker.tokens.stores.due import DueRule
 
 
 class GrantStore(Protocol):
@@ -102,6 +103,12 @@ class GrantIndex(Protocol):
     ) -> list[GrantSummary]:
         """ACTIVE grants with ``refresh_due_at <= now + horizon``, earliest first, at most
         ``limit``; claims are ignored (see :class:`RefreshClaims`)."""
+        ...
+
+    async def reschedule(self, rule: DueRule) -> int:
+        """Compute due times with ``rule`` from now on and, if it differs from the rule in
+        use, recompute them for every ACTIVE grant (clear columns only); returns how many were
+        recomputed. The token core calls it once with its own schedule."""
         ...
 
 

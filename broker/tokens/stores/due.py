@@ -4,8 +4,12 @@ The stores keep the due time in a clear, indexed column so that the background p
 for the grants due now (:meth:`broker.tokens.stores.base.GrantIndex.due`) without opening any
 token. A store computes it with a :class:`DueRule` when a grant is created or rotated; the
 token core passes its own :class:`broker.tokens.schedule.RefreshSchedule` (which is one), and
-may give an explicit time to ``rotate(..., refresh_due_at=...)``. The default rule is the
-schedule with the default threshold (:data:`broker.tokens.freshness.REFRESH_THRESHOLD`).
+may give an explicit time to ``rotate(..., refresh_due_at=...)``. The default rule is the token
+core's default schedule (``RefreshPolicy()``: the threshold
+:data:`broker.tokens.freshness.REFRESH_THRESHOLD` alone, jitter 0.1). A store whose rule says
+*earlier* than the core's only makes the background pass look at a grant too soon (it checks
+and leaves it); one that says *later* delays its background refresh (callers still refresh a
+stale token themselves), so serve gives the store the configured schedule.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ class DueRule(Protocol):
     ) -> float: ...
 
 
-DEFAULT_DUE_RULE: DueRule = RefreshSchedule(threshold=REFRESH_THRESHOLD)
+DEFAULT_DUE_RULE: DueRule = RefreshSchedule(threshold=REFRESH_THRESHOLD, jitter=0.1, fraction=None)
 
 
 def due_at(

@@ -353,6 +353,17 @@ class MemoryGrantStore:
         due.sort(key=lambda g: (self._sched_of(g).due_at, g.grant_id))
         return due[:limit] if limit < len(due) else due
 
+    async def reschedule(self, rule: DueRule) -> int:
+        if rule == self._due_rule:
+            return 0
+        self._due_rule = rule
+        active = [g for g in self._grants.values() if g.status is GrantStatus.ACTIVE]
+        for g in active:
+            self._sched_of(g).due_at = self._due(
+                g.grant_id, g.version, g.access_issued_at, g.access_expires_at
+            )
+        return len(active)
+
     async def due(
         self, now: float, *, horizon: float = 0.0, limit: int = 1000
     ) -> builtins.list[GrantSummary]:

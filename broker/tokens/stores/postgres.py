@@ -419,8 +419,9 @@ class PostgresGrantStore(PostgresLogins):
             log_adoption(f"schema {self._schema!r} on {self._where}", self._identity, grants)
         self._opened = True
 
-    async def _fill_due(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Give grants stored before schema 7 their due time (clear columns only)."""
+    async def _fill_due(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        """Give grants without one (stored before schema 7, or rescheduled) their due time
+        (clear columns only)."""
         cur = await conn.execute(
             sql.SQL(
                 "SELECT grant_id, version, access_issued_at, access_expires_at FROM {} "
@@ -439,6 +440,7 @@ class PostgresGrantStore(PostgresLogins):
                         for gid, v, issued, expires in rows
                     ],
                 )
+        return len(rows)
 
     def _due(self, grant_id: str, version: int, issued: float | None, expires: float) -> float:
         return due_at(self._due_rule, grant_id, version, issued_at=issued, expires_at=expires)
@@ -643,6 +645,18 @@ class PostgresGrantStore(PostgresLogins):
                 )
             rows = await cur.fetchall()
         return [grant_summary(r) for r in rows]
+
+    async def reschedule(self, rule: DueRule) -> int:
+        if rule == self._due_rule:
+            return 0
+        self._due_rule = rule
+        async with self._operation("reschedule") as conn, conn.transaction():
+            await conn.execute(
+                sql.SQL("UPDATE {} SET refresh_due_at = NULL WHERE status = 'active'").format(
+                    self._table
+                )
+            )
+            return await self._fill_due(conn)
 
     async def due(
         self, now: float, *, horizon: float = 0.0, limit: int = 1000

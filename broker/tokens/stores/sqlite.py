@@ -374,8 +374,9 @@ class SqliteGrantStore(SqliteLogins):
             count = conn.execute("SELECT COUNT(*) FROM grants").fetchone()
             log_adoption(self._path, self._require_identity(), int(count[0]) if count else 0)
 
-    def _fill_due(self, c: sqlite3.Connection) -> None:
-        """Give grants stored before schema 7 their due time (clear columns only)."""
+    def _fill_due(self, c: sqlite3.Connection) -> builtins.list[Any]:
+        """Give grants without one (stored before schema 7, or rescheduled) their due time
+        (clear columns only)."""
         rows = c.execute(
             "SELECT grant_id, version, access_issued_at, access_expires_at FROM grants "
             "WHERE refresh_due_at IS NULL"
@@ -387,6 +388,7 @@ class SqliteGrantStore(SqliteLogins):
                 for gid, v, issued, expires in rows
             ],
         )
+        return rows
 
     def _due(self, grant_id: str, version: int, issued: float | None, expires: float) -> float:
         return due_at(self._due_rule, grant_id, version, issued_at=issued, expires_at=expires)
@@ -492,6 +494,17 @@ class SqliteGrantStore(SqliteLogins):
             return [grant_summary(r) for r in rows]
 
         return await self._run("list_metadata", fetch)
+
+    async def reschedule(self, rule: DueRule) -> int:
+        if rule == self._due_rule:
+            return 0
+        self._due_rule = rule
+
+        def tx(c: sqlite3.Connection) -> int:
+            c.execute("UPDATE grants SET refresh_due_at = NULL WHERE status = 'active'")
+            return len(self._fill_due(c))
+
+        return await self._run("reschedule", lambda conn: self._write(conn, tx))
 
     async def due(
         self, now: float, *, horizon: float = 0.0, limit: int = 1000
