@@ -1,9 +1,8 @@
 """Human and ``--json`` rendering of ceremony results. Nothing here ever sees a secret.
 
 ``--json`` prints exactly one JSON document on stdout; human output is aligned ``name: value``
-lines. The ``broker`` entry point prints a failure as one line on stderr and, with ``--json``, as
-:func:`error_document` on stdout, unless the command already put the error member into its own
-document (:func:`mark_reported`).
+lines. A failure is not rendered here: :mod:`broker.cli.errors` prints it (one stderr line and,
+with ``--json``, the error document).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from typing import Any, TextIO
 
 from broker.audit import VerifyResult
 from broker.ceremony.selftest import SelfTestReport
-from broker.errors import BrokerError
 from broker.keys.api import KeyInfo
 
 CUSTODY_ATTRIBUTES = (
@@ -144,34 +142,6 @@ def verify_text(result: VerifyResult) -> str:
             ("reason", result.reason or "-"),
         ]
     )
-
-
-_REPORTED = "_broker_json_reported"
-
-
-def error_document(exc: BaseException) -> dict[str, Any]:
-    """``{"error": {"reason", "message", "retryable"}}`` for a failure, as secret-free as its
-    stderr line: a broker error by its reason and message, anything else by its type only."""
-    if isinstance(exc, BrokerError):
-        reason, retryable, message = exc.reason, exc.retryable, exc.message
-    elif isinstance(exc, KeyboardInterrupt):
-        reason, retryable, message = "interrupted", True, "interrupted"
-    else:
-        reason = str(getattr(exc, "reason", "internal"))
-        retryable = bool(getattr(exc, "retryable", False))
-        message = str(exc) if reason != "internal" else f"internal error ({type(exc).__name__})"
-    return {
-        "error": {"reason": reason, "message": " ".join(message.split()), "retryable": retryable}
-    }
-
-
-def mark_reported(exc: BaseException) -> None:
-    """The command's own JSON document already carries ``exc``'s error member."""
-    setattr(exc, _REPORTED, True)
-
-
-def was_reported(exc: BaseException) -> bool:
-    return bool(getattr(exc, _REPORTED, False))
 
 
 def emit(out: TextIO, *, as_json: bool, document: Mapping[str, Any], text: str) -> None:

@@ -3,7 +3,7 @@
 Each group lives in its own module and exposes ``register(subparsers)``, which adds its
 sub-parser and sets ``handler`` (``Callable[[argparse.Namespace], int]``) and ``command`` (its
 name for error lines) as defaults on every leaf. Groups: ``keys`` (key ceremonies,
-:mod:`broker.ceremony.commands`), ``serve`` (:mod:`broker.cli.serve`), ``doctor``
+:mod:`broker.cli.keys`), ``serve`` (:mod:`broker.cli.serve`), ``doctor``
 (:mod:`broker.cli.doctor`). How a failure is reported (one stderr line, the ``--json`` error
 document, the exit status) is :mod:`broker.cli.errors`; the parser is :mod:`broker.cli.parser`.
 
@@ -21,8 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from broker.ceremony import commands as ceremony_commands
-from broker.cli import doctor, serve
+from broker.cli import doctor, keys, serve
 from broker.cli.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -42,7 +41,7 @@ UNKNOWN_VERSION = "0+unknown"
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 GROUPS: tuple[Registrar, ...] = (
-    functools.partial(ceremony_commands.register, rotation=rotation_deps()),
+    functools.partial(keys.register, rotation=rotation_deps()),
     serve.register,
     doctor.register,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import httpx
 
-from broker.ceremony.rotate_commands import RotationDeps
+from broker.cli.keys_rotate_ledger import RotationDeps
 from broker.clock import Clock
 from broker.config import Settings
 from broker.keys.api import Sealer

@@ -1,7 +1,7 @@
 """Initialise a PKCS#11 token by label with PINs read from files, never from argv.
 
 ``python -m broker.keys.inittoken --module M --label L --so-pin-file F --user-pin-file F``; the
-audited operator command is ``broker keys init-token`` (:mod:`broker.ceremony.init_token_command`).
+audited operator command is ``broker keys init-token`` (:mod:`broker.cli.keys_init_token`).
 
 ``softhsm2-util --init-token`` takes the PINs on its command line (visible in ``ps``) and refuses
 to read them from a non-terminal stdin, so this helper calls ``C_InitToken`` (through ``ctypes``:

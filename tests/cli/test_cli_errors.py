@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from broker import errors
-from broker.cli import error_line, exit_status, main
+from broker.cli import main
+from broker.cli.errors import error_line, exit_status
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.audit import verify_chain
-from broker.ceremony import commands
 from broker.cli import main
+from broker.cli.keys import register as register_keys
 from broker.credentials.lear import parse_credential
 from broker.keys.didkey import did_from_public_key
 from tests.cli.soft_backend import SoftBackend
@@ -41,7 +41,7 @@ class Cli:
         self.pin_file.chmod(0o600)
         backend = SoftBackend(token="ceremony", pin=PIN)
         self.groups = [
-            functools.partial(commands.register, backend_factory=lambda: backend, clock=self.clock)
+            functools.partial(register_keys, backend_factory=lambda: backend, clock=self.clock)
         ]
         self.key = f"pkcs11:token=ceremony;object=m2m?pin-source=file:{self.pin_file}"
         self.issuer = TestIssuer.self_signed()

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.audit import verify_chain
-from broker.ceremony import commands
 from broker.cli import GROUPS, Registrar, main
+from broker.cli.keys import register as register_keys
 from broker.errors import KeyNotFound
 from broker.keys.didkey import did_from_public_key, public_key_from_did
 from broker.keys.pkcs11 import Pkcs11KeyStore
@@ -59,9 +59,7 @@ class Env:
             self.backend: SoftBackend | None = SoftBackend(token=self.token, pin=SOFT_PIN)
             backend = self.backend
             self.groups = [
-                functools.partial(
-                    commands.register, backend_factory=lambda: backend, clock=FakeClock()
-                )
+                functools.partial(register_keys, backend_factory=lambda: backend, clock=FakeClock())
             ]
             self.store_class: type = SoftCeremonyStore
         else:
@@ -575,9 +573,7 @@ def test_h02_ceremony_spans_carry_no_secret(
     backend = env.backend
     assert backend is not None
     env.groups = [
-        functools.partial(
-            commands.register, backend_factory=lambda: backend, tracer_provider=provider
-        )
+        functools.partial(register_keys, backend_factory=lambda: backend, tracer_provider=provider)
     ]
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-pin-0815")

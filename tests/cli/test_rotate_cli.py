@@ -17,14 +17,14 @@ import httpx
 import pytest
 
 from broker.audit import verified_records
-from broker.ceremony import commands
-from broker.ceremony.rotate_commands import RotationDeps
 from broker.cli import main
+from broker.cli.keys import register as register_keys
+from broker.cli.keys_rotate_ledger import RotationDeps
+from broker.cli.rotation_wiring import open_ledger
 from broker.config import Settings
 from broker.errors import KeyNotFound
 from broker.keys.api import Sealer
 from broker.keys.soft import SoftSealer
-from broker.cli.rotation_wiring import open_ledger
 from broker.service import client_config
 from broker.tokens.model import Grant, GrantStatus
 from broker.tokens.stores.deployment import DeploymentIdentity
@@ -78,7 +78,7 @@ class Env:
         )
         self.groups = [
             functools.partial(
-                commands.register,
+                register_keys,
                 backend_factory=lambda: self.backend,
                 clock=self.clock,
                 rotation=deps,

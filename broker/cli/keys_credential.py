@@ -4,7 +4,7 @@
 to that did, the validity window, the RS256 signature by its x5c certificate and that
 certificate's organizationIdentifier against the ``did:elsi:`` issuer, and the chain to
 ``--ca-bundle`` when given) and stores it (:mod:`broker.credentials.store`); an existing one is
-only replaced with ``--replace``. Each command runs through :func:`commands.run_audited`: one
+only replaced with ``--replace``. Each command runs through :func:`broker.cli.keys_audited.run_audited`: one
 audit record (``keys.credential.import`` / ``.replace`` / ``.show`` / ``.remove``) carrying the
 credential's id and SHA-256 (a credential is not secret).
 """
@@ -21,18 +21,16 @@ from typing import Any
 
 from cryptography import x509
 
-from broker.ceremony.commands import (
+from broker.cli.keys_audited import (
     KEY_URI_ENV,
     Body,
     Deps,
     Facts,
     Result,
-    _get,
-    _store,
-    _target,
     audit_log_path,
     run_audited,
 )
+from broker.cli.keys_token import get_key, key_target, open_token
 from broker.credentials.lear import (
     MAX_JWT_BYTES,
     LearCredentialMachine,
@@ -94,9 +92,9 @@ def _read_ca_bundle(path: str) -> list[x509.Certificate]:
 
 
 def _key_did(deps: Deps, args: argparse.Namespace, facts: Facts, *, read_only: bool) -> str:
-    target = _target(deps, args, facts, need_label=True)
-    with _store(deps, target, args, read_only=read_only) as (store, _):
-        return _get(store, target, facts).did
+    target = key_target(deps, args, facts, need_label=True)
+    with open_token(deps, target, args, read_only=read_only) as (store, _):
+        return get_key(store, target, facts).did
 
 
 def _learn(facts: Facts, cred: LearCredentialMachine) -> None:

@@ -16,15 +16,15 @@ import functools
 import os
 from pathlib import Path
 
-from broker.ceremony.commands import (
+from broker.cli.keys_audited import (
     AUDIT_LOG_ENV,
     DEFAULT_AUDIT_LOG,
     Deps,
     Facts,
     Result,
-    _RefusePinOnArgv,
     run_audited,
 )
+from broker.cli.keys_token import RefusePinOnArgv
 from broker.keys.inittoken import ensure_softhsm_conf, init_token, read_init_pin
 from broker.keys.pkcs11 import lib as pkcs11_lib
 from broker.keys.pkcs11.hints import SOFTHSM_CONF_ENV
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], deps: Dep
         "--pin-value",
         "--so-pin",
         nargs="?",
-        action=_RefusePinOnArgv,
+        action=RefusePinOnArgv,
         help=argparse.SUPPRESS,
     )
     p.add_argument("--token", required=True, metavar="LABEL", help="the token label (1-32 bytes)")
