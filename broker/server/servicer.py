@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 
@@ -20,7 +20,7 @@ from broker.audit.events import AuditAction, AuditEvent, identifier, reason_code
 from broker.audit.trail import AuditTrail
 from broker.errors import InvalidArgument, NotFound, PermissionDenied
 from broker.server import convert, paging, validation
-from broker.server.errors import Trailers, to_rich_status
+from broker.server.errors import to_rich_status
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.identity import PEM_KEY, CallerIdentity, identity_from_auth_context
 from broker.server.policy import Policy, Rule
@@ -136,17 +136,45 @@ class TokenBrokerServicer:
             async with asyncio.timeout(self._timeout(context)):
                 return await handler(caller, rule)
         except Exception as exc:
-            code, message, trailers = self._status(exc, method, request)
-            await self._audit_denied(exc, method, caller)
-        await context.abort(code, message, trailing_metadata=trailers)
-        raise AssertionError("context.abort returned")  # pragma: no cover
+            failure = exc
+        await self._abort(context, failure, method, request, caller)
 
-    @staticmethod
-    def _status(exc: Exception, method: str, request: object) -> tuple[Any, str, Trailers]:
+    async def _stream(
+        self,
+        context: Context,
+        method: str,
+        handler: Callable[[CallerIdentity, Rule], AsyncIterator[T]],
+        request: object = None,
+    ) -> AsyncIterator[T]:
+        """A server-streaming RPC: as :meth:`_unary`, but the stream has no overall deadline
+        (``handler`` bounds its own set-up)."""
+        caller: CallerIdentity | None = None
+        try:
+            caller = self._identity(context.auth_context())
+            rule = self._authorize(caller, method)
+            async for item in handler(caller, rule):
+                yield item
+            return
+        except Exception as exc:
+            failure = exc
+        await self._abort(context, failure, method, request, caller)
+
+    async def _abort(
+        self,
+        context: Context,
+        exc: Exception,
+        method: str,
+        request: object,
+        caller: CallerIdentity | None,
+    ) -> NoReturn:
+        """The one failure path of every RPC: status mapping (an INTERNAL one is logged with
+        its traceback), the denial audit, then abort with the ``ErrorInfo`` trailer."""
         code, message, trailers = to_rich_status(exc, ids=_request_ids(request))
         if code is grpc.StatusCode.INTERNAL:
             log.error("%s failed: %s", method, type(exc).__name__, exc_info=exc)
-        return code, message, trailers
+        await self._audit_denied(exc, method, caller)
+        await context.abort(code, message, trailing_metadata=trailers)
+        raise AssertionError("context.abort returned")  # pragma: no cover
 
     # --- logins -----------------------------------------------------------------------------
 
@@ -213,21 +241,17 @@ class TokenBrokerServicer:
     async def WatchAccessToken(
         self, request: pb.WatchAccessTokenRequest, context: Context
     ) -> AsyncIterator[pb.WatchAccessTokenResponse]:
-        method = "WatchAccessToken"
-        caller: CallerIdentity | None = None
-        try:
-            caller = self._identity(context.auth_context())
-            rule = self._authorize(caller, method)
+        async def run(
+            caller: CallerIdentity, rule: Rule
+        ) -> AsyncIterator[pb.WatchAccessTokenResponse]:
             grant_id = validation.grant_id(request.grant_id)
             async with asyncio.timeout(self._timeout(context)):
-                await self._authorize_grant(caller, method, rule, grant_id)
+                await self._authorize_grant(caller, "WatchAccessToken", rule, grant_id)
             async for tok in self._broker.watch(grant_id):
                 yield pb.WatchAccessTokenResponse(token=convert.access_token(tok))
-            return
-        except Exception as exc:
-            code, message, trailers = self._status(exc, method, request)
-            await self._audit_denied(exc, method, caller)
-        await context.abort(code, message, trailing_metadata=trailers)
+
+        async for response in self._stream(context, "WatchAccessToken", run, request):
+            yield response
 
     async def GetGrant(self, request: pb.GetGrantRequest, context: Context) -> pb.GetGrantResponse:
         async def run(caller: CallerIdentity, rule: Rule) -> pb.GetGrantResponse:
