@@ -76,7 +76,9 @@ def test_wheel_holds_the_broker_package_only(names: list[str]) -> None:
     assert not [n for n in names if n.startswith(("tests/", "bench/", "clients/", "deploy/"))]
     assert "broker/py.typed" in names
     assert "broker/server/gen/broker/v1/broker_pb2.py" in names
-    assert "broker/cli.py" in names and "broker/tokens/stores/postgres_driver.py" in names
+    assert "broker/cli/__init__.py" in names and "broker/cli/__main__.py" in names
+    assert "broker/cli/keys_rotate_ledger.py" in names
+    assert "broker/tokens/stores/postgres_driver.py" in names
 
 
 def test_metadata_names_the_distribution_and_its_project_facts(metadata: Message) -> None:
