@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -19,6 +19,7 @@ from broker.server.policy import PolicyHolder
 from broker.server.ports import LoginService
 from tests.server.fakes import FakeBroker, FakeLogins, make_grant
 from tests.server.pki import Ca, Issued
+from tests.server.rpc import mtls_channel
 
 APP = "spiffe://corp.example/app"
 ADMIN = "spiffe://corp.example/admin"
@@ -66,16 +67,7 @@ class Harness:
         return self.running.port
 
     def channel(self, client: Issued | None, *, server_ca_pem: bytes | None = None) -> Any:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=server_ca_pem or self.server_ca.pem,
-            private_key=client.key_pem if client else None,
-            certificate_chain=client.cert_pem if client else None,
-        )
-        ch = grpc.aio.secure_channel(
-            f"127.0.0.1:{self.port}",
-            creds,
-            options=[("grpc.ssl_target_name_override", "broker.test")],
-        )
+        ch = mtls_channel(self.port, client, server_ca_pem or self.server_ca.pem)
         self.channels.append(ch)
         return ch
 
@@ -119,11 +111,20 @@ async def make_harness(
     return Harness(ca, server_ca, running, broker, logins, policy_path, exporter), provider
 
 
+@contextlib.asynccontextmanager
+async def started_harness(tmp_path: Path, **kwargs: Any) -> AsyncIterator[Harness]:
+    """:func:`make_harness` (same arguments), stopped on exit with its channels closed."""
+    h, provider = await make_harness(tmp_path, **kwargs)
+    try:
+        yield h
+    finally:
+        for ch in h.channels:
+            await ch.close()
+        await h.running.stop(None)
+        provider.shutdown()
+
+
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    h, provider = await make_harness(tmp_path)
-    yield h
-    for ch in h.channels:
-        await ch.close()
-    await h.running.stop(None)
-    provider.shutdown()
+    async with started_harness(tmp_path) as h:
+        yield h

@@ -1,17 +1,14 @@
-"""Helpers the server tests share: the status of a call, a harness that stops itself, an mTLS
-channel to a test server."""
+"""Helpers the server tests share: the status of a call, an mTLS channel to a test server (the
+self-stopping server is :func:`tests.server.conftest.started_harness`)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import pytest
 
-from tests.server.conftest import Harness, make_harness
 from tests.server.pki import Issued
 
 SERVER_NAME = "broker.test"  # the DNS name in the test server certificates
@@ -34,32 +31,19 @@ async def code_of(call: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-@contextlib.asynccontextmanager
-async def served(tmp_path: Path, **kwargs: Any) -> AsyncIterator[Harness]:
-    """:func:`tests.server.conftest.make_harness` (same arguments), stopped on exit with its
-    channels closed."""
-    h, provider = await make_harness(tmp_path, **kwargs)
-    try:
-        yield h
-    finally:
-        for ch in h.channels:
-            await ch.close()
-        await h.running.stop(None)
-        provider.shutdown()
-
-
 def mtls_channel(
     port: int,
-    client: Issued,
+    client: Issued | None,
     server_ca_pem: bytes,
     *,
     options: Sequence[tuple[str, Any]] = (),
 ) -> Any:
-    """A grpc.aio channel to 127.0.0.1:``port`` as ``client``, trusting ``server_ca_pem``."""
+    """A grpc.aio channel to 127.0.0.1:``port`` as ``client`` (None: without a client
+    certificate), trusting ``server_ca_pem``."""
     creds = grpc.ssl_channel_credentials(
         root_certificates=server_ca_pem,
-        private_key=client.key_pem,
-        certificate_chain=client.cert_pem,
+        private_key=client.key_pem if client else None,
+        certificate_chain=client.cert_pem if client else None,
     )
     return grpc.aio.secure_channel(
         f"127.0.0.1:{port}",

@@ -16,24 +16,19 @@ from opentelemetry.trace import SpanKind
 
 from broker import errors as e
 from broker.server.gen.broker.v1 import broker_pb2 as pb
-from tests.server.conftest import ADMIN, APP, Harness, make_harness
+from tests.server.conftest import ADMIN, APP, Harness, started_harness
 from tests.server.fakes import FakeBroker
+from tests.server.rpc import fails
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
-
-
-async def _fails(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    return info.value
 
 
 async def test_f01_oversized_message_is_resource_exhausted_and_server_keeps_serving(
     harness: Harness,
 ) -> None:
     s = harness.stub_for(ADMIN)
-    err = await _fails(s.ListGrants(pb.ListGrantsRequest(label="x" * (64 * 1024 + 1))))
+    err = await fails(s.ListGrants(pb.ListGrantsRequest(label="x" * (64 * 1024 + 1))))
     assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert harness.broker.calls == []
     reply = await s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1"))
@@ -54,7 +49,7 @@ async def test_f08_health_serving_not_serving_and_unknown_service(harness: Harne
     watch.cancel()
     reply = await h.Check(health_pb2.HealthCheckRequest(service="broker.v1.TokenBroker"))
     assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-    err = await _fails(h.Check(health_pb2.HealthCheckRequest(service="no.such.Service")))
+    err = await fails(h.Check(health_pb2.HealthCheckRequest(service="no.such.Service")))
     assert err.code() is grpc.StatusCode.NOT_FOUND
 
 
@@ -104,8 +99,7 @@ async def _ask_v1(channel: Any, **request: Any) -> Any:
 async def test_reflection_lists_the_services_when_enabled(tmp_path: Path) -> None:
     """Both reflection protocols answer: v1alpha (grpcio-reflection's) and v1 (what current
     tools ask for first), listing the same services, the two reflection services included."""
-    h, provider = await make_harness(tmp_path, reflection=True)
-    try:
+    async with started_harness(tmp_path, reflection=True) as h:
         channel = h.channel(h.ca.issue(uris=(ADMIN,)))
         names = await _list_services(channel)
         assert "broker.v1.TokenBroker" in names
@@ -128,11 +122,6 @@ async def test_reflection_lists_the_services_when_enabled(tmp_path: Path) -> Non
         )
         missing = await _ask_v1(channel, file_containing_symbol="no.such.Symbol")
         assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
-    finally:
-        for ch in h.channels:
-            await ch.close()
-        await h.running.stop(None)
-        provider.shutdown()
 
 
 ERROR_CASES: list[tuple[BaseException, grpc.StatusCode]] = [
@@ -161,12 +150,12 @@ async def test_domain_errors_map_to_status_end_to_end(
         s.ListGrants(pb.ListGrantsRequest()),
         s.RevokeGrant(pb.RevokeGrantRequest(grant_id="g-1")),
     ):
-        err = await _fails(call)
+        err = await fails(call)
         assert err.code() is code
         if code is grpc.StatusCode.INTERNAL:
             assert err.details() == "internal error"
     watch = s.WatchAccessToken(pb.WatchAccessTokenRequest(grant_id="g-1"))
-    err = await _fails(watch.read())
+    err = await fails(watch.read())
     assert err.code() is code
 
 
@@ -187,7 +176,7 @@ async def test_watch_streams_updates_from_the_broker(harness: Harness) -> None:
 
 async def test_watch_of_a_forbidden_grant_is_denied(harness: Harness) -> None:
     call = harness.stub_for(APP).WatchAccessToken(pb.WatchAccessTokenRequest(grant_id="g-2"))
-    err = await _fails(call.read())
+    err = await fails(call.read())
     assert err.code() is grpc.StatusCode.PERMISSION_DENIED
     assert harness.broker.calls == []
 
@@ -195,7 +184,7 @@ async def test_watch_of_a_forbidden_grant_is_denied(harness: Harness) -> None:
 async def test_f05_caller_deadline_is_deadline_exceeded(harness: Harness) -> None:
     harness.broker.gate = asyncio.Event()
     s = harness.stub_for(APP)
-    err = await _fails(s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1"), timeout=0.2))
+    err = await fails(s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1"), timeout=0.2))
     assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert harness.broker.entered.is_set()
     harness.broker.gate.set()
@@ -204,23 +193,16 @@ async def test_f05_caller_deadline_is_deadline_exceeded(harness: Harness) -> Non
 
 
 async def test_f05_server_max_deadline_applies_when_caller_sets_none(tmp_path: Path) -> None:
-    h, provider = await make_harness(tmp_path, max_deadline=0.2)
-    try:
+    async with started_harness(tmp_path, max_deadline=0.2) as h:
         h.broker.gate = asyncio.Event()
         s = h.stub_for(APP)
-        err = await _fails(s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
+        err = await fails(s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
         assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert err.details() == "deadline exceeded"
-    finally:
-        for ch in h.channels:
-            await ch.close()
-        await h.running.stop(None)
-        provider.shutdown()
 
 
 async def test_f06_rpcs_above_the_concurrency_limit_fail_fast(tmp_path: Path) -> None:
-    h, provider = await make_harness(tmp_path, max_concurrent_rpcs=2)
-    try:
+    async with started_harness(tmp_path, max_concurrent_rpcs=2) as h:
         gate = asyncio.Event()
         h.broker.gate = gate
         s = h.stub_for(APP)
@@ -230,16 +212,11 @@ async def test_f06_rpcs_above_the_concurrency_limit_fail_fast(tmp_path: Path) ->
         ]
         while len(h.broker.calls) < 2:
             await asyncio.sleep(0.01)
-        err = await _fails(s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
+        err = await fails(s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
         assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         gate.set()
         replies = await asyncio.gather(*blocked)
         assert [r.token.grant_id for r in replies] == ["g-1", "g-1"]
-    finally:
-        for ch in h.channels:
-            await ch.close()
-        await h.running.stop(None)
-        provider.shutdown()
 
 
 async def test_trace_context_from_metadata_becomes_the_server_span_parent(
@@ -269,7 +246,7 @@ async def test_trace_context_from_metadata_becomes_the_server_span_parent(
 
 async def test_span_records_the_status_code_of_a_failed_rpc(harness: Harness) -> None:
     harness.broker.error = e.HsmUnavailable("gone")
-    await _fails(harness.stub_for(APP).GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
+    await fails(harness.stub_for(APP).GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
     (span,) = harness.exporter.get_finished_spans()
     assert span.parent is None
     assert span.attributes is not None
@@ -299,12 +276,10 @@ async def test_login_rpcs_round_trip(harness: Harness) -> None:
         ("abc", "st", "https://verifier.example", None),
         (None, "st", None, "access_denied"),
     ]
-    err = await _fails(s.GetLogin(pb.GetLoginRequest(login_id="login-404")))
+    err = await fails(s.GetLogin(pb.GetLoginRequest(login_id="login-404")))
     assert err.code() is grpc.StatusCode.NOT_FOUND
     harness.logins.error = e.AuthorizationResponseError("unknown state")
-    err = await _fails(
-        s.CompleteAuthorization(pb.CompleteAuthorizationRequest(code="c", state="s"))
-    )
+    err = await fails(s.CompleteAuthorization(pb.CompleteAuthorizationRequest(code="c", state="s")))
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -322,8 +297,7 @@ async def test_grant_rpcs_never_carry_tokens(harness: Harness) -> None:
 
 
 async def test_stop_drains_in_flight_rpcs(tmp_path: Path) -> None:
-    h, provider = await make_harness(tmp_path)
-    try:
+    async with started_harness(tmp_path) as h:
         broker: FakeBroker = h.broker
         broker.gate = asyncio.Event()
         s = h.stub_for(APP)
@@ -335,10 +309,6 @@ async def test_stop_drains_in_flight_rpcs(tmp_path: Path) -> None:
         reply = await pending
         assert reply.token.grant_id == "g-1"
         await stopping
-    finally:
-        for ch in h.channels:
-            await ch.close()
-        provider.shutdown()
 
 
 async def test_each_call_continues_its_own_callers_trace(harness: Harness) -> None:

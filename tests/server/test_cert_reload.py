@@ -24,6 +24,7 @@ from broker.server.tls import ServerTlsReloader
 from tests.server.conftest import APP, POLICY, stub
 from tests.server.fakes import FakeBroker, FakeLogins, make_grant
 from tests.server.pki import Ca, Issued
+from tests.server.rpc import mtls_channel
 
 HANG_GUARD_S = 30.0  # turns a hang into a failure; never asserted on
 
@@ -48,16 +49,7 @@ class Rig:
             tmp.replace(self.dir / name)
 
     def channel(self, client: Issued, server_ca: Ca) -> Any:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=server_ca.pem,
-            private_key=client.key_pem,
-            certificate_chain=client.cert_pem,
-        )
-        ch = grpc.aio.secure_channel(
-            f"127.0.0.1:{self.running.port}",
-            creds,
-            options=[("grpc.ssl_target_name_override", "broker.test")],
-        )
+        ch = mtls_channel(self.running.port, client, server_ca.pem)
         self.channels.append(ch)
         return ch
 

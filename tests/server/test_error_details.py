@@ -22,7 +22,8 @@ from broker.server.errors import (
     wire_reason,
 )
 from broker.server.gen.broker.v1 import broker_pb2 as pb
-from tests.server.conftest import ADMIN, APP, Harness, make_harness
+from tests.server.conftest import ADMIN, APP, Harness, started_harness
+from tests.server.rpc import fails
 from tests.server.test_errors import ALL, EXPECTED, instantiate
 
 S = grpc.StatusCode
@@ -100,12 +101,6 @@ def test_non_broker_errors_send_generic_reasons() -> None:
     assert status_code_for(TimeoutError) is S.DEADLINE_EXCEEDED
 
 
-async def _fails(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    return info.value
-
-
 async def _rich(err: grpc.aio.AioRpcError) -> tuple[Any, Any]:
     """Through grpcio-status, which also checks code and message match the status."""
     status = rpc_status.to_status(
@@ -132,7 +127,7 @@ async def test_the_server_sends_error_info_with_the_grant_id(
     harness: Harness, error: BaseException, code: grpc.StatusCode, reason: str, detail: str | None
 ) -> None:
     harness.broker.error = error
-    err = await _fails(harness.stub_for(ADMIN).GetGrant(pb.GetGrantRequest(grant_id="g-1")))
+    err = await fails(harness.stub_for(ADMIN).GetGrant(pb.GetGrantRequest(grant_id="g-1")))
     assert err.code() is code
     _, info = await _rich(err)
     assert (info.domain, info.reason) == (ERROR_DOMAIN, reason)
@@ -144,7 +139,7 @@ async def test_the_server_sends_error_info_with_the_grant_id(
 async def test_the_server_sends_error_info_on_a_watch_stream(harness: Harness) -> None:
     harness.broker.error = e.GrantRevoked("revoked")
     call = harness.stub_for(ADMIN).WatchAccessToken(pb.WatchAccessTokenRequest(grant_id="g-1"))
-    err = await _fails(call.read())
+    err = await fails(call.read())
     _, info = await _rich(err)
     assert info.reason == "grant_revoked"
     assert info.metadata["grantId"] == "g-1"
@@ -152,22 +147,22 @@ async def test_the_server_sends_error_info_on_a_watch_stream(harness: Harness) -
 
 async def test_not_found_and_invalid_argument_echo_only_well_formed_ids(harness: Harness) -> None:
     s = harness.stub_for(ADMIN)
-    err = await _fails(s.GetGrant(pb.GetGrantRequest(grant_id="g-missing")))
+    err = await fails(s.GetGrant(pb.GetGrantRequest(grant_id="g-missing")))
     _, info = await _rich(err)
     assert (err.code(), info.reason) == (S.NOT_FOUND, "grant_not_found")
     assert info.metadata["grantId"] == "g-missing"
-    err = await _fails(s.GetGrant(pb.GetGrantRequest(grant_id="not a grant id!")))
+    err = await fails(s.GetGrant(pb.GetGrantRequest(grant_id="not a grant id!")))
     _, info = await _rich(err)
     assert (err.code(), info.reason) == (S.INVALID_ARGUMENT, "invalid_argument")
     assert "grantId" not in info.metadata
-    err = await _fails(s.GetLogin(pb.GetLoginRequest(login_id="login-unknown")))
+    err = await fails(s.GetLogin(pb.GetLoginRequest(login_id="login-unknown")))
     _, info = await _rich(err)
     assert (err.code(), info.reason) == (S.NOT_FOUND, "login_not_found")
     assert info.metadata["loginId"] == "login-unknown"
 
 
 async def test_permission_denied_and_internal_carry_no_metadata(harness: Harness) -> None:
-    err = await _fails(harness.stub_for(APP).GetGrant(pb.GetGrantRequest(grant_id="g-2")))
+    err = await fails(harness.stub_for(APP).GetGrant(pb.GetGrantRequest(grant_id="g-2")))
     _, info = await _rich(err)
     assert (err.code(), info.reason, dict(info.metadata)) == (
         S.PERMISSION_DENIED,
@@ -175,7 +170,7 @@ async def test_permission_denied_and_internal_carry_no_metadata(harness: Harness
         {},
     )
     harness.broker.error = RuntimeError("bug with secret-ish detail")
-    err = await _fails(harness.stub_for(ADMIN).GetGrant(pb.GetGrantRequest(grant_id="g-1")))
+    err = await fails(harness.stub_for(ADMIN).GetGrant(pb.GetGrantRequest(grant_id="g-1")))
     _, info = await _rich(err)
     assert (err.code(), err.details(), info.reason, dict(info.metadata)) == (
         S.INTERNAL,
@@ -186,20 +181,14 @@ async def test_permission_denied_and_internal_carry_no_metadata(harness: Harness
 
 
 async def test_overload_rejection_sends_error_info(tmp_path: Path) -> None:
-    h, provider = await make_harness(tmp_path, max_concurrent_rpcs=1)
-    try:
+    async with started_harness(tmp_path, max_concurrent_rpcs=1) as h:
         h.broker.gate = asyncio.Event()
         s = h.stub_for(ADMIN)
         first = s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1"))
         await asyncio.wait_for(h.broker.entered.wait(), 20)
-        err = await _fails(s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
+        err = await fails(s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
         assert err.code() is S.RESOURCE_EXHAUSTED
         _, info = await _rich(err)
         assert (info.reason, dict(info.metadata)) == ("overloaded", {"retryable": "true"})
         h.broker.gate.set()
         assert (await first).token.grant_id == "g-1"
-    finally:
-        for ch in h.channels:
-            await ch.close()
-        await h.running.stop(None)
-        provider.shutdown()

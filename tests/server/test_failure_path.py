@@ -15,8 +15,8 @@ import pytest
 from broker.audit.events import AuditAction, AuditEvent
 from broker.audit.trail import AuditTrail
 from broker.server.gen.broker.v1 import broker_pb2 as pb
-from tests.server.conftest import ADMIN, APP, LABELLER, Harness
-from tests.server.rpc import fails, served
+from tests.server.conftest import ADMIN, APP, LABELLER, Harness, started_harness
+from tests.server.rpc import fails
 
 
 class RecordingSink:
@@ -30,7 +30,7 @@ class RecordingSink:
 @pytest.fixture
 async def audited(tmp_path: Path) -> AsyncIterator[tuple[Harness, RecordingSink]]:
     sink = RecordingSink()
-    async with served(tmp_path, audit=AuditTrail(sink)) as h:
+    async with started_harness(tmp_path, audit=AuditTrail(sink)) as h:
         yield h, sink
 
 

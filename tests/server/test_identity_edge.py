@@ -18,8 +18,9 @@ import pytest
 from cryptography import x509
 
 from broker.server.gen.broker.v1 import broker_pb2 as pb
-from tests.server.conftest import APP, POLICY, Harness, make_harness, stub
+from tests.server.conftest import APP, POLICY, Harness, started_harness, stub
 from tests.server.pki import Issued
+from tests.server.rpc import code_of
 
 LOGGERS = ("broker.server.identity", "broker.server.policy")
 
@@ -38,29 +39,16 @@ def _key_usage(*, key_cert_sign: bool = False, crl_sign: bool = False) -> x509.K
     )
 
 
-async def _code(call: Any) -> grpc.StatusCode:
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        code: grpc.StatusCode = exc.code()
-        return code
-    return grpc.StatusCode.OK
-
-
 async def _get(h: Harness, client: Issued) -> grpc.StatusCode:
     s = stub(h.channel(client))
-    return await _code(s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1"), timeout=10))
+    return await code_of(s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1"), timeout=10))
 
 
 @pytest.fixture
 async def cn_harness(tmp_path: Path) -> AsyncIterator[Harness]:
     policy = POLICY + '\n[identities."cn:orders"]\nmethods = ["GetAccessToken"]\ngrants = ["g-1"]\n'
-    h, provider = await make_harness(tmp_path, policy_text=policy, cn_identities=True)
-    yield h
-    for ch in h.channels:
-        await ch.close()
-    await h.running.stop(None)
-    provider.shutdown()
+    async with started_harness(tmp_path, policy_text=policy, cn_identities=True) as h:
+        yield h
 
 
 # Ca.issue kwargs of each certificate that must be refused as a malformed identity.

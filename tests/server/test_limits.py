@@ -29,27 +29,16 @@ from broker.server.limits import (
     server_options,
     streams_per_connection,
 )
-from tests.server.conftest import ADMIN, APP, Harness, make_harness, stub
+from tests.server.conftest import ADMIN, APP, Harness, started_harness, stub
+from tests.server.rpc import code_of, mtls_channel
 
 BOUND = 60.0  # seconds: upper bound of any test here, never an assertion
-
-
-@contextlib.asynccontextmanager
-async def _started(tmp_path: Path, **kwargs: Any) -> AsyncIterator[Harness]:
-    h, provider = await make_harness(tmp_path, **kwargs)
-    try:
-        yield h
-    finally:
-        for ch in h.channels:
-            await ch.close()
-        await h.running.stop(None)
-        provider.shutdown()
 
 
 @pytest.fixture
 async def small(tmp_path: Path) -> AsyncIterator[Harness]:
     """At most two concurrent broker RPCs."""
-    async with _started(tmp_path, max_concurrent_rpcs=2) as h:
+    async with started_harness(tmp_path, max_concurrent_rpcs=2) as h:
         yield h
 
 
@@ -61,15 +50,6 @@ def _limiter(h: Harness) -> ConcurrencyLimiter:
 async def _until(predicate: Any) -> None:
     while not predicate():
         await asyncio.sleep(0.005)
-
-
-async def _code(call: Any) -> grpc.StatusCode:
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        code: grpc.StatusCode = exc.code()
-        return code
-    return grpc.StatusCode.OK
 
 
 def _get(s: Any, **kwargs: Any) -> Any:
@@ -114,12 +94,12 @@ async def test_f06_thousand_concurrent_calls_on_one_channel_are_ok_or_resource_e
     succeed, the rest fail fast with RESOURCE_EXHAUSTED, none is refused by the transport
     (UNAVAILABLE), which is what a stream limit below the call count produced."""
     async with asyncio.timeout(BOUND):
-        async with _started(tmp_path, max_concurrent_rpcs=256) as h:
+        async with started_harness(tmp_path, max_concurrent_rpcs=256) as h:
             gate = asyncio.Event()
             h.broker.gate = gate
             limiter = _limiter(h)
             s = h.stub_for(APP)
-            calls = [asyncio.ensure_future(_code(_get(s))) for _ in range(1000)]
+            calls = [asyncio.ensure_future(code_of(_get(s))) for _ in range(1000)]
             await _until(lambda: limiter.active + limiter.rejected == 1000)
             assert limiter.active == 256
             gate.set()
@@ -132,10 +112,10 @@ async def test_f06_thousand_fast_calls_on_one_channel_all_succeed(tmp_path: Path
     """Without a held broker, 1,000 concurrent calls on one channel below the RPC limit all
     succeed: the transport refuses none of them."""
     async with asyncio.timeout(BOUND):
-        async with _started(tmp_path, max_concurrent_rpcs=1000) as h:
+        async with started_harness(tmp_path, max_concurrent_rpcs=1000) as h:
             s = h.stub_for(APP)
             codes = collections.Counter(
-                await asyncio.gather(*(_code(_get(s)) for _ in range(1000)))
+                await asyncio.gather(*(code_of(_get(s)) for _ in range(1000)))
             )
             assert codes == {grpc.StatusCode.OK: 1000}
             assert len(h.broker.calls) == 1000
@@ -147,9 +127,9 @@ async def test_f06_health_is_answered_while_broker_rpcs_are_exhausted(small: Har
         small.broker.gate = gate
         limiter = _limiter(small)
         s = small.stub_for(APP)
-        blocked = [asyncio.ensure_future(_code(_get(s))) for _ in range(2)]
+        blocked = [asyncio.ensure_future(code_of(_get(s))) for _ in range(2)]
         await _until(lambda: limiter.active == 2)
-        assert await _code(_get(s)) is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await code_of(_get(s)) is grpc.StatusCode.RESOURCE_EXHAUSTED
         health = health_pb2_grpc.HealthStub(small.channel(small.ca.issue(uris=(APP,))))
         checks = await asyncio.gather(
             *(
@@ -180,10 +160,10 @@ async def test_f06_overload_logs_once_when_it_starts_and_once_when_it_ends(
         small.broker.gate = gate
         limiter = _limiter(small)
         s = small.stub_for(APP)
-        blocked = [asyncio.ensure_future(_code(_get(s))) for _ in range(2)]
+        blocked = [asyncio.ensure_future(code_of(_get(s))) for _ in range(2)]
         await _until(lambda: limiter.active == 2)
         for _ in range(3):
-            assert await _code(_get(s)) is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert await code_of(_get(s)) is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert limiter.overloaded
         gate.set()
         await asyncio.gather(*blocked)
@@ -206,12 +186,12 @@ async def test_f06_slots_come_back_after_errors_cancels_oversized_requests_and_s
         s = small.stub_for(APP)
         for _ in range(3):
             big = admin.ListGrants(pb.ListGrantsRequest(label="x" * (64 * 1024 + 1)))
-            assert await _code(big) is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert await code_of(big) is grpc.StatusCode.RESOURCE_EXHAUSTED
         for _ in range(3):
             unknown = s.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-2"))
-            assert await _code(unknown) is grpc.StatusCode.PERMISSION_DENIED
+            assert await code_of(unknown) is grpc.StatusCode.PERMISSION_DENIED
         missing = admin.GetAccessToken(pb.GetAccessTokenRequest(grant_id="nope"))
-        assert await _code(missing) is grpc.StatusCode.NOT_FOUND
+        assert await code_of(missing) is grpc.StatusCode.NOT_FOUND
         # The status can reach us before the handler's ``finally`` ran: wait, bounded.
         await _until(lambda: limiter.active == 0)
 
@@ -228,11 +208,11 @@ async def test_f06_slots_come_back_after_errors_cancels_oversized_requests_and_s
         for w in watches:
             await w.read()
         assert limiter.active == 2
-        assert await _code(_get(s)) is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await code_of(_get(s)) is grpc.StatusCode.RESOURCE_EXHAUSTED
         for w in watches:
             w.cancel()
         await _until(lambda: limiter.active == 0)
-        assert await _code(_get(s)) is grpc.StatusCode.OK
+        assert await code_of(_get(s)) is grpc.StatusCode.OK
         assert limiter.rejected == 1
         await _until(lambda: limiter.active == 0)
 
@@ -240,13 +220,13 @@ async def test_f06_slots_come_back_after_errors_cancels_oversized_requests_and_s
 async def test_f06_reflection_streams_count_against_the_limit(tmp_path: Path) -> None:
     async with (
         asyncio.timeout(BOUND),
-        _started(tmp_path, max_concurrent_rpcs=2, reflection=True) as h,
+        started_harness(tmp_path, max_concurrent_rpcs=2, reflection=True) as h,
     ):
         gate = asyncio.Event()
         h.broker.gate = gate
         limiter = _limiter(h)
         s = h.stub_for(APP)
-        blocked = [asyncio.ensure_future(_code(_get(s))) for _ in range(2)]
+        blocked = [asyncio.ensure_future(code_of(_get(s))) for _ in range(2)]
         await _until(lambda: limiter.active == 2)
         refl = reflection_pb2_grpc.ServerReflectionStub(h.channel(h.ca.issue(uris=(ADMIN,))))
         request = reflection_pb2.ServerReflectionRequest(list_services="")
@@ -267,19 +247,11 @@ async def test_f06_reflection_streams_count_against_the_limit(tmp_path: Path) ->
 
 
 def _retrying_stub(h: Harness) -> Any:
-    client = h.ca.issue(uris=(APP,))
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=h.server_ca.pem,
-        private_key=client.key_pem,
-        certificate_chain=client.cert_pem,
-    )
-    channel = grpc.aio.secure_channel(
-        f"127.0.0.1:{h.port}",
-        creds,
-        options=[
-            ("grpc.ssl_target_name_override", "broker.test"),
-            ("grpc.service_config", client_retry_service_config()),
-        ],
+    channel = mtls_channel(
+        h.port,
+        h.ca.issue(uris=(APP,)),
+        h.server_ca.pem,
+        options=[("grpc.service_config", client_retry_service_config())],
     )
     h.channels.append(channel)
     return stub(channel)
@@ -307,9 +279,9 @@ async def test_f06_recommended_retry_policy_retries_unavailable_not_resource_exh
         gate = asyncio.Event()
         small.broker.gate = gate
         limiter = _limiter(small)
-        blocked = [asyncio.ensure_future(_code(_get(s))) for _ in range(2)]
+        blocked = [asyncio.ensure_future(code_of(_get(s))) for _ in range(2)]
         await _until(lambda: limiter.active == 2)
-        assert await _code(_get(s)) is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await code_of(_get(s)) is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert limiter.rejected == 1  # not retried
         gate.set()
         assert await asyncio.gather(*blocked) == [grpc.StatusCode.OK] * 2
@@ -336,12 +308,12 @@ async def test_f02_oversized_metadata_is_rejected_and_the_server_keeps_serving(
 ) -> None:
     async with asyncio.timeout(BOUND):
         s = harness.stub_for(APP)
-        assert await _code(_get(s, metadata=metadata)) is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await code_of(_get(s, metadata=metadata)) is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert harness.broker.calls == []
         assert _limiter(harness).active == 0
         # A value just under the limit still goes through, on the same channel.
-        assert await _code(_get(s, metadata=(("ok", "y" * 15 * 1024),))) is grpc.StatusCode.OK
-        assert await _code(_get(s)) is grpc.StatusCode.OK
+        assert await code_of(_get(s, metadata=(("ok", "y" * 15 * 1024),))) is grpc.StatusCode.OK
+        assert await code_of(_get(s)) is grpc.StatusCode.OK
         assert len(harness.broker.calls) == 2
 
 
@@ -355,7 +327,7 @@ async def test_f07_idle_connections_are_closed_after_the_handshake_timeout(
     not block a normal client, and the server closes every one of them after the handshake
     timeout (each socket sees EOF or a reset)."""
     async with asyncio.timeout(BOUND):
-        async with _started(tmp_path, handshake_timeout=0.5) as h:
+        async with started_harness(tmp_path, handshake_timeout=0.5) as h:
             opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
             try:
                 for i in range(220):
@@ -364,10 +336,10 @@ async def test_f07_idle_connections_are_closed_after_the_handshake_timeout(
                     if i >= 200:  # a TLS record header announcing a ClientHello, then silence
                         writer.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
                         await writer.drain()
-                assert await _code(_get(h.stub_for(APP))) is grpc.StatusCode.OK
+                assert await code_of(_get(h.stub_for(APP))) is grpc.StatusCode.OK
                 for reader, _ in opened:
                     assert await _closed_by_peer(reader)
-                assert await _code(_get(h.stub_for(APP))) is grpc.StatusCode.OK
+                assert await code_of(_get(h.stub_for(APP))) is grpc.StatusCode.OK
             finally:
                 for _, writer in opened:
                     writer.close()

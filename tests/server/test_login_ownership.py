@@ -20,7 +20,8 @@ from broker.keys.soft import SoftKeyStore
 from broker.login import LoginService
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from tests.clock import FakeClock
-from tests.server.conftest import Harness, make_harness
+from tests.server.conftest import Harness, started_harness
+from tests.server.rpc import fails
 from tests.web.fakes import BASE_URL, ISSUER, FakeClient, FakeSink, client_config, metadata
 
 A = "spiffe://corp.example/a"
@@ -66,26 +67,16 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     logins = LoginService(
         client, client_config(signer.kid), signer, sink, clock, public_base_url=BASE_URL
     )
-    harness, provider = await make_harness(tmp_path, policy_text=policy(), login_service=logins)
-    yield Served(harness, logins, client, sink)
-    for ch in harness.channels:
-        await ch.close()
-    await harness.running.stop(None)
-    provider.shutdown()
+    async with started_harness(tmp_path, policy_text=policy(), login_service=logins) as harness:
+        yield Served(harness, logins, client, sink)
 
 
 def state_of(authorization_url: str) -> str:
     return parse_qs(urlsplit(authorization_url).query)["state"][0]
 
 
-async def _fails(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    return info.value
-
-
 async def _not_found(call: Any) -> str:
-    err = await _fails(call)
+    err = await fails(call)
     assert err.code() is grpc.StatusCode.NOT_FOUND
     details: str = err.details()
     return details
@@ -146,7 +137,7 @@ async def test_c01_rejected_response_from_the_owner_leaves_the_login_pending(
     b = served.stub(B)
     started = await b.StartAuthorization(pb.StartAuthorizationRequest(label="crm"))
     state = state_of(started.authorization_url)
-    err = await _fails(
+    err = await fails(
         b.CompleteAuthorization(
             pb.CompleteAuthorizationRequest(code="c", state=state, iss="https://evil.example")
         )
@@ -174,7 +165,7 @@ async def test_owner_completes_without_iss_when_the_as_sends_none(served: Served
 
 async def test_e05_label_policy_applies_to_logins_as_to_grants(served: Served) -> None:
     a, b = served.stub(A), served.stub(B)
-    err = await _fails(b.StartAuthorization(pb.StartAuthorizationRequest(label="erp")))
+    err = await fails(b.StartAuthorization(pb.StartAuthorizationRequest(label="erp")))
     assert err.code() is grpc.StatusCode.PERMISSION_DENIED
     started = await b.StartAuthorization(pb.StartAuthorizationRequest(label="crm"))
     state = state_of(started.authorization_url)
@@ -183,7 +174,7 @@ async def test_e05_label_policy_applies_to_logins_as_to_grants(served: Served) -
         b.GetLogin(pb.GetLoginRequest(login_id=started.login_id)),
         b.CompleteAuthorization(pb.CompleteAuthorizationRequest(code="c", state=state, iss=ISSUER)),
     ):
-        assert (await _fails(call)).code() is grpc.StatusCode.PERMISSION_DENIED
+        assert (await fails(call)).code() is grpc.StatusCode.PERMISSION_DENIED
     assert served.client.calls == []
     # A may hold crm grants, but B's login stays B's.
     await _not_found(a.GetLogin(pb.GetLoginRequest(login_id=started.login_id)))

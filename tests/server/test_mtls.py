@@ -11,12 +11,11 @@ import pytest
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from tests.server.conftest import APP, Harness, stub
 from tests.server.pki import NOW, Ca
+from tests.server.rpc import fails
 
 
 async def _code(call: Any) -> grpc.StatusCode:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    code: grpc.StatusCode = info.value.code()
+    code: grpc.StatusCode = (await fails(call)).code()
     return code
 
 

@@ -17,7 +17,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from broker import errors as e
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.tracing import peer_attributes, server_address_of
-from tests.server.conftest import APP, Harness, make_harness
+from tests.server.conftest import APP, Harness, started_harness
+from tests.server.rpc import code_of
 
 METHOD = "broker.v1.TokenBroker/GetAccessToken"
 
@@ -45,26 +46,14 @@ class Traced:
 async def traced(tmp_path: Path) -> AsyncIterator[Traced]:
     reader = InMemoryMetricReader()
     meters = MeterProvider(metric_readers=[reader])
-    h, provider = await make_harness(tmp_path, meter_provider=meters)
-    yield Traced(h, reader)
-    for ch in h.channels:
-        await ch.close()
-    await h.running.stop(None)
-    provider.shutdown()
+    async with started_harness(tmp_path, meter_provider=meters) as h:
+        yield Traced(h, reader)
     meters.shutdown()
-
-
-async def _code(call: Any) -> grpc.StatusCode:
-    try:
-        await call
-    except grpc.aio.AioRpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
 
 
 async def test_server_span_carries_the_rpc_semconv_attributes(traced: Traced) -> None:
     h = traced.harness
-    assert await _code(
+    assert await code_of(
         h.stub_for(APP).GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1"))
     ) is (grpc.StatusCode.OK)
     (span,) = h.exporter.get_finished_spans()
@@ -90,10 +79,10 @@ async def test_rpc_server_duration_in_ms_with_the_span_attributes_but_not_the_pe
 ) -> None:
     h = traced.harness
     stub = h.stub_for(APP)
-    await _code(stub.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
-    await _code(stub.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
+    await code_of(stub.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
+    await code_of(stub.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
     h.broker.error = e.HsmUnavailable("gone")
-    assert await _code(stub.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1"))) is (
+    assert await code_of(stub.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1"))) is (
         grpc.StatusCode.UNAVAILABLE
     )
     base = {
@@ -115,9 +104,9 @@ async def test_client_errors_are_not_server_span_errors_but_server_errors_are(
 ) -> None:
     h = traced.harness
     stub = h.stub_for(APP)
-    denied = await _code(stub.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-2")))
+    denied = await code_of(stub.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-2")))
     h.broker.error = e.HsmUnavailable("gone")
-    unavailable = await _code(stub.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
+    unavailable = await code_of(stub.GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
     assert (denied, unavailable) == (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAVAILABLE)
     by_code = {
         (sp.attributes or {})["rpc.grpc.status_code"]: sp.status.status_code
