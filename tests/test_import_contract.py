@@ -98,7 +98,9 @@ ALLOWED: tuple[Allowed, ...] = (
     Allowed("broker/config/load.py", "broker.keys.didkey", "config validates [oauth].client_id"),
     Allowed("broker/config/load.py", "broker.keys.health", "config takes the HSM health defaults"),
     Allowed("broker/config/load.py", "broker.keys.kid", "config parses [oauth].kid_format"),
-    Allowed("broker/config/load.py", "broker.keys.uri", "config validates [key].uri and the PIN file"),
+    Allowed(
+        "broker/config/load.py", "broker.keys.uri", "config validates [key].uri and the PIN file"
+    ),
 )
 
 

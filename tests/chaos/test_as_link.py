@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -26,7 +27,11 @@ FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 REFRESH = b"grant_type=refresh_token"
 # 30 s access tokens: FRESH for ~10 s, then STALE (served, refreshed in the background), INVALID
 # (a caller waits for a refresh) with 10 s left.
-LIFETIME = {"access_token_ttl": 30, "refresh_threshold": 20.0, "min_serve_ttl": 10.0}
+LIFETIME: dict[str, Any] = {
+    "access_token_ttl": 30,
+    "refresh_threshold": 20.0,
+    "min_serve_ttl": 10.0,
+}
 PHASE_BOUND_S = 150.0  # a bound on every polling phase (never asserted on)
 
 

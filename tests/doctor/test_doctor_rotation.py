@@ -35,12 +35,15 @@ NEW = DeploymentIdentity(issuer=ISSUER, client_id=NEW_DID, did=NEW_DID)
 
 
 async def rotation_check(
-    dep: Deployment, verifier: FakeVerifier, clock: FakeClock, **options: float
+    dep: Deployment,
+    verifier: FakeVerifier,
+    clock: FakeClock,
+    *,
+    prepared_warn_days: float = DoctorOptions.prepared_warn_days,
 ) -> tuple[CheckResult, list[CheckResult]]:
+    options = DoctorOptions(prepared_warn_days=prepared_warn_days)
     async with verifier.client() as http:
-        results = await run_doctor(
-            dep.write(), http=http, clock=clock, options=DoctorOptions(**options)
-        )
+        results = await run_doctor(dep.write(), http=http, clock=clock, options=options)
     found = {r.name: r for r in results}
     return found[NAME], results
 
