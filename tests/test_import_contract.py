@@ -95,11 +95,11 @@ ALLOWED: tuple[Allowed, ...] = (
     # config still validates key URIs, did:key client ids and HSM defaults itself (the
     # ConfigError names the offending key); moving that to the wiring changes every caller of
     # load_settings (serve, doctor, CLI) and the config tests: not done yet.
-    Allowed("broker/config/load.py", "broker.keys.didkey", "config validates [oauth].client_id"),
-    Allowed("broker/config/load.py", "broker.keys.health", "config takes the HSM health defaults"),
-    Allowed("broker/config/load.py", "broker.keys.kid", "config parses [oauth].kid_format"),
+    Allowed("broker/config/oauth.py", "broker.keys.didkey", "config validates [oauth].client_id"),
+    Allowed("broker/config/key.py", "broker.keys.health", "config takes the HSM health defaults"),
+    Allowed("broker/config/oauth.py", "broker.keys.kid", "config parses [oauth].kid_format"),
     Allowed(
-        "broker/config/load.py", "broker.keys.uri", "config validates [key].uri and the PIN file"
+        "broker/config/key.py", "broker.keys.uri", "config validates [key].uri and the PIN file"
     ),
 )
 

@@ -78,6 +78,7 @@ def test_wheel_holds_the_broker_package_only(names: list[str]) -> None:
     assert "broker/server/gen/broker/v1/broker_pb2.py" in names
     assert "broker/cli/__init__.py" in names and "broker/cli/__main__.py" in names
     assert "broker/cli/keys_rotate_ledger.py" in names
+    assert "broker/config/__init__.py" in names and "broker/config/section.py" in names
     assert "broker/tokens/stores/postgres_driver.py" in names
 
 
