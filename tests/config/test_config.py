@@ -595,3 +595,35 @@ def test_machine_grants_refused(
     base["machine_grants"] = value
     with pytest.raises(ConfigError, match=message):
         _parse(base, tmp_path)
+
+
+def test_a_file_with_several_problems_reports_the_first_in_section_order(
+    base: dict[str, dict[str, Any]], load: Loader, tmp_path: Path
+) -> None:
+    """Which problem serve, doctor and the CLI name is fixed: ``[oauth]`` (its did:key client id),
+    then ``[key]`` (its URI), then the other sections, then unknown keys. The key URI and the
+    client id are checked while the file is read, not by a later step: a check after loading
+    would name ``[grpc].bind`` or an unknown key here instead."""
+    doc = changed(base, "oauth", "client_id", "did:key:zBad")
+    doc = changed(doc, "key", "uri", f"pkcs11:token=broker;object=client?pin-value={PIN}")
+    doc = changed(doc, "grpc", "bind", "nohost")
+    doc = changed(doc, "store", "bogus", 1)
+    expected = [
+        ("oauth", "client_id", DID, "[oauth].client_id must be a did:key"),
+        (
+            "key",
+            "uri",
+            f"pkcs11:token=broker;object=client?pin-source=file:{tmp_path}/user_pin",
+            "[key].uri must not contain pin-value",
+        ),
+        ("grpc", "bind", "127.0.0.1:0", "[grpc].bind must be host:port"),
+    ]
+    for section, key, fixed, message in expected:
+        with pytest.raises(ConfigError) as info:
+            load(doc)
+        assert message in str(info.value)
+        assert PIN not in str(info.value)
+        doc = changed(doc, section, key, fixed)
+    with pytest.raises(ConfigError, match=re.escape("unknown key [store].bogus")):
+        load(doc)
+    load(removed(doc, "store", "bogus"))
