@@ -36,7 +36,7 @@ NOT_SHIPPED = ("devtools", "tests", "bench")
 """Top-level packages of the checkout that are not in the wheel: no ``broker`` module imports
 them (the service would fail to import once installed)."""
 
-GRPC_WIRING = frozenset({"service"})
+GRPC_WIRING = frozenset({"app"})
 """The composition root starts the gRPC server: the one unit outside :data:`GRPC_USERS` that may
 import a module of ``server`` that imports gRPC. Any other unit (``doctor`` checking the policy
 file and the TLS material as serve would) uses only grpc-free ``server`` modules
@@ -50,35 +50,33 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     # the one retry back-off rule: the exception tree only
     "backoff": frozenset(
         {"clock", "strict_json", "keys", "jose", "oauth", "credentials", "telemetry", "audit"}
-        | {"tokens", "login", "config", "web", "server", "service", "cli", "doctor"}
+        | {"tokens", "login", "config", "web", "server", "app", "cli", "doctor"}
     ),
     # key custody knows nothing of OAuth, tokens, logins or the adapters
     "keys": frozenset(
-        {"oauth", "tokens", "login", "server", "web", "audit", "config", "service", "telemetry"}
+        {"oauth", "tokens", "login", "server", "web", "audit", "config", "app", "telemetry"}
     ),
-    "jose": frozenset({"oauth", "tokens", "login", "server", "web", "audit", "config", "service"}),
+    "jose": frozenset({"oauth", "tokens", "login", "server", "web", "audit", "config", "app"}),
     # oauth: stateless protocol verbs. It may use errors, clock, strict_json, jose, keys (api,
     # kid), credentials (the machine credential it presents) and telemetry (HTTP instruments).
     "oauth": frozenset(
-        {"tokens", "login", "server", "web", "audit", "config", "service", "doctor", "ceremony"}
+        {"tokens", "login", "server", "web", "audit", "config", "app", "doctor", "ceremony"}
     ),
-    "credentials": frozenset({"oauth", "tokens", "login", "server", "web", "config", "service"}),
+    "credentials": frozenset({"oauth", "tokens", "login", "server", "web", "config", "app"}),
     # telemetry sits below every domain package: it implements their observer ports
     # structurally and defines its own settings
-    "telemetry": frozenset(
-        {"tokens", "oauth", "login", "server", "web", "audit", "config", "service"}
-    ),
+    "telemetry": frozenset({"tokens", "oauth", "login", "server", "web", "audit", "config", "app"}),
     # config: schema and loading; key URIs are to be validated by the wiring
-    "config": frozenset({"keys", "server", "login", "service", "audit"}),
+    "config": frozenset({"keys", "server", "login", "app", "audit"}),
     # the runtime trail and the log are written by tokens, login, server and the ceremonies
-    "audit": frozenset({"tokens", "login", "server", "web", "oauth", "service", "config", "keys"}),
+    "audit": frozenset({"tokens", "login", "server", "web", "oauth", "app", "config", "keys"}),
     # the token core: depends on oauth's value types and its own ports, never on an adapter
-    "tokens": frozenset({"login", "server", "web", "service", "config", "doctor"}),
+    "tokens": frozenset({"login", "server", "web", "app", "config", "doctor"}),
     # the login service: an application service below both listeners
-    "login": frozenset({"server", "web", "service", "config"}),
+    "login": frozenset({"server", "web", "app", "config"}),
     # the two adapters do not know each other
-    "web": frozenset({"server", "service", "config"}),
-    "server": frozenset({"web", "service", "config"}),
+    "web": frozenset({"server", "app", "config"}),
+    "server": frozenset({"web", "app", "config"}),
 }
 """importer unit -> units it may not import (``"*"``: nothing from ``broker`` at all)."""
 
@@ -348,7 +346,7 @@ def test_the_checker_sees_function_level_relative_and_from_package_imports() -> 
     ]
     assert [e.line for e in rule_violations(edges)] == [3, 4]
     up = Edge("broker/ceremony/x.py", 7, "broker.ceremony.x", "broker.cli.keys_audited")
-    wiring = Edge("broker/service.py", 8, "broker.service", "broker.cli")
+    wiring = Edge("broker/app/wiring.py", 8, "broker.app.wiring", "broker.cli")
     assert rule_violations([up, wiring]) == [up, wiring]
     back = Edge("broker/tokens/x.py", 9, "broker.tokens.x", "broker.oauth.types")
     assert cycles([*edges, back]) == [["oauth", "tokens"]]
@@ -376,7 +374,7 @@ def test_the_checker_flags_a_module_that_imports_grpc_through_a_server_module() 
         Edge("broker/server/certificates.py", 1, "broker.server.certificates", "cryptography"),
         Edge("broker/doctor/tls.py", 5, "broker.doctor.tls", "broker.server.certificates"),
         Edge("broker/doctor/tls.py", 6, "broker.doctor.tls", "broker.server.tls"),
-        Edge("broker/service.py", 7, "broker.service", "broker.server.tls"),
+        Edge("broker/app/wiring.py", 7, "broker.app.wiring", "broker.server.tls"),
     ]
     assert [str(e) for e in grpc_reach_violations(edges)] == [
         "broker/doctor/tls.py:6: broker.doctor.tls -> broker.server.tls"

@@ -20,21 +20,21 @@ from broker.tokens.stores.identities import LedgerStore
 
 async def open_ledger(settings: Settings, sealer: Sealer, clock: Clock) -> LedgerStore:
     """The configured grant store, opened without binding or recording an identity."""
-    from broker.service import open_store  # noqa: PLC0415 - see the module docstring
+    from broker.app.wiring import open_store  # noqa: PLC0415 - see the module docstring
 
     return await open_store(settings, sealer, clock, None, record_identity=False)
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
     """The service's HTTP client to the authorization server."""
-    from broker.service import http_client as service_http_client  # noqa: PLC0415
+    from broker.app.wiring import http_client as service_http_client  # noqa: PLC0415
 
     return service_http_client(settings)
 
 
 def client_config(settings: Settings, client_id: str) -> ClientConfig:
     """The service's OAuth client configuration for ``client_id``."""
-    from broker.service import client_config as service_client_config  # noqa: PLC0415
+    from broker.app.wiring import client_config as service_client_config  # noqa: PLC0415
 
     return service_client_config(settings, client_id)
 

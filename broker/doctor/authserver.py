@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
+from broker.app.wiring import client_config
 from broker.clock import Clock
 from broker.config import Settings
 from broker.doctor.net import network_failed
@@ -30,7 +31,6 @@ from broker.oauth import http as bounded
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import JwksCache, MetadataCache, ServerMetadata, discovery_url
 from broker.oauth.origins import OriginVerdict, endpoint_origins
-from broker.service import client_config
 
 SKEW_WARN_SECONDS = 5.0
 _MAX_SHOWN = 120  # characters of an AS-supplied value shown in a detail

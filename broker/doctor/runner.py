@@ -18,11 +18,11 @@ import httpx
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
+from broker.app.wiring import http_client
 from broker.clock import Clock, SystemClock
 from broker.config import Settings
 from broker.doctor import authserver, config_checks, credential, hsm, rotation, store, tls
 from broker.doctor.result import DEFAULT_WARN_DAYS, CheckResult, Status, failed, skip, warn
-from broker.service import http_client
 
 ALL_NAMES = (
     "config.load",

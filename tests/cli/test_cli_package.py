@@ -2,7 +2,7 @@
 
 Importing it must not import grpc or the composition root: ``broker serve`` quiets gRPC C-core
 (``GRPC_VERBOSITY``) before grpc is first imported, and C-core reads the variable only then. When
-the rotation wiring imported :mod:`broker.service` with the CLI, ``broker serve`` wrote C-core's
+the rotation wiring imported :mod:`broker.service` (now :mod:`broker.app`) with the CLI, ``broker serve`` wrote C-core's
 own ``I1206 ... Handshake failed`` lines into the JSON log stream.
 """
 
@@ -20,7 +20,7 @@ def _loaded_after(code: str) -> list[str]:
     probe = (
         "import json, sys\n"
         f"{code}\n"
-        "heavy = ('grpc', 'broker.service', 'broker.server', 'uvicorn')\n"
+        "heavy = ('grpc', 'broker.app', 'broker.server', 'uvicorn')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy\n"
         "    or any(m == h or m.startswith(h + '.') for h in heavy))))\n"
     )

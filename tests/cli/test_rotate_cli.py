@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+from broker.app.wiring import client_config
 from broker.audit import verified_records
 from broker.cli import main
 from broker.cli.keys import register as register_keys
@@ -25,7 +26,6 @@ from broker.config import Settings
 from broker.errors import KeyNotFound
 from broker.keys.api import Sealer
 from broker.keys.soft import SoftSealer
-from broker.service import client_config
 from broker.tokens.model import Grant, GrantStatus
 from broker.tokens.stores.deployment import DeploymentIdentity
 from broker.tokens.stores.sqlite import SqliteGrantStore

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from broker.app.wiring import jwks_endpoint
 from broker.errors import ConfigError
 from broker.keys.kid import KidFormat
-from broker.service import jwks_endpoint
 from tests.config.test_config import DID, Loader, base, changed, load
 
 __all__ = ["base", "load"]  # fixtures re-used from the main config tests

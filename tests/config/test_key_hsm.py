@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from broker.app.wiring import hsm_health
 from broker.config import load_settings
 from broker.errors import ConfigError
 from broker.keys.health import DEFAULT_BUSY_RETRIES, DEFAULT_OP_TIMEOUT, PROBE_BACKOFF
-from broker.service import hsm_health
 from tests.clock import FakeClock
 from tests.config.test_config import Loader, base, changed, load
 

@@ -26,6 +26,7 @@ import pkcs11.exceptions as p11e
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from broker.app.wiring import HsmServingReporter
 from broker.backoff import BackoffPolicy
 from broker.errors import HsmUnavailable, InvalidArgument, KeyStoreError, PinIncorrect
 from broker.jose import sign_compact_async
@@ -34,7 +35,6 @@ from broker.keys.health import PROBE_BACKOFF, HsmHealth, HsmState
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.oauth.types import TokenSet
 from broker.server.app import SERVICE_NAME
-from broker.service import HsmServingReporter
 from broker.tokens.broker import TokenBroker
 from broker.tokens.settings import Seams
 from broker.tokens.stores.memory import MemoryGrantStore

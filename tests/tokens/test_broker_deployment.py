@@ -12,11 +12,11 @@ import time
 
 import pytest
 
+from broker.app.wiring import deployment_identity
 from broker.errors import DeploymentMismatch
 from broker.keys.soft import SoftKeyStore
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
-from broker.service import deployment_identity
 from broker.tokens.broker import TokenBroker
 from broker.tokens.model import Grant, GrantStatus
 from broker.tokens.settings import Identities, Seams

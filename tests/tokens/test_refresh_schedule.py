@@ -13,12 +13,12 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from broker.app.wiring import resilience_gauges
 from broker.errors import AuthServerUnavailable, InvalidGrant, ReauthorizationRequired
 from broker.keys.soft import SoftSealer
 from broker.oauth.skew import SkewMonitor
 from broker.oauth.token_endpoint import parse_refresh_expires_in
 from broker.oauth.types import TokenSet
-from broker.service import resilience_gauges
 from broker.tokens.broker import TokenBroker
 from broker.tokens.model import GrantStatus
 from broker.tokens.schedule import (

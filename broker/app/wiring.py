@@ -24,6 +24,8 @@ import httpx
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 
+from broker.app.identities import open_identity_signers
+from broker.app.machine import ensure_machine_grants, machine_source, machine_specs
 from broker.audit.sinks import (
     AuditSink,
     FanoutAuditSink,
@@ -46,11 +48,9 @@ from broker.keys.kid import with_kid_format
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.uri import parse_key_uri
 from broker.login import LoginService
-from broker.machine_grants import ensure_machine_grants, machine_source, machine_specs
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.oauth.skew import SkewMonitor
-from broker.serve_identities import open_identity_signers
 from broker.server.app import RunningServer, ServerTlsReloader, start_server
 from broker.server.policy import PolicyHolder
 from broker.telemetry import instruments
