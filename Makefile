@@ -11,13 +11,13 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 lint: bootstrap
-	$(VENV)/bin/ruff check broker clients tests bench
-	$(VENV)/bin/ruff format --check broker clients tests bench
+	$(VENV)/bin/ruff check broker devtools clients tests bench
+	$(VENV)/bin/ruff format --check broker devtools clients tests bench
 	$(BUF) lint
 	$(BUF) breaking --against protos/baseline.binpb
 
 typecheck: bootstrap
-	$(VENV)/bin/mypy broker clients tests bench
+	$(VENV)/bin/mypy broker devtools clients tests bench
 
 unit: bootstrap
 	$(PY) -m pytest -q -ra
@@ -25,7 +25,7 @@ unit: bootstrap
 test: bootstrap lint typecheck unit
 
 demo: bootstrap
-	$(PY) -m broker.demo
+	$(PY) -m devtools.demo
 
 proto: bootstrap
 	$(PY) -m broker.server.protogen

@@ -90,12 +90,12 @@ async def run(
     import trustme
 
     from broker.clock import SystemClock
-    from broker.devtools.peer import PeerSettings, Pki, free_port, start_peer, stop_peer
     from broker.keys.didkey import public_jwk, public_key_from_did
     from broker.keys.pkcs11 import Pkcs11KeyStore
     from broker.keys.pkcs11.lib import default_module_path
     from broker.oauth.client_auth import client_assertion, client_auth_form
     from broker.web.server import WebServer
+    from devtools.peer import PeerSettings, Pki, free_port, start_peer, stop_peer
     from tests.integration.conftest import CALLBACK_PATH, SwappableApp
     from tests.integration.flow import follow_to_callback, make_stack
 

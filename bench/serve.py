@@ -31,15 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-from common import cpu_model
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # devtools/ is a top-level package of the checkout
 
-from broker.devtools.pki import Ca
-from broker.errors import NotFound
-from broker.server.app import start_server
-from broker.server.gen.broker.v1 import broker_pb2 as pb
-from broker.server.policy import PolicyHolder
-from broker.tokens.model import Grant
+import grpc  # noqa: E402
+from common import cpu_model  # noqa: E402
+
+from broker.errors import NotFound  # noqa: E402
+from broker.server.app import start_server  # noqa: E402
+from broker.server.gen.broker.v1 import broker_pb2 as pb  # noqa: E402
+from broker.server.policy import PolicyHolder  # noqa: E402
+from broker.tokens.model import Grant  # noqa: E402
+from devtools.pki import Ca  # noqa: E402
 
 ECHO_METHOD = "/bench.Echo/Echo"
 BROKER_METHOD = "/broker.v1.TokenBroker/GetAccessToken"

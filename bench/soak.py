@@ -4,7 +4,7 @@ One run:
 - a DevStack (SoftHSM token, PKI, the oidc-provider 8.8.1 peer, ``broker serve`` on SQLite) with
   access tokens of ``--token-ttl`` s (45); the peer sits behind a plain loopback TCP fault proxy
   (TLS passes through) on the port its issuer URL names, so the AS link can be cut;
-- ``broker serve`` runs through ``broker.devtools.session_probe`` (the same serve in the same
+- ``broker serve`` runs through ``devtools.session_probe`` (the same serve in the same
   process plus a thread that writes its open PKCS#11 session count to a file);
 - ``--grants`` (200) grants made by real interactive logins (StartAuthorization, the peer's
   auto-login, the HTTPS callback);
@@ -49,17 +49,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import grpc
-from common import cpu_model, load_average, percentile
-
-from broker.devtools.faultproxy import FaultProxy, Toxics
-from broker.devtools.peer import PeerSettings, start_peer, stop_peer
-from broker.devtools.session_probe import read_count
-from broker.devtools.stack import DevStack, StackError, follow_login
-from broker.keys.didkey import jwk_from_did
-from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # devtools/ is a top-level package of the checkout
+
+import grpc  # noqa: E402
+from common import cpu_model, load_average, percentile  # noqa: E402
+
+from broker.keys.didkey import jwk_from_did  # noqa: E402
+from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc  # noqa: E402
+from devtools.faultproxy import FaultProxy, Toxics  # noqa: E402
+from devtools.peer import PeerSettings, start_peer, stop_peer  # noqa: E402
+from devtools.session_probe import read_count  # noqa: E402
+from devtools.stack import DevStack, StackError, follow_login  # noqa: E402
+
 RPC_TIMEOUT = 20.0
 LOGIN_WORKERS = 4
 CHANNELS = 4
@@ -242,7 +244,7 @@ def bring_up(workdir: Path, options: SoakOptions) -> tuple[DevStack, FaultProxy,
             text = text.replace(header, header + line, 1)
         stack.config_path.write_text(text)
         probe = workdir / "sessions.json"
-        stack.serve_module = "broker.devtools.session_probe"
+        stack.serve_module = "devtools.session_probe"
         stack.env["BROKER_SESSION_PROBE"] = str(probe)
         stack.env["BROKER_SESSION_PROBE_INTERVAL"] = str(PROBE_INTERVAL)
         for attempt in range(3):  # a concurrent SoftHSM login can fail once (see tests/e2e)

@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 
-from broker.devtools.faultproxy import FaultProxy, ProxyTls
-from broker.devtools.peer import PeerSettings, PeerUnavailable, ensure_node_modules, start_peer
-from broker.devtools.peer import stop_peer as stop_peer_process
-from broker.devtools.stack import DevStack
 from broker.keys.didkey import jwk_from_did
 from broker.server.gen.broker.v1 import broker_pb2
+from devtools.faultproxy import FaultProxy, ProxyTls
+from devtools.peer import PeerSettings, PeerUnavailable, ensure_node_modules, start_peer
+from devtools.peer import stop_peer as stop_peer_process
+from devtools.stack import DevStack
 from tests.e2e.conftest import RPC_TIMEOUT, Stacks, start_with_retry
 
 HTTP_TIMEOUT = 3  # [oauth].http_timeout of the chaos brokers (the stack default is 10)

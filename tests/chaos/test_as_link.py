@@ -13,9 +13,9 @@ from typing import Any
 import grpc
 import pytest
 
-from broker.devtools.faultproxy import Toxics
 from broker.errors import AuthServerUnavailable
 from broker.server.gen.broker.v1 import broker_pb2
+from devtools.faultproxy import Toxics
 from tests.chaos.conftest import Call, Chaos, ChaosStacks, call, jwt_exp
 from tests.e2e.conftest import get_token, grant_of, login
 

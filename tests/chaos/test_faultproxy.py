@@ -1,4 +1,4 @@
-"""The fault proxy itself (broker/devtools/faultproxy.py) against a loopback upstream: every toxic
+"""The fault proxy itself (devtools/faultproxy.py) against a loopback upstream: every toxic
 does what it says and leaves nothing behind. The AS-facing chaos tests (A04, A06, A07, J04) are in
 test_as_link.py."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.devtools.faultproxy import FaultProxy, FaultProxyError, ProxyTls, Toxics
-from broker.devtools.pki import Ca
+from devtools.faultproxy import FaultProxy, FaultProxyError, ProxyTls, Toxics
+from devtools.pki import Ca
 
 IO_TIMEOUT = 10.0  # a bound on every socket operation (never asserted on)
 

@@ -212,7 +212,11 @@ def test_build_context_excludes_secrets_venvs_and_tests() -> None:
     ignore = [line for line in lines if line and not line.startswith("#")]
     assert ignore[0] == "*"  # nothing unless listed
     allowed = [line[1:] for line in ignore if line.startswith("!")]
-    assert not [a for a in allowed if a.startswith(("deploy/secrets", ".venv", "tests", "bench"))]
+    assert not [
+        a
+        for a in allowed
+        if a.startswith(("deploy/secrets", ".venv", "tests", "bench", "devtools"))
+    ]
     copied = re.findall(r"^COPY (?!--from)(.+) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
     for name in " ".join(copied).split():
         assert any(name == a.rstrip("/") or name.startswith(a) for a in allowed), name

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.devtools.pki import Ca
+from devtools.pki import Ca
 from tests.deploy.test_wheel import copy_build_context
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from broker.devtools.pki import Ca
 from broker.keys.didkey import jwk_from_did
+from devtools.pki import Ca
 
 ROOT = Path(__file__).resolve().parents[2]
 SO_PIN = "11223344"

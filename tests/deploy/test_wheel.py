@@ -1,5 +1,6 @@
 """The distribution as built: a wheel of this tree (built from a copy of what the Dockerfile's build
-stage copies), its file list and its metadata."""
+stage copies, plus the top-level ``devtools/`` package next to ``broker/`` as in a checkout), its
+file list and its metadata."""
 
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_INPUTS = ("pyproject.toml", "README.md", "broker")
+NOT_SHIPPED = ("devtools",)
+"""In the checkout next to ``broker/`` (the demo, the local stack, the test peer's launcher):
+copied into the build context too, so the file list shows that package discovery leaves it out."""
 
 
 def copy_build_context(dest: Path) -> Path:
-    """What the Dockerfile's build stage copies (pyproject.toml, README.md, broker/)."""
+    """What the Dockerfile's build stage copies (pyproject.toml, README.md, broker/), plus
+    :data:`NOT_SHIPPED`."""
     dest.mkdir()
-    for name in BUILD_INPUTS:
+    for name in (*BUILD_INPUTS, *NOT_SHIPPED):
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(
@@ -74,6 +79,7 @@ def test_wheel_holds_the_broker_package_only(names: list[str]) -> None:
     tops = {n.split("/", 1)[0] for n in names}
     assert tops == {"broker", "dome_token_broker-0.1.0.dist-info"}
     assert not [n for n in names if n.startswith(("tests/", "bench/", "clients/", "deploy/"))]
+    assert not [n for n in names if "devtools" in n or n.endswith("/demo.py")]
     assert "broker/py.typed" in names
     assert "broker/server/gen/broker/v1/broker_pb2.py" in names
     assert "broker/cli/__init__.py" in names and "broker/cli/__main__.py" in names

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.devtools import peer
+from devtools import peer
 
 HANGS_ONCE = """
 import fs from 'node:fs';

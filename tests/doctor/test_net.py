@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broker.devtools.pki import Ca
 from broker.doctor.net import network_failed
 from broker.doctor.result import Status
 from broker.errors import AuthServerUnavailable
 from broker.oauth import http as bounded
+from devtools.pki import Ca
 
 Request = Callable[[str], Awaitable[None]]
 

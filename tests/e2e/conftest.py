@@ -1,4 +1,4 @@
-"""End-to-end fixtures: whole :class:`broker.devtools.stack.DevStack` systems as real processes.
+"""End-to-end fixtures: whole :class:`devtools.stack.DevStack` systems as real processes.
 
 ``make_stack(**options)`` brings a stack up in a fresh directory (``DevStack.up``) and registers
 it; every stack and replica a test started is taken down by the fixture's finalizer, even when the
@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 import pytest
 
-from broker.devtools.peer import PeerUnavailable, ensure_node_modules
-from broker.devtools.stack import DevStack, StackError, follow_login
 from broker.server.gen.broker.v1 import broker_pb2
+from devtools.peer import PeerUnavailable, ensure_node_modules
+from devtools.stack import DevStack, StackError, follow_login
 
 RPC_TIMEOUT = 20.0  # every RPC of these tests is bounded
 

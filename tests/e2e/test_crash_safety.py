@@ -24,8 +24,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from broker.devtools.stack import DevStack
 from broker.server.gen.broker.v1 import broker_pb2
+from devtools.stack import DevStack
 from tests.e2e.conftest import (
     RPC_TIMEOUT,
     Stacks,

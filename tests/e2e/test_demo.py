@@ -1,4 +1,4 @@
-"""``make demo`` (``python -m broker.demo``) runs end to end and leaves no process behind: after it
+"""``make demo`` (``python -m devtools.demo``) runs end to end and leaves no process behind: after it
 exits, no ``node peer.mjs`` and no ``broker serve`` started from its work directory is alive."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.devtools.peer import ROOT, PeerUnavailable, ensure_node_modules
+from devtools.peer import ROOT, PeerUnavailable, ensure_node_modules
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow, pytest.mark.softhsm]
 
@@ -28,7 +28,7 @@ def test_demo_runs_and_leaves_no_process_behind(tmp_path: Path) -> None:
         pytest.skip(f"the demo needs node + npm: {exc}")
     workdir = tmp_path / "demo"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker.demo", "--workdir", str(workdir)],
+        [sys.executable, "-m", "devtools.demo", "--workdir", str(workdir)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from broker.devtools.faultproxy import FaultProxy
-from broker.devtools.peer import free_port
-from broker.devtools.stack import DevStack, follow_login
 from broker.server.gen.broker.v1 import broker_pb2
+from devtools.faultproxy import FaultProxy
+from devtools.peer import free_port
+from devtools.stack import DevStack, follow_login
 from tests.e2e.conftest import RPC_TIMEOUT, Stacks, get_token, start_with_retry
 from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
 

@@ -23,9 +23,9 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest
 from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from broker.config import load_settings
-from broker.devtools.stack import DevStack
 from broker.errors import ConfigError
 from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc
+from devtools.stack import DevStack
 from tests.e2e.conftest import (
     RPC_TIMEOUT,
     Stacks,

@@ -39,9 +39,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from broker.devtools.stack import DevStack, StackError
 from broker.keys.didkey import public_key_from_did
 from broker.server.gen.broker.v1 import broker_pb2
+from devtools.stack import DevStack, StackError
 from tests.e2e.conftest import RPC_TIMEOUT, Stacks, grant_of, login, start_with_retry
 from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
 

@@ -5,7 +5,7 @@ and the real peer, the AS link reset twice and down for 10 s (the full 10-minute
 Asserted: no grant lost; no INTERNAL (or UNKNOWN) status; the serve process's open fds at the end
 equal the start exactly, except its keep-alive connections to the AS, which httpx's pool opens
 and closes as it likes (bounded by its keep-alive limit, 20); its SoftHSM sessions at the end
-equal the start (counted inside the process by ``broker.devtools.session_probe``); at most 1.5
+equal the start (counted inside the process by ``devtools.session_probe``); at most 1.5
 refresh requests per grant per access-token lifetime at the AS.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from broker.devtools.peer import ROOT
+from devtools.peer import ROOT
 from tests.e2e.conftest import Stacks
 
 HTTPX_KEEPALIVE_LIMIT = 20  # httpx.Limits() default max_keepalive_connections

@@ -1,5 +1,5 @@
 """Issue 5 / H02 with the real service: ``broker serve`` exporting traces and metrics over OTLP/HTTP
-to an in-process sink (:class:`broker.devtools.otlp_sink.OtlpSink`) through a full run: login
+to an in-process sink (:class:`devtools.otlp_sink.OtlpSink`) through a full run: login
 (authorization + code exchange), three blocking refreshes, a caller the policy denies, and the
 AS going away. Then the broker is stopped (SIGTERM flushes the exporters) and:
 
@@ -36,11 +36,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from broker.devtools.otlp_sink import OtlpSink, SinkSpan
-from broker.devtools.peer import stop_peer
-from broker.devtools.stack import DevStack
 from broker.server.gen.broker.v1 import broker_pb2
 from broker.telemetry import instruments
+from devtools.otlp_sink import OtlpSink, SinkSpan
+from devtools.peer import stop_peer
+from devtools.stack import DevStack
 from tests.e2e.conftest import RPC_TIMEOUT, Stacks, login
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow, pytest.mark.softhsm]

@@ -22,7 +22,10 @@ import pytest
 import trustme
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from broker.devtools.peer import (
+from broker.keys.api import KeyStore, Signer
+from broker.keys.didkey import public_jwk, public_key_from_did
+from broker.web.server import WebServer
+from devtools.peer import (
     Peer,
     PeerSettings,
     PeerUnavailable,
@@ -30,11 +33,8 @@ from broker.devtools.peer import (
     free_port,
     stop_peer,
 )
-from broker.devtools.peer import ensure_node_modules as _ensure_node_modules
-from broker.devtools.peer import start_peer as _start_peer
-from broker.keys.api import KeyStore, Signer
-from broker.keys.didkey import public_jwk, public_key_from_did
-from broker.web.server import WebServer
+from devtools.peer import ensure_node_modules as _ensure_node_modules
+from devtools.peer import start_peer as _start_peer
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLBACK_PATH = "/callback"

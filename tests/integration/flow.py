@@ -10,12 +10,12 @@ import httpx
 from opentelemetry.trace import TracerProvider
 
 from broker.clock import Clock, SystemClock
-from broker.devtools.peer import Peer
 from broker.keys.api import Signer
 from broker.login import LoginService
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.web.app import create_app
+from devtools.peer import Peer
 from tests.integration.conftest import CALLBACK_PATH, SwappableApp
 from tests.web.fakes import FakeSink
 

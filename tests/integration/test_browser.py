@@ -21,11 +21,11 @@ import httpx
 import pytest
 
 from broker.clock import SystemClock
-from broker.devtools.peer import Peer, Pki
 from broker.keys.api import Signer
 from broker.login import LoginState
 from broker.web.app import create_app
 from broker.web.links import BrowserLinks, LinkedLogins
+from devtools.peer import Peer, Pki
 from tests.integration.conftest import SwappableApp
 from tests.integration.flow import make_stack
 

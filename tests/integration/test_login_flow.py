@@ -9,11 +9,11 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from broker.devtools.peer import Peer, Pki
 from broker.errors import InvalidGrant
 from broker.jose import unverified_parts
 from broker.keys.api import Signer
 from broker.login import LoginState, LoginView
+from devtools.peer import Peer, Pki
 from tests.integration.conftest import SwappableApp
 from tests.integration.flow import ShiftedClock, Stack, follow_to_callback, make_stack
 

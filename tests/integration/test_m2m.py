@@ -23,7 +23,6 @@ import pytest
 
 from broker.clock import SystemClock
 from broker.credentials.lear import parse_credential
-from broker.devtools.peer import Peer
 from broker.errors import ClientAuthenticationFailed, CredentialError, MachineGrantRejected
 from broker.keys.api import Signer
 from broker.keys.soft import SoftKeyStore
@@ -35,6 +34,7 @@ from broker.tokens.broker import TokenBroker
 from broker.tokens.machine import MachineGrantSpec
 from broker.tokens.model import GrantKind
 from broker.tokens.stores.memory import MemoryGrantStore
+from devtools.peer import Peer
 from tests.credentials.issuer import TestIssuer
 from tests.integration.conftest import CALLBACK_PATH
 from tests.integration.flow import ShiftedClock

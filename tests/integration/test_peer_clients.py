@@ -18,7 +18,6 @@ import pytest
 
 from broker.clock import SystemClock
 from broker.credentials.lear import parse_credential
-from broker.devtools.peer import Peer, PeerClient, PeerSettings, Pki, stop_peer
 from broker.errors import ClientAuthenticationFailed, InvalidGrant
 from broker.keys.api import Signer
 from broker.keys.didkey import jwk_from_did
@@ -26,6 +25,7 @@ from broker.keys.soft import SoftKeyStore
 from broker.oauth.client import OAuthClient
 from broker.oauth.client_credentials import MachineClient
 from broker.oauth.config import ClientConfig
+from devtools.peer import Peer, PeerClient, PeerSettings, Pki, stop_peer
 from tests.credentials.issuer import TestIssuer
 from tests.integration.conftest import CALLBACK_PATH, start_peer
 

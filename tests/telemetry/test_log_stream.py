@@ -29,7 +29,7 @@ HANDSHAKE_FAILURE = textwrap.dedent(
         quiet_grpc_core(os.environ)
     import grpc
     from broker.telemetry.settings import TelemetrySettings
-    from broker.devtools.pki import Ca
+    from devtools.pki import Ca
     from broker.telemetry.logging import configure_logging
 
     configure_logging(TelemetrySettings(log_format="json"))

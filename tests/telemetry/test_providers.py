@@ -24,9 +24,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from broker.devtools.otlp_sink import OtlpSink
 from broker.telemetry import RedactingSpanProcessor, build_providers
 from broker.telemetry.settings import TelemetrySettings
+from devtools.otlp_sink import OtlpSink
 
 JWT = (
     "eyJhbGciOiJFUzI1NiIsImtpZCI6ImRpZDprZXk6ekRuIn0.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"

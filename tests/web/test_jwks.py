@@ -19,7 +19,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwk, jws
 
-from broker.devtools.pki import Ca
 from broker.errors import InvalidArgument
 from broker.jose import unverified_parts
 from broker.keys.api import KeyInfo, Signer
@@ -30,6 +29,7 @@ from broker.oauth.client_auth import client_assertion
 from broker.web.app import create_app
 from broker.web.jwks import JwksEndpoint, StaticKeys, check_jwks_path, etag_matches
 from broker.web.server import TlsFiles, WebServer
+from devtools.pki import Ca
 from tests.clock import FakeClock
 from tests.web.fakes import BASE_URL, ISSUER, REDIRECT_URI, FakeClient, FakeSink, client_config
 

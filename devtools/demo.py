@@ -25,10 +25,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from broker.devtools.otlp_sink import OtlpSink, render_tree
-from broker.devtools.stack import DevStack, StackError, follow_login
 from broker.jose import unverified_parts
 from broker.server.gen.broker.v1 import broker_pb2
+from devtools.otlp_sink import OtlpSink, render_tree
+from devtools.stack import DevStack, StackError, follow_login
 
 # Short lifetimes so the demo shows a real refresh within seconds: the verifier issues
 # 20-second access tokens; the broker refreshes ahead (threshold 19 s) and never serves one
@@ -84,7 +84,7 @@ def run(workdir: Path) -> int:
         SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{sink.endpoint}/v1/traces"))
     )
     propagate.set_global_textmap(TraceContextTextMapPropagator())
-    tracer = provider.get_tracer("broker.demo")
+    tracer = provider.get_tracer("devtools.demo")
 
     _step(1, "key ceremony: SoftHSM token, P-256 client key and sealing key (broker keys ...)")
     stack = DevStack.up(
@@ -189,7 +189,7 @@ def run(workdir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m broker.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__)
     parser.add_argument("--workdir", help="keep the demo's files here (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.workdir:

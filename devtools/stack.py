@@ -39,7 +39,9 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from broker.devtools.peer import (
+from broker.keys.didkey import jwk_from_did
+from broker.server.gen.broker.v1 import broker_pb2_grpc
+from devtools.peer import (
     ROOT,
     Peer,
     PeerClient,
@@ -49,9 +51,7 @@ from broker.devtools.peer import (
     start_peer,
     stop_peer,
 )
-from broker.devtools.pki import Ca, Issued
-from broker.keys.didkey import jwk_from_did
-from broker.server.gen.broker.v1 import broker_pb2_grpc
+from devtools.pki import Ca, Issued
 
 TOKEN_LABEL = "broker-demo"  # noqa: S105 - a PKCS#11 token label, not a secret
 CLIENT_KEY_LABEL = "client"
@@ -117,7 +117,7 @@ def render_config(c: BrokerConfig) -> str:
         if c.max_concurrent_rpcs is not None
         else ""
     )
-    return f"""# written by broker.devtools.stack
+    return f"""# written by devtools.stack
 [key]
 uri = "{c.key_uri}"
 sealing_key_label = "{SEALING_KEY_LABEL}"
@@ -211,7 +211,7 @@ class DevStack:
     ) -> DevStack:
         """``public_port``: the listener's public base URL (and so the redirect_uri the peer
         registers and the request_uri base) names this port instead of the listener's own: a
-        front (e.g. a :class:`~broker.devtools.faultproxy.FaultProxy` the caller starts there)
+        front (e.g. a :class:`~devtools.faultproxy.FaultProxy` the caller starts there)
         relays to the listener, and replicas share that public URL. ``more_dids``: clients the
         peer registers besides the stack's own did (same redirect_uri)."""
         workdir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import httpx
 
 from broker.web.server import TlsFiles
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PEER_DIR = ROOT / "tests" / "peer"
 
 

@@ -1,4 +1,4 @@
-"""``python -m broker.devtools.session_probe serve --config FILE``: ``broker serve`` unchanged, plus
+"""``python -m devtools.session_probe serve --config FILE``: ``broker serve`` unchanged, plus
 a daemon thread that writes the process's open PKCS#11 session count to a file.
 
 PKCS#11 sessions live inside the process that opened them (SoftHSM is a library), so nobody
