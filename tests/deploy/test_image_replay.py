@@ -130,6 +130,8 @@ missing = [m for m in ("grpc_tools", "pytest", "mypy", "ruff", "respx", "trustme
            if importlib.util.find_spec(m) is not None]
 failed = {}
 for info in pkgutil.walk_packages(broker.__path__, "broker."):
+    if info.name.endswith(".__main__"):  # `python -m` entry points: importing one runs it
+        continue
     try:
         importlib.import_module(info.name)
     except Exception as exc:
