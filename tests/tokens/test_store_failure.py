@@ -1,10 +1,10 @@
 """G04: the store fails to write a new refresh token (disk full, read-only, I/O error).
 
-The memory store's ``fail_next`` and a SQLite store whose connection raises
-``sqlite3.OperationalError`` on writes stand in for ENOSPC / EROFS / EIO. Expected: the result
-is kept in memory and written before the AS is asked again, health is DEGRADED meanwhile, an
-emergency sealed file survives a shutdown or a crash, and the AS only ever sees the NEW refresh
-token once it was issued.
+The memory store with ``fail_next`` (:mod:`tests.tokens.faulty_store`) and a SQLite store whose
+connection raises ``sqlite3.OperationalError`` on writes stand in for ENOSPC / EROFS / EIO.
+Expected: the result is kept in memory and written before the AS is asked again, health is
+DEGRADED meanwhile, an emergency sealed file survives a shutdown or a crash, and the AS only ever
+sees the NEW refresh token once it was issued.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from broker.tokens.stores.memory import MemoryGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.clock import FakeClock
 from tests.tokens.fakes import FakeRefresher, token_set
+from tests.tokens.faulty_store import FaultyMemoryStore
 
 LIFETIME = 3600.0
 PAST_BACKOFF = 20.0  # beyond the first back-off (5 s + 10 % jitter)
@@ -89,13 +90,13 @@ async def fail_one_rotation(broker: TokenBroker, grant: Grant, clock: FakeClock)
         await broker.get_access_token(grant.grant_id)
 
 
-# --- memory store (fail_next) -------------------------------------------------------------------
+# --- memory store (FaultyMemoryStore.fail_next) ------------------------------------------------
 
 
 async def test_g04_unpersisted_result_degrades_then_is_written_before_asking_the_as_again(
     clock: FakeClock, sealer: SoftSealer, tmp_path: Path
 ) -> None:
-    store = MemoryGrantStore(clock)
+    store = FaultyMemoryStore(clock)
     refresher = FakeRefresher(clock)
     persistence = RecordingPersistence()
     broker = make_broker(
@@ -131,7 +132,7 @@ async def test_g04_unpersisted_result_degrades_then_is_written_before_asking_the
 async def test_g04_store_still_failing_never_falls_back_to_the_old_refresh_token(
     clock: FakeClock, sealer: SoftSealer, tmp_path: Path
 ) -> None:
-    store = MemoryGrantStore(clock)
+    store = FaultyMemoryStore(clock)
     refresher = FakeRefresher(clock)
     broker = make_broker(store, refresher, clock, EmergencyVault(tmp_path, sealer, clock))
     grant = await add(broker, clock)
@@ -149,7 +150,7 @@ async def test_g04_store_still_failing_never_falls_back_to_the_old_refresh_token
 async def test_g04_warm_tokens_are_served_while_degraded(
     clock: FakeClock, sealer: SoftSealer, tmp_path: Path
 ) -> None:
-    store = MemoryGrantStore(clock)
+    store = FaultyMemoryStore(clock)
     refresher = FakeRefresher(clock)
     broker = make_broker(store, refresher, clock, EmergencyVault(tmp_path, sealer, clock))
     grant = await add(broker, clock)
@@ -164,7 +165,7 @@ async def test_g04_warm_tokens_are_served_while_degraded(
 async def test_g04_stop_writes_a_sealed_0600_file_and_restart_imports_it(
     clock: FakeClock, sealer: SoftSealer, tmp_path: Path
 ) -> None:
-    store = MemoryGrantStore(clock)
+    store = FaultyMemoryStore(clock)
     vault = EmergencyVault(tmp_path / "emergency", sealer, clock)
     refresher = FakeRefresher(clock)
     broker = make_broker(store, refresher, clock, vault)
@@ -204,7 +205,7 @@ async def test_g04_crash_after_failed_write_recovers_from_the_eager_file(
 ) -> None:
     """No stop() (kill -9): the file written when the rotation failed is enough, and the
     intent record left in the store does not lead to a G02 refresh with the old token."""
-    store = MemoryGrantStore(clock)
+    store = FaultyMemoryStore(clock)
     vault = EmergencyVault(tmp_path, sealer, clock)
     broker = make_broker(store, FakeRefresher(clock), clock, vault)
     grant = await add(broker, clock)
@@ -223,7 +224,7 @@ async def test_g04_crash_after_failed_write_recovers_from_the_eager_file(
 async def test_g04_restart_while_store_still_fails_keeps_the_record_and_the_file(
     clock: FakeClock, sealer: SoftSealer, tmp_path: Path
 ) -> None:
-    store = MemoryGrantStore(clock)
+    store = FaultyMemoryStore(clock)
     vault = EmergencyVault(tmp_path, sealer, clock)
     broker = make_broker(store, FakeRefresher(clock), clock, vault)
     grant = await add(broker, clock)
@@ -324,7 +325,7 @@ def test_g04_vault_write_failure_is_a_typed_error(
 async def test_g04_without_a_vault_shutdown_reports_the_loss(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = MemoryGrantStore(clock)
+    store = FaultyMemoryStore(clock)
     broker = make_broker(store, FakeRefresher(clock), clock, None)
     grant = await add(broker, clock)
     store.fail_next("rotate", StoreError("disk I/O error"))

@@ -1,39 +1,10 @@
-"""In-memory grant store: the fault-injection hook the token core's unit tests use."""
+"""In-memory grant store: what the contract suite does not cover (its lock table, copies)."""
 
 from __future__ import annotations
 
-import pytest
-
-from broker.errors import InvalidArgument, StoreError
 from broker.tokens.stores.memory import KeyedLocks, MemoryGrantStore
 from tests.clock import FakeClock
-from tests.tokens.test_store_contract import make_grant, make_tokens
-
-
-async def test_g04_fail_next_rotate_raises_once_and_changes_nothing() -> None:
-    store = MemoryGrantStore(FakeClock())
-    await store.create(make_grant())
-    store.fail_next("rotate", StoreError("disk full"))
-    with pytest.raises(StoreError, match="disk full"):
-        await store.rotate("g-1", make_tokens("v2", refresh="RT-v2"), expected_version=1)
-    assert (await store.get("g-1")).refresh_token == "RT-g-1-v1-plaintext"
-    rotated = await store.rotate("g-1", make_tokens("v2", refresh="RT-v2"), expected_version=1)
-    assert rotated.refresh_token == "RT-v2"
-
-
-async def test_fail_next_on_refresh_lock_raises_at_enter() -> None:
-    store = MemoryGrantStore(FakeClock())
-    store.fail_next("refresh_lock", StoreError("lock backend down"))
-    with pytest.raises(StoreError):
-        async with store.refresh_lock("g-1"):
-            pytest.fail("entered a lock that was set to fail")
-    async with store.refresh_lock("g-1"):
-        pass
-
-
-def test_fail_next_rejects_unknown_operation() -> None:
-    with pytest.raises(InvalidArgument, match="unknown store operation"):
-        MemoryGrantStore().fail_next("rotat", StoreError("x"))
+from tests.tokens.test_store_contract import make_grant
 
 
 async def test_keyed_locks_forget_released_keys() -> None:

@@ -10,9 +10,7 @@ primary identity) and a store opened with another one is refused with
 the same in-memory data again (as a second process would open the same database), so the
 contract suite can test reopening.
 
-For fault injection, :meth:`MemoryGrantStore.fail_next` makes the next call of one operation
-raise a given error before it changes anything (e.g. a :class:`broker.errors.StoreError` on
-``rotate`` to emulate a full disk, G04).
+Every operation starts with ``_enter(name)``: the check that the store is still open.
 """
 
 from __future__ import annotations
@@ -20,13 +18,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
-from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from broker.clock import Clock, SystemClock
 from broker.errors import (
-    BrokerError,
     GrantExists,
     GrantNotFound,
     InvalidArgument,
@@ -57,25 +53,6 @@ from broker.tokens.stores.sealing import (
     check_time,
     validate_grant,
     validate_tokens,
-)
-
-OPERATIONS = frozenset(
-    {
-        "create",
-        "get",
-        "list",
-        "mark_refresh_started",
-        "rotate",
-        "set_status",
-        "record_error",
-        "delete",
-        "refresh_lock",
-        "ping",
-        "list_metadata",
-        "due",
-        "claim_due",
-        "release_claim",
-    }
 )
 
 
@@ -159,24 +136,16 @@ class MemoryGrantStore:
                     log_adoption("in memory", identity, len(self._grants))
             self._owners = (*self._owners, identity)
         self._locks = KeyedLocks()
-        self._faults: defaultdict[str, deque[BrokerError]] = defaultdict(deque)
         self._closed = False
 
     def __repr__(self) -> str:
         return f"MemoryGrantStore(grants={len(self._grants)})"
 
-    def fail_next(self, operation: str, error: BrokerError) -> None:
-        """Make the next call of ``operation`` raise ``error`` (queued; one error per call)."""
-        if operation not in OPERATIONS:
-            raise InvalidArgument(f"unknown store operation {operation!r}")
-        self._faults[operation].append(error)
-
     def _enter(self, operation: str) -> None:
+        """Run first by every operation: the store is open. ``operation`` names the call (for a
+        subclass that hooks in here)."""
         if self._closed:
             raise StoreError("the grant store is closed")
-        queue = self._faults.get(operation)
-        if queue:
-            raise queue.popleft()
 
     def _current(self, grant_id: str) -> Grant:
         try:
