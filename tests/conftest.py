@@ -23,6 +23,9 @@ from broker.keys.pkcs11.lib import default_module_path
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_LABEL = "broker-test"
 
+# the `stacks` fixture (whole local systems as processes), shared by tests/e2e and tests/chaos
+pytest_plugins = ("tests.stacks",)
+
 
 @dataclass(frozen=True)
 class SoftHsmEnv:

@@ -16,8 +16,8 @@ import pytest
 from broker.errors import AuthServerUnavailable
 from broker.server.gen.broker.v1 import broker_pb2
 from devtools.faultproxy import Toxics
-from tests.chaos.conftest import Call, Chaos, ChaosStacks, call, jwt_exp
-from tests.e2e.conftest import get_token, grant_of, login
+from tests.chaos.rig import Call, Chaos, ChaosStacks, call, jwt_exp
+from tests.stacks import get_token, grant_of, login
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow, pytest.mark.softhsm]
 

@@ -19,8 +19,8 @@ import grpc
 import pytest
 
 from broker.server.gen.broker.v1 import broker_pb2
-from tests.chaos.conftest import Call, ChaosStacks, call, jwt_exp
-from tests.e2e.conftest import get_token, grant_of, login
+from tests.chaos.rig import Call, ChaosStacks, call, jwt_exp
+from tests.stacks import get_token, grant_of, login
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow, pytest.mark.softhsm]
 

@@ -26,7 +26,7 @@ import pytest
 
 from broker.server.gen.broker.v1 import broker_pb2
 from devtools.stack import DevStack
-from tests.e2e.conftest import (
+from tests.stacks import (
     RPC_TIMEOUT,
     Stacks,
     call_get_token,

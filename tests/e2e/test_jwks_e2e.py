@@ -10,7 +10,7 @@ import httpx
 from jwcrypto import jwk
 
 from broker.keys.didkey import jwk_from_did
-from tests.e2e.conftest import Stacks, login
+from tests.stacks import Stacks, login
 
 
 def test_i02_serve_publishes_the_client_key_under_the_did_kid(stacks: Stacks) -> None:

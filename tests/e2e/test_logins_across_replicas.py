@@ -29,7 +29,7 @@ from broker.server.gen.broker.v1 import broker_pb2
 from devtools.faultproxy import FaultProxy
 from devtools.peer import free_port
 from devtools.stack import DevStack, follow_login
-from tests.e2e.conftest import RPC_TIMEOUT, Stacks, get_token, start_with_retry
+from tests.stacks import RPC_TIMEOUT, Stacks, get_token, start_with_retry
 from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
 
 COMPLETION_WAIT_S = 30.0  # generous: the machine is shared

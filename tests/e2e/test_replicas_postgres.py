@@ -14,7 +14,6 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -26,7 +25,7 @@ from broker.config import load_settings
 from broker.errors import ConfigError
 from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc
 from devtools.stack import DevStack
-from tests.e2e.conftest import (
+from tests.stacks import (
     RPC_TIMEOUT,
     Stacks,
     call_get_token,
@@ -35,23 +34,12 @@ from tests.e2e.conftest import (
     login,
     start_with_retry,
 )
-from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
 
 ACCESS_TOKEN_TTL = 24
 REFRESH_THRESHOLD = 12.0
 MIN_SERVE_TTL = 11.0
 CALLS_PER_REPLICA = 200
 CHANNELS_PER_REPLICA = 3  # under 100 calls in flight per HTTP/2 connection (see test_single_flight)
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[tuple[str, str]]:
-    dsn = postgres_dsn_or_skip()
-    schema = f"e2e_{time.time_ns():x}"
-    try:
-        yield dsn, schema
-    finally:
-        drop_pg_schema(dsn, schema)
 
 
 async def burst(stack: DevStack, grant_id: str, calls: int) -> list[str | tuple[str, str]]:

@@ -28,7 +28,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from broker.keys.didkey import public_key_from_did
 from broker.server.gen.broker.v1 import broker_pb2
 from devtools.stack import DevStack, StackError
-from tests.e2e.conftest import RPC_TIMEOUT, Stacks, grant_of, login, start_with_retry
-from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
+from tests.stacks import RPC_TIMEOUT, Stacks, grant_of, login, start_with_retry
 
 ACCESS_TOKEN_TTL = 8  # seconds: grants refresh every few seconds during the test
 REFRESH_THRESHOLD = 5.0
@@ -52,16 +51,6 @@ BACKGROUND_INTERVAL = 1.0
 CALL_PAUSE = 0.1  # between two calls of one caller thread
 WAIT = 120.0  # bound on every wait for something to happen (a busy machine is slow, not stuck)
 NEW_KEY_LABEL = "client-b"
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[tuple[str, str]]:
-    dsn = postgres_dsn_or_skip()
-    schema = f"e2e_rot_{time.time_ns():x}"
-    try:
-        yield dsn, schema
-    finally:
-        drop_pg_schema(dsn, schema)
 
 
 # --- callers ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest
 from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc
-from tests.e2e.conftest import RPC_TIMEOUT, Stacks, get_token, login
+from tests.stacks import RPC_TIMEOUT, Stacks, get_token, login
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow, pytest.mark.softhsm]
 

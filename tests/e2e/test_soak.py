@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from devtools.peer import ROOT
-from tests.e2e.conftest import Stacks
+from tests.stacks import Stacks
 
 HTTPX_KEEPALIVE_LIMIT = 20  # httpx.Limits() default max_keepalive_connections
 

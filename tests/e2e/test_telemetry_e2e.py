@@ -41,7 +41,7 @@ from broker.telemetry import instruments
 from devtools.otlp_sink import OtlpSink, SinkSpan
 from devtools.peer import stop_peer
 from devtools.stack import DevStack
-from tests.e2e.conftest import RPC_TIMEOUT, Stacks, login
+from tests.stacks import RPC_TIMEOUT, Stacks, login
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow, pytest.mark.softhsm]
 
