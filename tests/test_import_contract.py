@@ -28,7 +28,7 @@ GRPC_MODULES = ("grpc", "grpc_health", "grpc_reflection", "grpc_status", "broker
 """Third-party gRPC and the generated stubs: only the units in GRPC_USERS import them."""
 
 GRPC_USERS = frozenset({"server"})
-"""``server`` (the adapter). The composition root (``service``) and the CLI reach gRPC only
+"""``server`` (the adapter). The composition root (``app``) and the CLI reach gRPC only
 through ``server``. (The development tools, gRPC clients of a running broker, live outside
 ``broker`` in the top-level ``devtools`` package.)"""
 
@@ -38,9 +38,14 @@ them (the service would fail to import once installed)."""
 
 GRPC_WIRING = frozenset({"app"})
 """The composition root starts the gRPC server: the one unit outside :data:`GRPC_USERS` that may
-import a module of ``server`` that imports gRPC. Any other unit (``doctor`` checking the policy
-file and the TLS material as serve would) uses only grpc-free ``server`` modules
-(``server.policy``, ``server.certificates``)."""
+import a module of ``server`` that imports gRPC (``app.grpc_server``, ``app.running``)."""
+
+GRPC_REACH = GRPC_USERS | GRPC_WIRING | {"cli"}
+"""The units whose modules may load gRPC through their imports, however indirectly: the two
+above and the ``broker`` command, whose ``serve`` imports the wiring when it runs, after quieting
+gRPC C-core (tests/cli/test_cli_package.py). Any other unit (``doctor`` checking the policy file,
+the TLS material and the AS client as serve would) uses only grpc-free modules of ``server`` and
+``app`` (``server.policy``, ``server.certificates``, ``app.oauth``)."""
 
 FORBIDDEN: dict[str, frozenset[str]] = {
     # the bottom: the exception tree, the clock, strict JSON
@@ -192,15 +197,37 @@ def is_grpc(dotted: str) -> bool:
     return dotted.partition(".")[0] in GRPC_MODULES or dotted.startswith("broker.server.gen")
 
 
+def grpc_loaders(edges: list[Edge]) -> set[str]:
+    """The ``broker`` modules that load gRPC when imported: those importing it, and those
+    importing one of them, at any depth."""
+    importers: dict[str, set[str]] = defaultdict(set)
+    for edge in edges:
+        importers[edge.imported].add(edge.importer)
+    found = {e.importer for e in edges if is_grpc(e.imported)}
+    todo = list(found)
+    while todo:
+        for importer in importers[todo.pop()] - found:
+            found.add(importer)
+            todo.append(importer)
+    return found
+
+
+def loads_grpc(dotted: str, loaders: set[str]) -> bool:
+    """Importing ``dotted`` imports its parent packages too."""
+    parts = dotted.split(".")
+    return any(".".join(parts[:n]) in loaders for n in range(1, len(parts) + 1))
+
+
 def grpc_reach_violations(edges: list[Edge]) -> list[Edge]:
-    """Imports, from a unit neither in :data:`GRPC_USERS` nor :data:`GRPC_WIRING`, of a
-    ``broker`` module that itself imports gRPC."""
-    grpc_importers = {e.importer for e in edges if is_grpc(e.imported)}
+    """Imports, from a unit outside :data:`GRPC_REACH`, of a ``broker`` module that loads gRPC
+    (itself or through its own imports)."""
+    loaders = grpc_loaders(edges)
     return [
         e
         for e in edges
-        if unit(e.importer) not in GRPC_USERS | GRPC_WIRING | {None}
-        and e.imported in grpc_importers
+        if unit(e.importer) not in GRPC_REACH | {None}
+        and not is_grpc(e.imported)  # a direct import: rule_violations reports it
+        and loads_grpc(e.imported, loaders)
     ]
 
 
@@ -297,7 +324,7 @@ def test_package_rules_hold() -> None:
     assert not bad, report("imports across a package wall (docs/design-notes.md):", bad)
 
 
-def test_only_the_composition_root_imports_server_modules_that_import_grpc() -> None:
+def test_only_the_composition_root_and_the_cli_import_modules_that_load_grpc() -> None:
     bad = [e for e in grpc_reach_violations(all_edges()) if not allowed(e)]
     assert not bad, report("imports of a gRPC-loading module outside the wiring:", bad)
 
@@ -374,8 +401,28 @@ def test_the_checker_flags_a_module_that_imports_grpc_through_a_server_module() 
         Edge("broker/server/certificates.py", 1, "broker.server.certificates", "cryptography"),
         Edge("broker/doctor/tls.py", 5, "broker.doctor.tls", "broker.server.certificates"),
         Edge("broker/doctor/tls.py", 6, "broker.doctor.tls", "broker.server.tls"),
-        Edge("broker/app/wiring.py", 7, "broker.app.wiring", "broker.server.tls"),
+        Edge("broker/app/grpc_server.py", 7, "broker.app.grpc_server", "broker.server.tls"),
     ]
     assert [str(e) for e in grpc_reach_violations(edges)] == [
         "broker/doctor/tls.py:6: broker.doctor.tls -> broker.server.tls"
     ]
+
+
+def test_the_checker_flags_a_module_that_loads_grpc_through_the_composition_root() -> None:
+    """Two hops: doctor -> the wiring -> the gRPC listener -> grpc (the doctor imported serve's
+    client_config and http_client from the composition root and so loaded grpc); a package whose
+    ``__init__`` loads gRPC counts for every module under it."""
+    edges = [
+        Edge("broker/server/tls.py", 1, "broker.server.tls", "grpc"),
+        Edge("broker/app/grpc_server.py", 2, "broker.app.grpc_server", "broker.server.tls"),
+        Edge("broker/app/wiring.py", 3, "broker.app.wiring", "broker.app.grpc_server"),
+        Edge("broker/app/wiring.py", 4, "broker.app.wiring", "broker.app.oauth"),
+        Edge("broker/cli/serve.py", 5, "broker.cli.serve", "broker.app.wiring"),
+        Edge("broker/doctor/authserver.py", 6, "broker.doctor.authserver", "broker.app.oauth"),
+        Edge("broker/doctor/runner.py", 7, "broker.doctor.runner", "broker.app.wiring"),
+    ]
+    assert [str(e) for e in grpc_reach_violations(edges)] == [
+        "broker/doctor/runner.py:7: broker.doctor.runner -> broker.app.wiring"
+    ]
+    heavy_init = Edge("broker/app/__init__.py", 8, "broker.app", "broker.app.wiring")
+    assert [e.line for e in grpc_reach_violations([*edges, heavy_init])] == [6, 7]

@@ -26,6 +26,7 @@ from broker.keys.uri import parse_key_uri
 from broker.oauth.config import ClientConfig
 from broker.tokens.stores.deployment import DeploymentIdentity, IdentityState, RecordedIdentity
 
+# The log lines keep the logger name of the composition root (was broker/service.py).
 log = logging.getLogger("broker.service")
 
 

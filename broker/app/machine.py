@@ -24,7 +24,8 @@ from broker.oauth.client_credentials import MachineClient
 from broker.tokens.broker import TokenBroker
 from broker.tokens.machine import MachineGrantSpec
 
-_log = logging.getLogger(__name__)
+# The log lines keep the logger name they had as broker/machine_grants.py.
+_log = logging.getLogger("broker.machine_grants")
 
 
 def credential_loader(path: Path | None) -> LearCredentialMachine:

@@ -19,8 +19,9 @@ import sys
 from broker.config import load_settings, resolve_config_path
 from broker.doctor.result import DEFAULT_WARN_DAYS, exit_code, to_json, to_text
 
-# The checks import the whole service (grpc, httpx, stores): loaded when the command runs, so
-# every other `broker` command starts fast.
+# The checks import httpx, the stores and the HSM library (not grpc: tests/doctor/
+# test_doctor_imports.py): loaded when the command runs, so every other `broker` command starts
+# fast.
 
 
 def _days(text: str) -> float:

@@ -27,7 +27,7 @@ def _serve(args: argparse.Namespace) -> int:
     quiet_grpc_core(os.environ)  # before anything imports grpc (the OTLP exporters do)
     # The service pulls in grpc, uvicorn and the stores: imported when `serve` runs, so the
     # ceremony commands start fast.
-    from broker.app.wiring import serve_until_signalled  # noqa: PLC0415
+    from broker.app.serve import serve_until_signalled  # noqa: PLC0415
     from broker.telemetry import build_providers, configure_logging, install_global  # noqa: PLC0415
 
     settings = load_settings(resolve_config_path(args.config, os.environ))

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from broker.app.wiring import client_config
+from broker.app.oauth import client_config
 from broker.clock import Clock
 from broker.config import Settings
 from broker.doctor.net import network_failed

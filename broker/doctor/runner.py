@@ -18,7 +18,7 @@ import httpx
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
-from broker.app.wiring import http_client
+from broker.app.oauth import http_client
 from broker.clock import Clock, SystemClock
 from broker.config import Settings
 from broker.doctor import authserver, config_checks, credential, hsm, rotation, store, tls

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from broker.app.wiring import client_config
+from broker.app.oauth import client_config
 from broker.audit import verified_records
 from broker.cli import main
 from broker.cli.keys import register as register_keys

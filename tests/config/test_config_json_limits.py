@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from broker.app.wiring import client_config
+from broker.app.oauth import client_config
 from broker.errors import ConfigError
 from broker.strict_json import DOCUMENT_MAX_BYTES, JWT_MAX_BYTES
 from tests.config.test_config import DID, Loader, base, changed, load

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from broker.app.wiring import jwks_endpoint
+from broker.app.web import jwks_endpoint
 from broker.errors import ConfigError
 from broker.keys.kid import KidFormat
 from tests.config.test_config import DID, Loader, base, changed, load

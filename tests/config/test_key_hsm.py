@@ -1,4 +1,4 @@
-"""``[key]`` HSM resilience settings (D02, D07, D08): validation, and how ``broker.service``
+"""``[key]`` HSM resilience settings (D02, D07, D08): validation, and how ``broker.app.hsm``
 hands them to :class:`broker.keys.health.HsmHealth`."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from broker.app.wiring import hsm_health
+from broker.app.hsm import hsm_health
 from broker.config import load_settings
 from broker.errors import ConfigError
 from broker.keys.health import DEFAULT_BUSY_RETRIES, DEFAULT_OP_TIMEOUT, PROBE_BACKOFF

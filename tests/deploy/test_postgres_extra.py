@@ -60,7 +60,7 @@ def test_serve_cli_and_doctor_import_without_psycopg() -> None:
     out = run_without_psycopg(
         """
         import json, sys
-        import broker.cli, broker.app.wiring, broker.doctor.store, broker.cli.serve
+        import broker.cli, broker.app.serve, broker.doctor.store, broker.cli.serve
         print(json.dumps({"loaded": sorted(m for m in sys.modules if m.startswith("psycopg"))}))
         """
     )
@@ -76,7 +76,7 @@ def test_postgres_store_without_the_extra_is_a_config_error_naming_it(tmp_path: 
         from broker.config import load_settings
         from broker.doctor.store import RefusingSealer, check_store
         from broker.errors import ConfigError
-        from broker.app.wiring import open_store
+        from broker.app.stores import open_store
         from broker.tokens.stores.deployment import DeploymentIdentity
 
         settings = load_settings({str(config)!r}, check_files=False)
@@ -111,7 +111,7 @@ def test_sqlite_store_opens_without_psycopg(tmp_path: Path) -> None:
         from broker.clock import SystemClock
         from broker.config import load_settings
         from broker.doctor.store import RefusingSealer
-        from broker.app.wiring import open_store
+        from broker.app.stores import open_store
         from broker.tokens.stores.deployment import DeploymentIdentity
 
         async def main():

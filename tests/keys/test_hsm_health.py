@@ -26,7 +26,7 @@ import pkcs11.exceptions as p11e
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from broker.app.wiring import HsmServingReporter
+from broker.app.hsm import HsmServingReporter
 from broker.backoff import BackoffPolicy
 from broker.errors import HsmUnavailable, InvalidArgument, KeyStoreError, PinIncorrect
 from broker.jose import sign_compact_async

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from broker.app.wiring import deployment_identity
+from broker.app.stores import deployment_identity
 from broker.errors import DeploymentMismatch
 from broker.keys.soft import SoftKeyStore
 from broker.oauth.client import OAuthClient

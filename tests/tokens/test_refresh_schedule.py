@@ -13,7 +13,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from broker.app.wiring import resilience_gauges
+from broker.app.health import resilience_gauges
 from broker.errors import AuthServerUnavailable, InvalidGrant, ReauthorizationRequired
 from broker.keys.soft import SoftSealer
 from broker.oauth.skew import SkewMonitor

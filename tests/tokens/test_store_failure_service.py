@@ -9,7 +9,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from broker.app.wiring import PersistenceHealthLog, resilience_gauges
+from broker.app.health import PersistenceHealthLog, resilience_gauges
 from broker.oauth.skew import SkewMonitor
 from broker.tokens.broker import TokenBroker
 from broker.tokens.stores.memory import MemoryGrantStore
