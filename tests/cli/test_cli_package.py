@@ -2,8 +2,9 @@
 
 Importing it must not import grpc or the composition root: ``broker serve`` quiets gRPC C-core
 (``GRPC_VERBOSITY``) before grpc is first imported, and C-core reads the variable only then. When
-the rotation wiring imported :mod:`broker.service` (now :mod:`broker.app`) with the CLI, ``broker serve`` wrote C-core's
-own ``I1206 ... Handshake failed`` lines into the JSON log stream.
+the rotation wiring imported :mod:`broker.service` (now :mod:`broker.app`) with the CLI,
+``broker serve`` wrote C-core's own ``I1206 ... Handshake failed`` lines into the JSON log
+stream.
 """
 
 from __future__ import annotations
