@@ -90,9 +90,14 @@ def cmd_retire(rdeps: RotationDeps, deps: Deps, args: argparse.Namespace, facts:
 
         async def end(ledger: LedgerStore) -> None:
             for grant in live:
-                await ledger.set_status(
-                    grant.grant_id, GrantStatus.REAUTHORIZATION_REQUIRED, reason=RETIRED_REASON
-                )
+                # Under the grant's refresh lock (cross-replica on PostgreSQL): a refresh in
+                # flight finishes first, and the next one re-reads the status and stops.
+                async with ledger.refresh_lock(grant.grant_id):
+                    await ledger.set_status(
+                        grant.grant_id,
+                        GrantStatus.REAUTHORIZATION_REQUIRED,
+                        reason=RETIRED_REASON,
+                    )
 
         with_ledger(rdeps, deps, settings, store, end)
         if info is not None:
