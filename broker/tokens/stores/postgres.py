@@ -26,67 +26,68 @@
   refresh lease ``claimed_by``/``claim_until``. :meth:`PostgresGrantStore.claim_due` picks due
   rows ``FOR UPDATE SKIP LOCKED`` and leases them in one statement, so replicas divide the due
   grants; an expired lease (a crashed claimer) is claimed again. Nothing there opens a token.
+
+Layout: this module holds the store class (construction, plumbing, grant CRUD, close); the
+schema and migrations are in :mod:`broker.tokens.stores.postgres_schema`, the connection pool in
+:mod:`broker.tokens.stores.postgres_pool`, the deployment identity rows in
+:mod:`broker.tokens.stores.postgres_identities`, the refresh schedule in
+:mod:`broker.tokens.stores.postgres_schedule`, the refresh lock in
+:mod:`broker.tokens.stores.postgres_locks` and pending logins in
+:mod:`broker.tokens.stores.postgres_logins`, mixed into :class:`PostgresGrantStore`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import builtins
-import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.pq import TransactionStatus
 
 from broker.clock import Clock
 from broker.errors import (
-    BrokerError,
     ConfigError,
     GrantExists,
     GrantNotFound,
-    InvalidArgument,
     StoreError,
-    StoreUnusable,
     VersionConflict,
 )
 from broker.keys.api import Sealer
 from broker.oauth.types import TokenSet
-from broker.tokens.model import Grant, GrantExpiry, GrantStatus, GrantSummary
+from broker.tokens.model import Grant, GrantStatus
 from broker.tokens.stores.deployment import (
-    IDENTITY_COLUMNS,
     DeploymentIdentity,
-    IdentityRole,
-    IdentityState,
-    RecordedHow,
-    RecordedIdentity,
-    check_binding,
     check_grant_owner,
-    identity_row,
-    log_adoption,
-    recorded_from_row,
 )
-from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule, due_at
+from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule
 from broker.tokens.stores.memory import KeyedLocks
-from broker.tokens.stores.postgres_logins import LOGINS_MIGRATION, PostgresLogins
+from broker.tokens.stores.postgres_identities import PostgresIdentities
+from broker.tokens.stores.postgres_locks import PostgresRefreshLocks
+from broker.tokens.stores.postgres_logins import PostgresLogins
+from broker.tokens.stores.postgres_pool import Pool, wrap_error
+from broker.tokens.stores.postgres_schedule import PostgresSchedule
+from broker.tokens.stores.postgres_schema import (
+    MIGRATIONS,
+    OUR_TABLES,
+    SCHEMA_VERSION,
+    PostgresMigrations,
+)
+
+__all__ = ["MIGRATIONS", "OUR_TABLES", "SCHEMA_VERSION", "PostgresGrantStore"]
 from broker.tokens.stores.sealing import (
     COLUMNS,
     SUMMARY_COLUMNS,
     SealedRow,
-    check_claim,
-    check_due_query,
     check_expected_version,
     check_grant_id,
     check_label,
     check_reason,
     check_status,
     check_time,
-    grant_expiry,
-    grant_summary,
     open_grant,
     rotation_update,
     seal_grant,
@@ -95,156 +96,10 @@ from broker.tokens.stores.sealing import (
 
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
-#: Schema migrations; ``{schema}`` is the quoted schema identifier.
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (
-        1,
-        (
-            """
-            CREATE TABLE {schema}.grants (
-                grant_id TEXT PRIMARY KEY,
-                label TEXT NOT NULL,
-                issuer TEXT NOT NULL,
-                client_id TEXT NOT NULL,
-                subject TEXT NOT NULL,
-                scope TEXT NOT NULL,
-                status TEXT NOT NULL,
-                access_token BYTEA NOT NULL,
-                access_expires_at DOUBLE PRECISION NOT NULL,
-                refresh_token BYTEA,
-                id_claims BYTEA NOT NULL,
-                created_at DOUBLE PRECISION NOT NULL,
-                updated_at DOUBLE PRECISION NOT NULL,
-                version BIGINT NOT NULL CHECK (version >= 1),
-                refresh_started_at DOUBLE PRECISION,
-                last_error TEXT,
-                seal_key TEXT NOT NULL
-            )
-            """,
-            "CREATE INDEX grants_by_label ON {schema}.grants (label)",
-        ),
-    ),
-    (
-        2,
-        (
-            """
-            CREATE TABLE {schema}.deployment_identities (
-                issuer TEXT NOT NULL,
-                client_id TEXT NOT NULL,
-                did TEXT NOT NULL,
-                role TEXT NOT NULL CHECK (role IN ('primary', 'added')),
-                how TEXT NOT NULL CHECK (how IN ('created', 'adopted', 'ceremony')),
-                schema_version INTEGER NOT NULL,
-                recorded_at DOUBLE PRECISION NOT NULL,
-                PRIMARY KEY (issuer, client_id, did)
-            )
-            """,
-            "CREATE UNIQUE INDEX deployment_identities_one_primary "
-            "ON {schema}.deployment_identities (role) WHERE role = 'primary'",
-        ),
-    ),
-    (
-        3,
-        (
-            # NULL for grants stored before: see broker.tokens.schedule.
-            "ALTER TABLE {schema}.grants ADD COLUMN access_issued_at DOUBLE PRECISION",
-            "ALTER TABLE {schema}.grants ADD COLUMN refresh_expires_at DOUBLE PRECISION",
-        ),
-    ),
-    (4, LOGINS_MIGRATION),  # pending interactive logins (broker.tokens.stores.postgres_logins)
-    (
-        5,
-        (
-            # How a grant renews (broker.tokens.model.GrantKind); grants before are user grants.
-            "ALTER TABLE {schema}.grants ADD COLUMN kind TEXT NOT NULL DEFAULT 'user' "
-            "CHECK (kind IN ('user', 'machine'))",
-        ),
-    ),
-    (
-        6,
-        (
-            # Key rotation (broker.tokens.stores.identities): where each identity is in it and its key.
-            "ALTER TABLE {schema}.deployment_identities ADD COLUMN state TEXT NOT NULL "
-            "DEFAULT 'active' CHECK (state IN ('prepared', 'active', 'retiring', 'retired'))",
-            "ALTER TABLE {schema}.deployment_identities ADD COLUMN key_uri TEXT",
-        ),
-    ),
-    (
-        7,
-        (
-            # Scheduling without opening tokens (broker.tokens.stores.due); NULL due times of
-            # older grants are filled in by the open that migrates.
-            "ALTER TABLE {schema}.grants ADD COLUMN refresh_due_at DOUBLE PRECISION",
-            "ALTER TABLE {schema}.grants ADD COLUMN claimed_by TEXT",
-            "ALTER TABLE {schema}.grants ADD COLUMN claim_until DOUBLE PRECISION",
-            "CREATE INDEX grants_due ON {schema}.grants (refresh_due_at) WHERE status = 'active'",
-        ),
-    ),
-)
-OUR_TABLES = frozenset({"schema_migrations", "grants"})
-SCHEMA_VERSION = MIGRATIONS[-1][0]
 
-
-def _wrap(operation: str, exc: psycopg.Error) -> StoreError:
-    """A StoreError naming the operation and the SQLSTATE, never a value or the DSN."""
-    code = exc.sqlstate or type(exc).__name__
-    return StoreError(f"postgres {operation} failed ({code})")
-
-
-class _Pool:
-    """At most ``size`` autocommit connections; a connection that saw an error is closed."""
-
-    def __init__(self, dsn: str, size: int, connect_timeout: float, application_name: str) -> None:
-        self._dsn = dsn
-        self._timeout = connect_timeout
-        self._application_name = application_name
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
-        self._slots = asyncio.Semaphore(size)
-
-    async def new_connection(self, operation: str) -> psycopg.AsyncConnection[Any]:
-        try:
-            return await psycopg.AsyncConnection.connect(
-                self._dsn,
-                autocommit=True,
-                connect_timeout=max(1, round(self._timeout)),
-                application_name=self._application_name,
-                # Notice a vanished server (or a partition) instead of waiting forever.
-                keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
-            )
-        except psycopg.Error as exc:
-            raise _wrap(f"{operation} (connect)", exc) from exc
-
-    @asynccontextmanager
-    async def connection(self, operation: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with self._slots:
-            conn = self._idle.pop() if self._idle else await self.new_connection(operation)
-            healthy = False
-            try:
-                yield conn
-                healthy = True
-            except BrokerError:
-                healthy = True  # our own decision (not found, conflict): the session is fine
-                raise
-            finally:
-                if (
-                    healthy
-                    and not conn.closed
-                    and conn.info.transaction_status == TransactionStatus.IDLE
-                ):
-                    self._idle.append(conn)
-                else:
-                    await conn.close()
-
-    async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.close()
-
-
-class PostgresGrantStore(PostgresLogins):
+class PostgresGrantStore(
+    PostgresLogins, PostgresIdentities, PostgresSchedule, PostgresRefreshLocks, PostgresMigrations
+):
     """GrantStore over PostgreSQL (psycopg 3, async). ``await store.open()`` before use, or
     :meth:`connect`."""
 
@@ -276,7 +131,7 @@ class PostgresGrantStore(PostgresLogins):
         self._schema = schema
         self._sealer = sealer
         self._clock = clock
-        self._pool = _Pool(dsn, pool_size, connect_timeout, f"broker-grants:{schema}")
+        self._pool = Pool(dsn, pool_size, connect_timeout, f"broker-grants:{schema}")
         self._locks = KeyedLocks()
         self._lock_idle: list[psycopg.AsyncConnection[Any]] = []
         self._lock_idle_max = pool_size
@@ -351,219 +206,6 @@ class PostgresGrantStore(PostgresLogins):
         if self._closed:
             raise StoreError("the grant store is closed")
 
-    # --- migrations -------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Create the schema and tables (migrations with a version table) and bind the
-        identity. Only a missing or empty schema is initialised."""
-        self._check_open()
-        if self._opened:
-            return
-        try:
-            async with self._pool.connection("open") as conn, conn.transaction():
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext(%s))",
-                    (f"broker.migrate:{self._schema}",),
-                )
-                cur = await conn.execute(
-                    "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
-                    (self._schema,),
-                )
-                tables = {str(r[0]) for r in await cur.fetchall()}
-                fresh = not tables
-                if not fresh and not tables >= OUR_TABLES:
-                    found = ", ".join(sorted(tables)[:5])
-                    raise StoreUnusable(
-                        f"the PostgreSQL schema {self._schema!r} on {self._where} holds tables "
-                        f"but is not a grant store (no "
-                        f"{', '.join(sorted(OUR_TABLES - tables))}; tables found: {found}): "
-                        "refusing it (the broker never initialises a schema in use); "
-                        "configure another schema or empty this one"
-                    )
-                await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self._ident))
-                await conn.execute(
-                    sql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {}.schema_migrations "
-                        "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-                    ).format(self._ident)
-                )
-                cur = await conn.execute(
-                    sql.SQL("SELECT COALESCE(MAX(version), 0) FROM {}.schema_migrations").format(
-                        self._ident
-                    )
-                )
-                row = await cur.fetchone()
-                current = int(row[0]) if row else 0
-                if current > SCHEMA_VERSION:
-                    raise ConfigError(
-                        f"the grant schema is at version {current}; "
-                        f"this broker knows up to {SCHEMA_VERSION}"
-                    )
-                for version, statements in MIGRATIONS:
-                    if version <= current:
-                        continue
-                    for statement in statements:
-                        await conn.execute(sql.SQL(statement).format(schema=self._ident))
-                    await conn.execute(
-                        sql.SQL(
-                            "INSERT INTO {}.schema_migrations (version, applied_at) VALUES (%s, %s)"
-                        ).format(self._ident),
-                        (version, self._clock.now()),
-                    )
-                await self._fill_due(conn)
-                recorded_now, grants = await self._bind(conn, fresh=fresh)
-        except psycopg.Error as exc:
-            raise _wrap("open", exc) from exc
-        if recorded_now and not fresh and self._identity is not None:
-            self.adopted = True
-            log_adoption(f"schema {self._schema!r} on {self._where}", self._identity, grants)
-        self._opened = True
-
-    async def _fill_due(self, conn: psycopg.AsyncConnection[Any]) -> int:
-        """Give grants without one (stored before schema 7, or rescheduled) their due time
-        (clear columns only)."""
-        cur = await conn.execute(
-            sql.SQL(
-                "SELECT grant_id, version, access_issued_at, access_expires_at FROM {} "
-                "WHERE refresh_due_at IS NULL"
-            ).format(self._table)
-        )
-        rows = await cur.fetchall()
-        if rows:
-            async with conn.cursor() as c:
-                await c.executemany(
-                    sql.SQL("UPDATE {} SET refresh_due_at = %s WHERE grant_id = %s").format(
-                        self._table
-                    ),
-                    [
-                        (self._due(str(gid), int(v), issued, float(expires)), gid)
-                        for gid, v, issued, expires in rows
-                    ],
-                )
-        return len(rows)
-
-    def _due(self, grant_id: str, version: int, issued: float | None, expires: float) -> float:
-        return due_at(self._due_rule, grant_id, version, issued_at=issued, expires_at=expires)
-
-    def _q_identities(self) -> sql.Composed:
-        return sql.SQL(
-            "SELECT {cols} FROM {}.deployment_identities ORDER BY role DESC, recorded_at"
-        ).format(self._ident, cols=sql.SQL(", ").join(sql.Identifier(c) for c in IDENTITY_COLUMNS))
-
-    async def _bind(self, conn: psycopg.AsyncConnection[Any], *, fresh: bool) -> tuple[bool, int]:
-        """Compare (and maybe record) the identity in the open transaction. Returns whether it
-        recorded one, and the number of grants."""
-        cur = await conn.execute(self._q_identities())
-        recorded = [recorded_from_row(r) for r in await cur.fetchall()]
-        if self._identity is None:
-            self._owners = tuple(r.identity for r in recorded)
-            return False, 0
-        cur = await conn.execute(
-            sql.SQL("SELECT issuer, client_id, COUNT(*) FROM {} GROUP BY issuer, client_id").format(
-                self._table
-            )
-        )
-        counts = await cur.fetchall()
-        owners = {(str(r[0]), str(r[1])) for r in counts}
-        grants = sum(int(r[2]) for r in counts)
-        where = f"schema {self._schema!r} on {self._where}"
-        record = check_binding(recorded, self._identity, grant_owners=owners, where=where)
-        if record and self._record_identity:
-            how = RecordedHow.CREATED if fresh else RecordedHow.ADOPTED
-            await conn.execute(
-                sql.SQL("INSERT INTO {}.deployment_identities ({cols}) VALUES ({vals})").format(
-                    self._ident,
-                    cols=sql.SQL(", ").join(sql.Identifier(c) for c in IDENTITY_COLUMNS),
-                    vals=sql.SQL(", ").join(sql.Placeholder() for _ in IDENTITY_COLUMNS),
-                ),
-                identity_row(
-                    self._identity, IdentityRole.PRIMARY, how, SCHEMA_VERSION, self._clock.now()
-                ),
-            )
-        self._owners = (*(r.identity for r in recorded), self._identity)
-        return record and self._record_identity, grants
-
-    async def identities(self) -> Sequence[RecordedIdentity]:
-        """The deployment identities recorded in this schema (primary first)."""
-        async with self._operation("identities") as conn:
-            cur = await conn.execute(self._q_identities())
-            rows = await cur.fetchall()
-        return [recorded_from_row(r) for r in rows]
-
-    async def add_identity(
-        self, identity: DeploymentIdentity, *, state: IdentityState, key_uri: str | None
-    ) -> RecordedIdentity:
-        """IdentityLedger: record a further identity (a key-rotation ceremony)."""
-        row = identity_row(
-            identity,
-            IdentityRole.ADDED,
-            RecordedHow.CEREMONY,
-            SCHEMA_VERSION,
-            self._clock.now(),
-            state=state,
-            key_uri=key_uri,
-        )
-        query = sql.SQL(
-            "INSERT INTO {}.deployment_identities ({cols}) VALUES ({vals}) ON CONFLICT DO NOTHING "
-            "RETURNING did"
-        ).format(
-            self._ident,
-            cols=sql.SQL(", ").join(sql.Identifier(c) for c in IDENTITY_COLUMNS),
-            vals=sql.SQL(", ").join(sql.Placeholder() for _ in IDENTITY_COLUMNS),
-        )
-        async with self._operation("add_identity") as conn:
-            cur = await conn.execute(query, row)
-            inserted = await cur.fetchone()
-        if inserted is None:
-            raise InvalidArgument(f"the identity {identity.describe()} is recorded already")
-        return recorded_from_row(row)
-
-    async def set_identity(
-        self,
-        identity: DeploymentIdentity,
-        *,
-        state: IdentityState | None = None,
-        key_uri: str | None = None,
-    ) -> RecordedIdentity:
-        """IdentityLedger: change an identity's rotation state and/or key URI."""
-        query = sql.SQL(
-            "UPDATE {}.deployment_identities SET state = COALESCE(%s, state), "
-            "key_uri = COALESCE(%s, key_uri) WHERE issuer = %s AND client_id = %s AND did = %s "
-            "RETURNING {cols}"
-        ).format(self._ident, cols=sql.SQL(", ").join(sql.Identifier(c) for c in IDENTITY_COLUMNS))
-        params = (
-            None if state is None else state.value,
-            key_uri,
-            identity.issuer,
-            identity.client_id,
-            identity.did,
-        )
-        async with self._operation("set_identity") as conn:
-            cur = await conn.execute(query, params)
-            found = await cur.fetchone()
-        if found is None:
-            raise InvalidArgument(f"the identity {identity.describe()} is not recorded")
-        return recorded_from_row(found)
-
-    async def expiries(self) -> Sequence[GrantExpiry]:
-        """The expiry columns of every ACTIVE grant (clear columns only: no token is opened)."""
-        query = sql.SQL(
-            "SELECT grant_id, access_expires_at, access_issued_at, refresh_expires_at "
-            "FROM {} WHERE status = %s ORDER BY grant_id"
-        ).format(self._table)
-        async with self._operation("expiries") as conn:
-            cur = await conn.execute(query, (GrantStatus.ACTIVE.value,))
-            rows = await cur.fetchall()
-        return [grant_expiry(r) for r in rows]
-
-    async def schema_version(self) -> int:
-        async with self._operation("schema_version") as conn:
-            cur = await conn.execute(
-                sql.SQL("SELECT MAX(version) FROM {}.schema_migrations").format(self._ident)
-            )
-            row = await cur.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
-
     # --- plumbing ---------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -575,7 +217,7 @@ class PostgresGrantStore(PostgresLogins):
             async with self._pool.connection(operation) as conn:
                 yield conn
         except psycopg.Error as exc:
-            raise _wrap(operation, exc) from exc
+            raise wrap_error(operation, exc) from exc
 
     async def _open_row(
         self, values: tuple[Any, ...] | None, grant_id: str, known: TokenSet | None = None
@@ -633,80 +275,6 @@ class PostgresGrantStore(PostgresLogins):
         )
 
     # --- GrantIndex / RefreshClaims: clear columns only ---------------------------------------
-
-    async def list_metadata(self, *, label: str | None = None) -> builtins.list[GrantSummary]:
-        async with self._operation("list_metadata") as conn:
-            if label is None:
-                cur = await conn.execute(self._q_summary + sql.SQL(" ORDER BY grant_id"))
-            else:
-                check_label(label)
-                cur = await conn.execute(
-                    self._q_summary + sql.SQL(" WHERE label = %s ORDER BY grant_id"), (label,)
-                )
-            rows = await cur.fetchall()
-        return [grant_summary(r) for r in rows]
-
-    async def reschedule(self, rule: DueRule) -> int:
-        if rule == self._due_rule:
-            return 0
-        self._due_rule = rule
-        async with self._operation("reschedule") as conn, conn.transaction():
-            await conn.execute(
-                sql.SQL("UPDATE {} SET refresh_due_at = NULL WHERE status = 'active'").format(
-                    self._table
-                )
-            )
-            return await self._fill_due(conn)
-
-    async def due(
-        self, now: float, *, horizon: float = 0.0, limit: int = 1000
-    ) -> builtins.list[GrantSummary]:
-        now, horizon, limit = check_due_query(now, horizon, limit)
-        async with self._operation("due") as conn:
-            cur = await conn.execute(
-                self._q_summary
-                + sql.SQL(
-                    " WHERE status = 'active' AND refresh_due_at <= %s "
-                    "ORDER BY refresh_due_at, grant_id LIMIT %s"
-                ),
-                (now + horizon, limit),
-            )
-            rows = await cur.fetchall()
-        return [grant_summary(r) for r in rows]
-
-    async def claim_due(
-        self, now: float, *, owner: str, lease: float, horizon: float = 0.0, limit: int = 1000
-    ) -> builtins.list[GrantSummary]:
-        now, horizon, limit = check_due_query(now, horizon, limit)
-        owner, lease = check_claim(owner, lease)
-        query = sql.SQL(
-            "WITH picked AS (SELECT grant_id FROM {table} "
-            "WHERE status = 'active' AND refresh_due_at <= %s "
-            "AND (claim_until IS NULL OR claim_until <= %s) "
-            "ORDER BY refresh_due_at, grant_id LIMIT %s FOR UPDATE SKIP LOCKED) "
-            "UPDATE {table} AS g SET claimed_by = %s, claim_until = %s FROM picked "
-            "WHERE g.grant_id = picked.grant_id RETURNING {cols}"
-        ).format(
-            table=self._table,
-            cols=sql.SQL(", ").join(sql.Identifier("g", c) for c in SUMMARY_COLUMNS),
-        )
-        async with self._operation("claim_due") as conn:
-            cur = await conn.execute(query, (now + horizon, now, limit, owner, now + lease))
-            rows = await cur.fetchall()
-        claimed = [grant_summary(r) for r in rows]
-        return sorted(claimed, key=lambda g: (g.refresh_due_at, g.grant_id))
-
-    async def release_claim(self, grant_id: str, *, owner: str) -> None:
-        check_grant_id(grant_id)
-        owner, _ = check_claim(owner, 1.0)
-        async with self._operation("release_claim") as conn:
-            await conn.execute(
-                sql.SQL(
-                    "UPDATE {} SET claimed_by = NULL, claim_until = NULL "
-                    "WHERE grant_id = %s AND claimed_by = %s"
-                ).format(self._table),
-                (grant_id, owner),
-            )
 
     async def mark_refresh_started(self, grant_id: str, at: float) -> None:
         check_grant_id(grant_id)
@@ -806,60 +374,6 @@ class PostgresGrantStore(PostgresLogins):
         if deleted != 1:
             raise GrantNotFound(f"no grant {grant_id!r}")
 
-    def refresh_lock(self, grant_id: str) -> AbstractAsyncContextManager[None]:
-        """Cross-replica per-grant lock: an advisory lock on a connection of its own."""
-        check_grant_id(grant_id)
-        return self._refresh_lock(grant_id)
-
-    async def _lock_session(self, grant_id: str) -> psycopg.AsyncConnection[Any]:
-        """A session that holds the advisory lock of ``grant_id`` (waits for it).
-
-        An idle lock session is reused; if it turns out dead, one fresh session is tried."""
-        while True:
-            pooled = bool(self._lock_idle)
-            conn = (
-                self._lock_idle.pop() if pooled else await self._pool.new_connection("refresh_lock")
-            )
-            try:
-                await conn.execute(
-                    "SELECT pg_advisory_lock(hashtext(%s), hashtext(%s))",
-                    (self._lock_namespace, grant_id),
-                )
-                return conn
-            except psycopg.Error as exc:
-                await conn.close()
-                if not pooled:
-                    raise _wrap("refresh_lock", exc) from exc
-            except BaseException:
-                await conn.close()  # cancelled while waiting: ending the session drops the request
-                raise
-
-    @asynccontextmanager
-    async def _refresh_lock(self, grant_id: str) -> AsyncIterator[None]:
-        self._check_open()
-        async with self._locks.hold(grant_id):
-            conn = await self._lock_session(grant_id)
-            released = False
-            try:
-                yield
-                with contextlib.suppress(psycopg.Error):
-                    cur = await conn.execute(
-                        "SELECT pg_advisory_unlock(hashtext(%s), hashtext(%s))",
-                        (self._lock_namespace, grant_id),
-                    )
-                    released = await cur.fetchone() == (True,)
-            finally:
-                if (
-                    released
-                    and not self._closed
-                    and len(self._lock_idle) < self._lock_idle_max
-                    and conn.info.transaction_status == TransactionStatus.IDLE
-                ):
-                    self._lock_idle.append(conn)
-                else:
-                    # Ends the session: frees the lock on every other path (error, cancellation).
-                    await conn.close()
-
     async def ping(self) -> None:
         async with self._operation("ping") as conn:
             await conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(self._table))
@@ -874,4 +388,4 @@ class PostgresGrantStore(PostgresLogins):
             for conn in idle:
                 await conn.close()
         except psycopg.Error as exc:
-            raise _wrap("close", exc) from exc
+            raise wrap_error("close", exc) from exc

@@ -20,6 +20,12 @@ opening nothing) and the refresh lease ``claimed_by``/``claim_until``.
 HSM calls (sealing and opening tokens) never run on the store's worker thread nor inside a write
 transaction: a rotation seals first, writes, and returns the tokens it was given in plaintext.
 
+Layout: this module holds the store class (open/close, grant CRUD); the schema and migrations
+are in :mod:`broker.tokens.stores.sqlite_schema`, the deployment identity rows in
+:mod:`broker.tokens.stores.sqlite_identities`, the refresh schedule in
+:mod:`broker.tokens.stores.sqlite_schedule` and pending logins in
+:mod:`broker.tokens.stores.sqlite_logins`, mixed into :class:`SqliteGrantStore`.
+
 Concurrency: all SQLite calls run on one dedicated worker thread that owns the connection, so
 the event loop never blocks on disk. ``refresh_lock`` is a per-grant :class:`asyncio.Lock` inside
 this process: SQLite is the single-replica store. Several replicas need
@@ -31,11 +37,8 @@ then not serialised across processes.)
 from __future__ import annotations
 
 import asyncio
-import builtins
-import os
 import sqlite3
-import stat
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
@@ -45,163 +48,52 @@ from broker.errors import (
     ConfigError,
     GrantExists,
     GrantNotFound,
-    InvalidArgument,
     StoreError,
     VersionConflict,
 )
 from broker.keys.api import Sealer
 from broker.oauth.types import TokenSet
-from broker.tokens.model import Grant, GrantExpiry, GrantStatus, GrantSummary
+from broker.tokens.model import Grant, GrantStatus
 from broker.tokens.stores.deployment import (
-    IDENTITY_COLUMNS,
     DeploymentIdentity,
-    IdentityRole,
-    IdentityState,
-    RecordedHow,
-    RecordedIdentity,
-    check_binding,
     check_grant_owner,
-    identity_row,
-    log_adoption,
-    recorded_from_row,
 )
-from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule, due_at
+from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule
 from broker.tokens.stores.memory import KeyedLocks
 from broker.tokens.stores.sealing import (
     COLUMNS,
-    SUMMARY_COLUMNS,
     SealedRow,
-    check_claim,
-    check_due_query,
     check_expected_version,
     check_grant_id,
     check_label,
     check_reason,
     check_status,
     check_time,
-    grant_expiry,
-    grant_summary,
     open_grant,
     rotation_update,
     seal_grant,
     validate_tokens,
 )
-from broker.tokens.stores.sqlite_file import check_is_grant_store, create_fresh, inspect_existing
-from broker.tokens.stores.sqlite_logins import LOGINS_MIGRATION, SqliteLogins
+from broker.tokens.stores.sqlite_identities import SqliteIdentities
+from broker.tokens.stores.sqlite_logins import SqliteLogins
+from broker.tokens.stores.sqlite_schedule import SqliteSchedule
+from broker.tokens.stores.sqlite_schema import (
+    FILE_MODE,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SqliteMigrations,
+    wrap_error,
+)
+
+__all__ = ["FILE_MODE", "MIGRATIONS", "SCHEMA_VERSION", "SqliteGrantStore"]
 
 T = TypeVar("T")
 
-FILE_MODE = 0o600
-
-#: Schema migrations, applied in order inside one BEGIN IMMEDIATE transaction each.
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (
-        1,
-        (
-            """
-            CREATE TABLE grants (
-                grant_id TEXT PRIMARY KEY,
-                label TEXT NOT NULL,
-                issuer TEXT NOT NULL,
-                client_id TEXT NOT NULL,
-                subject TEXT NOT NULL,
-                scope TEXT NOT NULL,
-                status TEXT NOT NULL,
-                access_token BLOB NOT NULL,
-                access_expires_at REAL NOT NULL,
-                refresh_token BLOB,
-                id_claims BLOB NOT NULL,
-                created_at REAL NOT NULL,
-                updated_at REAL NOT NULL,
-                version INTEGER NOT NULL CHECK (version >= 1),
-                refresh_started_at REAL,
-                last_error TEXT,
-                seal_key TEXT NOT NULL
-            ) STRICT
-            """,
-            "CREATE INDEX grants_by_label ON grants (label)",
-        ),
-    ),
-    (
-        2,
-        (
-            """
-            CREATE TABLE deployment_identities (
-                issuer TEXT NOT NULL,
-                client_id TEXT NOT NULL,
-                did TEXT NOT NULL,
-                role TEXT NOT NULL CHECK (role IN ('primary', 'added')),
-                how TEXT NOT NULL CHECK (how IN ('created', 'adopted', 'ceremony')),
-                schema_version INTEGER NOT NULL,
-                recorded_at REAL NOT NULL,
-                PRIMARY KEY (issuer, client_id, did)
-            ) STRICT
-            """,
-            "CREATE UNIQUE INDEX deployment_identities_one_primary "
-            "ON deployment_identities (role) WHERE role = 'primary'",
-        ),
-    ),
-    (
-        3,
-        (
-            # NULL for grants stored before: the schedule falls back to the threshold and to
-            # [oauth].refresh_token_lifetime (broker.tokens.schedule).
-            "ALTER TABLE grants ADD COLUMN access_issued_at REAL",
-            "ALTER TABLE grants ADD COLUMN refresh_expires_at REAL",
-        ),
-    ),
-    (4, LOGINS_MIGRATION),  # pending interactive logins (broker.tokens.stores.sqlite_logins)
-    (
-        5,
-        (
-            # How a grant renews (broker.tokens.model.GrantKind); grants before are user grants.
-            "ALTER TABLE grants ADD COLUMN kind TEXT NOT NULL DEFAULT 'user' "
-            "CHECK (kind IN ('user', 'machine'))",
-        ),
-    ),
-    (
-        6,
-        (
-            # Key rotation (broker.tokens.stores.identities): where each identity is in it and its key.
-            "ALTER TABLE deployment_identities ADD COLUMN state TEXT NOT NULL DEFAULT 'active' "
-            "CHECK (state IN ('prepared', 'active', 'retiring', 'retired'))",
-            "ALTER TABLE deployment_identities ADD COLUMN key_uri TEXT",
-        ),
-    ),
-    (
-        7,
-        (
-            # Scheduling without opening tokens (broker.tokens.stores.due); NULL due times of
-            # older grants are filled in by the open that migrates.
-            "ALTER TABLE grants ADD COLUMN refresh_due_at REAL",
-            "ALTER TABLE grants ADD COLUMN claimed_by TEXT",
-            "ALTER TABLE grants ADD COLUMN claim_until REAL",
-            "CREATE INDEX grants_due ON grants (refresh_due_at) WHERE status = 'active'",
-        ),
-    ),
-)
-SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM grants"  # noqa: S608 (constant column list)
-_SELECT_SUMMARY = f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM grants"  # noqa: S608 (constant)
-_DUE_WHERE = "status = 'active' AND refresh_due_at <= ?"  # literal: the partial index applies
-_SELECT_IDENTITIES = (
-    f"SELECT {', '.join(IDENTITY_COLUMNS)} FROM deployment_identities "  # noqa: S608 (constant)
-    "ORDER BY role DESC, recorded_at"
-)
-_INSERT_IDENTITY = (
-    f"INSERT INTO deployment_identities ({', '.join(IDENTITY_COLUMNS)}) "  # noqa: S608 (constant)
-    f"VALUES ({', '.join('?' for _ in IDENTITY_COLUMNS)})"
-)
 
 
-def _wrap(operation: str, exc: sqlite3.Error) -> StoreError:
-    """A StoreError naming the operation and SQLite's error code, never a value."""
-    code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-    return StoreError(f"sqlite {operation} failed ({code})")
-
-
-class SqliteGrantStore(SqliteLogins):
+class SqliteGrantStore(SqliteLogins, SqliteIdentities, SqliteSchedule, SqliteMigrations):
     """GrantStore over one SQLite file. Create it, then ``await store.open()`` (or use
     :meth:`connect`).
 
@@ -284,7 +176,7 @@ class SqliteGrantStore(SqliteLogins):
             try:
                 return fn(self._conn)
             except sqlite3.Error as exc:
-                raise _wrap(operation, exc) from exc
+                raise wrap_error(operation, exc) from exc
 
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, call)
@@ -301,124 +193,6 @@ class SqliteGrantStore(SqliteLogins):
                 conn.execute("ROLLBACK")
             raise
         return result
-
-    def _open_sync(self) -> None:
-        if self._conn is not None:  # a concurrent open() ran first (same worker thread)
-            return
-        if not os.path.lexists(self._path):
-            # Only a path that does not exist gets a fresh store (built aside, then linked).
-            try:
-                create_fresh(self._path, FILE_MODE, lambda c: self._migrate(c, fresh=True))
-            except sqlite3.Error as exc:
-                raise _wrap("create", exc) from exc
-        inspect_existing(self._path)  # before SQLite writes a byte to it
-        try:
-            conn = sqlite3.connect(self._path, isolation_level=None, timeout=self._busy_timeout)
-        except sqlite3.Error as exc:
-            raise _wrap("open", exc) from exc
-        try:
-            conn.execute(f"PRAGMA busy_timeout={round(self._busy_timeout * 1000)}")
-            check_is_grant_store(conn, self._path)
-            conn.execute("PRAGMA synchronous=FULL")
-            self._migrate(conn, fresh=False)
-            mode_row = conn.execute("PRAGMA journal_mode=WAL").fetchone()
-            if mode_row is None or str(mode_row[0]).lower() != "wal":
-                raise ConfigError("the grant database could not be switched to WAL mode")
-            conn.execute("PRAGMA synchronous=FULL")
-            sync_row = conn.execute("PRAGMA synchronous").fetchone()
-            if sync_row is None or int(sync_row[0]) != 2:
-                raise ConfigError("the grant database refused synchronous=FULL")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise _wrap("open", exc) from exc
-        except BaseException:
-            conn.close()
-            raise
-        # Ours: tighten the modes (G09) of the file and of the companions SQLite created.
-        for suffix in ("", "-wal", "-shm"):
-            name = self._path + suffix
-            if os.path.exists(name) and stat.S_IMODE(os.stat(name).st_mode) & 0o077:
-                os.chmod(name, FILE_MODE)
-        self._conn = conn
-
-    def _migrate(self, conn: sqlite3.Connection, *, fresh: bool) -> None:
-        """Apply migrations and bind the identity, in one BEGIN IMMEDIATE transaction: a
-        refused binding leaves the file as it was."""
-
-        def step(c: sqlite3.Connection) -> bool:
-            c.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-            )
-            row = c.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
-            current = int(row[0]) if row else 0
-            if current > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"the grant database is at schema version {current}; "
-                    f"this broker knows up to {SCHEMA_VERSION}"
-                )
-            for version, statements in MIGRATIONS:
-                if version <= current:
-                    continue
-                for statement in statements:
-                    c.execute(statement)
-                c.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                    (version, self._clock.now()),
-                )
-            self._fill_due(c)
-            return self._bind(c, fresh=fresh)
-
-        if self._write(conn, step) and not fresh:
-            self.adopted = True
-            count = conn.execute("SELECT COUNT(*) FROM grants").fetchone()
-            log_adoption(self._path, self._require_identity(), int(count[0]) if count else 0)
-
-    def _fill_due(self, c: sqlite3.Connection) -> builtins.list[Any]:
-        """Give grants without one (stored before schema 7, or rescheduled) their due time
-        (clear columns only)."""
-        rows = c.execute(
-            "SELECT grant_id, version, access_issued_at, access_expires_at FROM grants "
-            "WHERE refresh_due_at IS NULL"
-        ).fetchall()
-        c.executemany(
-            "UPDATE grants SET refresh_due_at = ? WHERE grant_id = ?",
-            [
-                (self._due(str(gid), int(v), issued, float(expires)), gid)
-                for gid, v, issued, expires in rows
-            ],
-        )
-        return rows
-
-    def _due(self, grant_id: str, version: int, issued: float | None, expires: float) -> float:
-        return due_at(self._due_rule, grant_id, version, issued_at=issued, expires_at=expires)
-
-    def _require_identity(self) -> DeploymentIdentity:
-        assert self._identity is not None
-        return self._identity
-
-    def _bind(self, c: sqlite3.Connection, *, fresh: bool) -> bool:
-        """Compare (and maybe record) the identity inside the migration transaction. Returns
-        True when it recorded one."""
-        recorded = [recorded_from_row(r) for r in c.execute(_SELECT_IDENTITIES).fetchall()]
-        if self._identity is None:
-            self._owners = tuple(r.identity for r in recorded)
-            return False
-        owners = {
-            (str(i), str(cid))
-            for i, cid in c.execute("SELECT DISTINCT issuer, client_id FROM grants").fetchall()
-        }
-        record = check_binding(recorded, self._identity, grant_owners=owners, where=self._path)
-        if record and self._record_identity:
-            how = RecordedHow.CREATED if fresh else RecordedHow.ADOPTED
-            c.execute(
-                _INSERT_IDENTITY,
-                identity_row(
-                    self._identity, IdentityRole.PRIMARY, how, SCHEMA_VERSION, self._clock.now()
-                ),
-            )
-        self._owners = (*(r.identity for r in recorded), self._identity)
-        return record and self._record_identity
 
     async def open(self) -> None:
         """Create or open the file, check the pragmas and apply migrations."""
@@ -476,83 +250,6 @@ class SqliteGrantStore(SqliteLogins):
         rows = await self._run("list", fetch)
         return await asyncio.to_thread(
             lambda: [open_grant(self._sealer, SealedRow.from_values(r)) for r in rows]
-        )
-
-    # --- GrantIndex / RefreshClaims: clear columns only ---------------------------------------
-
-    async def list_metadata(self, *, label: str | None = None) -> builtins.list[GrantSummary]:
-        if label is not None:
-            check_label(label)
-
-        def fetch(conn: sqlite3.Connection) -> builtins.list[GrantSummary]:
-            if label is None:
-                rows = conn.execute(f"{_SELECT_SUMMARY} ORDER BY grant_id").fetchall()
-            else:
-                rows = conn.execute(
-                    f"{_SELECT_SUMMARY} WHERE label = ? ORDER BY grant_id", (label,)
-                ).fetchall()
-            return [grant_summary(r) for r in rows]
-
-        return await self._run("list_metadata", fetch)
-
-    async def reschedule(self, rule: DueRule) -> int:
-        if rule == self._due_rule:
-            return 0
-        self._due_rule = rule
-
-        def tx(c: sqlite3.Connection) -> int:
-            c.execute("UPDATE grants SET refresh_due_at = NULL WHERE status = 'active'")
-            return len(self._fill_due(c))
-
-        return await self._run("reschedule", lambda conn: self._write(conn, tx))
-
-    async def due(
-        self, now: float, *, horizon: float = 0.0, limit: int = 1000
-    ) -> builtins.list[GrantSummary]:
-        now, horizon, limit = check_due_query(now, horizon, limit)
-
-        def fetch(conn: sqlite3.Connection) -> builtins.list[GrantSummary]:
-            rows = conn.execute(
-                f"{_SELECT_SUMMARY} WHERE {_DUE_WHERE} ORDER BY refresh_due_at, grant_id LIMIT ?",
-                (now + horizon, limit),
-            ).fetchall()
-            return [grant_summary(r) for r in rows]
-
-        return await self._run("due", fetch)
-
-    async def claim_due(
-        self, now: float, *, owner: str, lease: float, horizon: float = 0.0, limit: int = 1000
-    ) -> builtins.list[GrantSummary]:
-        now, horizon, limit = check_due_query(now, horizon, limit)
-        owner, lease = check_claim(owner, lease)
-        sql = (
-            "UPDATE grants SET claimed_by = ?, claim_until = ? WHERE grant_id IN ("  # noqa: S608
-            f"SELECT grant_id FROM grants WHERE {_DUE_WHERE} "
-            "AND (claim_until IS NULL OR claim_until <= ?) "
-            "ORDER BY refresh_due_at, grant_id LIMIT ?) "
-            f"RETURNING {', '.join(SUMMARY_COLUMNS)}"
-        )
-
-        def tx(c: sqlite3.Connection) -> builtins.list[GrantSummary]:
-            rows = c.execute(sql, (owner, now + lease, now + horizon, now, limit))
-            return [grant_summary(r) for r in rows.fetchall()]
-
-        claimed = await self._run("claim_due", lambda conn: self._write(conn, tx))
-        return sorted(claimed, key=lambda g: (g.refresh_due_at, g.grant_id))
-
-    async def release_claim(self, grant_id: str, *, owner: str) -> None:
-        check_grant_id(grant_id)
-        owner, _ = check_claim(owner, 1.0)
-        await self._run(
-            "release_claim",
-            lambda conn: self._write(
-                conn,
-                lambda c: c.execute(
-                    "UPDATE grants SET claimed_by = NULL, claim_until = NULL "
-                    "WHERE grant_id = ? AND claimed_by = ?",
-                    (grant_id, owner),
-                ),
-            ),
         )
 
     def _update(self, conn: sqlite3.Connection, grant_id: str, columns: dict[str, Any]) -> None:
@@ -677,98 +374,6 @@ class SqliteGrantStore(SqliteLogins):
     async def ping(self) -> None:
         await self._run("ping", lambda c: c.execute("SELECT 1 FROM grants LIMIT 1").fetchall())
 
-    async def expiries(self) -> Sequence[GrantExpiry]:
-        """The expiry columns of every ACTIVE grant (clear columns only: no token is opened)."""
-
-        def read(c: sqlite3.Connection) -> Sequence[GrantExpiry]:
-            rows = c.execute(
-                "SELECT grant_id, access_expires_at, access_issued_at, refresh_expires_at "
-                "FROM grants WHERE status = ? ORDER BY grant_id",
-                (GrantStatus.ACTIVE.value,),
-            ).fetchall()
-            return [grant_expiry(r) for r in rows]
-
-        return await self._run("expiries", read)
-
-    async def identities(self) -> Sequence[RecordedIdentity]:
-        """The deployment identities recorded in this store (primary first)."""
-        return await self._run(
-            "identities",
-            lambda c: [recorded_from_row(r) for r in c.execute(_SELECT_IDENTITIES).fetchall()],
-        )
-
-    async def add_identity(
-        self, identity: DeploymentIdentity, *, state: IdentityState, key_uri: str | None
-    ) -> RecordedIdentity:
-        """IdentityLedger: record a further identity (a key-rotation ceremony)."""
-        row = identity_row(
-            identity,
-            IdentityRole.ADDED,
-            RecordedHow.CEREMONY,
-            SCHEMA_VERSION,
-            self._clock.now(),
-            state=state,
-            key_uri=key_uri,
-        )
-
-        def run(conn: sqlite3.Connection) -> None:
-            def tx(c: sqlite3.Connection) -> None:
-                try:
-                    c.execute(_INSERT_IDENTITY, row)
-                except sqlite3.IntegrityError:
-                    raise InvalidArgument(
-                        f"the identity {identity.describe()} is recorded already"
-                    ) from None
-
-            self._write(conn, tx)
-
-        await self._run("add_identity", run)
-        return recorded_from_row(row)
-
-    async def set_identity(
-        self,
-        identity: DeploymentIdentity,
-        *,
-        state: IdentityState | None = None,
-        key_uri: str | None = None,
-    ) -> RecordedIdentity:
-        """IdentityLedger: change an identity's rotation state and/or key URI."""
-        key = (identity.issuer, identity.client_id, identity.did)
-
-        def run(conn: sqlite3.Connection) -> RecordedIdentity:
-            def tx(c: sqlite3.Connection) -> RecordedIdentity:
-                c.execute(
-                    "UPDATE deployment_identities SET state = COALESCE(?, state), "
-                    "key_uri = COALESCE(?, key_uri) WHERE issuer = ? AND client_id = ? AND did = ?",
-                    (None if state is None else state.value, key_uri, *key),
-                )
-                found = c.execute(
-                    f"SELECT {', '.join(IDENTITY_COLUMNS)} FROM deployment_identities "  # noqa: S608
-                    "WHERE issuer = ? AND client_id = ? AND did = ?",
-                    key,
-                ).fetchone()
-                if found is None:
-                    raise InvalidArgument(f"the identity {identity.describe()} is not recorded")
-                return recorded_from_row(found)
-
-            return self._write(conn, tx)
-
-        return await self._run("set_identity", run)
-
-    async def storage_settings(self) -> dict[str, str]:
-        """The durability pragmas of the live connection (for ``broker doctor`` and G03)."""
-
-        def read(c: sqlite3.Connection) -> dict[str, str]:
-            settings: dict[str, str] = {}
-            for pragma in ("journal_mode", "synchronous", "user_version"):
-                row = c.execute(f"PRAGMA {pragma}").fetchone()
-                settings[pragma] = str(row[0]) if row else ""
-            row = c.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
-            settings["schema_version"] = str(row[0]) if row else ""
-            return settings
-
-        return await self._run("storage_settings", read)
-
     async def close(self) -> None:
         if self._closed:
             return
@@ -783,6 +388,6 @@ class SqliteGrantStore(SqliteLogins):
         try:
             await loop.run_in_executor(self._executor, shut)
         except sqlite3.Error as exc:
-            raise _wrap("close", exc) from exc
+            raise wrap_error("close", exc) from exc
         finally:
             self._executor.shutdown(wait=True)
