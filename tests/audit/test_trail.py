@@ -40,10 +40,10 @@ from broker.tokens.broker import TokenBroker
 from broker.tokens.settings import Reporting
 from broker.tokens.stores.logins import MemoryLoginStore
 from tests.clock import FakeClock
+from tests.login.fakes import BASE_URL, FakeClient, client_config
 from tests.server.fakes import FakeBroker, FakeLogins
 from tests.server.pki import Ca
 from tests.tokens.fakes import FakeGrantStore, FakeRefresher, token_set
-from tests.web.fakes import BASE_URL, FakeClient, client_config
 
 CODE = "code-Zq9xSecretAuthCode"  # FakeClient issues at-<code> / rt-<code>
 TIMEOUT = 0.3

@@ -17,7 +17,7 @@ from broker.oauth.config import ClientConfig
 from broker.web.app import create_app
 from devtools.peer import Peer
 from tests.integration.conftest import CALLBACK_PATH, SwappableApp
-from tests.web.fakes import FakeSink
+from tests.login.fakes import FakeSink
 
 
 class ShiftedClock:

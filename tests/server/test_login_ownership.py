@@ -20,9 +20,9 @@ from broker.keys.soft import SoftKeyStore
 from broker.login import LoginService
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from tests.clock import FakeClock
+from tests.login.fakes import BASE_URL, ISSUER, FakeClient, FakeSink, client_config, metadata
 from tests.server.conftest import Harness, started_harness
 from tests.server.rpc import fails
-from tests.web.fakes import BASE_URL, ISSUER, FakeClient, FakeSink, client_config, metadata
 
 A = "spiffe://corp.example/a"
 B = "spiffe://corp.example/b"

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from broker.errors import AuthServerUnavailable, InvalidArgument
 from broker.login import LoginService, LoginState, LoginView
 from broker.web.app import create_app
-from tests.web.fakes import ISSUER, REDIRECT_URI, FakeClient
+from tests.login.fakes import ISSUER, REDIRECT_URI, FakeClient
 
 POST_LOGIN = "https://portal.example.org/done"
 

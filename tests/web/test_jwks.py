@@ -31,7 +31,7 @@ from broker.web.jwks import JwksEndpoint, StaticKeys, check_jwks_path, etag_matc
 from broker.web.server import TlsFiles, WebServer
 from devtools.pki import Ca
 from tests.clock import FakeClock
-from tests.web.fakes import BASE_URL, ISSUER, REDIRECT_URI, FakeClient, FakeSink, client_config
+from tests.login.fakes import BASE_URL, ISSUER, REDIRECT_URI, FakeClient, FakeSink, client_config
 
 JWKS_PATH = "/.well-known/jwks.json"
 

@@ -19,7 +19,7 @@ from broker.web import pages
 from broker.web.app import create_app
 from broker.web.links import COOKIE_NAME, BrowserLinks, LinkedLogins
 from tests.clock import FakeClock
-from tests.web.fakes import BASE_URL, ISSUER, REDIRECT_URI, FakeClient
+from tests.login.fakes import BASE_URL, ISSUER, REDIRECT_URI, FakeClient
 
 EXPECTED_HEADERS = {
     "content-type": "text/html; charset=utf-8",

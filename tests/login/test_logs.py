@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from broker.login import LoginService
-from tests.web.fakes import ISSUER
+from tests.login.fakes import ISSUER
 
 CALLER = "spiffe://corp.example/app"
 

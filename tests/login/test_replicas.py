@@ -21,8 +21,8 @@ from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from broker.web.app import create_app
 from tests.clock import FakeClock
+from tests.login.fakes import BASE_URL, ISSUER, REDIRECT_URI, FakeClient, FakeSink, client_config
 from tests.tokens.test_store_contract import drop_pg_schema, pg_schema_name, postgres_dsn_or_skip
-from tests.web.fakes import BASE_URL, ISSUER, REDIRECT_URI, FakeClient, FakeSink, client_config
 
 
 class Replica:

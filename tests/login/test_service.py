@@ -23,7 +23,7 @@ from broker.keys.didkey import public_key_from_did
 from broker.keys.soft import SoftSigner
 from broker.login import LoginService, LoginState, LoginView
 from tests.clock import FakeClock
-from tests.web.fakes import (
+from tests.login.fakes import (
     BASE_URL,
     ISSUER,
     REDIRECT_URI,

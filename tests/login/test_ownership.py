@@ -19,8 +19,8 @@ from broker.keys.soft import SoftSigner
 from broker.login import LoginService, LoginState, LoginView
 from broker.oauth.metadata import ServerMetadata
 from tests.clock import FakeClock
-from tests.web.fakes import BASE_URL, ISSUER, FakeClient, FakeSink, client_config
-from tests.web.test_login_service import ref_of, state_of
+from tests.login.fakes import BASE_URL, ISSUER, FakeClient, FakeSink, client_config
+from tests.login.test_service import ref_of, state_of
 
 A = "spiffe://corp.example/a"
 B = "spiffe://corp.example/b"

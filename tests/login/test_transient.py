@@ -19,8 +19,8 @@ from broker.oauth.config import ClientConfig
 from broker.tokens.stores.logins import MemoryLoginStore
 from broker.web.app import create_app
 from tests.clock import FakeClock
+from tests.login.fakes import BASE_URL, FakeSink
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS, form_of
-from tests.web.fakes import BASE_URL, FakeSink
 
 Fault = Callable[[httpx.Request], httpx.Response]
 
