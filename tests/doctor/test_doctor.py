@@ -235,7 +235,7 @@ async def test_i01_extractable_key_fails_attribute_check(
     from pkcs11 import Attribute, KeyType, Mechanism
 
     from broker.keys.pkcs11 import Pkcs11KeyStore
-    from broker.keys.pkcs11.session import P256_PARAMS
+    from broker.keys.pkcs11.objects import P256_PARAMS
 
     assert isinstance(hsm_store, Pkcs11KeyStore)
     label = f"doctor-weak-{secrets.token_hex(4)}"

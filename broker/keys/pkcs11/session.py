@@ -6,6 +6,8 @@
   taken by :meth:`Pkcs11Session.run`; it waits at most ``lock_timeout`` seconds, then fails with
   the retryable :class:`broker.errors.HsmBusy` (D07). One session per store: a burst never
   opens more.
+- Key objects are found by label and their handles cached per session by the mixed-in
+  :class:`broker.keys.pkcs11.objects.ObjectHandles`.
 - Failures are classified by the one table in :mod:`broker.keys.pkcs11.recovery`; a lost
   session, a lost login or a re-initialised library is recovered once (D01, D03-D06), and the
   key handles found since are forgotten and found again on next use.
@@ -26,18 +28,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pkcs11.exceptions as p11e
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11.util.ec import encode_named_curve_parameters
+from pkcs11 import Mechanism, ObjectClass
 
-from broker.errors import HsmBusy, HsmUnavailable, InvalidKey, KeyNotFound, KeyStoreError
+from broker.errors import HsmBusy, HsmUnavailable, KeyStoreError
 from broker.keys.health import HsmHealth
 from broker.keys.pkcs11.hints import missing_token_hint, with_hint
 from broker.keys.pkcs11.lib import CKS_RO_USER_FUNCTIONS, CKS_RW_USER_FUNCTIONS, LoadedLibrary
+from broker.keys.pkcs11.objects import ObjectHandles
 from broker.keys.pkcs11.recovery import RECOVERABLE, Action, rule_for, to_broker_error
 
 T = TypeVar("T")
 
-P256_PARAMS: bytes = encode_named_curve_parameters("secp256r1")
 _LOGGED_IN = (CKS_RO_USER_FUNCTIONS, CKS_RW_USER_FUNCTIONS)
 _LOGIN_ATTEMPTS = 4
 _LOGIN_BACKOFF = 0.05  # seconds, doubled per attempt
@@ -54,8 +55,9 @@ class _Busy(Exception):
         self.what = what
 
 
-class Pkcs11Session:
-    """One token of one loaded module, one logged-in session, its cached object handles."""
+class Pkcs11Session(ObjectHandles):
+    """One token of one loaded module, one logged-in session, its cached object handles (found
+    by :class:`broker.keys.pkcs11.objects.ObjectHandles`)."""
 
     def __init__(
         self,
@@ -112,11 +114,6 @@ class Pkcs11Session:
     def current(self) -> Any:
         """The python-pkcs11 ``Session`` open now; None after a drop (reopened on next use)."""
         return self._session
-
-    @property
-    def handles(self) -> dict[tuple[ObjectClass, str], Any]:
-        """Object handles found in the current session, by (class, label)."""
-        return self._handles
 
     @property
     def health(self) -> HsmHealth | None:
@@ -368,44 +365,3 @@ class Pkcs11Session:
             if not self._closed:
                 self._closed = True
                 self._drop()
-
-    # --- object handles (inside run) ---------------------------------------------------------
-
-    def find(self, session: Any, object_class: ObjectClass, label: str) -> Any | None:
-        """The one object of ``object_class`` labelled ``label``, or None (uncached)."""
-        if not self.logged_in(session):
-            # An empty search would wrongly say "no such key": recover the login first (D04).
-            raise p11e.UserNotLoggedIn()
-        found = list(session.get_objects({Attribute.CLASS: object_class, Attribute.LABEL: label}))
-        if len(found) > 1:
-            raise InvalidKey(f"{len(found)} objects of one class carry the label {label!r}")
-        return found[0] if found else None
-
-    def handle(self, session: Any, object_class: ObjectClass, label: str) -> Any:
-        """The object's handle, found once per session and then cached."""
-        key = (object_class, label)
-        obj = self._handles.get(key)
-        if obj is None:
-            obj = self.find(session, object_class, label)
-            if obj is None:
-                raise KeyNotFound(f"no key labelled {label!r} on token {self._token_label!r}")
-            self._handles[key] = obj
-        return obj
-
-    def private_ec(self, session: Any, label: str) -> Any:
-        """The private key handle, checked to be P-256 once when it is (re-)found, then cached."""
-        cached = self._handles.get((ObjectClass.PRIVATE_KEY, label))
-        if cached is not None:
-            return cached
-        obj = self.find(session, ObjectClass.PRIVATE_KEY, label)
-        if obj is None:
-            raise KeyNotFound(f"no key labelled {label!r} on token {self._token_label!r}")
-        if obj[Attribute.KEY_TYPE] != KeyType.EC or obj[Attribute.EC_PARAMS] != P256_PARAMS:
-            raise InvalidKey(f"key {label!r} is not a P-256 EC key")
-        self._handles[(ObjectClass.PRIVATE_KEY, label)] = obj
-        return obj
-
-    def forget(self, label: str) -> None:
-        """Drop the cached handles of ``label`` (its objects were destroyed)."""
-        for key in [k for k in self._handles if k[1] == label]:
-            del self._handles[key]

@@ -25,8 +25,9 @@ from broker.errors import InvalidArgument, InvalidKey, KeyExists, KeyNotFound, K
 from broker.keys.api import KeyInfo
 from broker.keys.health import HsmHealth
 from broker.keys.pkcs11 import lib as pkcs11_lib
+from broker.keys.pkcs11.objects import P256_PARAMS
 from broker.keys.pkcs11.sealing import Pkcs11Sealer
-from broker.keys.pkcs11.session import P256_PARAMS, Pkcs11Session
+from broker.keys.pkcs11.session import Pkcs11Session
 from broker.keys.pkcs11.signer import Pkcs11Signer
 from broker.keys.uri import KeyRef
 

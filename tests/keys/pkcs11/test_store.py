@@ -34,7 +34,7 @@ from broker.errors import (
 from broker.jose import sign_compact
 from broker.keys.didkey import did_from_public_key, jwk_from_did, public_key_from_did
 from broker.keys.inittoken import init_token
-from broker.keys.pkcs11.session import P256_PARAMS
+from broker.keys.pkcs11.objects import P256_PARAMS
 from broker.keys.pkcs11.signer import Pkcs11Signer
 from broker.keys.pkcs11.store import Pkcs11KeyStore, ec_point_to_public_key
 from broker.keys.uri import KeyRef, parse_key_uri
