@@ -48,6 +48,15 @@ class Pki:
 
 
 @dataclass(frozen=True)
+class MintedGrant:
+    """A grant the peer minted in bulk: its id at the peer, its refresh token, the user."""
+
+    grant_id: str
+    refresh_token: str = field(repr=False)
+    subject: str
+
+
+@dataclass(frozen=True)
 class Peer:
     issuer: str
     process: subprocess.Popen[bytes] = field(repr=False)
@@ -84,6 +93,29 @@ class Peer:
         with httpx.Client(verify=self.pki.ssl_context()) as http:
             resp = http.post(f"{self.admin_base}/admin/clients", json=client.as_config())
             resp.raise_for_status()
+
+    def mint_grants(self, count: int, *, timeout: float = 300.0) -> list[MintedGrant]:
+        """``count`` grants of the peer's user for the first configured client, each with one
+        refresh token the token endpoint accepts (test-only admin call; the peer must have been
+        started with ``PeerSettings.bulk_grants``)."""
+        with httpx.Client(verify=self.pki.ssl_context(), timeout=timeout) as http:
+            resp = http.post(f"{self.admin_base}/admin/grants", json={"count": count})
+            resp.raise_for_status()
+            body = resp.json()
+        subject = str(body["account_id"])
+        return [
+            MintedGrant(str(g["grant_id"]), str(g["refresh_token"]), subject)
+            for g in body["grants"]
+        ]
+
+    def token_counts(self) -> dict[str, Any]:
+        """The token requests received, counted: ``total``, ``by_status`` (status as a string)
+        and ``by_grant`` (refresh_token requests by the peer's grant id)."""
+        with httpx.Client(verify=self.pki.ssl_context(), timeout=60.0) as http:
+            resp = http.get(f"{self.admin_base}/admin/token_counts")
+            resp.raise_for_status()
+            data: dict[str, Any] = resp.json()
+            return data
 
     def token_requests(self) -> list[dict[str, Any]]:
         reqs = self.admin_log().get("token_requests", [])
@@ -135,6 +167,8 @@ class PeerSettings:
     """Lifetime of each issued (and each rotated) refresh token, seconds; None: the peer's 3600."""
     more_clients: list[PeerClient] = field(default_factory=list)
     """Clients registered besides ``client_id`` (e.g. both dids of a key rotation)."""
+    bulk_grants: bool = False
+    """Enable the peer's ``POST /admin/grants`` (:meth:`Peer.mint_grants`): benchmarks only."""
 
 
 START_ATTEMPTS = 3
@@ -199,6 +233,8 @@ def start_peer(pki: Pki, settings: PeerSettings, workdir: Path, *, timeout: floa
         config["refresh_token_ttl"] = settings.refresh_token_ttl
     if settings.more_clients:
         config["clients"] = [c.as_config() for c in settings.more_clients]
+    if settings.bulk_grants:
+        config["bulk_grants"] = True
     config_path = workdir / f"peer-{secrets.token_hex(4)}.json"
     config_path.write_text(json.dumps(config))
     env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(pki.ca_file)}

@@ -19,6 +19,8 @@
 //   public_port (optional)                             the port the issuer URL (and so discovery) names when
 //                                                      clients reach the peer through a proxy on that port;
 //                                                      the peer still listens on `port`
+//   bulk_grants (default false)                        enables POST /admin/grants (benchmarks and their smoke
+//                                                      test only; devtools.peer.PeerSettings.bulk_grants)
 // When listening it prints one JSON line to stdout: {"ready": true, "issuer": "...", "port": N}.
 //
 // Test-only admin endpoints (never part of a real AS):
@@ -35,6 +37,16 @@
 //                      Verifier's state (a real restart drops every refresh token, DOME bug 3), so a
 //                      key-rotation test can keep the old client's grants refreshing throughout.
 //                      409 when the client_id is registered already.
+//   POST /admin/grants {count, client_id?}: ONLY when the config sets `bulk_grants` (404 otherwise).
+//                      Mints `count` (1..50000) grants of the user for the client (default: the first
+//                      configured), each with one refresh token, with oidc-provider's own models (Grant,
+//                      RefreshToken) as a completed login leaves them: the token endpoint's refresh_token
+//                      grant accepts and rotates them. Answers {account_id, grants: [{grant_id,
+//                      refresh_token}, ...]}. Lets bench/storm.py start from 10,000 grants in a second
+//                      instead of 10,000 logins.
+//   GET  /admin/token_counts  the token requests received, counted: {total, by_status: {"200": n, ...},
+//                      by_grant: {grant_id: n}} (refresh_token requests by the oidc-provider grant of the
+//                      presented refresh token); far smaller than /admin/log after thousands of requests.
 //
 // Machine-to-machine (client_credentials) in DOME's shape (DOME-PROFILE.md): before oidc-provider
 // sees the request, the front checks what the DOME Verifier checks: the client assertion's `aud`
@@ -72,6 +84,8 @@ let m2mTrustedIssuers = cfg.m2m_trusted_issuers ?? null;
 const tokenDelayMs = Number(process.env.PEER_TOKEN_DELAY_MS ?? cfg.token_delay_ms ?? 0);
 const tokenDelayAfterMs = Number(cfg.token_delay_after_ms ?? 0);
 const refreshGraceMs = Number(cfg.refresh_grace_seconds ?? 0) * 1000;
+const bulkGrants = cfg.bulk_grants === true;
+const BULK_GRANTS_MAX = 50000;
 const accountId = cfg.account_id ?? 'did:key:zDnaeVYnWTZu5nbrH1qmBVMvNwSrtKnkRbCZ4xH5h2LQPnzdr';
 const RESOURCE = 'urn:dome:verifier';
 // The registered clients by client_id (the did): `client` and/or `clients` from the config, and
@@ -330,6 +344,7 @@ function buildProvider(issuer) {
       const assertion = decodeJwt(body.client_assertion);
       const entry = {
         grant_type: body.grant_type ?? null,
+        grant_id: ctx.oidc.entities?.Grant?.jti ?? null,
         form: body,
         assertion,
         presentation: body.grant_type === 'client_credentials' ? decodeVpToken(assertion.claims?.vp_token) : undefined,
@@ -360,6 +375,48 @@ function buildProvider(issuer) {
   return provider;
 }
 
+// --- bulk grants (bulk_grants only) ------------------------------------------------------------
+// What a completed login leaves for the client: a grant (scopes and claims as loadExistingGrant
+// gives them) and a refresh token bound to it, as the authorization_code grant creates it.
+async function mintGrants(clientId, count) {
+  const client = await provider.Client.find(clientId);
+  if (!client) return null;
+  const authTime = Math.floor(Date.now() / 1000);
+  const grants = [];
+  for (let i = 0; i < count; i += 1) {
+    const grant = new provider.Grant({ accountId, clientId });
+    grant.addOIDCScope(SCOPE);
+    grant.addOIDCClaims(['name', 'email', 'vc_json']);
+    grant.addResourceScope(RESOURCE, 'learcredential');
+    const grantId = await grant.save();
+    const refreshToken = new provider.RefreshToken({
+      accountId,
+      authTime,
+      client,
+      expiresWithSession: false,
+      grantId,
+      gty: 'authorization_code',
+      resource: RESOURCE,
+      rotations: 0,
+      scope: SCOPE,
+    });
+    grants.push({ grant_id: grantId, refresh_token: await refreshToken.save() });
+  }
+  return grants;
+}
+
+function tokenCounts() {
+  const byStatus = {};
+  const byGrant = {};
+  for (const entry of log.token_requests) {
+    byStatus[entry.status] = (byStatus[entry.status] ?? 0) + 1;
+    if (entry.grant_type === 'refresh_token' && entry.grant_id) {
+      byGrant[entry.grant_id] = (byGrant[entry.grant_id] ?? 0) + 1;
+    }
+  }
+  return { total: log.token_requests.length, by_status: byStatus, by_grant: byGrant };
+}
+
 // --- HTTP(S) front: admin, auto-login interaction, then the provider ---------------------------
 let provider;
 let callback;
@@ -377,6 +434,23 @@ async function handle(req, res) {
   if (url.pathname === '/admin/reset' && req.method === 'POST') {
     for (const key of Object.keys(log)) log[key] = [];
     return sendJson(res, 200, { ok: true });
+  }
+  if (url.pathname === '/admin/token_counts' && req.method === 'GET') {
+    return sendJson(res, 200, tokenCounts());
+  }
+  if (bulkGrants && url.pathname === '/admin/grants' && req.method === 'POST') {
+    const chunks = [];
+    for await (const chunk of req) chunks.push(chunk);
+    const body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    const count = Number(body.count);
+    if (!Number.isInteger(count) || count < 1 || count > BULK_GRANTS_MAX) {
+      return sendJson(res, 400, { error: 'invalid_count' });
+    }
+    const clientId = body.client_id ?? clients.keys().next().value;
+    const grants = await mintGrants(clientId, count);
+    if (grants === null) return sendJson(res, 404, { error: 'unknown_client' });
+    process.stderr.write(`peer: ${count} grants minted for ${clientId}\n`);
+    return sendJson(res, 200, { account_id: accountId, grants });
   }
   if (url.pathname === '/admin/ttl' && req.method === 'POST') {
     const chunks = [];
