@@ -14,9 +14,16 @@ import pkcs11.exceptions as p11e
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from broker.errors import InvalidKey, KeyNotFound
+from broker.errors import InvalidArgument, InvalidKey, KeyNotFound
 
 P256_PARAMS: bytes = encode_named_curve_parameters("secp256r1")
+_MAX_LABEL = 255
+
+
+def check_label(label: str) -> None:
+    """A label (``CKA_LABEL``) is 1 to 255 bytes of UTF-8."""
+    if not isinstance(label, str) or not label or len(label.encode("utf-8")) > _MAX_LABEL:
+        raise InvalidArgument("a key label must be a non-empty string of at most 255 bytes")
 
 
 class ObjectHandles:

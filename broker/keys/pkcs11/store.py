@@ -1,39 +1,37 @@
-"""Key custody in a PKCS#11 token: :class:`Pkcs11KeyStore`, lookup and lifecycle.
+"""Key custody in a PKCS#11 token: :class:`Pkcs11KeyStore`, opening the token and lookup.
 
 The store is composed of a :class:`broker.keys.pkcs11.session.Pkcs11Session` (login, locking,
 recovery, cached handles) on the process-wide library of :mod:`broker.keys.pkcs11.lib`; it finds
-keys by label and generates, imports, lists and deletes them, and hands out
-:class:`broker.keys.pkcs11.signer.Pkcs11Signer` and
-:class:`broker.keys.pkcs11.sealing.Pkcs11Sealer` objects that share its session.
+and lists keys by label, hands out :class:`broker.keys.pkcs11.signer.Pkcs11Signer` and
+:class:`broker.keys.pkcs11.sealing.Pkcs11Sealer` objects that share its session, and re-finds
+their keys for the health probe. Generating, importing and deleting keys is the mixed-in
+:class:`broker.keys.pkcs11.lifecycle.KeyLifecycle`.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
 import pkcs11.exceptions as p11e
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
-from broker.errors import InvalidArgument, InvalidKey, KeyExists, KeyNotFound, KeyStoreError
+from broker.errors import InvalidArgument, InvalidKey, KeyStoreError
 from broker.keys.api import KeyInfo
 from broker.keys.health import HsmHealth
 from broker.keys.pkcs11 import lib as pkcs11_lib
-from broker.keys.pkcs11.objects import P256_PARAMS
+from broker.keys.pkcs11.lifecycle import KeyLifecycle
+from broker.keys.pkcs11.objects import check_label
 from broker.keys.pkcs11.sealing import Pkcs11Sealer
 from broker.keys.pkcs11.session import Pkcs11Session
 from broker.keys.pkcs11.signer import Pkcs11Signer
 from broker.keys.uri import KeyRef
 
 T = TypeVar("T")
-
-_MAX_LABEL = 255
 
 KEY_ATTRIBUTES: Mapping[str, Attribute] = {
     "sensitive": Attribute.SENSITIVE,
@@ -47,39 +45,6 @@ KEY_ATTRIBUTES: Mapping[str, Attribute] = {
     "decrypt": Attribute.DECRYPT,
     "derive": Attribute.DERIVE,
     "unwrap": Attribute.UNWRAP,
-}
-
-_PRIVATE_TEMPLATE: Mapping[Attribute, Any] = {
-    Attribute.TOKEN: True,
-    Attribute.PRIVATE: True,
-    Attribute.SENSITIVE: True,
-    Attribute.EXTRACTABLE: False,
-    Attribute.SIGN: True,
-    Attribute.SIGN_RECOVER: False,
-    Attribute.DECRYPT: False,
-    Attribute.DERIVE: False,
-    Attribute.UNWRAP: False,
-}
-_PUBLIC_TEMPLATE: Mapping[Attribute, Any] = {
-    Attribute.TOKEN: True,
-    Attribute.PRIVATE: False,
-    Attribute.VERIFY: True,
-    Attribute.ENCRYPT: False,
-    Attribute.WRAP: False,
-    Attribute.DERIVE: False,
-}
-_SEALING_TEMPLATE: Mapping[Attribute, Any] = {
-    Attribute.TOKEN: True,
-    Attribute.PRIVATE: True,
-    Attribute.SENSITIVE: True,
-    Attribute.EXTRACTABLE: False,
-    Attribute.ENCRYPT: True,
-    Attribute.DECRYPT: True,
-    Attribute.WRAP: False,
-    Attribute.UNWRAP: False,
-    Attribute.SIGN: False,
-    Attribute.VERIFY: False,
-    Attribute.DERIVE: False,
 }
 
 
@@ -98,23 +63,7 @@ def ec_point_to_public_key(raw: bytes) -> ec.EllipticCurvePublicKey:
         raise InvalidKey("CKA_EC_POINT is not a valid P-256 point") from exc
 
 
-def _der_octet_string(data: bytes) -> bytes:
-    if len(data) >= 128:
-        raise ValueError("point too long")
-    return b"\x04" + bytes([len(data)]) + data
-
-
-def _check_label(label: str) -> None:
-    if not isinstance(label, str) or not label or len(label.encode("utf-8")) > _MAX_LABEL:
-        raise InvalidArgument("a key label must be a non-empty string of at most 255 bytes")
-
-
-def _check_key_id(key_id: bytes) -> None:
-    if not isinstance(key_id, bytes) or not key_id or len(key_id) > 255:
-        raise InvalidArgument("a key id (CKA_ID) must be 1 to 255 bytes")
-
-
-class Pkcs11KeyStore:
+class Pkcs11KeyStore(KeyLifecycle):
     """KeyStore + KeyDeleter over one PKCS#11 token found by label. Thread-safe; a context manager."""
 
     def __init__(
@@ -240,82 +189,10 @@ class Pkcs11KeyStore:
             uri=ref.to_uri(),
         )
 
-    def _ensure_absent(self, session: Any, label: str, classes: tuple[ObjectClass, ...]) -> None:
-        for object_class in classes:
-            if self._session.find(session, object_class, label) is not None:
-                raise KeyExists(f"a key labelled {label!r} already exists on the token")
-
-    # --- KeyStore ---------------------------------------------------------------------------
-
-    def generate(self, label: str, key_id: bytes) -> KeyInfo:
-        """Generate a P-256 pair: private key TOKEN, PRIVATE, SENSITIVE, non-extractable, sign-only."""
-        _check_label(label)
-        _check_key_id(key_id)
-
-        def fn(session: Any) -> KeyInfo:
-            self._ensure_absent(session, label, (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY))
-            session.generate_keypair(
-                KeyType.EC,
-                store=True,
-                id=key_id,
-                label=label,
-                capabilities=0,
-                mechanism=Mechanism.EC_KEY_PAIR_GEN,
-                public_template={Attribute.EC_PARAMS: P256_PARAMS, **_PUBLIC_TEMPLATE},
-                private_template=dict(_PRIVATE_TEMPLATE),
-            )
-            return self._info(session, label)
-
-        return self._session.run("generate", fn)
-
-    def import_key(
-        self, label: str, key_id: bytes, private_key: ec.EllipticCurvePrivateKey
-    ) -> KeyInfo:
-        """Import a P-256 key as a sensitive, non-extractable, sign-only token object."""
-        _check_label(label)
-        _check_key_id(key_id)
-        if not isinstance(private_key, ec.EllipticCurvePrivateKey) or not isinstance(
-            private_key.curve, ec.SECP256R1
-        ):
-            raise InvalidKey("only P-256 private keys can be imported")
-        scalar = private_key.private_numbers().private_value.to_bytes(32, "big")
-        point = private_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-
-        def fn(session: Any) -> KeyInfo:
-            self._ensure_absent(session, label, (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY))
-            common = {
-                Attribute.KEY_TYPE: KeyType.EC,
-                Attribute.EC_PARAMS: P256_PARAMS,
-                Attribute.ID: key_id,
-                Attribute.LABEL: label,
-            }
-            pub = session.create_object(
-                {
-                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
-                    Attribute.EC_POINT: _der_octet_string(point),
-                    **common,
-                    **_PUBLIC_TEMPLATE,
-                }
-            )
-            try:
-                session.create_object(
-                    {
-                        Attribute.CLASS: ObjectClass.PRIVATE_KEY,
-                        Attribute.VALUE: scalar,
-                        **common,
-                        **_PRIVATE_TEMPLATE,
-                    }
-                )
-            except BaseException:
-                with contextlib.suppress(p11e.PKCS11Error):
-                    pub.destroy()  # lose nothing, leave nothing half-made
-                raise
-            return self._info(session, label)
-
-        return self._session.run("import", fn)
+    # --- KeyStore (generate, import_key, delete: KeyLifecycle) --------------------------------
 
     def get(self, label: str) -> KeyInfo:
-        _check_label(label)
+        check_label(label)
         return self._session.run("get", lambda session: self._info(session, label))
 
     def list(self) -> list[KeyInfo]:
@@ -344,51 +221,9 @@ class Pkcs11KeyStore:
             self._session, label, info.kid, self.sign_mechanism, tracer=self._tracer
         )
 
-    def delete(self, label: str) -> None:
-        """Destroy every object (private, public, secret) labelled ``label``."""
-        _check_label(label)
-
-        def fn(session: Any) -> None:
-            found = [
-                obj
-                for object_class in (
-                    ObjectClass.PRIVATE_KEY,
-                    ObjectClass.PUBLIC_KEY,
-                    ObjectClass.SECRET_KEY,
-                )
-                for obj in [self._session.find(session, object_class, label)]
-                if obj is not None
-            ]
-            if not found:
-                raise KeyNotFound(f"no key labelled {label!r} on token {self.token_label!r}")
-            for obj in found:
-                obj.destroy()
-            self._session.forget(label)
-
-        self._session.run("delete", fn)
-
-    def generate_sealing_key(self, label: str, key_id: bytes) -> None:
-        """An AES-256 key on the token: sensitive, non-extractable, ENCRYPT/DECRYPT only."""
-        _check_label(label)
-        _check_key_id(key_id)
-
-        def fn(session: Any) -> None:
-            self._ensure_absent(session, label, (ObjectClass.SECRET_KEY,))
-            session.generate_key(
-                KeyType.AES,
-                256,
-                store=True,
-                id=key_id,
-                label=label,
-                capabilities=0,
-                template=dict(_SEALING_TEMPLATE),
-            )
-
-        self._session.run("generate sealing key", fn)
-
     def sealer(self, label: str) -> Pkcs11Sealer:
         """An AES-256-GCM :class:`broker.keys.api.Sealer` whose key stays in the token."""
-        _check_label(label)
+        check_label(label)
         if Mechanism.AES_GCM not in self.mechanisms:
             raise KeyStoreError(
                 f"token {self.token_label!r} does not offer CKM_AES_GCM: sealing is unavailable"
