@@ -36,7 +36,7 @@ from broker.clock import Clock
 from broker.errors import ConfigError, KeyStoreError, StoreError
 from broker.keys.api import Sealer
 from broker.oauth.types import TokenSet
-from broker.tokens.stores.sealing import check_grant_id, validate_tokens
+from broker.tokens.stores.validation import check_grant_id, validate_tokens
 
 _log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from broker.tokens.stores.deployment import (
     log_adoption,
 )
 from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule, due_at
-from broker.tokens.stores.sealing import (
+from broker.tokens.stores.validation import (
     check_claim,
     check_due_query,
     check_expected_version,

@@ -82,15 +82,17 @@ from broker.tokens.stores.sealing import (
     COLUMNS,
     SUMMARY_COLUMNS,
     SealedRow,
+    open_grant,
+    rotation_update,
+    seal_grant,
+)
+from broker.tokens.stores.validation import (
     check_expected_version,
     check_grant_id,
     check_label,
     check_reason,
     check_status,
     check_time,
-    open_grant,
-    rotation_update,
-    seal_grant,
     validate_tokens,
 )
 

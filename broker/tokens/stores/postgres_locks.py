@@ -19,9 +19,7 @@ from psycopg.pq import TransactionStatus
 
 from broker.tokens.stores.memory import KeyedLocks
 from broker.tokens.stores.postgres_pool import Pool, wrap_error
-from broker.tokens.stores.sealing import (
-    check_grant_id,
-)
+from broker.tokens.stores.validation import check_grant_id
 
 
 class PostgresRefreshLocks:

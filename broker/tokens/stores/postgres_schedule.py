@@ -18,14 +18,12 @@ from psycopg import sql
 
 from broker.tokens.model import GrantExpiry, GrantStatus, GrantSummary
 from broker.tokens.stores.due import DueRule, due_at
-from broker.tokens.stores.sealing import (
-    SUMMARY_COLUMNS,
+from broker.tokens.stores.sealing import SUMMARY_COLUMNS, grant_expiry, grant_summary
+from broker.tokens.stores.validation import (
     check_claim,
     check_due_query,
     check_grant_id,
     check_label,
-    grant_expiry,
-    grant_summary,
 )
 
 

@@ -60,20 +60,7 @@ from broker.tokens.stores.deployment import (
 )
 from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule
 from broker.tokens.stores.memory import KeyedLocks
-from broker.tokens.stores.sealing import (
-    COLUMNS,
-    SealedRow,
-    check_expected_version,
-    check_grant_id,
-    check_label,
-    check_reason,
-    check_status,
-    check_time,
-    open_grant,
-    rotation_update,
-    seal_grant,
-    validate_tokens,
-)
+from broker.tokens.stores.sealing import COLUMNS, SealedRow, open_grant, rotation_update, seal_grant
 from broker.tokens.stores.sqlite_identities import SqliteIdentities
 from broker.tokens.stores.sqlite_logins import SqliteLogins
 from broker.tokens.stores.sqlite_schedule import SqliteSchedule
@@ -83,6 +70,15 @@ from broker.tokens.stores.sqlite_schema import (
     SCHEMA_VERSION,
     SqliteMigrations,
     wrap_error,
+)
+from broker.tokens.stores.validation import (
+    check_expected_version,
+    check_grant_id,
+    check_label,
+    check_reason,
+    check_status,
+    check_time,
+    validate_tokens,
 )
 
 __all__ = ["FILE_MODE", "MIGRATIONS", "SCHEMA_VERSION", "SqliteGrantStore"]
