@@ -4,7 +4,7 @@ inject a full disk or an I/O error into one call without touching the production
 ``FaultyMemoryStore.fail_next(operation, error)`` makes the next call of ``operation`` raise
 ``error`` before it changes anything (queued: one error per call). Every operation that enters
 the memory store through its ``_enter`` check can fail; :data:`OPERATIONS` is read from the
-store's source so it never drifts from it.
+source of the store's classes (the store and its mixins) so it never drifts from it.
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ from collections import defaultdict, deque
 from functools import cached_property
 
 from broker.errors import BrokerError, InvalidArgument
-from broker.tokens.stores import memory
 from broker.tokens.stores.memory import MemoryGrantStore
 
-OPERATIONS = frozenset(re.findall(r'self\._enter\("(\w+)"\)', inspect.getsource(memory)))
+OPERATIONS = frozenset(
+    name
+    for cls in MemoryGrantStore.__mro__
+    if cls.__module__.startswith("broker.")
+    for name in re.findall(r'self\._enter\("(\w+)"\)', inspect.getsource(cls))
+)
 """The store operations a fault can be injected into (those that call ``_enter``)."""
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from broker.tokens.stores.memory import KeyedLocks, MemoryGrantStore
+from broker.tokens.stores.keyed_locks import KeyedLocks
+from broker.tokens.stores.memory import MemoryGrantStore
 from tests.clock import FakeClock
 from tests.tokens.test_store_contract import make_grant
 

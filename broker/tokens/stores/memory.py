@@ -11,12 +11,14 @@ the same in-memory data again (as a second process would open the same database)
 contract suite can test reopening.
 
 Every operation starts with ``_enter(name)``: the check that the store is still open.
+
+Layout: this module holds the store (binding, grant CRUD, the identity ledger, the refresh
+lock); due times, due queries and claims are mixed in from
+:class:`broker.tokens.stores.memory_schedule.MemorySchedule`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import builtins
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -30,7 +32,7 @@ from broker.errors import (
     VersionConflict,
 )
 from broker.oauth.types import TokenSet
-from broker.tokens.model import Grant, GrantStatus, GrantSummary
+from broker.tokens.model import Grant, GrantStatus
 from broker.tokens.stores.deployment import (
     DeploymentIdentity,
     IdentityRole,
@@ -41,10 +43,10 @@ from broker.tokens.stores.deployment import (
     check_grant_owner,
     log_adoption,
 )
-from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule, due_at
+from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule
+from broker.tokens.stores.keyed_locks import KeyedLocks
+from broker.tokens.stores.memory_schedule import MemorySchedule, ScheduleEntry
 from broker.tokens.stores.validation import (
-    check_claim,
-    check_due_query,
     check_expected_version,
     check_grant_id,
     check_label,
@@ -56,48 +58,11 @@ from broker.tokens.stores.validation import (
 )
 
 
-class KeyedLocks:
-    """One :class:`asyncio.Lock` per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    def locked(self, key: str) -> bool:
-        entry = self._locks.get(key)
-        return entry is not None and entry[0].locked()
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
-@dataclasses.dataclass
-class _Schedule:
-    due_at: float
-    claimed_by: str | None = None
-    claim_until: float | None = None
-
-
 def _not_found(grant_id: str) -> GrantNotFound:
     return GrantNotFound(f"no grant {grant_id!r}")
 
 
-class MemoryGrantStore:
+class MemoryGrantStore(MemorySchedule):
     """GrantStore in a dict. Not durable, not shared between processes."""
 
     SCHEMA_VERSION = 7  # as the SQL stores (identity 2, expiry 3, logins 4, kind 5, rotation 6,
@@ -116,7 +81,7 @@ class MemoryGrantStore:
         fresh = shared_with is None
         self._grants: dict[str, Grant] = {} if shared_with is None else shared_with._grants
         # grant id -> [refresh_due_at, claimed_by, claim_until] (the SQL stores' clear columns)
-        self._sched: dict[str, _Schedule] = {} if shared_with is None else shared_with._sched
+        self._sched: dict[str, ScheduleEntry] = {} if shared_with is None else shared_with._sched
         self._due_rule = due_rule
         self._recorded: list[RecordedIdentity] = (
             [] if shared_with is None else shared_with._recorded
@@ -160,14 +125,11 @@ class MemoryGrantStore:
         if grant.grant_id in self._grants:
             raise GrantExists(f"grant {grant.grant_id!r} already exists")
         self._grants[grant.grant_id] = dataclasses.replace(grant, id_claims=dict(grant.id_claims))
-        self._sched[grant.grant_id] = _Schedule(
+        self._sched[grant.grant_id] = ScheduleEntry(
             self._due(
                 grant.grant_id, grant.version, grant.access_issued_at, grant.access_expires_at
             )
         )
-
-    def _due(self, grant_id: str, version: int, issued: float | None, expires: float) -> float:
-        return due_at(self._due_rule, grant_id, version, issued_at=issued, expires_at=expires)
 
     async def get(self, grant_id: str) -> Grant:
         self._enter("get")
@@ -225,7 +187,7 @@ class MemoryGrantStore:
             else grant.refresh_expires_at,
         )
         self._grants[grant_id] = new
-        self._sched[grant_id] = _Schedule(
+        self._sched[grant_id] = ScheduleEntry(
             self._due(grant_id, new.version, new.access_issued_at, new.access_expires_at)
             if refresh_due_at is None
             else refresh_due_at
@@ -266,108 +228,6 @@ class MemoryGrantStore:
         if self._grants.pop(grant_id, None) is None:
             raise _not_found(grant_id)
         self._sched.pop(grant_id, None)
-
-    # --- GrantIndex / RefreshClaims -------------------------------------------------------------
-
-    def _sched_of(self, grant: Grant) -> _Schedule:
-        sched = self._sched.get(grant.grant_id)
-        if sched is None:  # a grant put in place without create()
-            sched = self._sched[grant.grant_id] = _Schedule(
-                self._due(
-                    grant.grant_id, grant.version, grant.access_issued_at, grant.access_expires_at
-                )
-            )
-        return sched
-
-    def _summary(self, grant: Grant) -> GrantSummary:
-        sched = self._sched_of(grant)
-        return GrantSummary(
-            grant_id=grant.grant_id,
-            label=grant.label,
-            issuer=grant.issuer,
-            client_id=grant.client_id,
-            subject=grant.subject,
-            scope=grant.scope,
-            status=grant.status,
-            kind=grant.kind,
-            version=grant.version,
-            access_expires_at=grant.access_expires_at,
-            access_issued_at=grant.access_issued_at,
-            refresh_expires_at=grant.refresh_expires_at,
-            refresh_started_at=grant.refresh_started_at,
-            refresh_due_at=sched.due_at,
-            created_at=grant.created_at,
-            updated_at=grant.updated_at,
-            last_error=grant.last_error,
-            claimed_by=sched.claimed_by,
-            claim_until=sched.claim_until,
-        )
-
-    async def list_metadata(self, *, label: str | None = None) -> builtins.list[GrantSummary]:
-        self._enter("list_metadata")
-        if label is not None:
-            check_label(label)
-        return [
-            self._summary(g)
-            for _, g in sorted(self._grants.items())
-            if label is None or g.label == label
-        ]
-
-    def _due_now(self, now: float, horizon: float, limit: int) -> builtins.list[Grant]:
-        due = [
-            g
-            for g in self._grants.values()
-            if g.status is GrantStatus.ACTIVE and self._sched_of(g).due_at <= now + horizon
-        ]
-        due.sort(key=lambda g: (self._sched_of(g).due_at, g.grant_id))
-        return due[:limit] if limit < len(due) else due
-
-    async def reschedule(self, rule: DueRule) -> int:
-        if rule == self._due_rule:
-            return 0
-        self._due_rule = rule
-        active = [g for g in self._grants.values() if g.status is GrantStatus.ACTIVE]
-        for g in active:
-            self._sched_of(g).due_at = self._due(
-                g.grant_id, g.version, g.access_issued_at, g.access_expires_at
-            )
-        return len(active)
-
-    async def due(
-        self, now: float, *, horizon: float = 0.0, limit: int = 1000
-    ) -> builtins.list[GrantSummary]:
-        self._enter("due")
-        now, horizon, limit = check_due_query(now, horizon, limit)
-        return [self._summary(g) for g in self._due_now(now, horizon, limit)]
-
-    async def claim_due(
-        self, now: float, *, owner: str, lease: float, horizon: float = 0.0, limit: int = 1000
-    ) -> builtins.list[GrantSummary]:
-        self._enter("claim_due")
-        now, horizon, limit = check_due_query(now, horizon, limit)
-        owner, lease = check_claim(owner, lease)
-
-        def free(sched: _Schedule) -> bool:
-            until = sched.claim_until
-            return until is None or until <= now
-
-        candidates = [
-            g
-            for g in self._due_now(now, horizon, len(self._grants) or 1)
-            if free(self._sched_of(g))
-        ][:limit]
-        for g in candidates:
-            sched = self._sched_of(g)
-            sched.claimed_by, sched.claim_until = owner, now + lease
-        return [self._summary(g) for g in candidates]
-
-    async def release_claim(self, grant_id: str, *, owner: str) -> None:
-        self._enter("release_claim")
-        check_grant_id(grant_id)
-        owner, _ = check_claim(owner, 1.0)
-        sched = self._sched.get(grant_id)
-        if sched is not None and sched.claimed_by == owner:
-            sched.claimed_by = sched.claim_until = None
 
     def refresh_lock(self, grant_id: str) -> AbstractAsyncContextManager[None]:
         check_grant_id(grant_id)

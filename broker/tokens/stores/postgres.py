@@ -64,7 +64,7 @@ from broker.tokens.stores.deployment import (
     check_grant_owner,
 )
 from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule
-from broker.tokens.stores.memory import KeyedLocks
+from broker.tokens.stores.keyed_locks import KeyedLocks
 from broker.tokens.stores.postgres_identities import PostgresIdentities
 from broker.tokens.stores.postgres_locks import PostgresRefreshLocks
 from broker.tokens.stores.postgres_logins import PostgresLogins

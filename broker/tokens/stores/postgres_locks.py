@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from broker.tokens.stores.memory import KeyedLocks
+from broker.tokens.stores.keyed_locks import KeyedLocks
 from broker.tokens.stores.postgres_pool import Pool, wrap_error
 from broker.tokens.stores.validation import check_grant_id
 

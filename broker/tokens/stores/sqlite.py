@@ -59,7 +59,7 @@ from broker.tokens.stores.deployment import (
     check_grant_owner,
 )
 from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule
-from broker.tokens.stores.memory import KeyedLocks
+from broker.tokens.stores.keyed_locks import KeyedLocks
 from broker.tokens.stores.sealing import COLUMNS, SealedRow, open_grant, rotation_update, seal_grant
 from broker.tokens.stores.sqlite_identities import SqliteIdentities
 from broker.tokens.stores.sqlite_logins import SqliteLogins
