@@ -4,7 +4,8 @@ An application service with state (the pending logins), kept out of the stateles
 package :mod:`broker.oauth`. It uses oauth's verbs to build, sign and exchange; it keeps its
 pending logins in a :class:`broker.tokens.stores.logins.LoginStore`; it hands each new grant to a
 :class:`broker.login.ports.GrantSink` (the token core implements it); it writes the runtime
-audit trail of :mod:`broker.audit`. Modules: ``service`` (:class:`LoginService`), ``views``
+audit trail of :mod:`broker.audit`. Modules: ``service`` (:class:`LoginService`: start, request
+objects, queries), ``completion`` (the authorization response and the code exchange), ``views``
 (what callers see), ``ports`` (what it needs), ``restarts`` (when a failed exchange restarts).
 
 One login = one authorization request (RFC 6749 section 4.1, OIDC Core 3.1.2) whose parameters

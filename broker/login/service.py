@@ -1,11 +1,10 @@
-"""The login service: starts logins, serves their request objects, completes them from the
-callback, restarts them after a curable exchange failure (see :mod:`broker.login`)."""
+"""The login service: starts logins, serves their request objects, answers queries and ends
+them (see :mod:`broker.login`). Completing a login from the callback, and restarting it after a
+curable exchange failure, is the mixed-in :class:`broker.login.completion.LoginCompletion`."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import logging
 import re
 import secrets
 from dataclasses import replace
@@ -14,18 +13,14 @@ from broker.audit.events import AuditAction, AuditEvent, reason_code
 from broker.audit.trail import AuditTrail
 from broker.clock import Clock
 from broker.errors import (
-    AuditError,
-    AuthorizationDenied,
-    AuthorizationResponseError,
-    BrokerError,
     InvalidArgument,
     LoginCapacityExceeded,
-    LoginExpired,
     LoginNotFound,
 )
 from broker.keys.api import Signer
-from broker.login.ports import GrantSink, LabelCheck, LoginClient
-from broker.login.restarts import MAX_RESTARTS, restart_reason
+from broker.login.completion import NOT_FOUND_MESSAGE, LoginCompletion, digest
+from broker.login.ports import GrantSink, LoginClient
+from broker.login.restarts import MAX_RESTARTS
 from broker.login.views import LoginView, view_of
 from broker.oauth.config import ClientConfig
 from broker.oauth.pkce import new_pkce
@@ -47,18 +42,11 @@ from broker.tokens.stores.logins import (
 
 REQUEST_OBJECT_PATH = "/request-objects/"
 MAX_PENDING_LOGINS = 10_000
-_log = logging.getLogger(__name__)
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
-_ERROR_CODE = re.compile(r"^[\x20-\x21\x23-\x5B\x5D-\x7E]{1,64}$")  # RFC 6749 4.1.2.1 charset
 _REF = re.compile(r"^[A-Za-z0-9_\-]{43}$")  # secrets.token_urlsafe(32): 256 bits
-_NOT_FOUND_MESSAGE = "no such login"
 
 
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode("utf-8")).digest()
-
-
-class LoginService:
+class LoginService(LoginCompletion):
     """Starts logins, serves their request objects, completes them from the callback."""
 
     def __init__(
@@ -159,7 +147,7 @@ class LoginService:
             expires_at = min(expires_at, now + float(expires_in))
         else:
             ref = secrets.token_urlsafe(32)
-            ref_key = _digest(ref)
+            ref_key = digest(ref)
             url = authorization_url(
                 metadata,
                 self._config,
@@ -170,7 +158,7 @@ class LoginService:
             )
         return replace(
             login,
-            state_key=_digest(state),
+            state_key=digest(state),
             ref_key=ref_key,
             secrets=LoginSecrets(
                 nonce=nonce,
@@ -188,7 +176,7 @@ class LoginService:
         served on every fetch while the login is pending, ``None`` otherwise."""
         if not isinstance(ref, str) or not _REF.fullmatch(ref):
             return None
-        key = _digest(ref)
+        key = digest(ref)
         login = await self._store.login_by_ref(key)
         if login is None or login.ref_key is None or login.secrets is None:
             return None
@@ -201,154 +189,6 @@ class LoginService:
             return None
         return login.secrets.request_object
 
-    # --- completion -----------------------------------------------------------------------
-
-    async def complete(
-        self,
-        *,
-        code: str | None,
-        state: str | None,
-        iss: str | None,
-        error: str | None = None,
-        owner: str | None = None,
-        authorize: LabelCheck | None = None,
-    ) -> LoginView:
-        """Handle the authorization response (RFC 6749 section 4.1.2, RFC 9207 section 2.4)
-        and exchange the code (RFC 6749 section 4.1.3).
-
-        With ``owner`` (a gRPC caller) only that owner's logins are found: any other state is
-        :class:`LoginNotFound`, as for an unknown one. Without it (the browser callback) the
-        state alone finds the login. ``authorize`` is called with the login's label before
-        anything else. Every rejection before the code exchange leaves the login as it was,
-        except the AS's own ``error=`` answer, which ends it.
-        """
-        await self._prune()
-        if not state:
-            raise AuthorizationResponseError(
-                "authorization response without state", reason="missing_state"
-            )
-        login = await self._pending_by_state(state, owner, authorize)
-        metadata = await self._client.metadata()
-        if iss is not None and iss != self._config.issuer:
-            raise AuthorizationResponseError(
-                "authorization response iss is not the expected issuer", reason="iss_mismatch"
-            )
-        if iss is None and metadata.authorization_response_iss_parameter_supported:
-            raise AuthorizationResponseError(
-                "authorization response without iss although the issuer sends it",
-                reason="iss_missing",
-            )
-        answer: str | AuthorizationDenied
-        if error is not None:
-            code_ok = isinstance(error, str) and _ERROR_CODE.fullmatch(error)
-            answer = AuthorizationDenied(error if code_ok else "invalid_error_code")
-        elif code:
-            answer = code
-        else:
-            raise AuthorizationResponseError(
-                "authorization response without code", reason="missing_code"
-            )
-        # Claim the login in the store: from here on the state is consumed, and of two
-        # responses racing (on this replica or another) only one gets past this line (C03).
-        claimed = await self._store.claim_login(login.login_id, _digest(state), self._clock.now())
-        if claimed is None:
-            # Consumed, restarted or expired since the lookup: say which, as for a late one.
-            await self._pending_by_state(state, owner, authorize)
-            raise AuthorizationResponseError(
-                "authorization response with an unknown or consumed state", reason="unknown_state"
-            )
-        return await self._exchange(claimed, answer)
-
-    async def _exchange(self, login: LoginRecord, answer: str | AuthorizationDenied) -> LoginView:
-        """Exchange the code of a claimed login; finish or restart it."""
-        secrets_ = login.secrets
-        try:
-            if isinstance(answer, AuthorizationDenied):
-                raise answer  # the AS ended this login
-            if secrets_ is None:
-                raise AuthorizationResponseError(
-                    "the login has no request to complete", reason="state_replayed"
-                )
-            try:
-                async with self._client.exchange_gate():
-                    tokens = await self._client.exchange_code(
-                        answer, code_verifier=secrets_.code_verifier, nonce=secrets_.nonce
-                    )
-            except BrokerError as exc:
-                restart = restart_reason(
-                    exc,
-                    restarts=login.restarts,
-                    max_restarts=self._max_restarts,
-                    dome_compat=self._config.dome_compat,
-                )
-                if restart is None:
-                    raise
-                return await self._restart(login, restart, exc)
-            grant = await self._sink.add_grant(
-                tokens,
-                label=login.label,
-                issuer=self._config.issuer,
-                client_id=self._config.client_id,
-            )
-        except BrokerError as exc:
-            failed = await self._finish(login, LoginStatus.FAILED, error=exc.reason)
-            await self._audit_failure(failed, exc.reason, audit_down=isinstance(exc, AuditError))
-            raise
-        except Exception:
-            failed = await self._finish(login, LoginStatus.FAILED, error="internal")
-            await self._audit_failure(failed, "internal", audit_down=False)
-            raise
-        done = await self._finish(login, LoginStatus.COMPLETED, grant_id=grant.grant_id)
-        _log.info(
-            "login completed",
-            extra={"grant_id": grant.grant_id, "label": login.label, "caller": login.owner},
-        )
-        return self._view(done)
-
-    async def _restart(self, login: LoginRecord, reason: str, cause: BrokerError) -> LoginView:
-        """A new authorization request under the same login id, stored back as pending."""
-        renewed = await self._prepare(replace(login, restarts=login.restarts + 1))
-        if not await self._store.restart_login(renewed):
-            raise cause  # someone ended it meanwhile (pruned as interrupted): report the cause
-        _log.warning(
-            "login restarted after a failed code exchange",
-            extra={"label": login.label, "reason": reason, "restarts": renewed.restarts},
-        )
-        return replace(
-            self._view(replace(renewed, status=LoginStatus.PENDING)), restart_reason=reason
-        )
-
-    async def _pending_by_state(
-        self, state: str, owner: str | None, authorize: LabelCheck | None
-    ) -> LoginRecord:
-        """The pending login ``state`` belongs to, as ``owner`` may see it; raises otherwise.
-        Changes nothing but a due expiry."""
-        key = _digest(state)
-        login = await self._store.login_by_state(key)
-        if login is not None and (
-            login.state_key is None or not hmac.compare_digest(login.state_key, key)
-        ):
-            login = None
-        if owner is not None:
-            login = self._visible(login, owner)
-            if login is None:
-                raise LoginNotFound(_NOT_FOUND_MESSAGE)
-        elif login is None:
-            raise AuthorizationResponseError(
-                "authorization response with an unknown or consumed state", reason="unknown_state"
-            )
-        if authorize is not None:
-            authorize(login.label)
-        if login.status is LoginStatus.PENDING and self._expired(login):
-            login = await self._expire(login)
-        if login.status is LoginStatus.EXPIRED:
-            raise LoginExpired("the login expired before the authorization response arrived")
-        if login.status is not LoginStatus.PENDING:
-            raise AuthorizationResponseError(
-                "authorization response for a login that is not pending", reason="state_replayed"
-            )
-        return login
-
     # --- queries --------------------------------------------------------------------------
 
     async def get(self, login_id: str, *, owner: str | None = None) -> LoginView:
@@ -360,7 +200,7 @@ class LoginService:
         if owner is not None:
             login = self._visible(login, owner)
         if login is None:
-            raise LoginNotFound(_NOT_FOUND_MESSAGE)
+            raise LoginNotFound(NOT_FOUND_MESSAGE)
         if login.status is LoginStatus.PENDING and self._expired(login):
             login = await self._expire(login)
         return self._view(login)
