@@ -14,7 +14,13 @@ indexed; replicas sharing the store divide them, a crashed replica's lease expir
 not in flight or back-off and, when cached, whose entry is due, and refreshes them; every
 ``SWEEP_EVERY``-th pass (the first included) reads the clear metadata of every grant to forget
 deleted grants, bury dead ones and pick up (open, publish) the cached grants another replica
-rotated. Stores without those roles are scanned in full as before.
+rotated. Stores without those roles are scanned in full as before. A pass that claimed
+``CLAIM_LIMIT`` grants, all due, and refreshed them all without a failure leaves more due grants
+behind (a storm: thousands due at once): the next pass starts at once instead of ``interval``
+later, so a backlog drains at the refresh rate. One failure, a grant released or skipped, or a
+claim below the limit, and the loop waits as usual (an AS in trouble still sees one claim per
+interval; an immediate pass never meets the grants of the previous one: they are rotated or
+leased).
 
 Crash recovery (:meth:`Scheduler.recover_interrupted`): ACTIVE grants whose intent record
 (``refresh_started_at``) is set had a refresh in flight when a process died, and the AS may or
@@ -65,6 +71,8 @@ class _LeaseState:
     owner: str  # this replica in the store's refresh leases
     rule: DueRule  # the core's schedule, given to the store before the first indexed pass
     passes: int = 0
+    full: bool = False  # the last pass claimed CLAIM_LIMIT grants and every one was due
+    backlog: bool = False  # ... and refreshed them all: start the next pass at once
 
 
 class _Indexed(GrantStore, GrantIndex, RefreshClaims):
@@ -118,7 +126,9 @@ class Scheduler:
 
     async def _run(self) -> None:
         while True:
-            await self._wait()
+            if not self._lease.backlog:
+                await self._wait()
+            self._lease.backlog = False
             try:
                 await self.run_once()
             except BrokerError as exc:
@@ -128,19 +138,23 @@ class Scheduler:
     async def run_once(self) -> int:
         """One pass: refresh every due grant, at most ``concurrency`` at a time. Returns the
         number of grants it tried."""
+        self._lease.full = False
         due = await self.find_due()
         if not due:
             return 0
-        await asyncio.gather(*(self._one(grant_id) for grant_id in due))
+        refreshed = await asyncio.gather(*(self._one(grant_id) for grant_id in due))
+        self._lease.backlog = self._lease.full and all(refreshed)
         return len(due)
 
-    async def _one(self, grant_id: str) -> None:
+    async def _one(self, grant_id: str) -> bool:
         async with self._semaphore:
             try:
                 await self._flights.join(grant_id, self._min_serve_ttl)
             except BrokerError as exc:
                 # already recorded by the refresh path (store.record_error / status change)
                 _log.info("background refresh of grant %s failed: %s", grant_id, exc.reason)
+                return False
+            return True
 
     def _indexed(self) -> _Indexed | None:
         store = self._store
@@ -176,6 +190,7 @@ class Scheduler:
                 await store.release_claim(summary.grant_id, owner=self._lease.owner)
                 continue  # the core's own schedule says later
             due.append(summary.grant_id)
+        self._lease.full = len(due) >= CLAIM_LIMIT
         return due
 
     async def _sweep(self, store: _Indexed) -> None:
