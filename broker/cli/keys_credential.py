@@ -31,19 +31,14 @@ from broker.cli.keys_audited import (
     run_audited,
 )
 from broker.cli.keys_token import get_key, key_target, open_token
-from broker.credentials.lear import (
-    MAX_JWT_BYTES,
-    LearCredentialMachine,
-    organization_identifier,
-    parse_credential,
-    verify_credential,
-)
+from broker.credentials.lear import MAX_JWT_BYTES, LearCredentialMachine, parse_credential
 from broker.credentials.store import (
     credential_path,
     load_credential,
     remove_credential,
     save_credential,
 )
+from broker.credentials.verify import organization_identifier, verify_credential
 from broker.errors import CredentialError, InvalidArgument
 
 CREDENTIAL_ENV = "BROKER_CREDENTIAL"

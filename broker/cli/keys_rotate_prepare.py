@@ -30,8 +30,9 @@ from broker.cli.keys_token import (
     open_token,
 )
 from broker.config import Settings
-from broker.credentials.lear import parse_credential, verify_credential
+from broker.credentials.lear import parse_credential
 from broker.credentials.store import credential_path, save_credential
+from broker.credentials.verify import verify_credential
 from broker.errors import (
     ConfigError,
     InvalidArgument,

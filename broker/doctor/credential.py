@@ -12,8 +12,8 @@ from pathlib import Path
 
 from broker.clock import Clock
 from broker.config import Settings
-from broker.credentials.lear import verify_credential
 from broker.credentials.store import credential_path, load_credential
+from broker.credentials.verify import verify_credential
 from broker.doctor.result import CheckResult, failed, ok, warn
 from broker.errors import CredentialError
 

@@ -9,7 +9,7 @@ one string, fresh ``jti`` per attempt, ``iat``, ``exp``) with one more claim, ``
 The response is ``{access_token, token_type, expires_in}``: no refresh token, no id_token.
 
 The Verifier answers nearly every failure with an empty 403, so before anything is sent the
-credential is checked here (:func:`broker.credentials.lear.verify_credential`: type, binding to
+credential is checked here (:func:`broker.credentials.verify.verify_credential`: type, binding to
 our did, validity window, signature and certificate) and the assertion's audience form:
 a failure is a :class:`broker.errors.CredentialError` naming the reason, logged at ERROR, and no
 request leaves. An empty 403 after those checks passed is
@@ -28,7 +28,8 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from broker.clock import Clock
-from broker.credentials.lear import LearCredentialMachine, verify_credential
+from broker.credentials.lear import LearCredentialMachine
+from broker.credentials.verify import verify_credential
 from broker.errors import ConfigError, CredentialError
 from broker.keys.api import Signer
 from broker.oauth.client_auth import assertion_audience

@@ -14,8 +14,8 @@ from broker.credentials.lear import (
     Mandator,
     Power,
     parse_credential,
-    verify_credential,
 )
+from broker.credentials.verify import verify_credential
 from broker.errors import CredentialError
 from broker.keys.didkey import did_from_public_key
 from tests.credentials.issuer import TestCa, TestIssuer, tamper_payload
