@@ -1,6 +1,6 @@
 """A whole local system, as real processes: the demo and the end-to-end tests run on it.
 
-``DevStack.up(workdir)``:
+``DevStack.up(workdir)`` (its steps before any process: :mod:`devtools.stack_setup`):
 1. a private SoftHSM token (``softhsm/init-token.sh``, PINs in files) and, through the ceremony
    CLI, the client key and the sealing key (audit log in ``workdir``);
 2. a throw-away mTLS PKI: one CA, a server certificate for 127.0.0.1/localhost (gRPC, HTTPS
@@ -22,9 +22,6 @@ command with the stack's environment (SoftHSM, audit log).
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 import signal
 import ssl
 import subprocess
@@ -32,7 +29,6 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 from urllib.parse import urljoin
 
 import grpc
@@ -41,124 +37,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.keys.didkey import jwk_from_did
 from broker.server.gen.broker.v1 import broker_pb2_grpc
-from devtools.peer import (
-    ROOT,
-    Peer,
-    PeerClient,
-    PeerSettings,
-    Pki,
-    free_port,
-    start_peer,
-    stop_peer,
-)
+from devtools.peer import ROOT, Peer, PeerClient, PeerSettings, free_port, start_peer, stop_peer
 from devtools.pki import Ca, Issued
+from devtools.stack_setup import (
+    CALLER_IDENTITY,
+    BrokerConfig,
+    StackError,
+    make_pki,
+    provision_keys,
+    render_config,
+    run_cli,
+    store_section,
+    telemetry_section,
+)
 
-TOKEN_LABEL = "broker-demo"  # noqa: S105 - a PKCS#11 token label, not a secret
-CLIENT_KEY_LABEL = "client"
-SEALING_KEY_LABEL = "sealing"
-CALLER_IDENTITY = "spiffe://demo.local/app"
-
-
-class StackError(RuntimeError):
-    pass
-
-
-CLI_TIMEOUT_S = 120.0  # a bound on a hung ceremony command
-
-
-def _run(argv: list[str], env: dict[str, str], what: str) -> str:
-    try:
-        proc = subprocess.run(
-            argv,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=ROOT,
-            timeout=CLI_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise StackError(f"{what} did not finish within {CLI_TIMEOUT_S:g}s") from exc
-    if proc.returncode != 0:
-        raise StackError(f"{what} failed: {proc.stderr.strip()[-2000:]}")
-    return proc.stdout
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    """What ``broker.toml`` is rendered from (see :func:`render_config`)."""
-
-    key_uri: str
-    issuer: str
-    did: str
-    redirect_uri: str
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-    web_port: int
-    grpc_port: int
-    policy_file: Path
-    store: str
-    telemetry: str
-    refresh_threshold: float
-    min_serve_ttl: float
-    background_interval: float
-    max_concurrent_rpcs: int | None
-    audit_log: Path
-    public_port: int | None = None
-    """The port of ``public_base_url`` (redirect_uri, request_uri) when browsers and the AS
-    reach the listener through a front on another port; None: the listener's own port."""
-
-
-def render_config(c: BrokerConfig) -> str:
-    public = f"https://127.0.0.1:{c.public_port or c.web_port}"
-    limits = (
-        f"max_concurrent_rpcs = {c.max_concurrent_rpcs}\n"
-        if c.max_concurrent_rpcs is not None
-        else ""
-    )
-    return f"""# written by devtools.stack
-[key]
-uri = "{c.key_uri}"
-sealing_key_label = "{SEALING_KEY_LABEL}"
-
-[oauth]
-issuer = "{c.issuer}"
-client_id = "{c.did}"
-redirect_uri = "{c.redirect_uri}"
-ca_file = "{c.ca_file}"
-http_timeout = 10
-
-[web]
-host = "127.0.0.1"
-port = {c.web_port}
-public_base_url = "{public}"
-tls_cert = "{c.cert_file}"
-tls_key = "{c.key_file}"
-
-[grpc]
-bind = "127.0.0.1:{c.grpc_port}"
-server_cert = "{c.cert_file}"
-server_key = "{c.key_file}"
-client_ca = "{c.ca_file}"
-policy_file = "{c.policy_file}"
-reflection = true
-{limits}
-[store]
-{c.store}
-[tokens]
-refresh_threshold = {c.refresh_threshold}
-min_serve_ttl = {c.min_serve_ttl}
-background_interval = {c.background_interval}
-
-[telemetry]
-{c.telemetry}service_name = "broker"
-log_format = "json"
-log_level = "INFO"
-
-[audit]
-path = "{c.audit_log}"
-"""
+__all__ = ["DevStack", "StackError", "follow_login"]
 
 
 @dataclass
@@ -214,107 +107,11 @@ class DevStack:
         front (e.g. a :class:`~devtools.faultproxy.FaultProxy` the caller starts there)
         relays to the listener, and replicas share that public URL. ``more_dids``: clients the
         peer registers besides the stack's own did (same redirect_uri)."""
-        workdir.mkdir(parents=True, exist_ok=True)
-        hsm_dir = workdir / "hsm"
-        secrets_dir = workdir / "secrets"
-        secrets_dir.mkdir(mode=0o700, exist_ok=True)
-        so_pin, user_pin = secrets_dir / "so_pin", secrets_dir / "user_pin"
-        for path in (so_pin, user_pin):
-            if not path.exists():  # created 0600 (never readable by others, not even briefly)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(secrets.token_hex(8) + "\n")
-        _run(
-            [
-                "bash",
-                str(ROOT / "softhsm" / "init-token.sh"),
-                str(hsm_dir),
-                TOKEN_LABEL,
-                str(so_pin),
-                str(user_pin),
-            ],
-            dict(os.environ),
-            "SoftHSM token initialisation",
-        )
-        env = {**os.environ, "SOFTHSM2_CONF": str(hsm_dir / "softhsm2.conf")}
-        env.pop("BROKER_CONFIG", None)
-        audit_log = workdir / "audit.jsonl"
-        env["BROKER_AUDIT_LOG"] = str(audit_log)  # every ceremony step, reads included
-        key_uri = (
-            f"pkcs11:token={TOKEN_LABEL};object={CLIENT_KEY_LABEL};id=%01"
-            f"?pin-source=file:{user_pin}"
-        )
-        sealing_uri = (
-            f"pkcs11:token={TOKEN_LABEL};object={SEALING_KEY_LABEL};id=%02"
-            f"?pin-source=file:{user_pin}"
-        )
+        keys = provision_keys(workdir)
+        env, key_uri, did, audit_log = keys.env, keys.key_uri, keys.did, keys.audit_log
+        outputs = dict(keys.outputs)
         cli = [sys.executable, "-m", "broker.cli", "keys"]
-        outputs: dict[str, str] = {}
-        listed = json.loads(_run([*cli, "list", "--key", key_uri, "--json"], env, "keys list"))
-        if not _has_label(listed, CLIENT_KEY_LABEL):
-            outputs["generate"] = _run(
-                [
-                    *cli,
-                    "generate",
-                    "--key",
-                    key_uri,
-                    "--audit-log",
-                    str(audit_log),
-                    "--operator",
-                    "demo",
-                ],
-                env,
-                "keys generate",
-            )
-            outputs["generate-sealing-key"] = _run(
-                [
-                    *cli,
-                    "generate-sealing-key",
-                    "--key",
-                    sealing_uri,
-                    "--audit-log",
-                    str(audit_log),
-                    "--operator",
-                    "demo",
-                ],
-                env,
-                "keys generate-sealing-key",
-            )
-        shown = json.loads(_run([*cli, "show", "--key", key_uri, "--json"], env, "keys show"))
-        did = _find_did(shown)
-        outputs["show"] = _run([*cli, "show", "--key", key_uri], env, "keys show")
-        outputs["selftest"] = _run(
-            [
-                *cli,
-                "selftest",
-                "--key",
-                key_uri,
-                "--audit-log",
-                str(audit_log),
-                "--operator",
-                "demo",
-            ],
-            env,
-            "keys selftest",
-        )
-
-        pki_dir = workdir / "pki"
-        pki_dir.mkdir(exist_ok=True)
-        ca = Ca("broker demo CA")
-        server = ca.issue(cn="localhost", dns=("localhost",), ips=("127.0.0.1",), server=True)
-        client = ca.issue(cn="demo-app", uris=(CALLER_IDENTITY,))
-        files = {
-            "ca.pem": ca.pem,
-            "server.pem": server.cert_pem,
-            "server-key.pem": server.key_pem,
-            "client.pem": client.cert_pem,
-            "client-key.pem": client.key_pem,
-        }
-        for name, data in files.items():
-            (pki_dir / name).write_bytes(data)
-            (pki_dir / name).chmod(0o600)
-        pki = Pki(pki_dir / "ca.pem", pki_dir / "server.pem", pki_dir / "server-key.pem")
-
+        ca, pki, pki_dir = make_pki(workdir)
         web_port, grpc_port = free_port(), free_port()
         public = f"https://127.0.0.1:{public_port or web_port}"
         issuer_tls = pki
@@ -335,7 +132,7 @@ class DevStack:
             workdir,
         )
         try:  # from here on, a failure must not leave the peer running
-            outputs["tsl-entry"] = _run(
+            outputs["tsl-entry"] = run_cli(
                 [
                     *cli,
                     "tsl-entry",
@@ -356,17 +153,6 @@ class DevStack:
                 f'[identities."{CALLER_IDENTITY}"]\nmethods = ["*"]\ngrants = ["*"]\n'
             )
             config_path = workdir / "broker.toml"
-            store = (
-                f'kind = "postgres"\ndsn = "{store_dsn}"\n'
-                + (f'schema = "{store_schema}"\n' if store_schema else "")
-                if store_kind == "postgres"
-                else f'kind = "sqlite"\npath = "{workdir / "broker.db"}"\n'
-            )
-            telemetry = (
-                f'traces = "otlp-http"\nmetrics = "otlp-http"\nendpoint = "{otlp_endpoint}"\n'
-                if otlp_endpoint
-                else 'traces = "off"\nmetrics = "off"\n'
-            )
             config = BrokerConfig(
                 key_uri=key_uri,
                 issuer=peer.issuer,
@@ -378,8 +164,8 @@ class DevStack:
                 web_port=web_port,
                 grpc_port=grpc_port,
                 policy_file=policy,
-                store=store,
-                telemetry=telemetry,
+                store=store_section(store_kind, workdir, store_dsn, store_schema),
+                telemetry=telemetry_section(otlp_endpoint),
                 refresh_threshold=refresh_threshold,
                 min_serve_ttl=min_serve_ttl,
                 background_interval=background_interval,
@@ -549,7 +335,7 @@ class DevStack:
     def cli(self, *argv: str, what: str | None = None) -> str:
         """``python -m broker.cli ARGV`` with the stack's environment (its SoftHSM token, audit
         log); returns stdout, raises :class:`StackError` with stderr's tail on a non-zero exit."""
-        return _run(
+        return run_cli(
             [sys.executable, "-m", "broker.cli", *argv], self.env, what or " ".join(argv[:3])
         )
 
@@ -605,24 +391,3 @@ def follow_login(authorization_url: str, ca_file: Path, *, max_hops: int = 12) -
                 raise StackError(f"login stopped at HTTP {resp.status_code}")
             return url
     raise StackError("too many redirects during login")
-
-
-def _has_label(listed: Any, label: str) -> bool:
-    text = json.dumps(listed)
-    return f'"{label}"' in text
-
-
-def _find_did(doc: Any) -> str:
-    if isinstance(doc, dict):
-        for key, value in doc.items():
-            if key == "did" and isinstance(value, str):
-                return value
-            found = _find_did(value)
-            if found:
-                return found
-    if isinstance(doc, list):
-        for value in doc:
-            found = _find_did(value)
-            if found:
-                return found
-    return ""
