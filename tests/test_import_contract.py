@@ -71,7 +71,8 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     # telemetry sits below every domain package: it implements their observer ports
     # structurally and defines its own settings
     "telemetry": frozenset({"tokens", "oauth", "login", "server", "web", "audit", "config", "app"}),
-    # config: schema and loading; key URIs are to be validated by the wiring
+    # config: schema and loading; the key URI and did:key checks are passed in by the wiring
+    # (config.ports.KeyChecks, given by app.settings)
     "config": frozenset({"keys", "server", "login", "app", "audit"}),
     # the runtime trail and the log are written by tokens, login, server and the ceremonies
     "audit": frozenset({"tokens", "login", "server", "web", "oauth", "app", "config", "keys"}),
@@ -101,19 +102,7 @@ class Allowed:
     reason: str
 
 
-ALLOWED: tuple[Allowed, ...] = (
-    # config still validates key URIs and did:key client ids while it reads the file, and takes
-    # the HSM defaults and KidFormat from keys. A check after loading would change which problem
-    # serve, doctor and the CLI name first (tests/config/test_config.py::
-    # test_a_file_with_several_problems_reports_the_first_in_section_order) and KeySettings.pin_file
-    # comes from the parsed URI: kept (docs/design-notes.md, "Deviations").
-    Allowed("broker/config/oauth.py", "broker.keys.didkey", "config validates [oauth].client_id"),
-    Allowed("broker/config/key.py", "broker.keys.health", "config takes the HSM health defaults"),
-    Allowed("broker/config/oauth.py", "broker.keys.kid", "config parses [oauth].kid_format"),
-    Allowed(
-        "broker/config/key.py", "broker.keys.uri", "config validates [key].uri and the PIN file"
-    ),
-)
+ALLOWED: tuple[Allowed, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from broker.app.settings import kid_format
 from broker.ceremony.selftest import run_selftest
 from broker.clock import Clock
 from broker.config import Settings
@@ -27,7 +28,7 @@ def open_key(
         info = keystore.get(ref.object)
         key_signer = keystore.signer(ref.object)
         run_selftest(key_signer, info, clock=clock)
-        signer = with_kid_format(key_signer, info.public_key, settings.oauth.kid_format)
+        signer = with_kid_format(key_signer, info.public_key, kid_format(settings))
         if settings.key.sealing_key_label is None:
             raise ConfigError("[key].sealing_key_label is required (tokens are sealed at rest)")
         sealer = keystore.sealer(settings.key.sealing_key_label)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from opentelemetry import trace
 
+from broker.app.settings import kid_format
 from broker.config import Settings
 from broker.keys.didkey import public_key_from_did
 from broker.login import LoginService
@@ -27,7 +28,7 @@ def jwks_endpoint(
         return None
     return JwksEndpoint(
         StaticKeys(tuple(public_key_from_did(d) for d in (did, *other_dids))),
-        kid_format=settings.oauth.kid_format,
+        kid_format=kid_format(settings),
         path=w.jwks_path,
         max_age=w.jwks_max_age,
     )

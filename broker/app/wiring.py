@@ -26,6 +26,7 @@ from broker.app.keys import open_key
 from broker.app.machine import ensure_machine_grants, machine_source, machine_specs
 from broker.app.oauth import client_config, http_client
 from broker.app.running import Running
+from broker.app.settings import kid_format
 from broker.app.stores import deployment_identity, open_store
 from broker.app.web import web_server
 from broker.clock import Clock, SystemClock
@@ -112,7 +113,7 @@ async def start(
             await store.identities(),
             deployment_identity(config, did),
             config,
-            kid_format=settings.oauth.kid_format,
+            kid_format=kid_format(settings),
             clock=clock,
         )
         other_refreshers = [

@@ -16,7 +16,7 @@ import math
 import os
 import sys
 
-from broker.config import load_settings, resolve_config_path
+from broker.config import resolve_config_path
 from broker.doctor.result import DEFAULT_WARN_DAYS, exit_code, to_json, to_text
 
 # The checks import httpx, the stores and the HSM library (not grpc: tests/doctor/
@@ -35,6 +35,7 @@ def _days(text: str) -> float:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from broker.app.settings import load_settings  # noqa: PLC0415 - as serve: app is lazy
     from broker.doctor.runner import DoctorOptions, run_doctor  # noqa: PLC0415 - see above
 
     path = resolve_config_path(args.config, os.environ)

@@ -15,7 +15,7 @@ import httpx
 from broker.ceremony.backend import CeremonyStore, KeyTarget
 from broker.cli.keys_audited import Deps
 from broker.clock import Clock
-from broker.config import Settings, load_settings
+from broker.config import Settings
 from broker.errors import (
     ConfigError,
     InvalidArgument,
@@ -58,6 +58,9 @@ class RotationDeps:
 
 
 def rotation_settings(args: argparse.Namespace) -> Settings:
+    # The composition root is imported when a step runs, not with the command tree.
+    from broker.app.settings import load_settings  # noqa: PLC0415
+
     return load_settings(args.config)
 
 

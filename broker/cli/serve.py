@@ -7,7 +7,7 @@ import asyncio
 import os
 from collections.abc import MutableMapping
 
-from broker.config import load_settings, resolve_config_path
+from broker.config import resolve_config_path
 
 # gRPC C-core writes its own log lines (``I1206 04:02:22.25 ... Handshake failed ...``) straight
 # to stderr, past Python logging: silenced unless the operator asks for them.
@@ -28,6 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
     # The service pulls in grpc, uvicorn and the stores: imported when `serve` runs, so the
     # ceremony commands start fast.
     from broker.app.serve import serve_until_signalled  # noqa: PLC0415
+    from broker.app.settings import load_settings  # noqa: PLC0415
     from broker.telemetry import build_providers, configure_logging, install_global  # noqa: PLC0415
 
     settings = load_settings(resolve_config_path(args.config, os.environ))

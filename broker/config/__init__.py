@@ -3,7 +3,8 @@
 One module per concept: :mod:`~broker.config.load` (read the file, the sections, the config path),
 :mod:`~broker.config.section` (strict typed access to one TOML table), and one module per section
 (``key``, ``oauth``, ``web``, ``grpc``, ``store``, ``tokens``, ``telemetry``, ``audit``,
-``machine``) holding its frozen dataclass and its validation. The names below are the package's
+``machine``) holding its frozen dataclass and its validation, and :mod:`~broker.config.ports`
+(the key custody checks the loader is given). The names below are the package's
 public surface; import them from ``broker.config``.
 """
 
@@ -18,7 +19,8 @@ from broker.config.load import (
     resolve_config_path,
 )
 from broker.config.machine import CredentialSettings, MachineGrantSettings
-from broker.config.oauth import MAX_CLOCK_SKEW, OAuthSettings
+from broker.config.oauth import KID_FORMATS, MAX_CLOCK_SKEW, KidFormatName, OAuthSettings
+from broker.config.ports import KeyChecks
 from broker.config.settings import Settings
 from broker.config.store import StoreKind, StoreSettings
 from broker.config.tokens import TokenSettings
@@ -28,12 +30,15 @@ from broker.telemetry.settings import TelemetrySettings
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG_PATH",
+    "KID_FORMATS",
     "MAX_CLOCK_SKEW",
     "MIN_SIGN_TIMEOUT",
     "AuditSettings",
     "CredentialSettings",
     "GrpcSettings",
+    "KeyChecks",
     "KeySettings",
+    "KidFormatName",
     "MachineGrantSettings",
     "OAuthSettings",
     "Settings",

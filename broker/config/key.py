@@ -1,7 +1,8 @@
 """``[key]``: the client key in the PKCS#11 token and the HSM resilience settings.
 
-The key URI is parsed by :mod:`broker.keys.uri` (one RFC 7512 parser); secrets are only ever
-paths to files: a ``pin-value`` attribute is refused before parsing and the URI is never echoed.
+The key URI is parsed by the keys package's one RFC 7512 parser, passed in as
+:class:`broker.config.ports.KeyChecks`; secrets are only ever paths to files: a ``pin-value``
+attribute is refused before parsing and the URI is never echoed.
 """
 
 from __future__ import annotations
@@ -10,10 +11,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.config.ports import KeyChecks
 from broker.config.section import Section
 from broker.errors import ConfigError, InvalidKeyUri
-from broker.keys.health import DEFAULT_BUSY_RETRIES, DEFAULT_OP_TIMEOUT, PROBE_BACKOFF
-from broker.keys.uri import check_pin_file, parse_key_uri
+
+# The file's defaults of the HSM resilience keys: those of broker.keys.health.HsmHealth
+# (busy retries, operation timeout, the recovery probe's back-off), which
+# tests/config/test_key_hsm.py holds equal.
+DEFAULT_BUSY_RETRIES = 3
+DEFAULT_SIGN_TIMEOUT = 10.0
+DEFAULT_PROBE_INITIAL = 2.0
+DEFAULT_PROBE_MAX = 30.0
 
 
 @dataclass(frozen=True)
@@ -34,13 +42,13 @@ class KeySettings:
     pin_file: Path
     sealing_key_label: str | None = None
     busy_retries: int = DEFAULT_BUSY_RETRIES
-    sign_timeout: float | None = DEFAULT_OP_TIMEOUT
-    probe_initial: float = PROBE_BACKOFF.initial
-    probe_max: float = PROBE_BACKOFF.maximum
+    sign_timeout: float | None = DEFAULT_SIGN_TIMEOUT
+    probe_initial: float = DEFAULT_PROBE_INITIAL
+    probe_max: float = DEFAULT_PROBE_MAX
 
 
-def _key_uri(section: Section) -> tuple[str, Path]:
-    """Parse the key URI with :func:`broker.keys.uri.parse_key_uri` and refuse secrets in it."""
+def _key_uri(section: Section, checks: KeyChecks) -> tuple[str, Path]:
+    """Parse the key URI with ``checks`` (the keys package's parser) and refuse secrets in it."""
     uri = section.req_string("uri")
     name = section.key("uri")
     if re.search(r"pin(-|%2d)value", uri, flags=re.IGNORECASE):
@@ -50,7 +58,7 @@ def _key_uri(section: Section) -> tuple[str, Path]:
             "pin-source=file:/path/to/pin"
         )
     try:
-        ref = parse_key_uri(uri)
+        ref = checks.parse_key_uri(uri)
     except InvalidKeyUri as exc:
         raise ConfigError(f"{name}: {exc.message}") from exc
     if ref.object is None:
@@ -65,17 +73,17 @@ def _key_uri(section: Section) -> tuple[str, Path]:
             f"{name} pin-source: file {pin_file} does not exist or is not a regular file"
         )
     if section.check_files:
-        check_pin_file(pin_file)  # InsecurePinFile when group or others may read or write it
+        checks.check_pin_file(pin_file)  # InsecurePinFile when group or others may read or write it
     return uri, pin_file
 
 
 MIN_SIGN_TIMEOUT = 0.05  # seconds; below this a healthy SoftHSM signature could time out
 
 
-def parse_key(section: Section) -> KeySettings:
-    uri, pin_file = _key_uri(section)
+def parse_key(section: Section, checks: KeyChecks) -> KeySettings:
+    uri, pin_file = _key_uri(section, checks)
     sign_timeout: float | None = section.number(
-        "sign_timeout", DEFAULT_OP_TIMEOUT, low=0.0, high=300.0
+        "sign_timeout", DEFAULT_SIGN_TIMEOUT, low=0.0, high=300.0
     )
     if sign_timeout == 0:
         sign_timeout = None
@@ -84,8 +92,8 @@ def parse_key(section: Section) -> KeySettings:
             f"{section.key('sign_timeout')} must be 0 (no bound) or at least "
             f"{MIN_SIGN_TIMEOUT:g} seconds"
         )
-    probe_initial = section.number("probe_initial", PROBE_BACKOFF.initial, low=0.1, high=300.0)
-    probe_max = section.number("probe_max", PROBE_BACKOFF.maximum, low=0.1, high=3600.0)
+    probe_initial = section.number("probe_initial", DEFAULT_PROBE_INITIAL, low=0.1, high=300.0)
+    probe_max = section.number("probe_max", DEFAULT_PROBE_MAX, low=0.1, high=3600.0)
     if probe_max < probe_initial:
         raise ConfigError(
             f"{section.key('probe_max')} must be at least {section.key('probe_initial')}"

@@ -32,6 +32,7 @@ from broker.config.grpc import parse_grpc
 from broker.config.key import parse_key
 from broker.config.machine import parse_credential, parse_machine_grants
 from broker.config.oauth import parse_oauth
+from broker.config.ports import KeyChecks
 from broker.config.section import Section
 from broker.config.settings import Settings
 from broker.config.store import parse_store
@@ -48,7 +49,12 @@ _OPTIONAL = ("tokens", "telemetry", "audit", "credential")
 
 
 def parse_settings(
-    document: Mapping[str, Any], *, base_dir: Path, source: Path, check_files: bool = True
+    document: Mapping[str, Any],
+    *,
+    key_checks: KeyChecks,
+    base_dir: Path,
+    source: Path,
+    check_files: bool = True,
 ) -> Settings:
     """Validate an already-parsed TOML document (see :func:`load_settings`)."""
     for name, table in document.items():
@@ -67,9 +73,9 @@ def parse_settings(
             table = {}
         sections[name] = Section(name, table, base_dir, check_files)
 
-    oauth = parse_oauth(sections["oauth"])
+    oauth = parse_oauth(sections["oauth"], key_checks)
     settings = Settings(
-        key=parse_key(sections["key"]),
+        key=parse_key(sections["key"], key_checks),
         oauth=oauth,
         web=parse_web(sections["web"], oauth),
         grpc=parse_grpc(sections["grpc"]),
@@ -86,8 +92,11 @@ def parse_settings(
     return settings
 
 
-def load_settings(path: str | Path, *, check_files: bool = True) -> Settings:
-    """Read and validate the TOML file at ``path``. Raises :class:`ConfigError`."""
+def load_settings(path: str | Path, *, key_checks: KeyChecks, check_files: bool = True) -> Settings:
+    """Read and validate the TOML file at ``path``. Raises :class:`ConfigError`.
+
+    ``key_checks`` are the key custody checks of ``[key]`` and ``[oauth]``: serve, doctor and the
+    CLI load through :func:`broker.app.settings.load_settings`, which passes the keys package's."""
     source = Path(path).expanduser().absolute()
     try:
         raw = source.read_bytes()
@@ -100,7 +109,13 @@ def load_settings(path: str | Path, *, check_files: bool = True) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message names line and column, not the value.
         raise ConfigError(f"configuration file {source} is not valid TOML: {exc}") from exc
-    return parse_settings(document, base_dir=source.parent, source=source, check_files=check_files)
+    return parse_settings(
+        document,
+        key_checks=key_checks,
+        base_dir=source.parent,
+        source=source,
+        check_files=check_files,
+    )
 
 
 def resolve_config_path(cli_value: str | None, environ: Mapping[str, str]) -> Path:

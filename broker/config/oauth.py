@@ -8,18 +8,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
+from broker.config.ports import KeyChecks
 from broker.config.section import Section, toml_type
 from broker.config.urls import check_url
 from broker.errors import ConfigError, DidError
-from broker.keys.didkey import decode_did_key
-from broker.keys.kid import KidFormat
 from broker.oauth.origins import parse_allowed_origin
 from broker.strict_json import DOCUMENT_MAX_BYTES, JWT_MAX_BYTES
 from broker.tokens.schedule import LifetimeKind, RefreshTokenLifetime
 
 MAX_CLOCK_SKEW = 60.0  # TEST-CATALOGUE B05: a configured skew of at most 60 s
+
+KidFormatName = Literal["did", "did_url", "jwk_thumbprint"]
+KID_FORMATS: tuple[KidFormatName, ...] = ("did", "did_url", "jwk_thumbprint")
+"""The values of ``[oauth].kid_format``: those of :class:`broker.keys.kid.KidFormat`, in its order
+(tests/config/test_config_kid_jwks.py holds them equal); the wiring converts the name."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +55,12 @@ class OAuthSettings:
     allowed_endpoint_origins: tuple[str, ...] = ()
     """https origins besides the issuer's that the AS metadata may name for the token, PAR,
     JWKS and revocation endpoints (normalized, e.g. ``https://token.example.org``)."""
-    kid_format: KidFormat = KidFormat.DID
-    """The ``kid`` of our JWS headers and published keys (:mod:`broker.keys.kid`)."""
+    kid_format: KidFormatName = "did"
+    """The ``kid`` of our JWS headers and published keys: a :class:`broker.keys.kid.KidFormat`
+    value."""
 
 
-def parse_oauth(section: Section) -> OAuthSettings:
+def parse_oauth(section: Section, checks: KeyChecks) -> OAuthSettings:
     insecure = section.boolean("allow_insecure_http", False)
     issuer = check_url(section, "issuer", section.req_string("issuer"), insecure_ok=insecure)
     if urlsplit(issuer).query:
@@ -65,12 +71,12 @@ def parse_oauth(section: Section) -> OAuthSettings:
     client_id = section.string("client_id")
     if client_id is not None:
         try:
-            decoded = decode_did_key(client_id)
+            key_type = checks.did_key_type(client_id)
         except DidError as exc:
             raise ConfigError(
                 f"{section.key('client_id')} must be a did:key ({exc.message})"
             ) from exc
-        if decoded.key_type != "P-256":
+        if key_type != "P-256":
             raise ConfigError(
                 f"{section.key('client_id')} must be a P-256 did:key (did:key:zDn...)"
             )
@@ -111,9 +117,7 @@ def parse_oauth(section: Section) -> OAuthSettings:
         allow_insecure_http=insecure,
         compensate_skew=section.boolean("compensate_skew", False),
         allowed_endpoint_origins=_origins(section, "allowed_endpoint_origins"),
-        kid_format=KidFormat(
-            section.choice("kid_format", tuple(f.value for f in KidFormat), KidFormat.DID.value)
-        ),
+        kid_format=section.choice("kid_format", KID_FORMATS, "did"),
         refresh_token_lifetime=_refresh_token_lifetime(section),
     )
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from broker.config import Settings, load_settings
+from broker.app import settings as app_settings
+from broker.config import Settings
 from broker.doctor.result import CheckResult, fail, failed, ok, skip, warn
 from broker.errors import BrokerError
 from broker.keys.kid import KidFormat
@@ -14,10 +15,10 @@ from broker.server.policy import Policy
 
 
 def load(path: Path) -> tuple[CheckResult, Settings | None]:
-    """``config.load``: :func:`broker.config.load_settings` without the file-existence checks
+    """``config.load``: :func:`broker.app.settings.load_settings` without the file-existence checks
     (``config.files`` lists every missing file at once instead of stopping at the first)."""
     try:
-        settings = load_settings(path, check_files=False)
+        settings = app_settings.load_settings(path, check_files=False)
     except BrokerError as exc:
         return failed("config.load", exc), None
     return ok("config.load", f"{settings.source} is valid"), settings
@@ -78,7 +79,7 @@ def kid(settings: Settings) -> CheckResult:
     when a non-did kid meets the DOME Verifier (``dome_compat`` on or a DOME issuer): it refuses
     any other kid at the token endpoint (401 invalid_client); and when a thumbprint kid has no
     key set to be resolved against."""
-    kid_format = settings.oauth.kid_format
+    kid_format = app_settings.kid_format(settings)
     path = settings.web.jwks_path
     served = (
         f"key set at {settings.web.public_base_url.rstrip('/')}{path}"

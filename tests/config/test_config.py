@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from broker.app.settings import KEY_CHECKS, load_settings
 from broker.config import (
     DEFAULT_CONFIG_PATH,
     MachineGrantSettings,
     Settings,
-    load_settings,
     parse_settings,
     resolve_config_path,
 )
@@ -273,7 +273,9 @@ def test_unknown_section_is_rejected(base: dict[str, dict[str, Any]], load: Load
 
 def test_section_that_is_not_a_table_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[tokens\] must be a table"):
-        parse_settings({"tokens": 5}, base_dir=tmp_path, source=tmp_path / "x.toml")
+        parse_settings(
+            {"tokens": 5}, key_checks=KEY_CHECKS, base_dir=tmp_path, source=tmp_path / "x.toml"
+        )
 
 
 def test_http_issuer_allowed_only_with_allow_insecure_http(
@@ -566,7 +568,9 @@ def test_bad_schedule_values_are_refused(
 
 
 def _parse(doc: dict[str, Any], tmp_path: Path) -> Settings:
-    return parse_settings(doc, base_dir=tmp_path, source=tmp_path / "broker.toml")
+    return parse_settings(
+        doc, key_checks=KEY_CHECKS, base_dir=tmp_path, source=tmp_path / "broker.toml"
+    )
 
 
 def test_machine_grants_array_of_tables(base: dict[str, Any], tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from broker.app.settings import kid_format
 from broker.app.web import jwks_endpoint
+from broker.config import KID_FORMATS
 from broker.errors import ConfigError
 from broker.keys.kid import KidFormat
 from tests.config.test_config import DID, Loader, base, changed, load
@@ -18,7 +20,8 @@ def test_defaults_bare_did_and_the_well_known_path(
     base: dict[str, dict[str, Any]], load: Loader
 ) -> None:
     settings = load(base)
-    assert settings.oauth.kid_format is KidFormat.DID
+    assert settings.oauth.kid_format == "did"
+    assert kid_format(settings) is KidFormat.DID
     assert settings.web.jwks_path == "/.well-known/jwks.json"
     assert settings.web.jwks_max_age == 300
     endpoint = jwks_endpoint(settings, DID)
@@ -33,9 +36,15 @@ def test_defaults_bare_did_and_the_well_known_path(
 @pytest.mark.parametrize("value", ["did", "did_url", "jwk_thumbprint"])
 def test_kid_format_values(base: dict[str, dict[str, Any]], load: Loader, value: str) -> None:
     settings = load(changed(base, "oauth", "kid_format", value))
-    assert settings.oauth.kid_format == KidFormat(value)
+    assert kid_format(settings) is KidFormat(value)
     endpoint = jwks_endpoint(settings, DID)
     assert endpoint is not None and endpoint.kid_format == KidFormat(value)
+
+
+def test_the_file_offers_exactly_the_kid_formats_of_the_keys_package() -> None:
+    """config names the values itself (it imports nothing of keys), in KidFormat's order: the
+    refusal below lists them."""
+    assert tuple(f.value for f in KidFormat) == KID_FORMATS
 
 
 @pytest.mark.parametrize("value", ["DID", "thumbprint", "", 1])

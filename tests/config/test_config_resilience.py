@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from broker.config import load_settings
+from broker.app.settings import load_settings
 from broker.errors import ConfigError
 from tests.config.test_config import changed, dump_toml
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from broker.app.hsm import hsm_health
-from broker.config import load_settings
+from broker.app.settings import load_settings
+from broker.config import key as key_config
 from broker.errors import ConfigError
 from broker.keys.health import DEFAULT_BUSY_RETRIES, DEFAULT_OP_TIMEOUT, PROBE_BACKOFF
 from tests.clock import FakeClock
@@ -21,10 +22,13 @@ Doc = dict[str, dict[str, Any]]
 
 
 def test_key_hsm_defaults_match_the_health_defaults(base: Doc, load: Loader) -> None:
+    """config keeps the file's defaults itself (it imports nothing of keys): they must stay the
+    HSM health's own."""
     k = load(base).key
-    assert k.busy_retries == DEFAULT_BUSY_RETRIES == 3
-    assert k.sign_timeout == DEFAULT_OP_TIMEOUT == 10.0
+    assert k.busy_retries == key_config.DEFAULT_BUSY_RETRIES == DEFAULT_BUSY_RETRIES == 3
+    assert k.sign_timeout == key_config.DEFAULT_SIGN_TIMEOUT == DEFAULT_OP_TIMEOUT == 10.0
     assert (k.probe_initial, k.probe_max) == (PROBE_BACKOFF.initial, PROBE_BACKOFF.maximum)
+    assert (key_config.DEFAULT_PROBE_INITIAL, key_config.DEFAULT_PROBE_MAX) == (2.0, 30.0)
 
 
 def test_key_hsm_values_are_read(base: Doc, load: Loader) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from broker.config import load_settings
+from broker.app.settings import load_settings
 from broker.telemetry.redaction import is_sensitive_key
 
 ROOT = Path(__file__).resolve().parents[2]

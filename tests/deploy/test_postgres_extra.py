@@ -73,7 +73,7 @@ def test_postgres_store_without_the_extra_is_a_config_error_naming_it(tmp_path: 
         f"""
         import asyncio, json
         from broker.clock import SystemClock
-        from broker.config import load_settings
+        from broker.app.settings import load_settings
         from broker.doctor.store import RefusingSealer, check_store
         from broker.errors import ConfigError
         from broker.app.stores import open_store
@@ -109,7 +109,7 @@ def test_sqlite_store_opens_without_psycopg(tmp_path: Path) -> None:
         f"""
         import asyncio, json, sys
         from broker.clock import SystemClock
-        from broker.config import load_settings
+        from broker.app.settings import load_settings
         from broker.doctor.store import RefusingSealer
         from broker.app.stores import open_store
         from broker.tokens.stores.deployment import DeploymentIdentity

@@ -21,7 +21,7 @@ import pytest
 from grpc_health.v1.health_pb2 import HealthCheckRequest
 from grpc_health.v1.health_pb2_grpc import HealthStub
 
-from broker.config import load_settings
+from broker.app.settings import load_settings
 from broker.errors import ConfigError
 from broker.server.gen.broker.v1 import broker_pb2, broker_pb2_grpc
 from devtools.stack import DevStack
