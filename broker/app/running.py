@@ -10,10 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from broker.app.hsm import HsmServingReporter
-from broker.config import Settings
-from broker.keys.health import HsmHealth
-from broker.login import LoginService
-from broker.oauth.client import OAuthClient
 from broker.server.app import RunningServer
 from broker.tokens.broker import TokenBroker
 from broker.web.server import WebServer
@@ -26,16 +22,12 @@ DRAIN_GRACE_SECONDS = 10.0
 
 @dataclass
 class Running:
-    """The started service; ``stop()`` shuts it down in order."""
+    """The started service (what ``stop()`` shuts down, in order) and the did it serves as."""
 
-    settings: Settings
     did: str
     grpc: RunningServer
     web: WebServer
     broker: TokenBroker
-    logins: LoginService
-    client: OAuthClient
-    hsm: HsmHealth | None = None
     hsm_reporter: HsmServingReporter | None = None
     _closers: list[tuple[str, Callable[[], object]]] = field(default_factory=list, repr=False)
 
