@@ -9,9 +9,11 @@ refresher is never called: every token is fresh, nothing is due), then
   share of one core over the 30 s interval; and, for comparison, CPU of the old pass's read,
   ``store.list()`` (every grant opened), at N;
 - cold: the first GetAccessToken of up to 2,000 random grants (a store read + unseal each),
-- warm: 5 x 20,000 GetAccessToken of random grants, all cached, reporting the median of the 5
-  p50s and p99s; ``gc.freeze()`` after the warm-up (the cache's objects leave the collector's
-  generations), with the count of gen-2 collections during the warm rounds;
+- warm: 9 rounds x 20,000 GetAccessToken of random grants, all cached, reporting the median of
+  the 9 p50s and p99s; the rounds of the two sizes are interleaved (both brokers stay open) so
+  the shared machine's load hits both alike; ``gc.freeze()`` after the warm-up (the cache's
+  objects leave the collector's generations), with the count of gen-2 collections during the
+  warm rounds (of both sizes);
 and the traced memory growth (tracemalloc) per grant entering the cache. The domain call is
 measured in-process: the gRPC layer's cost does not depend on N (bench/serve.py).
 
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +63,7 @@ INTERVAL = 30.0  # the background pass's interval the CPU share is taken over
 POLICY = RefreshPolicy(threshold=300, min_serve_ttl=10)
 COLD_SAMPLES = 2_000
 WARM_CALLS = 20_000
-REPEATS = 5
+REPEATS = 9
 
 
 class NeverRefresher:
@@ -141,7 +144,21 @@ async def pass_cpu(broker: TokenBroker, store: SqliteGrantStore) -> dict[str, fl
     return {"pass_cpu_s": passes, "list_cpu_s": old}
 
 
-async def measure(n: int, workdir: Path, sealer: Sealer) -> dict[str, float]:
+@dataclass
+class Size:
+    """One N's store, broker and grant ids, kept open for the interleaved warm rounds."""
+
+    n: int
+    store: SqliteGrantStore
+    broker: TokenBroker
+    ids: list[str]
+    row: dict[str, float]
+    p50s: list[float] = field(default_factory=list)
+    p99s: list[float] = field(default_factory=list)
+
+
+async def prepare(n: int, workdir: Path, sealer: Sealer) -> Size:
+    """Populate, the pass CPU, the cold reads, then every grant cached (memory traced)."""
     clock = SystemClock()
     path = workdir / f"grants-{n}.db"
     rule = POLICY.schedule()
@@ -168,34 +185,55 @@ async def measure(n: int, workdir: Path, sealer: Sealer) -> dict[str, float]:
     tracemalloc.stop()
     for _ in range(2_000):  # warm-up, not measured
         await broker.get_access_token(ids[rng.randrange(n)])
-    gc.collect()
-    gc.freeze()  # the cache's long-lived objects leave the collector's generations
-    gen2_before = gc.get_stats()[2]["collections"]
-    p50s: list[float] = []
-    p99s: list[float] = []
-    for _ in range(REPEATS):  # the machine is shared: report the median of the repeats
-        warm: list[float] = []
-        for _ in range(WARM_CALLS):
-            gid = ids[rng.randrange(n)]
-            t = time.perf_counter()
-            await broker.get_access_token(gid)
-            warm.append(time.perf_counter() - t)
-        p50s.append(percentile(warm, 50))
-        p99s.append(percentile(warm, 99))
-    gen2 = gc.get_stats()[2]["collections"] - gen2_before
-    gc.unfreeze()
-    await store.close()
-    return {
+    row = {
         **cpu,
-        "gen2_collections": gen2,
         "n": n,
         "populate_s": populate_s,
         "cold_p50_ms": percentile(cold, 50) * 1e3,
         "cold_p99_ms": percentile(cold, 99) * 1e3,
-        "warm_p50_us": statistics.median(p50s) * 1e6,
-        "warm_p99_us": statistics.median(p99s) * 1e6,
         "bytes_per_cached_grant": per_grant,
     }
+    return Size(n, store, broker, ids, row)
+
+
+async def warm_round(size: Size, rng: random.Random) -> None:
+    """WARM_CALLS cached GetAccessToken calls of random grants: one p50 and one p99."""
+    ids, n, get = size.ids, size.n, size.broker.get_access_token
+    warm: list[float] = []
+    for _ in range(WARM_CALLS):
+        gid = ids[rng.randrange(n)]
+        t = time.perf_counter()
+        await get(gid)
+        warm.append(time.perf_counter() - t)
+    size.p50s.append(percentile(warm, 50))
+    size.p99s.append(percentile(warm, 99))
+
+
+async def measure(workdir: Path, sealer: Sealer) -> list[dict[str, float]]:
+    """Every size prepared, then REPEATS warm rounds per size, interleaved round by round
+    (100, 100,000, 100, ...) so the shared machine's noise hits both sizes alike."""
+    sizes = [await prepare(n, workdir, sealer) for n in SIZES]
+    rng = random.Random(11)
+    gc.collect()
+    gc.freeze()  # the cache's long-lived objects leave the collector's generations
+    gen2_before = gc.get_stats()[2]["collections"]
+    for _ in range(REPEATS):  # the machine is shared: report the median of the repeats
+        for size in sizes:
+            await warm_round(size, rng)
+    gen2 = gc.get_stats()[2]["collections"] - gen2_before
+    gc.unfreeze()
+    rows = []
+    for size in sizes:
+        await size.store.close()
+        rows.append(
+            {
+                **size.row,
+                "gen2_collections": gen2,
+                "warm_p50_us": statistics.median(size.p50s) * 1e6,
+                "warm_p99_us": statistics.median(size.p99s) * 1e6,
+            }
+        )
+    return rows
 
 
 async def main_async(out: Path | None) -> None:
@@ -203,7 +241,7 @@ async def main_async(out: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-grants-") as tmp:
         keys, sealer = softhsm_sealer(Path(tmp))
         try:
-            rows = [await measure(n, Path(tmp), sealer) for n in SIZES]
+            rows = await measure(Path(tmp), sealer)
         finally:
             keys.close()
     small, large = rows
