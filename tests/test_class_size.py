@@ -37,13 +37,6 @@ class Allowed:
 
 ALLOWED: tuple[Allowed, ...] = (
     Allowed(
-        "broker/login/service.py::LoginService",
-        13,
-        "7 collaborators (client, config, signer, sink, clock, audit, store) and 6 scalar login "
-        "policy knobs (base URL, ttl, default label, pending cap, retention, restarts): a "
-        "LoginPolicy object belongs to the split of login/service.py, done separately",
-    ),
-    Allowed(
         "broker/tokens/broker.py::TokenBroker",
         12,
         "the token core's facade: 3 ports (store, refresher, clock), the rest keyword-only and "

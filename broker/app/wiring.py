@@ -29,13 +29,23 @@ from broker.clock import Clock, SystemClock
 from broker.config import Settings
 from broker.credentials.expiry import credential_gauge
 from broker.credentials.store import credential_path
-from broker.login import LoginService
+from broker.login import LoginService, LoginSettings
 from broker.telemetry.metrics import BrokerMetrics
 from broker.telemetry.signer import MeteredSigner
 from broker.web.links import BrowserLinks
 
 # The composition root's log lines keep the name they had in broker/service.py.
 log = logging.getLogger("broker.service")
+
+
+def login_settings(settings: Settings) -> LoginSettings:
+    """The login service's settings: its base URL is the HTTPS listener's public one, a login
+    lives ``[oauth].login_ttl``; the limits (pending logins, retention, restarts) keep their
+    defaults."""
+    return LoginSettings(
+        public_base_url=settings.web.public_base_url.rstrip("/"),
+        login_ttl=settings.oauth.login_ttl,
+    )
 
 
 async def start(
@@ -84,8 +94,7 @@ async def start(
             signer,
             broker,
             clock,
-            public_base_url=settings.web.public_base_url.rstrip("/"),
-            login_ttl=settings.oauth.login_ttl,
+            settings=login_settings(settings),
             audit=audit,
             store=core.store,  # logins in flight live in the grant store: any replica completes them
         )

@@ -6,7 +6,8 @@ pending logins in a :class:`broker.tokens.stores.logins.LoginStore`; it hands ea
 :class:`broker.login.ports.GrantSink` (the token core implements it); it writes the runtime
 audit trail of :mod:`broker.audit`. Modules: ``service`` (:class:`LoginService`: start, request
 objects, queries), ``completion`` (the authorization response and the code exchange), ``views``
-(what callers see), ``ports`` (what it needs), ``restarts`` (when a failed exchange restarts).
+(what callers see), ``ports`` (what it needs), ``restarts`` (when a failed exchange restarts),
+``settings`` (:class:`LoginSettings`: base URL, lifetime, limits; built by the composition root).
 
 One login = one authorization request (RFC 6749 section 4.1, OIDC Core 3.1.2) whose parameters
 travel in an HSM-signed request object (RFC 9101) that the broker publishes at a fresh,
@@ -43,7 +44,7 @@ same login id, and the callback answers with a redirect to the new authorization
 happens for a transient failure of the token endpoint (5xx, an empty 500, timeout, connection
 error: the code may be spent or not, either way a new one is needed) and, in DOME
 compatibility mode, for ``invalid_grant`` on a fresh code (the Verifier overwrote the pending
-authorization). Both share one budget (``max_restarts``, default 1) per login.
+authorization). Both share one budget (``LoginSettings.max_restarts``, default 1) per login.
 
 Secrets (code, state, nonce, code verifier, request objects, authorization URLs) never appear in
 a log, an exception message or a ``repr``.
@@ -51,6 +52,15 @@ a log, an exception message or a ``repr``.
 
 from broker.login.ports import GrantSink, LabelCheck, LoginClient
 from broker.login.service import LoginService
+from broker.login.settings import LoginSettings
 from broker.login.views import LoginState, LoginView
 
-__all__ = ["GrantSink", "LabelCheck", "LoginClient", "LoginService", "LoginState", "LoginView"]
+__all__ = [
+    "GrantSink",
+    "LabelCheck",
+    "LoginClient",
+    "LoginService",
+    "LoginSettings",
+    "LoginState",
+    "LoginView",
+]

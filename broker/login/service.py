@@ -20,7 +20,7 @@ from broker.errors import (
 from broker.keys.api import Signer
 from broker.login.completion import NOT_FOUND_MESSAGE, LoginCompletion, digest
 from broker.login.ports import GrantSink, LoginClient
-from broker.login.restarts import MAX_RESTARTS
+from broker.login.settings import LoginSettings
 from broker.login.views import LoginView, view_of
 from broker.oauth.config import ClientConfig
 from broker.oauth.pkce import new_pkce
@@ -41,7 +41,6 @@ from broker.tokens.stores.logins import (
 )
 
 REQUEST_OBJECT_PATH = "/request-objects/"
-MAX_PENDING_LOGINS = 10_000
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
 _REF = re.compile(r"^[A-Za-z0-9_\-]{43}$")  # secrets.token_urlsafe(32): 256 bits
 
@@ -57,35 +56,22 @@ class LoginService(LoginCompletion):
         sink: GrantSink,
         clock: Clock,
         *,
-        public_base_url: str,
-        login_ttl: float = 600.0,
-        label_default: str = "default",
-        max_pending: int = MAX_PENDING_LOGINS,
-        retention: float | None = None,
+        settings: LoginSettings,
         audit: AuditTrail | None = None,
         store: LoginStore | None = None,
-        max_restarts: int = MAX_RESTARTS,
     ) -> None:
-        if not public_base_url.startswith(("https://", "http://")) or public_base_url.endswith("/"):
-            raise InvalidArgument("public_base_url must be an absolute URL without a trailing '/'")
-        if login_ttl <= 0:
-            raise InvalidArgument("login_ttl must be positive")
-        if max_pending < 1:
-            raise InvalidArgument("max_pending must be at least 1")
-        if max_restarts < 0:
-            raise InvalidArgument("max_restarts must not be negative")
         self._client = client
         self._audit = audit or AuditTrail.disabled()
         self._config = config
         self._signer = signer
         self._sink = sink
         self._clock = clock
-        self._base = public_base_url
-        self._ttl = login_ttl
-        self._label_default = label_default
-        self._max_pending = max_pending
-        self._max_restarts = max_restarts
-        self._retention = login_ttl if retention is None else retention
+        self._base = settings.public_base_url
+        self._ttl = settings.login_ttl
+        self._label_default = settings.label_default
+        self._max_pending = settings.max_pending
+        self._max_restarts = settings.max_restarts
+        self._retention = settings.kept_for
         self._store: LoginStore = store if store is not None else MemoryLoginStore()
 
     def __repr__(self) -> str:

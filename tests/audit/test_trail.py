@@ -31,7 +31,7 @@ from broker.errors import (
     TokenValidationError,
 )
 from broker.keys.soft import SoftKeyStore
-from broker.login import LoginService, LoginState
+from broker.login import LoginService, LoginSettings, LoginState
 from broker.server.errors import to_status
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.policy import Policy
@@ -94,7 +94,7 @@ class Stack:
             signer,
             self.broker,
             clock,
-            public_base_url=BASE_URL,
+            settings=LoginSettings(BASE_URL),
             audit=self.trail,
         )
         self.secrets: list[str] = [CODE, "at-" + CODE, "rt-" + CODE]

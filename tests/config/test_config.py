@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from broker.app.settings import KEY_CHECKS, load_settings
+from broker.app.wiring import login_settings
 from broker.config import (
     DEFAULT_CONFIG_PATH,
     MachineGrantSettings,
@@ -631,3 +632,18 @@ def test_a_file_with_several_problems_reports_the_first_in_section_order(
     with pytest.raises(ConfigError, match=re.escape("unknown key [store].bogus")):
         load(doc)
     load(removed(doc, "store", "bogus"))
+
+
+def test_the_login_service_takes_the_public_base_url_and_login_ttl(
+    load: Loader, base: dict[str, dict[str, Any]]
+) -> None:
+    doc = changed(
+        changed(base, "web", "public_base_url", "https://broker.example.org/"),
+        "oauth",
+        "login_ttl",
+        120,
+    )
+    login = login_settings(load(doc))
+    assert login.public_base_url == "https://broker.example.org"  # no trailing "/"
+    assert login.login_ttl == 120.0
+    assert login.kept_for == 120.0  # ended logins stay visible as long as one is pending

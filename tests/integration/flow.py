@@ -11,7 +11,7 @@ from opentelemetry.trace import TracerProvider
 
 from broker.clock import Clock, SystemClock
 from broker.keys.api import Signer
-from broker.login import LoginService
+from broker.login import LoginService, LoginSettings
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.web.app import create_app
@@ -64,7 +64,7 @@ def make_stack(
     client = OAuthClient(config, http, signer, clock, tracer_provider=tracer_provider)
     sink = FakeSink()
     login = LoginService(
-        client, config, signer, sink, login_clock or clock, public_base_url=base_url
+        client, config, signer, sink, login_clock or clock, settings=LoginSettings(base_url)
     )
     web.app = create_app(login, redirect_uri=config.redirect_uri, tracer_provider=tracer_provider)
     return Stack(config=config, client=client, login=login, sink=sink, http=http)

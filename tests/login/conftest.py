@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from broker.keys.soft import SoftKeyStore, SoftSigner
-from broker.login import LoginService
+from broker.login import LoginService, LoginSettings
 from tests.clock import FakeClock
 from tests.login.fakes import BASE_URL, FakeClient, FakeSink, client_config
 
@@ -35,5 +35,10 @@ def service(
     fake_client: FakeClient, signer: SoftSigner, sink: FakeSink, clock: FakeClock
 ) -> LoginService:
     return LoginService(
-        fake_client, client_config(signer.kid), signer, sink, clock, public_base_url=BASE_URL
+        fake_client,
+        client_config(signer.kid),
+        signer,
+        sink,
+        clock,
+        settings=LoginSettings(BASE_URL),
     )

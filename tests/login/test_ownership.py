@@ -16,7 +16,7 @@ from broker.errors import (
     PermissionDenied,
 )
 from broker.keys.soft import SoftSigner
-from broker.login import LoginService, LoginState, LoginView
+from broker.login import LoginService, LoginSettings, LoginState, LoginView
 from broker.oauth.metadata import ServerMetadata
 from tests.clock import FakeClock
 from tests.login.fakes import BASE_URL, ISSUER, FakeClient, FakeSink, client_config
@@ -201,7 +201,7 @@ async def test_c03_two_responses_racing_over_discovery_exchange_one_code_only(
     slow = _SlowDiscoveryClient()
     slow.release.set()
     service = LoginService(
-        slow, client_config(signer.kid), signer, sink, clock, public_base_url=BASE_URL
+        slow, client_config(signer.kid), signer, sink, clock, settings=LoginSettings(BASE_URL)
     )
     b = await service.start(label="ops", owner=B)
     slow.release.clear()

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from broker.keys.soft import SoftKeyStore, SoftSealer, SoftSigner
-from broker.login import LoginService, LoginState, LoginView
+from broker.login import LoginService, LoginSettings, LoginState, LoginView
 from broker.tokens.stores.logins import GrantAndLoginStore
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
@@ -35,7 +35,7 @@ class Replica:
             env.signer,
             env.sink,
             env.clock,
-            public_base_url=BASE_URL,
+            settings=LoginSettings(BASE_URL),
             store=store,
         )
         self.web = httpx.AsyncClient(

@@ -21,7 +21,7 @@ from broker.errors import (
 from broker.jose import unverified_parts
 from broker.keys.didkey import public_key_from_did
 from broker.keys.soft import SoftSigner
-from broker.login import LoginService, LoginState, LoginView
+from broker.login import LoginService, LoginSettings, LoginState, LoginView
 from tests.clock import FakeClock
 from tests.login.fakes import (
     BASE_URL,
@@ -105,7 +105,7 @@ async def test_c06_par_mode_front_channel_has_only_client_id_and_request_uri(
         signer,
         sink,
         clock,
-        public_base_url=BASE_URL,
+        settings=LoginSettings(BASE_URL),
     )
     view = await service.start(label="ops")
     params = query(view.authorization_url or "")
@@ -127,7 +127,7 @@ async def test_par_is_not_used_when_the_issuer_does_not_advertise_it(
         signer,
         sink,
         clock,
-        public_base_url=BASE_URL,
+        settings=LoginSettings(BASE_URL),
     )
     view = await service.start(label="ops")
     assert fake_client.pushed == []
@@ -262,7 +262,12 @@ async def test_missing_iss_is_accepted_when_the_issuer_does_not_send_it(
 ) -> None:
     fake_client.md = metadata(iss_supported=False)  # DOME v2 sends no iss
     service = LoginService(
-        fake_client, client_config(signer.kid), signer, sink, clock, public_base_url=BASE_URL
+        fake_client,
+        client_config(signer.kid),
+        signer,
+        sink,
+        clock,
+        settings=LoginSettings(BASE_URL),
     )
     view = await service.start(label="ops")
     done = await service.complete(code="c", state=state_of(view), iss=None)
@@ -367,8 +372,7 @@ async def test_pending_logins_are_bounded(
         signer,
         sink,
         clock,
-        public_base_url=BASE_URL,
-        max_pending=2,
+        settings=LoginSettings(BASE_URL, max_pending=2),
     )
     first = await service.start(label="ops")
     await service.start(label="ops")
@@ -429,7 +433,7 @@ async def test_without_dome_compat_invalid_grant_fails_the_login(
         signer,
         sink,
         clock,
-        public_base_url=BASE_URL,
+        settings=LoginSettings(BASE_URL),
     )
     fake_client.invalid_grant_times = 1
     view = await service.start(label="ops")
@@ -460,17 +464,16 @@ async def test_default_label_is_used(service: LoginService) -> None:
     assert (await service.start()).label == "default"
 
 
-def test_bad_constructor_arguments_are_rejected(
-    fake_client: FakeClient, signer: SoftSigner, sink: FakeSink, clock: FakeClock
-) -> None:
-    config = client_config(signer.kid)
+def test_bad_login_settings_are_rejected() -> None:
     for base in ("broker.example.org", f"{BASE_URL}/"):
         with pytest.raises(InvalidArgument):
-            LoginService(fake_client, config, signer, sink, clock, public_base_url=base)
+            LoginSettings(base)
     with pytest.raises(InvalidArgument):
-        LoginService(
-            fake_client, config, signer, sink, clock, public_base_url=BASE_URL, login_ttl=0
-        )
+        LoginSettings(BASE_URL, login_ttl=0)
+    with pytest.raises(InvalidArgument):
+        LoginSettings(BASE_URL, max_pending=0)
+    with pytest.raises(InvalidArgument):
+        LoginSettings(BASE_URL, max_restarts=-1)
 
 
 async def test_h02_no_secret_in_reprs(service: LoginService) -> None:
@@ -495,7 +498,7 @@ async def test_dome_restart_in_par_mode_pushes_a_new_request(
         signer,
         sink,
         clock,
-        public_base_url=BASE_URL,
+        settings=LoginSettings(BASE_URL),
     )
     fake_client.invalid_grant_times = 1
     view = await service.start(label="ops")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from broker.keys.soft import SoftKeyStore, SoftSigner
-from broker.login import LoginService, LoginState, LoginView
+from broker.login import LoginService, LoginSettings, LoginState, LoginView
 from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.tokens.stores.logins import MemoryLoginStore
@@ -78,7 +78,7 @@ class Stack:
             self.signer,
             self.sink,
             self.clock,
-            public_base_url=BASE_URL,
+            settings=LoginSettings(BASE_URL),
             store=self.store,
         )
         self.web = httpx.AsyncClient(

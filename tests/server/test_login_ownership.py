@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from broker.keys.soft import SoftKeyStore
-from broker.login import LoginService
+from broker.login import LoginService, LoginSettings
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from tests.clock import FakeClock
 from tests.login.fakes import BASE_URL, ISSUER, FakeClient, FakeSink, client_config, metadata
@@ -65,7 +65,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     client = FakeClient()
     sink = FakeSink(clock=clock)
     logins = LoginService(
-        client, client_config(signer.kid), signer, sink, clock, public_base_url=BASE_URL
+        client, client_config(signer.kid), signer, sink, clock, settings=LoginSettings(BASE_URL)
     )
     async with started_harness(tmp_path, policy_text=policy(), login_service=logins) as harness:
         yield Served(harness, logins, client, sink)

@@ -24,7 +24,7 @@ from broker.jose import unverified_parts
 from broker.keys.api import KeyInfo, Signer
 from broker.keys.kid import KidFormat, kid_for, with_kid_format
 from broker.keys.pkcs11 import Pkcs11KeyStore
-from broker.login import LoginService
+from broker.login import LoginService, LoginSettings
 from broker.oauth.client_auth import client_assertion
 from broker.web.app import create_app
 from broker.web.jwks import JwksEndpoint, StaticKeys, check_jwks_path, etag_matches
@@ -81,7 +81,7 @@ async def _serve(
         signer,
         FakeSink(clock=clock),
         clock,
-        public_base_url=BASE_URL,
+        settings=LoginSettings(BASE_URL),
     )
     app = create_app(
         service,
