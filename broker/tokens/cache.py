@@ -30,16 +30,17 @@ TOKEN_TYPE = "Bearer"  # noqa: S105 - a token type, not a secret
 """The grant record keeps no token type; DOME and oidc-provider issue Bearer tokens."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CacheEntry:
-    """A cached access token. ``mono_expires`` and ``due_at`` are on the monotonic clock."""
+    """A cached access token. ``mono_expires`` and ``due_at`` are on the monotonic clock.
 
-    grant_id: str
+    ``token`` is the token as served FRESH, built once when the entry is made: a FRESH serve
+    hands out that same (frozen) object, so a cache hit allocates nothing and reads no
+    per-grant field but ``mono_expires``. Slotted, with no field that ``token`` already holds,
+    so a grant costs two small objects (a large cache stays cheap to walk at random)."""
+
+    token: AccessToken
     version: int
-    access_token: str
-    expires_at: float
-    scope: str
-    subject: str
     mono_expires: float
     due_at: float
     """When the scheduler picks it up (:meth:`RefreshSchedule.due_at`)."""
@@ -48,8 +49,12 @@ class CacheEntry:
     refresh_expires_at: float | None = None
     """The refresh token's expiry, epoch seconds (None: unknown)."""
 
+    @property
+    def grant_id(self) -> str:
+        return self.token.grant_id
+
     def __repr__(self) -> str:
-        return f"CacheEntry(grant_id={self.grant_id!r}, version={self.version})"
+        return f"CacheEntry(grant_id={self.token.grant_id!r}, version={self.version})"
 
 
 def observe(hook: Callable[[], None]) -> None:
@@ -143,13 +148,18 @@ class TokenCache:
         elif refresh_expires is None and lifetime_policy.kind is LifetimeKind.ACCESS:
             refresh_expires = grant.access_expires_at
         deadline = self._schedule.retry_deadline(refresh_expires)
-        return CacheEntry(
+        token = AccessToken(
             grant_id=grant.grant_id,
-            version=grant.version,
             access_token=grant.access_token,
+            token_type=TOKEN_TYPE,
             expires_at=grant.access_expires_at,
             scope=grant.scope,
             subject=grant.subject,
+            freshness=Freshness.FRESH,
+        )
+        return CacheEntry(
+            token=token,
+            version=grant.version,
             mono_expires=mono + (grant.access_expires_at - now),
             due_at=mono + (due - now),
             retry_until=None if deadline is None else mono + (deadline - now),
@@ -191,14 +201,17 @@ class TokenCache:
         return self.state(entry, need) is Freshness.FRESH and self._clock.monotonic() < entry.due_at
 
     def serve(self, entry: CacheEntry, state: Freshness, *, cache_hit: bool) -> AccessToken:
-        observe(lambda: self._observer.token_served(entry.grant_id, state, cache_hit=cache_hit))
+        token = entry.token
+        observe(lambda: self._observer.token_served(token.grant_id, state, cache_hit=cache_hit))
+        if state is Freshness.FRESH:
+            return token
         return AccessToken(
-            grant_id=entry.grant_id,
-            access_token=entry.access_token,
-            token_type=TOKEN_TYPE,
-            expires_at=entry.expires_at,
-            scope=entry.scope,
-            subject=entry.subject,
+            grant_id=token.grant_id,
+            access_token=token.access_token,
+            token_type=token.token_type,
+            expires_at=token.expires_at,
+            scope=token.scope,
+            subject=token.subject,
             freshness=state,
         )
 

@@ -59,7 +59,7 @@ class Grant:
     kind: GrantKind = GrantKind.USER
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AccessToken:
     """What the token core hands to a caller: one access token of one grant.
 
