@@ -176,6 +176,27 @@ async def test_list_metadata_is_list_without_secrets_and_opens_nothing(r: Replic
     assert "access_token" not in repr(summaries) and "RT-" not in repr(summaries)
 
 
+async def test_count_by_status_counts_on_every_replica_opening_nothing(r: Replicas) -> None:
+    ids = await _seed(r.a, 4)
+    assert await r.b.count_by_status(GrantStatus.REAUTHORIZATION_REQUIRED) == 0
+    await r.a.set_status(ids[0], GrantStatus.REAUTHORIZATION_REQUIRED, reason="invalid_grant")
+    await r.a.set_status(ids[2], GrantStatus.REAUTHORIZATION_REQUIRED, reason="invalid_grant")
+    await r.a.set_status(ids[3], GrantStatus.REVOKED, reason="revoked_by_operator")
+    opens = r.sealer.opens
+    assert await r.b.count_by_status(GrantStatus.REAUTHORIZATION_REQUIRED) == 2
+    assert await r.b.count_by_status(GrantStatus.REVOKED) == 1
+    assert await r.b.count_by_status(GrantStatus.ACTIVE) == 1
+    assert r.sealer.opens == opens, "count_by_status opened a sealed field"
+    with pytest.raises(InvalidArgument):
+        await r.b.count_by_status("reauthorization_required")
+    if r.db is not None:  # SQLite answers from the status index alone
+        with sqlite3.connect(r.db) as conn:
+            plan = conn.execute(
+                "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM grants WHERE status = ?", ("active",)
+            ).fetchall()
+        assert "COVERING INDEX grants_by_status" in " ".join(str(row[-1]) for row in plan)
+
+
 async def test_due_returns_active_due_grants_earliest_first_opening_nothing(r: Replicas) -> None:
     ids = await _seed(r.a, 5)  # expiring NOW+50 .. NOW+54: due NOW-50 .. NOW-46
     await r.a.create(make_grant("late", access_expires_at=NOW + 3600))

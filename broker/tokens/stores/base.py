@@ -111,6 +111,11 @@ class GrantIndex(Protocol):
         recomputed. The token core calls it once with its own schedule."""
         ...
 
+    async def count_by_status(self, status: GrantStatus) -> int:
+        """How many grants have ``status``: one COUNT on the indexed status column, no row
+        read beyond the index (the gauge of grants needing re-authorization polls it)."""
+        ...
+
 
 class RefreshClaims(Protocol):
     """Refresh leases, so that replicas sharing a store divide the due grants instead of all

@@ -65,8 +65,8 @@ def _not_found(grant_id: str) -> GrantNotFound:
 class MemoryGrantStore(MemorySchedule):
     """GrantStore in a dict. Not durable, not shared between processes."""
 
-    SCHEMA_VERSION = 7  # as the SQL stores (identity 2, expiry 3, logins 4, kind 5, rotation 6,
-    # scheduling 7)
+    SCHEMA_VERSION = 8  # as the SQL stores (identity 2, expiry 3, logins 4, kind 5, rotation 6,
+    # scheduling 7, status index 8)
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from broker.tokens.stores.validation import (
     check_due_query,
     check_grant_id,
     check_label,
+    check_status,
 )
 
 
@@ -87,6 +88,11 @@ class MemorySchedule:
             for _, g in sorted(self._grants.items())
             if label is None or g.label == label
         ]
+
+    async def count_by_status(self, status: GrantStatus) -> int:
+        self._enter("count_by_status")
+        check_status(status)
+        return sum(1 for g in self._grants.values() if g.status is status)
 
     def _due_now(self, now: float, horizon: float, limit: int) -> list[Grant]:
         due = [

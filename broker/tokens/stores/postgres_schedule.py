@@ -24,6 +24,7 @@ from broker.tokens.stores.validation import (
     check_due_query,
     check_grant_id,
     check_label,
+    check_status,
 )
 
 
@@ -76,6 +77,16 @@ class PostgresSchedule:
                 )
             rows = await cur.fetchall()
         return [grant_summary(r) for r in rows]
+
+    async def count_by_status(self, status: GrantStatus) -> int:
+        check_status(status)
+        async with self._operation("count_by_status") as conn:
+            cur = await conn.execute(
+                sql.SQL("SELECT COUNT(*) FROM {} WHERE status = %s").format(self._table),
+                (status.value,),
+            )
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def reschedule(self, rule: DueRule) -> int:
         if rule == self._due_rule:

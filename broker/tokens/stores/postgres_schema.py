@@ -109,6 +109,14 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX grants_due ON {schema}.grants (refresh_due_at) WHERE status = 'active'",
         ),
     ),
+    (
+        8,
+        (
+            # Counting grants by status without reading rows (GrantIndex.count_by_status: the
+            # gauge of grants needing re-authorization).
+            "CREATE INDEX grants_by_status ON {schema}.grants (status)",
+        ),
+    ),
 )
 OUR_TABLES = frozenset({"schema_migrations", "grants"})
 SCHEMA_VERSION = MIGRATIONS[-1][0]

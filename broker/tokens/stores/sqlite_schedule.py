@@ -20,6 +20,7 @@ from broker.tokens.stores.validation import (
     check_due_query,
     check_grant_id,
     check_label,
+    check_status,
 )
 
 T = TypeVar("T")
@@ -72,6 +73,17 @@ class SqliteSchedule:
             return [grant_summary(r) for r in rows]
 
         return await self._run("list_metadata", fetch)
+
+    async def count_by_status(self, status: GrantStatus) -> int:
+        check_status(status)
+
+        def count(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM grants WHERE status = ?", (status.value,)
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run("count_by_status", count)
 
     async def reschedule(self, rule: DueRule) -> int:
         if rule == self._due_rule:

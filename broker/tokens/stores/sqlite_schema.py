@@ -111,6 +111,14 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX grants_due ON grants (refresh_due_at) WHERE status = 'active'",
         ),
     ),
+    (
+        8,
+        (
+            # Counting grants by status without reading rows (GrantIndex.count_by_status: the
+            # gauge of grants needing re-authorization).
+            "CREATE INDEX grants_by_status ON grants (status)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
