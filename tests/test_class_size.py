@@ -45,9 +45,10 @@ ALLOWED: tuple[Allowed, ...] = (
     ),
     Allowed(
         "broker/oauth/client.py::OAuthClient",
-        11,
-        "4 collaborators (config, http, signer, clock), 4 defaulted seams (sleep, jitter, tracer "
-        "provider, skew monitor) and 3 cache timings; one object per issuer, built by the wiring",
+        9,
+        "4 collaborators (config, http, signer, clock), its ClientTimings (cache lifetimes, gate "
+        "wait) and 4 defaulted seams: the retry back-off's sleep and jitter (the token "
+        "endpoint's own parameters, passed through), the tracer provider, the skew monitor",
     ),
     Allowed(
         "broker/tokens/core.py::Serving",

@@ -39,6 +39,30 @@ from broker.oauth.token_endpoint import AssertionClaims, RawTokenResponse, Sleep
 from broker.oauth.types import TokenSet
 
 
+@dataclasses.dataclass(frozen=True)
+class ClientTimings:
+    """How long the client trusts what it fetched and how long a refresh waits for the gate.
+
+    ``metadata_ttl``: seconds the AS metadata is cached. ``jwks_min_refetch_interval``: the
+    least seconds between two JWKS fetches (an unknown ``kid`` refetches, at most this often).
+    ``gate_wait_timeout``: seconds a refresh waits for pending code exchanges in DOME
+    compatibility mode before it fails retryably (``None``: three HTTP timeouts plus 5 s, as
+    each pending exchange is bounded by the HTTP timeout).
+    """
+
+    metadata_ttl: float = 3600.0
+    jwks_min_refetch_interval: float = 60.0
+    gate_wait_timeout: float | None = None
+
+    def gate_wait(self, config: ClientConfig) -> float:
+        if self.gate_wait_timeout is not None:
+            return self.gate_wait_timeout
+        return 3 * config.http_timeout + 5.0
+
+
+DEFAULT_TIMINGS = ClientTimings()
+
+
 class OAuthClient:
     """One confidential client (``config.client_id``, our did:key) at one issuer."""
 
@@ -49,12 +73,10 @@ class OAuthClient:
         signer: Signer,
         clock: Clock,
         *,
+        timings: ClientTimings = DEFAULT_TIMINGS,
         sleep: Sleep = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
         tracer_provider: TracerProvider | None = None,
-        metadata_ttl: float = 3600.0,
-        jwks_min_refetch_interval: float = 60.0,
-        gate_wait_timeout: float | None = None,
         skew: SkewMonitor | None = None,
     ) -> None:
         self.config = config
@@ -68,23 +90,21 @@ class OAuthClient:
         self._assertion_clock = skew.assertion_clock(clock) if skew is not None else clock
         if skew is not None:
             skew.attach(http)
-        self._metadata = MetadataCache(http, config, clock, metadata_ttl, tracer=self._tracer)
+        self._metadata = MetadataCache(
+            http, config, clock, timings.metadata_ttl, tracer=self._tracer
+        )
         self.jwks = JwksCache(
             http,
             self._metadata,
             config,
             clock,
-            min_refetch_interval=jwks_min_refetch_interval,
+            min_refetch_interval=timings.jwks_min_refetch_interval,
             tracer=self._tracer,
         )
         self._pending_exchanges = 0
         self._no_exchange = asyncio.Event()
         self._no_exchange.set()
-        # A refresh waits at most this long for pending exchanges (each is bounded by the
-        # HTTP timeout), then fails retryably rather than hanging.
-        self._gate_wait_timeout = (
-            gate_wait_timeout if gate_wait_timeout is not None else 3 * config.http_timeout + 5.0
-        )
+        self._gate_wait_timeout = timings.gate_wait(config)
 
     def __repr__(self) -> str:
         return f"OAuthClient(issuer={self.config.issuer!r}, client_id={self.config.client_id!r})"

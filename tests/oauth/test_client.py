@@ -25,7 +25,7 @@ from broker.errors import (
 )
 from broker.jose import unverified_parts
 from broker.keys.soft import SoftSigner
-from broker.oauth.client import OAuthClient
+from broker.oauth.client import ClientTimings, OAuthClient
 from broker.oauth.client_auth import JWT_BEARER
 from broker.oauth.config import ClientConfig
 from broker.tokens.ports import Refresher
@@ -266,6 +266,24 @@ async def test_dome_gate_off_when_compat_disabled(
     assert tokens.access_token == "at-new"
 
 
+async def test_the_metadata_is_cached_for_the_ttl_of_the_client_timings(
+    fake_as: FakeAS,
+    http: httpx.AsyncClient,
+    signer: SoftSigner,
+    config: ClientConfig,
+    clock: FakeClock,
+) -> None:
+    client = OAuthClient(config, http, signer, clock, timings=ClientTimings(metadata_ttl=30.0))
+    discovery = "/.well-known/openid-configuration"
+    await client.metadata()
+    clock.advance(29)
+    await client.metadata()
+    assert [r.url.path for r in fake_as.requests] == [discovery]
+    clock.advance(2)  # past the 30 s (the default is an hour)
+    await client.metadata()
+    assert [r.url.path for r in fake_as.requests] == [discovery, discovery]
+
+
 async def test_dome_gate_wait_is_bounded(
     fake_as: FakeAS,
     http: httpx.AsyncClient,
@@ -273,7 +291,9 @@ async def test_dome_gate_wait_is_bounded(
     config: ClientConfig,
     clock: FakeClock,
 ) -> None:
-    client = OAuthClient(config, http, signer, clock, sleep=Sleeps(), gate_wait_timeout=0.01)
+    client = OAuthClient(
+        config, http, signer, clock, sleep=Sleeps(), timings=ClientTimings(gate_wait_timeout=0.01)
+    )
     async with client.exchange_gate():
         with pytest.raises(AuthServerUnavailable):
             await client.refresh("rt-old", subject=SUBJECT)
