@@ -45,10 +45,11 @@ ALLOWED: tuple[Allowed, ...] = (
     ),
     Allowed(
         "broker/oauth/client.py::OAuthClient",
-        9,
+        10,
         "4 collaborators (config, http, signer, clock), its ClientTimings (cache lifetimes, gate "
-        "wait) and 4 defaulted seams: the retry back-off's sleep and jitter (the token "
-        "endpoint's own parameters, passed through), the tracer provider, the skew monitor",
+        "wait) and 5 defaulted seams: the retry back-off's sleep and jitter (the token "
+        "endpoint's own parameters, passed through), the tracer provider, the skew monitor, "
+        "the AS-error observer (broker.as.errors)",
     ),
     Allowed(
         "broker/tokens/core.py::Serving",

@@ -22,6 +22,9 @@ empty 403: VP, credential, issuer trust, revocation)
 anything else                                           UnexpectedResponse (yes)
 ======================================================  =====================================
 
+Every answer classified here is also told to an :class:`AsErrorObserver` when one is given
+(the composition root connects ``broker.as.errors`` to it; oauth imports no metrics).
+
 A client-authentication failure means an operator has to act, so it is logged at ERROR with
 its likely cause (:func:`likely_cause`); ``broker doctor`` uses the same texts.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from typing import Protocol
 
 from broker.errors import (
     AuthServerUnavailable,
@@ -62,6 +66,14 @@ class Endpoint(enum.StrEnum):
 
     TOKEN = "token"  # noqa: S105 - an endpoint name
     PAR = "par"
+
+
+class AsErrorObserver(Protocol):
+    """Told of every error answer of the authorization server that :func:`error_from_response`
+    classifies: which endpoint, the HTTP status it is read as, the OAuth ``error`` code when
+    the body had one (chosen by the AS: unbounded text, never a secret)."""
+
+    def as_error(self, endpoint: str, status: int, error: str | None) -> None: ...
 
 
 def classify(
@@ -132,11 +144,15 @@ def error_from_response(
     skew: SkewMonitor | None = None,
     status: int | None = None,
     grant_type: str | None = None,
+    observer: AsErrorObserver | None = None,
 ) -> OAuthClientError:
     """Classify ``resp`` (``status`` overrides its HTTP status: a 200 carrying an OAuth error
-    is read as a 400). Logs a client-authentication failure at ERROR with its likely cause."""
+    is read as a 400) and tell ``observer``. Logs a client-authentication failure at ERROR
+    with its likely cause."""
     error, description = _oauth_error(resp)
     code = resp.status_code if status is None else status
+    if observer is not None:
+        observer.as_error(str(endpoint), code, error)
     suspected = skew is not None and skew.suspected()
     exc = classify(
         code,

@@ -31,6 +31,7 @@ from broker.clock import Clock
 from broker.errors import AuthServerUnavailable, TokenValidationError
 from broker.keys.api import Signer
 from broker.oauth import par, token_endpoint
+from broker.oauth.as_errors import AsErrorObserver
 from broker.oauth.config import ClientConfig
 from broker.oauth.id_token import validate_id_token
 from broker.oauth.metadata import JwksCache, MetadataCache, ServerMetadata
@@ -78,8 +79,10 @@ class OAuthClient:
         jitter: Callable[[], float] = random.random,
         tracer_provider: TracerProvider | None = None,
         skew: SkewMonitor | None = None,
+        as_errors: AsErrorObserver | None = None,
     ) -> None:
         self.config = config
+        self._as_errors = as_errors
         self._http = http
         self._signer = signer
         self._clock = clock
@@ -197,6 +200,7 @@ class OAuthClient:
                 tracer=self._tracer,
                 assertion_clock=self._assertion_clock,
                 skew=self.skew,
+                observer=self._as_errors,
             )
             if raw.id_token is None:
                 if "openid" in self.config.scope.split():
@@ -225,6 +229,7 @@ class OAuthClient:
             tracer=self._tracer,
             assertion_clock=self._assertion_clock,
             skew=self.skew,
+            observer=self._as_errors,
         )
         claims = None
         if raw.id_token is not None:
@@ -257,6 +262,7 @@ class OAuthClient:
             tracer=self._tracer,
             assertion_clock=self._assertion_clock,
             skew=self.skew,
+            observer=self._as_errors,
         )
         return dataclasses.replace(self._token_set(raw, None), refresh_token=None, id_token=None)
 
@@ -273,4 +279,5 @@ class OAuthClient:
             request_object=request_object,
             tracer=self._tracer,
             skew=self.skew,
+            observer=self._as_errors,
         )

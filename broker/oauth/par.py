@@ -10,7 +10,7 @@ from broker.clock import Clock
 from broker.errors import DiscoveryError, InvalidArgument, OAuthErrorResponse, UnexpectedResponse
 from broker.keys.api import Signer
 from broker.oauth import http as bounded
-from broker.oauth.as_errors import Endpoint, error_from_response
+from broker.oauth.as_errors import AsErrorObserver, Endpoint, error_from_response
 from broker.oauth.client_auth import client_assertion, client_auth_form
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import ServerMetadata
@@ -29,6 +29,7 @@ async def push_authorization_request(
     request_object: str,
     tracer: Tracer | None = None,
     skew: SkewMonitor | None = None,
+    observer: AsErrorObserver | None = None,
 ) -> tuple[str, int]:
     """POST ``request=<signed request object>`` with client authentication (RFC 9126 section
     2.1; JAR with PAR, section 3) and return ``(request_uri, expires_in)`` (section 2.2).
@@ -62,6 +63,7 @@ async def push_authorization_request(
                 now=clock.now(),
                 client_id=config.client_id,
                 skew=skew,
+                observer=observer,
             )
             if isinstance(err, OAuthErrorResponse):
                 span.set_attribute("oauth.error", err.error)

@@ -30,7 +30,7 @@ from broker.errors import (
 )
 from broker.keys.api import Signer
 from broker.oauth import http as bounded
-from broker.oauth.as_errors import Endpoint, error_from_response
+from broker.oauth.as_errors import AsErrorObserver, Endpoint, error_from_response
 from broker.oauth.client_auth import client_assertion, client_auth_form
 from broker.oauth.config import ClientConfig
 from broker.oauth.metadata import ServerMetadata
@@ -147,6 +147,7 @@ async def _token_request(
     assertion_clock: Clock | None = None,
     skew: SkewMonitor | None = None,
     assertion_extra: AssertionClaims | None = None,
+    observer: AsErrorObserver | None = None,
 ) -> RawTokenResponse:
     grant_type = form["grant_type"]
     with tracer.start_as_current_span("oauth.token_request") as span:
@@ -178,6 +179,7 @@ async def _token_request(
                     client_id=config.client_id,
                     skew=skew,
                     grant_type=grant_type,
+                    observer=observer,
                 )
             doc = bounded.parse_json_object(resp)
             if "error" in doc and "access_token" not in doc:
@@ -189,6 +191,7 @@ async def _token_request(
                     skew=skew,
                     status=400,
                     grant_type=grant_type,
+                    observer=observer,
                 )
             return parse_token_response(
                 doc, config=config, requested_scope=requested_scope, received_at=clock.now()
@@ -216,6 +219,7 @@ async def exchange_code(
     tracer: Tracer | None = None,
     assertion_clock: Clock | None = None,
     skew: SkewMonitor | None = None,
+    observer: AsErrorObserver | None = None,
 ) -> RawTokenResponse:
     """Authorization code grant (RFC 6749 section 4.1.3; PKCE RFC 7636 section 4.5).
 
@@ -239,6 +243,7 @@ async def exchange_code(
         tracer=tracer or trace.get_tracer("broker.oauth"),
         assertion_clock=assertion_clock,
         skew=skew,
+        observer=observer,
     )
 
 
@@ -270,6 +275,7 @@ async def refresh(
     tracer: Tracer | None = None,
     assertion_clock: Clock | None = None,
     skew: SkewMonitor | None = None,
+    observer: AsErrorObserver | None = None,
 ) -> RawTokenResponse:
     """Refresh token grant (RFC 6749 section 6), with bounded retries.
 
@@ -298,6 +304,7 @@ async def refresh(
             tracer=the_tracer,
             assertion_clock=assertion_clock,
             skew=skew,
+            observer=observer,
         )
 
     return await _with_retries(attempt, config, sleep=sleep, jitter=jitter, what="refresh")
@@ -317,6 +324,7 @@ async def client_credentials(
     tracer: Tracer | None = None,
     assertion_clock: Clock | None = None,
     skew: SkewMonitor | None = None,
+    observer: AsErrorObserver | None = None,
 ) -> RawTokenResponse:
     """Client credentials grant (RFC 6749 section 4.4) with the client assertion of RFC 7523
     (plus ``assertion_extra`` claims, made per attempt), retried like a refresh: only
@@ -341,6 +349,7 @@ async def client_credentials(
             assertion_clock=assertion_clock,
             skew=skew,
             assertion_extra=assertion_extra,
+            observer=observer,
         )
 
     return await _with_retries(

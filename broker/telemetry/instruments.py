@@ -116,14 +116,20 @@ AS_CLOCK_SKEW = InstrumentSpec(
     "Smoothed clock offset of the authorization server (its Date header minus our clock)",
 )
 PENDING_LOGINS = InstrumentSpec(
-    "broker.logins.pending", "up_down_counter", "{login}", (), "Interactive logins in progress"
+    "broker.logins.pending",
+    "gauge",
+    "{login}",
+    (),
+    "Interactive logins waiting for the user (pending, not expired), counted in the login "
+    "store every replica shares",
 )
 REAUTH_REQUIRED = InstrumentSpec(
     "broker.grants.reauthorization_required",
     "gauge",
     "{grant}",
     (),
-    "Grants that currently need a user to log in again",
+    "Grants that currently need a user to log in again, counted in the grant store every "
+    "replica shares",
 )
 REAUTH_TRANSITIONS = InstrumentSpec(
     "broker.grants.reauthorization_required.transitions",

@@ -1,16 +1,17 @@
-"""Metrics for the token core: implements the token core's observer port
-(:class:`broker.tokens.observer.TokenBrokerObserver`) over
+"""Metrics for the token core and the OAuth client: implements the token core's observer port
+(:class:`broker.tokens.observer.TokenBrokerObserver`) and OAuth's error-answer port
+(:class:`broker.oauth.as_errors.AsErrorObserver`) over
 :class:`broker.telemetry.metrics.BrokerMetrics`.
 
-The dependency points from tokens to nothing here: the port is defined in ``tokens``, and this
-class satisfies it structurally without importing ``tokens`` (telemetry sits below every
-domain package). Freshness and refresh outcome arrive as the port's string enums and are
+The dependency points from tokens and oauth to nothing here: each port is defined in its
+package, and these classes satisfy them structurally without importing it (telemetry sits
+below every domain package). Freshness and refresh outcome arrive as the port's string enums and are
 taken as plain ``str`` (a ``StrEnum`` is one), so the signatures stay compatible.
 """
 
 from __future__ import annotations
 
-from broker.telemetry.metrics import BrokerMetrics
+from broker.telemetry.metrics import BrokerMetrics, as_error_label
 
 _DEAD = "dead"
 """The value of ``RefreshOutcome.DEAD``: the grant needs re-authorization (a test pins it)."""
@@ -34,3 +35,14 @@ class MetricsObserver:
 
     def single_flight_joined(self, grant_id: str) -> None:
         self._metrics.record_token_request("GetAccessToken", "single_flight_joined")
+
+
+class AsErrorMetrics:
+    """Implements OAuth's error-answer port (:class:`broker.oauth.as_errors.AsErrorObserver`)
+    structurally: every error answer the classifier sees becomes one ``broker.as.errors``."""
+
+    def __init__(self, metrics: BrokerMetrics) -> None:
+        self._metrics = metrics
+
+    def as_error(self, endpoint: str, status: int, error: str | None) -> None:
+        self._metrics.record_as_error(str(endpoint), as_error_label(error, status))

@@ -42,7 +42,7 @@ def test_broker_metrics_and_audit_failures_are_named_and_unitised_by_the_catalog
     m.record_sign(0.001, "CKM_ECDSA")
     m.record_sign_error("hsm_unavailable")
     m.record_as_error("token", "invalid_grant")
-    m.login_started()
+    m.observe_pending_logins(lambda: 1)
     m.record_reauthorization_required()
     m.observe_reauthorization_required(lambda: 2)
     MeterFailureObserver(provider).audit_failed("file", "grant.revoked")
