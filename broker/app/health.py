@@ -1,16 +1,22 @@
 """The service's health signals besides gRPC health: the DEGRADED / OK log lines of the grant
-store's unpersisted results (G04) and the resilience gauges."""
+store's unpersisted results (G04), the resilience gauges and the gauges the store counts."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from opentelemetry import metrics as otel_metrics
 
 from broker.keys.health import HsmHealth, HsmState
 from broker.oauth.skew import SkewMonitor
 from broker.telemetry import instruments
+from broker.telemetry.loop_source import LoopSource
+from broker.telemetry.metrics import BrokerMetrics
 from broker.tokens.broker import TokenBroker
+from broker.tokens.model import GrantStatus
+from broker.tokens.stores.base import GrantIndex
 
 # The composition root's log lines and meter keep the name they had in broker/service.py.
 log = logging.getLogger("broker.service")
@@ -70,3 +76,27 @@ def resilience_gauges(
             instruments.HSM_UP,
             callbacks=[instruments.single_value(lambda: int(probe.state is HsmState.UP))],
         )
+
+
+def store_gauges(
+    metrics: BrokerMetrics | None,
+    store: GrantIndex,
+    pending_logins: Callable[[], Awaitable[int]],
+) -> None:
+    """``broker.grants.reauthorization_required`` and ``broker.logins.pending``, counted in the
+    store every replica shares (one indexed COUNT each per collection, run on this event loop
+    from the exporter's thread: :class:`~broker.telemetry.loop_source.LoopSource`).
+    ``pending_logins``: the login service's count of pending, unexpired logins."""
+    if metrics is None:
+        return
+    loop = asyncio.get_running_loop()
+
+    async def reauthorization_required() -> int:
+        return await store.count_by_status(GrantStatus.REAUTHORIZATION_REQUIRED)
+
+    metrics.observe_reauthorization_required(
+        LoopSource(instruments.REAUTH_REQUIRED.name, loop, reauthorization_required)
+    )
+    metrics.observe_pending_logins(
+        LoopSource(instruments.PENDING_LOGINS.name, loop, pending_logins)
+    )

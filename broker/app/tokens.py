@@ -28,7 +28,7 @@ from broker.oauth.client import OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.oauth.skew import SkewMonitor
 from broker.telemetry.metrics import BrokerMetrics
-from broker.telemetry.observer import MetricsObserver
+from broker.telemetry.observer import AsErrorMetrics, MetricsObserver
 from broker.telemetry.signer import MeteredSigner
 from broker.tokens.broker import TokenBroker
 from broker.tokens.emergency import EmergencyVault
@@ -108,8 +108,16 @@ async def build_token_core(
         compensate=settings.oauth.compensate_skew,
     )
     tracer_provider = instruments.tracer_provider
+    metrics = instruments.metrics
+    as_errors = AsErrorMetrics(metrics) if metrics is not None else None
     client = OAuthClient(
-        config, http, key.signer, clock, tracer_provider=tracer_provider, skew=skew
+        config,
+        http,
+        key.signer,
+        clock,
+        tracer_provider=tracer_provider,
+        skew=skew,
+        as_errors=as_errors,
     )
     # Key rotation: the other recorded identities refresh their own grants with their keys.
     others = await asyncio.to_thread(
@@ -132,6 +140,7 @@ async def build_token_core(
                 clock,
                 tracer_provider=tracer_provider,
                 skew=skew,
+                as_errors=as_errors,
             ),
         )
         for o in others
@@ -141,7 +150,6 @@ async def build_token_core(
         log.warning(
             "no [store].emergency_dir: a refresh token the store fails to write is lost at exit"
         )
-    metrics = instruments.metrics
     broker = TokenBroker(
         store,
         client,

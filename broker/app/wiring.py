@@ -17,7 +17,7 @@ from opentelemetry import trace
 
 from broker.app.audit import audit_trail
 from broker.app.grpc_server import start_grpc
-from broker.app.health import resilience_gauges
+from broker.app.health import resilience_gauges, store_gauges
 from broker.app.hsm import HsmServingReporter, hsm_health
 from broker.app.keys import open_key
 from broker.app.machine import ensure_machine_grants, machine_specs
@@ -98,6 +98,7 @@ async def start(
             audit=audit,
             store=core.store,  # logins in flight live in the grant store: any replica completes them
         )
+        store_gauges(metrics, core.store, logins.pending_count)
         # Callers hand users a start link on the listener: "/" then tells an abandoned login.
         links = BrowserLinks(settings.web.public_base_url.rstrip("/"), clock)
         web = web_server(

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from broker.errors import DeploymentMismatch
 from broker.tokens.ports import Refresher
+from broker.tokens.stores.base import GrantIndex
 from broker.tokens.stores.deployment import (
     DeploymentIdentity,
     IdentityState,
@@ -53,7 +54,7 @@ class IdentityLedger(Protocol):
         ...
 
 
-class LedgerStore(GrantAndLoginStore, IdentityLedger, Protocol):
+class LedgerStore(GrantAndLoginStore, GrantIndex, IdentityLedger, Protocol):
     """What serve and the rotation ceremony open: the SQLite and PostgreSQL stores."""
 
 
