@@ -14,9 +14,12 @@ One run, one temporary SoftHSM2 token (never the system one), the same key for b
 
 Modes are interleaved round by round so machine noise hits all of them alike. 1 and 2 threads.
 Targets: broker (sync and async) >= 0.85x raw at 1 thread and >= 0.80x at 2 threads, broker
-sync >= 1.0x jwcrypto.
+sync >= 1.0x jwcrypto. The verdict is on the median over rounds of the per-round throughput
+ratio (both modes of a round ran within a few hundred milliseconds of each other): on a shared
+box a burst of someone else's work inside one mode's round moves the pooled ops/s ratio, which
+is reported too, by more than the effect measured.
 
-    .venv/bin/python bench/sign.py [--rounds 5] [--ops 400] [--out bench/results]
+    .venv/bin/python bench/sign.py [--rounds 20] [--ops 400] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import json
 import os
 import platform
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,7 +146,7 @@ def _machine() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--ops", type=int, default=400, help="signatures per mode per round")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
@@ -211,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                     for _ in range(50):
                         op()
             results: dict[tuple[str, int], tuple[float, list[int]]] = {}
+            per_round: dict[tuple[str, int], list[float]] = {}  # ops/s of each round
             for threads in (1, 2):
                 for _ in range(args.rounds):
                     for name, op in modes.items():
@@ -219,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                         else:
                             seconds, lat = _run_threads(op, args.ops, threads)
                         total, all_lat = results.get((name, threads), (0.0, []))
+                        per_round.setdefault((name, threads), []).append(len(lat) / seconds)
                         results[(name, threads)] = (total + seconds, all_lat + lat)
             raw_session.close()
         loop.close()
@@ -253,11 +259,13 @@ def main(argv: list[str] | None = None) -> int:
             for n, t, r, p50, p99, c in rows
         ],
         "",
-        "Ratios are of throughput (ops/s); the p50 column gives the same ratio from median latency",
-        "(other users' test suites were running: see load average; the median is less noisy).",
+        "Ratios are of throughput (ops/s): the median over the rounds of each round's ratio (the",
+        "verdict), and the ratio of the totals (pooled); the p50 column gives the ratio from median",
+        "latency (other users' test suites were running: see load average).",
         "",
-        "| ratio | threads | value | p50 ratio | target | met (ops/s) |",
-        "|---|---|---|---|---|---|",
+        "| ratio | threads | median of per-round ops/s ratios | pooled ops/s | p50 ratio "
+        "| target | met (median) |",
+        "|---|---|---|---|---|---|---|",
     ]
     verdicts = []
     for threads in (1, 2):
@@ -266,13 +274,19 @@ def main(argv: list[str] | None = None) -> int:
             ("broker async", "raw C_Sign", TARGET_RAW[threads]),
             ("broker JWS", "jwcrypto", TARGET_JWCRYPTO),
         ):
-            ratio = rates[(mine, threads)] / rates[(other, threads)]
+            pooled = rates[(mine, threads)] / rates[(other, threads)]
+            ratio = statistics.median(
+                a / b
+                for a, b in zip(
+                    per_round[(mine, threads)], per_round[(other, threads)], strict=True
+                )
+            )
             p50_ratio = p50s[(other, threads)] / p50s[(mine, threads)]
             met = ratio >= target
             verdicts.append(met)
             lines.append(
-                f"| {mine} / {other} | {threads} | {ratio:.2f}x | {p50_ratio:.2f}x "
-                f"| >= {target:.2f}x | "
+                f"| {mine} / {other} | {threads} | {ratio:.2f}x | {pooled:.2f}x "
+                f"| {p50_ratio:.2f}x | >= {target:.2f}x | "
                 + ("yes" if met else f"NO (short by {(target - ratio) / target:.0%})")
                 + " |"
             )
