@@ -4,7 +4,8 @@ The broker never *means* to log a secret (CONTRIBUTING.md); this layer catches t
 
 * JWTs / JWS / JWE (``eyJ...``), ``Bearer ...`` credentials;
 * long base64url or hex blobs that look like tokens (32+ characters mixing letters and digits),
-  except public identifiers: ``did:key:...``, fingerprints written as ``sha256:<hex>`` and
+  except public identifiers: ``did:key:...`` and its kid (``did:key:z...#z...``, base58btc,
+  which may spell ``eyJ`` by chance), fingerprints written as ``sha256:<hex>`` and
   UUIDs in their dashed form (grant ids). A UUID that is the value of a sensitive key is still
   redacted (DOME authorization codes are UUIDs: ``code=<uuid>``);
 * values of keys named like secrets (``pin``, ``token``, ``refresh_token``, ``code``,
@@ -85,7 +86,20 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){1,4}|eyJ[A-Za-z0-9_
 # Blobs: 32+ base64url/base64 characters, or hex, with at least one digit and one letter.
 _BLOB = re.compile(r"(?<![A-Za-z0-9_+/-])[A-Za-z0-9_+/-]{32,}={0,2}(?![A-Za-z0-9_+/=-])")
 _KEEP_BEFORE = re.compile(r"(?:did:key:|sha256:)$")
+# A did:key (and its kid, did#fragment) is base58btc after "z"; "eyJ" may occur inside by chance.
+_BASE58 = "1-9A-HJ-NP-Za-km-z"
+_IN_DID_KEY = re.compile(rf"did:key:z[{_BASE58}]*(?:#z[{_BASE58}]*)?$")
+_ALL_BASE58 = re.compile(rf"[{_BASE58}]+")
+_DID_KEY_FRAGMENT_BEFORE = re.compile(rf"did:key:z[{_BASE58}]+#$")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _jwt(match: re.Match[str]) -> str:
+    text = match.group(0)
+    before = match.string[max(0, match.start() - 128) : match.start()]
+    if _IN_DID_KEY.search(before) and _ALL_BASE58.fullmatch(text):
+        return text  # the middle of a public did:key, not a token
+    return REDACTED
 
 
 def _blob(match: re.Match[str]) -> str:
@@ -93,6 +107,8 @@ def _blob(match: re.Match[str]) -> str:
     before = match.string[max(0, match.start() - 8) : match.start()]
     if _KEEP_BEFORE.search(before) or _UUID.fullmatch(text):
         return text
+    if _DID_KEY_FRAGMENT_BEFORE.search(match.string[max(0, match.start() - 64) : match.start()]):
+        return text  # the fragment of a did:key kid (did:key:z...#z...)
     if not (re.search(r"\d", text) and re.search(r"[A-Za-z]", text)):
         return text  # a long word or number: not a token
     if "/" in text and re.search(r"/[A-Za-z]", text) and not re.search(r"[+=]", text):
@@ -133,7 +149,7 @@ def redact_text(text: str) -> str:
     out = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     out = _redact_pairs(out)
     out = _LOOSE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", out)
-    out = _JWT.sub(REDACTED, out)
+    out = _JWT.sub(_jwt, out)
     return _BLOB.sub(_blob, out)
 
 

@@ -484,3 +484,10 @@ def test_event_record_mapping_round_trips_odd_identifiers() -> None:
     assert event_from_record(record) == event
     with pytest.raises(InvalidArgument):
         event_from_record({"action": "keys.generate", "key_uri": "pkcs11:token=broker"})
+
+
+def test_a_did_key_that_spells_eyj_is_an_accepted_subject() -> None:
+    # base58btc can spell "eyJ" (how a JWT starts) inside a did:key: still a public identifier
+    did = "did:key:zDnaeyJ7Cz5JbZtVGd93qxAjLB1qZEm1eXLPaWEr775R2BZkoY"
+    event = AuditEvent(AuditAction.GRANT_CREATED, "ok", grant_id="g1", subject=did)
+    assert event.subject == did

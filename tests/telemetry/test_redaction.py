@@ -12,6 +12,8 @@ JWT = (
 OPAQUE_RT = "Xk3nq0aZ9PqL2mvB7tYw4sR8uE1oN6cH5jG0fD2kA9s"  # oidc-provider style, 43 chars
 CODE = "550e8400-e29b-41d4-a716-446655440000"  # DOME codes are UUIDs
 DID = "did:key:zDnaew7Cz5JbZtVGd93qxAjLB1qZEm1eXLPaWEr775R2BZkoY"
+# base58btc may spell "eyJ" by chance, as a JWT starts
+DID_WITH_EYJ = "did:key:zDnaeyJ7Cz5JbZtVGd93qxAjLB1qZEm1eXLPaWEr775R2BZkoY"
 
 
 @pytest.mark.parametrize(
@@ -38,6 +40,9 @@ DID = "did:key:zDnaew7Cz5JbZtVGd93qxAjLB1qZEm1eXLPaWEr775R2BZkoY"
         ("C_Login failed: PIN: 1234", "1234"),
         ("client_secret='s3cr3t'", "s3cr3t"),
         ("vp_token=abcdef", "abcdef"),
+        (f"body assertion%3D{JWT}%26x", JWT),
+        (f"after a did {DID_WITH_EYJ} comes {JWT}", JWT),
+        (f"did:key:{JWT}", JWT),
     ],
 )
 def test_h02_secret_in_text_is_scrubbed(text: str, secret: str) -> None:
@@ -58,6 +63,8 @@ def test_h02_secret_in_text_is_scrubbed(text: str, secret: str) -> None:
         "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
         "supercalifragilisticexpialidociousandmorewords",
         "12345678901234567890123456789012345",
+        DID_WITH_EYJ,
+        f"subject {DID_WITH_EYJ}#{DID_WITH_EYJ[8:]}",
     ],
 )
 def test_public_identifiers_stay_readable(text: str) -> None:
