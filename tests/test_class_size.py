@@ -45,11 +45,11 @@ ALLOWED: tuple[Allowed, ...] = (
     ),
     Allowed(
         "broker/oauth/client.py::OAuthClient",
-        10,
+        9,
         "4 collaborators (config, http, signer, clock), its ClientTimings (cache lifetimes, gate "
-        "wait) and 5 defaulted seams: the retry back-off's sleep and jitter (the token "
-        "endpoint's own parameters, passed through), the tracer provider, the skew monitor, "
-        "the AS-error observer (broker.as.errors)",
+        "wait), its ClientReporting (tracer provider, AS-error observer) and 3 defaulted seams: "
+        "the retry back-off's sleep and jitter (the token endpoint's own parameters, passed "
+        "through) and the skew monitor (not reporting only: it moves the assertions' clock)",
     ),
     Allowed(
         "broker/tokens/core.py::Serving",

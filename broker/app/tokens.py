@@ -24,7 +24,7 @@ from broker.clock import Clock
 from broker.config import Settings
 from broker.keys.api import KeyStore, Sealer, Signer
 from broker.keys.uri import parse_key_uri
-from broker.oauth.client import OAuthClient
+from broker.oauth.client import ClientReporting, OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.oauth.skew import SkewMonitor
 from broker.telemetry.metrics import BrokerMetrics
@@ -109,16 +109,11 @@ async def build_token_core(
     )
     tracer_provider = instruments.tracer_provider
     metrics = instruments.metrics
-    as_errors = AsErrorMetrics(metrics) if metrics is not None else None
-    client = OAuthClient(
-        config,
-        http,
-        key.signer,
-        clock,
+    reporting = ClientReporting(
         tracer_provider=tracer_provider,
-        skew=skew,
-        as_errors=as_errors,
+        as_errors=AsErrorMetrics(metrics) if metrics is not None else None,
     )
+    client = OAuthClient(config, http, key.signer, clock, skew=skew, reporting=reporting)
     # Key rotation: the other recorded identities refresh their own grants with their keys.
     others = await asyncio.to_thread(
         open_identity_signers,
@@ -138,9 +133,8 @@ async def build_token_core(
                 http,
                 instruments.metered(o.signer, clock),
                 clock,
-                tracer_provider=tracer_provider,
                 skew=skew,
-                as_errors=as_errors,
+                reporting=reporting,
             ),
         )
         for o in others

@@ -62,16 +62,22 @@ CLIENT_CREDENTIALS = "client_credentials"
 
 
 class Endpoint(enum.StrEnum):
-    """Which endpoint answered: the token endpoint knows DOME's non-OAuth dead-grant answers."""
+    """Which endpoint answered: the token endpoint knows DOME's non-OAuth dead-grant answers.
+    Discovery (``metadata``) and the JWKS are not classified here (a failure there is a
+    :class:`broker.errors.DiscoveryError`), but their error answers are told to the same
+    :class:`AsErrorObserver` (:mod:`broker.oauth.metadata`)."""
 
     TOKEN = "token"  # noqa: S105 - an endpoint name
     PAR = "par"
+    METADATA = "metadata"
+    JWKS = "jwks"
 
 
 class AsErrorObserver(Protocol):
     """Told of every error answer of the authorization server that :func:`error_from_response`
-    classifies: which endpoint, the HTTP status it is read as, the OAuth ``error`` code when
-    the body had one (chosen by the AS: unbounded text, never a secret)."""
+    classifies, and of every non-200 answer to a discovery or JWKS fetch: which endpoint, the
+    HTTP status it is read as, the OAuth ``error`` code when the body had one (chosen by the
+    AS: unbounded text, never a secret; always ``None`` for discovery and the JWKS)."""
 
     def as_error(self, endpoint: str, status: int, error: str | None) -> None: ...
 

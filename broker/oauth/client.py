@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 from opentelemetry import trace
-from opentelemetry.trace import TracerProvider
+from opentelemetry.trace import Tracer, TracerProvider
 
 from broker.clock import Clock
 from broker.errors import AuthServerUnavailable, TokenValidationError
@@ -64,6 +64,22 @@ class ClientTimings:
 DEFAULT_TIMINGS = ClientTimings()
 
 
+@dataclasses.dataclass(frozen=True)
+class ClientReporting:
+    """Where the client reports: its spans (``tracer_provider``; ``None``: the global one) and
+    every error answer of the authorization server (``as_errors``: token endpoint, PAR,
+    discovery, JWKS; the composition root connects ``broker.as.errors``; ``None``: nobody)."""
+
+    tracer_provider: TracerProvider | None = None
+    as_errors: AsErrorObserver | None = None
+
+    def tracer(self) -> Tracer:
+        return trace.get_tracer("broker.oauth", tracer_provider=self.tracer_provider)
+
+
+DEFAULT_REPORTING = ClientReporting()
+
+
 class OAuthClient:
     """One confidential client (``config.client_id``, our did:key) at one issuer."""
 
@@ -77,24 +93,28 @@ class OAuthClient:
         timings: ClientTimings = DEFAULT_TIMINGS,
         sleep: Sleep = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
-        tracer_provider: TracerProvider | None = None,
         skew: SkewMonitor | None = None,
-        as_errors: AsErrorObserver | None = None,
+        reporting: ClientReporting = DEFAULT_REPORTING,
     ) -> None:
         self.config = config
-        self._as_errors = as_errors
+        self._as_errors = reporting.as_errors
         self._http = http
         self._signer = signer
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
-        self._tracer = trace.get_tracer("broker.oauth", tracer_provider=tracer_provider)
+        self._tracer = reporting.tracer()
         self.skew = skew
         self._assertion_clock = skew.assertion_clock(clock) if skew is not None else clock
         if skew is not None:
             skew.attach(http)
         self._metadata = MetadataCache(
-            http, config, clock, timings.metadata_ttl, tracer=self._tracer
+            http,
+            config,
+            clock,
+            timings.metadata_ttl,
+            tracer=self._tracer,
+            observer=self._as_errors,
         )
         self.jwks = JwksCache(
             http,
@@ -103,6 +123,7 @@ class OAuthClient:
             clock,
             min_refetch_interval=timings.jwks_min_refetch_interval,
             tracer=self._tracer,
+            observer=self._as_errors,
         )
         self._pending_exchanges = 0
         self._no_exchange = asyncio.Event()

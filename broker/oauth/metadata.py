@@ -6,6 +6,12 @@ Discovery section 4.3, RFC 8414 section 3.3; catalogue A01); every endpoint must
 origin or one listed in the configuration (:mod:`broker.oauth.origins`). Metadata is cached
 with a TTL; the JWKS is re-fetched once for an unknown ``kid`` but at most once per
 ``min_refetch_interval`` (A09).
+
+A non-200 answer to either fetch is told to the client's
+:class:`~broker.oauth.as_errors.AsErrorObserver` (endpoint ``metadata`` or ``jwks``, no OAuth
+code), like the token endpoint's error answers. A transport failure (no answer) and a document
+that is refused (issuer mismatch, an http endpoint, no ``keys``) are not: the first is the HTTP
+client span's ``error.type``, the second is logged at ERROR.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from opentelemetry.trace import Tracer
 from broker.clock import Clock
 from broker.errors import DiscoveryError, EndpointOriginRefused, TokenValidationError
 from broker.oauth import http as bounded
+from broker.oauth.as_errors import AsErrorObserver, Endpoint
 from broker.oauth.config import ClientConfig
 from broker.oauth.origins import OriginVerdict, endpoint_origins
 
@@ -117,12 +124,14 @@ class MetadataCache:
         ttl: float = 3600.0,
         *,
         tracer: Tracer | None = None,
+        observer: AsErrorObserver | None = None,
     ) -> None:
         self._http = http
         self._config = config
         self._clock = clock
         self._ttl = ttl
         self._tracer = tracer or trace.get_tracer("broker.oauth")
+        self._observer = observer
         self._cached: ServerMetadata | None = None
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
@@ -157,6 +166,8 @@ class MetadataCache:
                 )
                 span.set_attribute("http.response.status_code", resp.status_code)
                 if resp.status_code != 200:
+                    if self._observer is not None:
+                        self._observer.as_error(Endpoint.METADATA, resp.status_code, None)
                     raise DiscoveryError(
                         f"discovery answered HTTP {resp.status_code}", reason="http_status"
                     )
@@ -200,6 +211,7 @@ class JwksCache:
         ttl: float = 3600.0,
         min_refetch_interval: float = 60.0,
         tracer: Tracer | None = None,
+        observer: AsErrorObserver | None = None,
     ) -> None:
         self._http = http
         self._metadata = metadata
@@ -208,6 +220,7 @@ class JwksCache:
         self._ttl = ttl
         self._min_refetch = min_refetch_interval
         self._tracer = tracer or trace.get_tracer("broker.oauth")
+        self._observer = observer
         self._keys: list[dict[str, Any]] | None = None
         self._fetched_at = 0.0
         self._last_refetch: float | None = None
@@ -232,6 +245,8 @@ class JwksCache:
             self.fetch_count += 1
             span.set_attribute("http.response.status_code", resp.status_code)
             if resp.status_code != 200:
+                if self._observer is not None:
+                    self._observer.as_error(Endpoint.JWKS, resp.status_code, None)
                 raise DiscoveryError(f"JWKS answered HTTP {resp.status_code}", reason="jwks_http")
             doc = bounded.parse_json_object(resp)
             keys = doc.get("keys")

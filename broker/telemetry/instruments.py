@@ -106,7 +106,8 @@ AS_ERRORS = InstrumentSpec(
     "counter",
     "{error}",
     ("endpoint", "error"),
-    "Authorization-server errors, by endpoint and OAuth error code",
+    "Error answers of the authorization server (token, PAR, discovery, JWKS), by endpoint "
+    "and OAuth error code or HTTP status",
 )
 AS_CLOCK_SKEW = InstrumentSpec(
     "broker.as.clock_skew",

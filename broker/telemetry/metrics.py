@@ -21,8 +21,9 @@ from broker.telemetry.redaction import REDACTED, redact_text
 _MAX_LABEL = 64
 OTHER = "other"
 
-AS_ENDPOINTS = frozenset({"token", "par"})
-"""The endpoints whose error answers the broker classifies (broker.oauth.as_errors)."""
+AS_ENDPOINTS = frozenset({"token", "par", "metadata", "jwks"})
+"""The endpoints whose error answers the broker counts (broker.oauth.as_errors: the token
+endpoint and PAR; broker.oauth.metadata: discovery and the JWKS)."""
 
 OAUTH_ERROR_CODES = frozenset(
     {
@@ -142,8 +143,8 @@ class BrokerMetrics:
         self._sign_errors.add(1, {"reason": _label(reason)})
 
     def record_as_error(self, endpoint: str, error: str) -> None:
-        """One error answer of the authorization server. ``endpoint``: token or par (anything
-        else is ``other``); ``error``: the OAuth code, or ``http_<status>`` for an answer
+        """One error answer of the authorization server. ``endpoint``: token, par, metadata or
+        jwks (anything else is ``other``); ``error``: the OAuth code, or ``http_<status>`` for an answer
         without one (:func:`as_error_label`). The AS chooses the code, so only the codes the
         OAuth specifications define are kept: any other is ``other`` (bounded series)."""
         self._as_errors.add(

@@ -12,7 +12,7 @@ from opentelemetry.trace import TracerProvider
 from broker.clock import Clock, SystemClock
 from broker.keys.api import Signer
 from broker.login import LoginService, LoginSettings
-from broker.oauth.client import OAuthClient
+from broker.oauth.client import ClientReporting, OAuthClient
 from broker.oauth.config import ClientConfig
 from broker.web.app import create_app
 from devtools.peer import Peer
@@ -61,7 +61,9 @@ def make_stack(
         use_par=use_par,
     )
     clock = SystemClock()
-    client = OAuthClient(config, http, signer, clock, tracer_provider=tracer_provider)
+    client = OAuthClient(
+        config, http, signer, clock, reporting=ClientReporting(tracer_provider=tracer_provider)
+    )
     sink = FakeSink()
     login = LoginService(
         client, config, signer, sink, login_clock or clock, settings=LoginSettings(base_url)

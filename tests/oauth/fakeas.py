@@ -84,6 +84,7 @@ class FakeAS:
     token: Responder | None = None
     par: Responder | None = None
     discovery: Responder | None = None
+    jwks: Responder | None = None
     requests: list[httpx.Request] = field(default_factory=list)
 
     def count(self, path: str) -> int:
@@ -116,7 +117,7 @@ class FakeAS:
             responder = self.discovery or (lambda _r: httpx.Response(200, json=self.metadata))
         elif path == "/oidc/jwks":
             keys = self.jwks_keys if self.jwks_keys is not None else [self.key.jwk()]
-            responder = lambda _r: httpx.Response(200, json={"keys": keys})  # noqa: E731
+            responder = self.jwks or (lambda _r: httpx.Response(200, json={"keys": keys}))
         elif path == "/oidc/token":
             responder = self.token
         elif path == "/oidc/par":

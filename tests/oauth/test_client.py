@@ -25,7 +25,7 @@ from broker.errors import (
 )
 from broker.jose import unverified_parts
 from broker.keys.soft import SoftSigner
-from broker.oauth.client import ClientTimings, OAuthClient
+from broker.oauth.client import ClientReporting, ClientTimings, OAuthClient
 from broker.oauth.client_auth import JWT_BEARER
 from broker.oauth.config import ClientConfig
 from broker.tokens.ports import Refresher
@@ -327,7 +327,14 @@ async def test_spans_and_traceparent_hold_no_secrets(
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    client = OAuthClient(config, http, signer, clock, sleep=Sleeps(), tracer_provider=provider)
+    client = OAuthClient(
+        config,
+        http,
+        signer,
+        clock,
+        sleep=Sleeps(),
+        reporting=ClientReporting(tracer_provider=provider),
+    )
     fake_as.token = lambda _r: _tokens(fake_as, config.client_id, clock, nonce=NONCE)
     with provider.get_tracer("test").start_as_current_span("caller") as parent:
         trace_id = format(parent.get_span_context().trace_id, "032x")

@@ -110,6 +110,9 @@ def test_as_error_labels_are_bounded_to_the_oauth_codes_and_known_endpoints() ->
     m.record_as_error("token", "custom_code_of_some_server")
     m.record_as_error("https://as.example/token", "invalid_client")
     m.record_as_error("par", "http_999")
+    m.record_as_error("metadata", "http_503")
+    m.record_as_error("jwks", "http_500")
+    m.record_as_error("discovery", "http_500")
     got = {
         (p.attributes["endpoint"], p.attributes["error"]): p.value
         for p in collect(reader)["broker.as.errors"]
@@ -120,6 +123,9 @@ def test_as_error_labels_are_bounded_to_the_oauth_codes_and_known_endpoints() ->
         ("token", "other"): 1,
         ("other", "invalid_client"): 1,
         ("par", "other"): 1,
+        ("metadata", "http_503"): 1,
+        ("jwks", "http_500"): 1,
+        ("other", "http_500"): 1,
     }
     assert as_error_label(None, 403) == "http_403"
     assert as_error_label(None, 418) == "http_other"
