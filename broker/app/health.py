@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from opentelemetry import metrics as otel_metrics
 
@@ -78,25 +78,38 @@ def resilience_gauges(
         )
 
 
+class StoreGauges:
+    """The store-counted gauges' sources, detached at stop before the store closes."""
+
+    def __init__(self, sources: Sequence[LoopSource] = ()) -> None:
+        self._sources = tuple(sources)
+
+    async def detach(self) -> None:
+        """Every later collection reports neither gauge, silently; returns once no query of
+        theirs is running (the store can close)."""
+        for source in self._sources:
+            await source.detach()
+
+
 def store_gauges(
     metrics: BrokerMetrics | None,
     store: GrantIndex,
     pending_logins: Callable[[], Awaitable[int]],
-) -> None:
+) -> StoreGauges:
     """``broker.grants.reauthorization_required`` and ``broker.logins.pending``, counted in the
     store every replica shares (one indexed COUNT each per collection, run on this event loop
     from the exporter's thread: :class:`~broker.telemetry.loop_source.LoopSource`).
-    ``pending_logins``: the login service's count of pending, unexpired logins."""
+    ``pending_logins``: the login service's count of pending, unexpired logins. Detach the
+    returned sources before the store closes (:meth:`StoreGauges.detach`)."""
     if metrics is None:
-        return
+        return StoreGauges()
     loop = asyncio.get_running_loop()
 
     async def reauthorization_required() -> int:
         return await store.count_by_status(GrantStatus.REAUTHORIZATION_REQUIRED)
 
-    metrics.observe_reauthorization_required(
-        LoopSource(instruments.REAUTH_REQUIRED.name, loop, reauthorization_required)
-    )
-    metrics.observe_pending_logins(
-        LoopSource(instruments.PENDING_LOGINS.name, loop, pending_logins)
-    )
+    reauth = LoopSource(instruments.REAUTH_REQUIRED.name, loop, reauthorization_required)
+    pending = LoopSource(instruments.PENDING_LOGINS.name, loop, pending_logins)
+    metrics.observe_reauthorization_required(reauth)
+    metrics.observe_pending_logins(pending)
+    return StoreGauges((reauth, pending))

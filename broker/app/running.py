@@ -1,6 +1,7 @@
 """The started service and its stop order (SIGTERM/SIGINT, J05): NOT_SERVING -> gRPC drain ->
-token core stop (in-flight refreshes finish persisting) -> HTTPS listener -> store -> HTTP
-client -> key store (telemetry is flushed by the caller)."""
+token core stop (in-flight refreshes finish persisting) -> HTTPS listener -> the store gauges'
+sources (detached: a later export reports them not) -> store -> HTTP client -> key store
+(telemetry is flushed by the caller)."""
 
 from __future__ import annotations
 

@@ -98,7 +98,9 @@ async def start(
             audit=audit,
             store=core.store,  # logins in flight live in the grant store: any replica completes them
         )
-        store_gauges(metrics, core.store, logins.pending_count)
+        gauges = store_gauges(metrics, core.store, logins.pending_count)
+        # Closed before the store (closers run last first): a late export reports nothing.
+        resources.owned_async("store gauges", gauges.detach)
         # Callers hand users a start link on the listener: "/" then tells an abandoned login.
         links = BrowserLinks(settings.web.public_base_url.rstrip("/"), clock)
         web = web_server(

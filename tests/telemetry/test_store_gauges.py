@@ -206,3 +206,37 @@ async def test_a_collection_on_the_event_loops_own_thread_reports_nothing_and_ne
     )
     assert not names & {PENDING, REAUTH}
     assert (await gauges(reader)) == {PENDING: 1, REAUTH: 0}
+
+
+async def test_detached_sources_wait_for_the_query_in_flight_then_report_nothing_silently(
+    tmp_path: Path,
+    metrics: BrokerMetrics,
+    reader: InMemoryMetricReader,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At stop the sources are detached before the store closes: a query running then ends
+    first, and an export landing after the close reports neither gauge and logs nothing."""
+    caplog.set_level(logging.INFO, logger="broker.telemetry.loop_source")
+    store = await SqliteGrantStore.connect(str(tmp_path / "g.db"), SoftSealer(), FakeClock())
+    await store.create(make_grant("g-1"))
+    await store.set_status("g-1", GrantStatus.REAUTHORIZATION_REQUIRED, reason="x")
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def pending() -> int:
+        entered.set()
+        await release.wait()
+        return 4
+
+    handle = store_gauges(metrics, store, pending)
+    collecting = asyncio.ensure_future(gauges(reader))
+    await asyncio.wait_for(entered.wait(), 30)
+    detaching = asyncio.ensure_future(handle.detach())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not detaching.done()  # the pending-logins query is still running
+    release.set()
+    await asyncio.wait_for(detaching, 30)
+    assert (await collecting) == {REAUTH: 1, PENDING: 4}  # answered with the store open
+    await store.close()
+    assert not {REAUTH, PENDING} & set(await gauges(reader))
+    assert [r for r in caplog.records if r.name == "broker.telemetry.loop_source"] == []
