@@ -19,12 +19,19 @@ import pytest
 
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.pkcs11.lib import default_module_path
+from tests.parallel import group_shared_fixture_modules, longest_first
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_LABEL = "broker-test"
 
 # the `stacks` fixture (whole local systems as processes), shared by tests/e2e and tests/chaos
 pytest_plugins = ("tests.stacks",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    longest_first(items)
+    group_shared_fixture_modules(items)
 
 
 @dataclass(frozen=True)

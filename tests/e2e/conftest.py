@@ -5,19 +5,19 @@ afterwards."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
 
+from tests.parallel import unique_name
 from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
 
 
 @pytest.fixture
 def pg_schema() -> Iterator[tuple[str, str]]:
-    """(dsn, schema name) of a schema no other test uses."""
+    """(dsn, schema name) of a schema no other test, xdist worker or concurrent run uses."""
     dsn = postgres_dsn_or_skip()
-    schema = f"e2e_{time.time_ns():x}"
+    schema = unique_name("e2e")
     try:
         yield dsn, schema
     finally:

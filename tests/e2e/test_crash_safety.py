@@ -26,6 +26,7 @@ import pytest
 
 from broker.server.gen.broker.v1 import broker_pb2
 from devtools.stack import DevStack
+from tests.parallel import unique_name
 from tests.stacks import (
     RPC_TIMEOUT,
     Stacks,
@@ -59,7 +60,7 @@ def store_options(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         yield {"store_kind": "sqlite"}
         return
     dsn = postgres_dsn_or_skip()
-    schema = f"e2e_crash_{time.time_ns():x}"
+    schema = unique_name("e2e_crash")
     try:
         yield {"store_kind": "postgres", "store_dsn": dsn, "store_schema": schema}
     finally:

@@ -29,6 +29,7 @@ from broker.server.gen.broker.v1 import broker_pb2
 from devtools.faultproxy import FaultProxy
 from devtools.peer import free_port
 from devtools.stack import DevStack, follow_login
+from tests.parallel import unique_name
 from tests.stacks import RPC_TIMEOUT, Stacks, get_token, start_with_retry
 from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
 
@@ -49,7 +50,7 @@ class Fronted:
 @pytest.fixture
 def fronted(stacks: Stacks) -> Iterator[Fronted]:
     dsn = postgres_dsn_or_skip()
-    schema = f"e2e_{time.time_ns():x}"
+    schema = unique_name("e2e")
     public_port = free_port()
     front: FaultProxy | None = None
     try:
