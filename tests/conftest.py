@@ -14,12 +14,13 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.pkcs11.lib import default_module_path
-from tests.parallel import group_shared_fixture_modules, longest_first
+from tests.parallel import longest_first, make_scheduler
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_LABEL = "broker-test"
@@ -28,10 +29,15 @@ TOKEN_LABEL = "broker-test"
 pytest_plugins = ("tests.stacks",)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     longest_first(items)
-    group_shared_fixture_modules(items)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n N`` (xdist's default ``--dist load``) schedules with :func:`make_scheduler`; another
+    ``--dist`` is left to xdist."""
+    return make_scheduler(config, log) if config.getvalue("dist") == "load" else None
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ PostgreSQL database and the port space: names of things created there carry :fun
 plus randomness (:func:`unique_name`), and ports come from the kernel (port 0).
 
 :func:`longest_first` hands the workers the long tests first (a 2-minute chaos test that starts
-last makes the whole run 2 minutes longer). :func:`group_shared_fixture_modules` keeps the tests of a module with an expensive module-scoped
-fixture (a wheel, a virtualenv, a peer) on one worker (``--dist loadgroup``), which would otherwise
+last makes the whole run 2 minutes longer). :func:`make_scheduler` keeps the tests of a module with an expensive module-scoped
+fixture (a wheel, a virtualenv, a peer) on one worker (:func:`make_scheduler`), which would otherwise
 build it once per worker that gets one of its tests.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from typing import Any
 
 import pytest
 
@@ -42,13 +43,19 @@ module with one: tests/cli/test_ceremony_crash.py's token takes under a second t
 its tests take two minutes, so they spread."""
 
 
-def group_shared_fixture_modules(items: list[pytest.Item]) -> None:
-    """Mark each test of :data:`SHARED_FIXTURE_MODULES` ``xdist_group(<its module>)``, unless it
-    names a group itself."""
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        if module in SHARED_FIXTURE_MODULES and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(module))
+def make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The xdist scheduler of the suite: each test is its own unit of work, handed to the next
+    idle worker, except that the tests of a module in :data:`SHARED_FIXTURE_MODULES` are one unit
+    (xdist's ``xdist_group`` marks do not group under pytest 9: ``--dist loadgroup`` renames
+    ``item._nodeid``, which pytest 9 no longer reads)."""
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class SharedFixtureScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in SHARED_FIXTURE_MODULES else nodeid
+
+    return SharedFixtureScheduling(config, log)
 
 
 STACK_DIRS = ("tests/chaos/", "tests/e2e/")
