@@ -213,6 +213,16 @@ def open_grant(
     )
 
 
+def opens_nothing(row: SealedRow, known: TokenSet | None) -> bool:
+    """Whether :func:`open_grant` of ``row`` with ``known`` makes no sealer call (every sealed
+    field is in ``known``, or absent): the caller may then run it without an HSM hop."""
+    return (
+        known is not None
+        and (known.refresh_token is not None or row.refresh_token is None)
+        and bool(known.id_claims)
+    )
+
+
 def _optional_float(value: float | None) -> float | None:
     return None if value is None else float(value)
 

@@ -27,7 +27,8 @@ are in :mod:`broker.tokens.stores.sqlite_schema`, the deployment identity rows i
 :mod:`broker.tokens.stores.sqlite_logins`, mixed into :class:`SqliteGrantStore`.
 
 Concurrency: all SQLite calls run on one dedicated worker thread that owns the connection, so
-the event loop never blocks on disk. ``refresh_lock`` is a per-grant :class:`asyncio.Lock` inside
+the event loop never blocks on disk; the refresh path's writes (intent, rotation, status, error)
+queued together share one COMMIT (:mod:`broker.tokens.stores.sqlite_group`). ``refresh_lock`` is a per-grant :class:`asyncio.Lock` inside
 this process: SQLite is the single-replica store. Several replicas need
 :class:`broker.tokens.stores.postgres.PostgresGrantStore`. (Another process opening the same file is
 still safe for data, thanks to transactions and the ``expected_version`` check, but refreshes are
@@ -60,7 +61,15 @@ from broker.tokens.stores.deployment import (
 )
 from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule
 from broker.tokens.stores.keyed_locks import KeyedLocks
-from broker.tokens.stores.sealing import COLUMNS, SealedRow, open_grant, rotation_update, seal_grant
+from broker.tokens.stores.sealing import (
+    COLUMNS,
+    SealedRow,
+    open_grant,
+    opens_nothing,
+    rotation_update,
+    seal_grant,
+)
+from broker.tokens.stores.sqlite_group import GroupCommit
 from broker.tokens.stores.sqlite_identities import SqliteIdentities
 from broker.tokens.stores.sqlite_logins import SqliteLogins
 from broker.tokens.stores.sqlite_schedule import SqliteSchedule
@@ -121,6 +130,7 @@ class SqliteGrantStore(SqliteLogins, SqliteIdentities, SqliteSchedule, SqliteMig
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grant-store")
         self._conn: sqlite3.Connection | None = None
+        self._writes = GroupCommit(self._executor, self._connection, wrap_error)
         self._locks = KeyedLocks()
         self._closed = False
         self._identity = identity
@@ -167,15 +177,25 @@ class SqliteGrantStore(SqliteLogins, SqliteIdentities, SqliteSchedule, SqliteMig
             raise StoreError("the grant store is closed")
 
         def call() -> T:
-            if self._conn is None:
-                raise StoreError("the grant store is not open")
+            conn = self._connection()
             try:
-                return fn(self._conn)
+                return fn(conn)
             except sqlite3.Error as exc:
                 raise wrap_error(operation, exc) from exc
 
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, call)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the grant store is not open")
+        return self._conn
+
+    async def _run_write(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` in a write transaction, maybe shared (one COMMIT), returning once committed."""
+        if self._closed:
+            raise StoreError("the grant store is closed")
+        return await self._writes.write(operation, fn)
 
     @staticmethod
     def _write(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -227,7 +247,10 @@ class SqliteGrantStore(SqliteLogins, SqliteIdentities, SqliteSchedule, SqliteMig
         return SealedRow.from_values(values)
 
     async def _open(self, row: SealedRow, known: TokenSet | None = None) -> Grant:
-        """Open a row off the store's thread (HSM calls never hold up other store calls)."""
+        """Open a row off the store's thread (HSM calls never hold up other store calls); a
+        row whose sealed fields are all in ``known`` is built here (no HSM call, no hop)."""
+        if opens_nothing(row, known):
+            return open_grant(self._sealer, row, known=known)
         return await asyncio.to_thread(lambda: open_grant(self._sealer, row, known=known))
 
     async def get(self, grant_id: str) -> Grant:
@@ -261,12 +284,9 @@ class SqliteGrantStore(SqliteLogins, SqliteIdentities, SqliteSchedule, SqliteMig
         check_grant_id(grant_id)
         at = check_time("at", at)
         now = self._clock.now()
-        await self._run(
+        await self._run_write(
             "mark_refresh_started",
-            lambda conn: self._write(
-                conn,
-                lambda c: self._update(c, grant_id, {"refresh_started_at": at, "updated_at": now}),
-            ),
+            lambda c: self._update(c, grant_id, {"refresh_started_at": at, "updated_at": now}),
         )
 
     async def rotate(
@@ -278,9 +298,8 @@ class SqliteGrantStore(SqliteLogins, SqliteIdentities, SqliteSchedule, SqliteMig
         refresh_due_at: float | None = None,
     ) -> Grant:
         """See :meth:`GrantStore.rotate`. ``refresh_due_at``: the next due time the caller
-        computed (default: the store's rule). Seals before the write transaction and returns
-        the given tokens as they are: only what it did not get (the kept refresh token, the
-        kept claims) is opened, after the transaction."""
+        computed (default: the store's rule). Seals before the write transaction; only what it
+        was not given (a kept refresh token or claims) is opened, after it."""
         check_grant_id(grant_id)
         check_expected_version(expected_version)
         validate_tokens(tokens)
@@ -292,12 +311,14 @@ class SqliteGrantStore(SqliteLogins, SqliteIdentities, SqliteSchedule, SqliteMig
             if refresh_due_at is None
             else check_time("refresh_due_at", refresh_due_at)
         )
-        update = await asyncio.to_thread(
-            rotation_update, self._sealer, grant_id, tokens, self._clock.now()
-        )
-        update.update(version=version, refresh_due_at=due, claimed_by=None, claim_until=None)
+        now = self._clock.now()
 
-        def tx(c: sqlite3.Connection) -> SealedRow:
+        def seal() -> dict[str, Any]:  # on a worker thread, before (outside) the transaction
+            update = rotation_update(self._sealer, grant_id, tokens, now)
+            update.update(version=version, refresh_due_at=due, claimed_by=None, claim_until=None)
+            return update
+
+        def tx(c: sqlite3.Connection, update: dict[str, Any]) -> SealedRow:
             row = c.execute("SELECT version FROM grants WHERE grant_id = ?", (grant_id,)).fetchone()
             if row is None:
                 raise GrantNotFound(f"no grant {grant_id!r}")
@@ -308,7 +329,7 @@ class SqliteGrantStore(SqliteLogins, SqliteIdentities, SqliteSchedule, SqliteMig
             self._update(c, grant_id, update)
             return self._fetch(c, grant_id)
 
-        stored = await self._run("rotate", lambda conn: self._write(conn, tx))
+        stored = await self._writes.write_after("rotate", seal, tx)
         return await self._open(stored, known=tokens)
 
     async def set_status(self, grant_id: str, status: GrantStatus, *, reason: str | None) -> Grant:
@@ -333,17 +354,15 @@ class SqliteGrantStore(SqliteLogins, SqliteIdentities, SqliteSchedule, SqliteMig
             )
             return self._fetch(c, grant_id)
 
-        return await self._open(await self._run("set_status", lambda conn: self._write(conn, tx)))
+        return await self._open(await self._run_write("set_status", tx))
 
     async def record_error(self, grant_id: str, reason: str) -> None:
         check_grant_id(grant_id)
         check_reason(reason)
         now = self._clock.now()
-        await self._run(
+        await self._run_write(
             "record_error",
-            lambda conn: self._write(
-                conn, lambda c: self._update(c, grant_id, {"last_error": reason, "updated_at": now})
-            ),
+            lambda c: self._update(c, grant_id, {"last_error": reason, "updated_at": now}),
         )
 
     async def delete(self, grant_id: str) -> None:
