@@ -14,7 +14,8 @@ Every operation starts with ``_enter(name)``: the check that the store is still 
 
 Layout: this module holds the store (binding, grant CRUD, the identity ledger, the refresh
 lock); due times, due queries and claims are mixed in from
-:class:`broker.tokens.stores.memory_schedule.MemorySchedule`.
+:class:`broker.tokens.stores.memory_schedule.MemorySchedule`, status changes (the feed every
+replica's cache polls) from :class:`broker.tokens.stores.memory_changes.MemoryChanges`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from broker.tokens.stores.deployment import (
 )
 from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule
 from broker.tokens.stores.keyed_locks import KeyedLocks
+from broker.tokens.stores.memory_changes import MemoryChanges, StatusLog
 from broker.tokens.stores.memory_schedule import MemorySchedule, ScheduleEntry
 from broker.tokens.stores.validation import (
     check_expected_version,
@@ -62,11 +64,11 @@ def _not_found(grant_id: str) -> GrantNotFound:
     return GrantNotFound(f"no grant {grant_id!r}")
 
 
-class MemoryGrantStore(MemorySchedule):
+class MemoryGrantStore(MemorySchedule, MemoryChanges):
     """GrantStore in a dict. Not durable, not shared between processes."""
 
-    SCHEMA_VERSION = 8  # as the SQL stores (identity 2, expiry 3, logins 4, kind 5, rotation 6,
-    # scheduling 7, status index 8)
+    SCHEMA_VERSION = 9  # as the SQL stores (identity 2, expiry 3, logins 4, kind 5, rotation 6,
+    # scheduling 7, status index 8, status changes 9)
 
     def __init__(
         self,
@@ -82,6 +84,7 @@ class MemoryGrantStore(MemorySchedule):
         self._grants: dict[str, Grant] = {} if shared_with is None else shared_with._grants
         # grant id -> [refresh_due_at, claimed_by, claim_until] (the SQL stores' clear columns)
         self._sched: dict[str, ScheduleEntry] = {} if shared_with is None else shared_with._sched
+        self._status_log = StatusLog() if shared_with is None else shared_with._status_log
         self._due_rule = due_rule
         self._recorded: list[RecordedIdentity] = (
             [] if shared_with is None else shared_with._recorded
@@ -209,6 +212,7 @@ class MemoryGrantStore(MemorySchedule):
             updated_at=self._clock.now(),
         )
         self._grants[grant_id] = new
+        self._status_changed(grant, new)
         sched = self._sched_of(new)
         sched.claimed_by = sched.claim_until = None
         return new

@@ -65,6 +65,7 @@ from broker.tokens.stores.deployment import (
 )
 from broker.tokens.stores.due import DEFAULT_DUE_RULE, DueRule
 from broker.tokens.stores.keyed_locks import KeyedLocks
+from broker.tokens.stores.postgres_changes import PostgresChanges
 from broker.tokens.stores.postgres_identities import PostgresIdentities
 from broker.tokens.stores.postgres_locks import PostgresRefreshLocks
 from broker.tokens.stores.postgres_logins import PostgresLogins
@@ -101,7 +102,12 @@ _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 class PostgresGrantStore(
-    PostgresLogins, PostgresIdentities, PostgresSchedule, PostgresRefreshLocks, PostgresMigrations
+    PostgresLogins,
+    PostgresIdentities,
+    PostgresSchedule,
+    PostgresChanges,
+    PostgresRefreshLocks,
+    PostgresMigrations,
 ):
     """GrantStore over PostgreSQL (psycopg 3, async). ``await store.open()`` before use, or
     :meth:`connect`."""

@@ -21,6 +21,7 @@ from broker.tokens.stores.deployment import (
     DeploymentIdentity,
     log_adoption,
 )
+from broker.tokens.stores.postgres_changes import STATUS_CHANGES_MIGRATION
 from broker.tokens.stores.postgres_logins import LOGINS_MIGRATION
 from broker.tokens.stores.postgres_pool import Pool, wrap_error
 
@@ -117,6 +118,8 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX grants_by_status ON {schema}.grants (status)",
         ),
     ),
+    # Status changes seen by every replica (broker.tokens.stores.changes): status_xid.
+    (9, STATUS_CHANGES_MIGRATION),
 )
 OUR_TABLES = frozenset({"schema_migrations", "grants"})
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -69,6 +69,7 @@ from broker.tokens.stores.sealing import (
     rotation_update,
     seal_grant,
 )
+from broker.tokens.stores.sqlite_changes import SqliteChanges
 from broker.tokens.stores.sqlite_group import GroupCommit
 from broker.tokens.stores.sqlite_identities import SqliteIdentities
 from broker.tokens.stores.sqlite_logins import SqliteLogins
@@ -98,7 +99,9 @@ T = TypeVar("T")
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM grants"  # noqa: S608 (constant column list)
 
 
-class SqliteGrantStore(SqliteLogins, SqliteIdentities, SqliteSchedule, SqliteMigrations):
+class SqliteGrantStore(
+    SqliteLogins, SqliteIdentities, SqliteSchedule, SqliteChanges, SqliteMigrations
+):
     """GrantStore over one SQLite file. Create it, then ``await store.open()`` (or use
     :meth:`connect`).
 

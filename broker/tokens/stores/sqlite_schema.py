@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from broker.clock import Clock
 from broker.errors import ConfigError, StoreError
 from broker.tokens.stores.deployment import DeploymentIdentity, log_adoption
+from broker.tokens.stores.sqlite_changes import STATUS_CHANGES_MIGRATION
 from broker.tokens.stores.sqlite_file import check_is_grant_store, create_fresh, inspect_existing
 from broker.tokens.stores.sqlite_logins import LOGINS_MIGRATION
 
@@ -119,6 +120,8 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX grants_by_status ON grants (status)",
         ),
     ),
+    # Status changes seen by every replica (broker.tokens.stores.changes): status_seq.
+    (9, STATUS_CHANGES_MIGRATION),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
