@@ -19,8 +19,13 @@ lint: bootstrap
 typecheck: bootstrap
 	$(VENV)/bin/mypy broker devtools clients tests bench
 
+# The suite runs on PYTEST_WORKERS pytest-xdist workers (it mostly waits on SoftHSM, node peers,
+# gRPC servers and subprocesses, so more workers than cores pays); PYTEST_WORKERS=0 runs it
+# serially in one process. Scheduling (long tests first, a module's expensive fixture built once):
+# tests/parallel.py.
+PYTEST_WORKERS ?= 4
 unit: bootstrap
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n $(PYTEST_WORKERS)
 
 test: bootstrap lint typecheck unit
 
