@@ -149,7 +149,10 @@ async def build_token_core(
         client,
         clock,
         refresh=policy,
-        background=BackgroundPolicy(interval=settings.tokens.background_interval),
+        background=BackgroundPolicy(
+            interval=settings.tokens.background_interval,
+            status_interval=settings.tokens.status_poll_interval,
+        ),
         reporting=Reporting(
             observer=MetricsObserver(metrics) if metrics is not None else NullObserver(),
             tracer_provider=tracer_provider,

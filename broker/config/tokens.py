@@ -1,4 +1,5 @@
-"""``[tokens]``: freshness thresholds and the background refresh schedule."""
+"""``[tokens]``: freshness thresholds, the background refresh schedule and how soon a status
+change made through another replica is seen."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ class TokenSettings:
     jitter), never later than ``refresh_threshold`` before expiry."""
     refresh_retry_margin: float = DEFAULT_RETRY_MARGIN
     """Failed refreshes are retried until this many seconds before the refresh token dies."""
+    status_poll_interval: float = 2.0
+    """How often the store is asked which grants changed status through another replica: a
+    grant revoked (or ended) elsewhere is served here at most about this long afterwards."""
 
 
 def parse_tokens(section: Section) -> TokenSettings:
@@ -39,4 +43,5 @@ def parse_tokens(section: Section) -> TokenSettings:
         refresh_retry_margin=section.number(
             "refresh_retry_margin", DEFAULT_RETRY_MARGIN, low=0.0, high=86_400.0
         ),
+        status_poll_interval=section.number("status_poll_interval", 2.0, low=0.1, high=60.0),
     )

@@ -11,6 +11,7 @@ expiry; the parts, one concept each:
 - :mod:`broker.tokens.routing`: which identity's refresher refreshes a grant
 - :mod:`broker.tokens.persistence`: results the store failed to write, emergency files
 - :mod:`broker.tokens.scheduler`: the background pass and crash recovery
+- :mod:`broker.tokens.status_watch`: grants revoked through other replicas leave the cache
 - :mod:`broker.tokens.watch`: watcher queues
 
 Implements :class:`broker.login.ports.GrantSink` (``add_grant``) and the server's
@@ -44,6 +45,7 @@ from broker.tokens.settings import (
     Reporting,
     Seams,
 )
+from broker.tokens.status_watch import StatusWatcher
 from broker.tokens.stores.base import GrantStore
 from broker.tokens.watch import Watchers
 
@@ -93,12 +95,16 @@ class TokenBroker:
         )
         ttl = policy.min_serve_ttl
         self._flights = Flights(refresh_path.run, backoffs, tracer, reporting.observer, ttl)
+        background = background or BackgroundPolicy()
+        self._status = StatusWatcher(
+            store, cache, interval=background.status_interval, sleep=seams.status_sleep
+        )
         self._scheduler = Scheduler(
             store,
             cache,
             self._flights,
             clock=clock,
-            policy=background or BackgroundPolicy(),
+            policy=background,
             sleep=seams.sleep,
             min_serve_ttl=ttl,
             schedule=policy.schedule(),
@@ -164,17 +170,19 @@ class TokenBroker:
 
     async def start(self) -> None:
         """Re-import emergency files (G04), recover refreshes interrupted by a crash (G02),
-        then start the background pass."""
+        then start the background pass and the status watcher."""
         self._flights.stopping = False
         await self.import_emergency()
         await self.recover_interrupted()
         self._scheduler.start()
+        self._status.start()
 
     async def stop(self) -> None:
         """Stop the background pass, wait until every refresh in flight has finished
         persisting (J05), then write each refresh result the store still lacks to an emergency
         file (G04). Blocking callers still get refreshes after this."""
         self._flights.stopping = True
+        await self._status.stop()
         await self._scheduler.stop()
         await self.wait_idle()
         await self.flush_emergency()
@@ -189,6 +197,11 @@ class TokenBroker:
     async def refresh_due_now(self) -> int:
         """One background pass (what the scheduler does every ``background.interval``)."""
         return await self._scheduler.run_once()
+
+    async def read_status_changes(self) -> int:
+        """One status watcher pass (what it does every ``background.status_interval``):
+        grants that died through another replica leave the cache; returns how many."""
+        return await self._status.run_once()
 
     # --- G04: results the store could not write --------------------------------------------
 

@@ -245,6 +245,23 @@ class TokenCache:
             return
         self.raise_if_dead(grant.grant_id)
 
+    def note_status(self, grant_id: str, status: GrantStatus) -> bool:
+        """A status stored for ``grant_id`` (through any replica): bury the grant if it is dead
+        and this process caches it, watches it or knew it dead otherwise; True when buried."""
+        if status is GrantStatus.REVOKED:
+            error: type[ReauthorizationRequired] = GrantRevoked
+        elif status is GrantStatus.REAUTHORIZATION_REQUIRED:
+            error = ReauthorizationRequired
+        else:
+            return False
+        known = self._dead.get(grant_id)
+        if known is error:
+            return False
+        if known is None and grant_id not in self._entries and not self._watchers.wants(grant_id):
+            return False  # never served here: its first read finds the status in the store
+        self.bury(grant_id, error)
+        return True
+
     def check_status_quietly(self, grant: Grant) -> None:
         with contextlib.suppress(ReauthorizationRequired):
             self.check_status(grant)

@@ -74,14 +74,18 @@ REFRESH_BACKOFF = BackoffPolicy(initial=5.0, maximum=300.0, jitter=0.1)
 
 @dataclass(frozen=True)
 class BackgroundPolicy:
-    """The scheduler's pass: every ``interval`` seconds, at most ``concurrency`` refreshes."""
+    """The scheduler's pass: every ``interval`` seconds, at most ``concurrency`` refreshes.
+    ``status_interval``: how often the store is asked which grants changed status through
+    other replicas (:mod:`broker.tokens.status_watch`): the bound on serving a grant revoked
+    elsewhere."""
 
     interval: float = 15.0
     concurrency: int = 4
+    status_interval: float = 2.0
 
     def __post_init__(self) -> None:
-        if not self.interval > 0 or self.concurrency < 1:
-            raise InvalidArgument("background interval and concurrency must be positive")
+        if not self.interval > 0 or self.concurrency < 1 or not self.status_interval > 0:
+            raise InvalidArgument("background intervals and concurrency must be positive")
 
 
 @dataclass(frozen=True)
@@ -110,8 +114,9 @@ class Identities:
 @dataclass(frozen=True)
 class Seams:
     """Injected randomness and time for tests: the back-off jitter's ``rng``, the scheduler's
-    ``sleep`` and the grant ``id_factory``."""
+    ``sleep``, the status watcher's ``status_sleep`` and the grant ``id_factory``."""
 
     rng: random.Random = field(default_factory=random.Random)  # jitter, not a secret
     sleep: Sleep = asyncio.sleep
+    status_sleep: Sleep = asyncio.sleep
     id_factory: Callable[[], str] = new_grant_id

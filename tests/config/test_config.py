@@ -213,6 +213,8 @@ def test_client_id_is_optional(base: dict[str, dict[str, Any]], load: Loader) ->
             "[tokens].min_serve_ttl must be below [tokens].refresh_threshold",
         ),
         ("tokens", "background_interval", 0, "[tokens].background_interval must be within"),
+        ("tokens", "status_poll_interval", 0, "[tokens].status_poll_interval must be within"),
+        ("tokens", "status_poll_interval", 61, "[tokens].status_poll_interval must be within"),
         ("telemetry", "traces", "zipkin", "[telemetry].traces must be one of"),
         ("telemetry", "metrics", "prometheus", "[telemetry].metrics must be one of"),
         ("telemetry", "endpoint", "collector:4317", "[telemetry].endpoint must be an http(s) URL"),
@@ -527,6 +529,14 @@ def test_refresh_schedule_defaults(base: dict[str, dict[str, Any]], load: Loader
     settings = load(base)
     assert settings.oauth.refresh_token_lifetime == _RefreshTokenLifetime(_LifetimeKind.ACCESS)
     assert (settings.tokens.refresh_fraction, settings.tokens.refresh_retry_margin) == (0.5, 120)
+
+
+def test_status_poll_interval_defaults_to_two_seconds_and_is_read(
+    base: dict[str, dict[str, Any]], load: Loader
+) -> None:
+    assert load(base).tokens.status_poll_interval == 2.0
+    base.setdefault("tokens", {})["status_poll_interval"] = 0.5
+    assert load(base).tokens.status_poll_interval == 0.5
 
 
 @pytest.mark.parametrize(

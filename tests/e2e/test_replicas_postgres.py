@@ -116,6 +116,63 @@ async def test_g07_two_replicas_on_postgres_refresh_once_and_serve_the_same_toke
     ] == 200
 
 
+REVOKED_TOKEN_TTL = 900  # B's cached token would be served ~15 minutes without the watcher
+REFUSAL_GUARD_S = 60.0  # turns "never refused" into a failure; the bound is 2 s, not asserted
+
+
+@pytest.mark.peer
+@pytest.mark.postgres
+@pytest.mark.softhsm
+@pytest.mark.slow
+def test_a_grant_revoked_through_a_is_refused_by_b_and_b_ends_its_watch(
+    stacks: Stacks, pg_schema: tuple[str, str]
+) -> None:
+    """B caches the grant's token and streams it; RevokeGrant through A. B answers
+    GetAccessToken as A does (FAILED_PRECONDITION, same details) after its next status poll
+    ([tokens] status_poll_interval, 2 s), long before its cached token expires, and ends the
+    WatchAccessToken stream with the same status."""
+    dsn, schema = pg_schema
+    a = stacks.up(
+        "a",
+        store_kind="postgres",
+        store_dsn=dsn,
+        store_schema=schema,
+        access_token_ttl=REVOKED_TOKEN_TTL,
+        background_interval=3600,
+    )
+    b = stacks.replica(a, "b")
+    start_with_retry(b)
+    grant_id = login(a)
+    cached = get_token(b, grant_id).token
+    with b.channel() as channel:
+        watch = b.stub(channel).WatchAccessToken(
+            broker_pb2.WatchAccessTokenRequest(grant_id=grant_id), timeout=2 * REFUSAL_GUARD_S
+        )
+        assert next(watch).token.access_token == cached.access_token
+        with a.channel() as to_a:
+            a.stub(to_a).RevokeGrant(
+                broker_pb2.RevokeGrantRequest(grant_id=grant_id), timeout=RPC_TIMEOUT
+            )
+        with pytest.raises(grpc.RpcError) as on_a:
+            get_token(a, grant_id)
+        deadline = time.monotonic() + REFUSAL_GUARD_S
+        while True:
+            try:
+                served = get_token(b, grant_id).token
+            except grpc.RpcError as exc:
+                on_b = exc
+                break
+            assert served.access_token == cached.access_token
+            assert time.monotonic() < deadline, "replica B still serves a revoked grant"
+            time.sleep(0.1)
+        with pytest.raises(grpc.RpcError) as ended:
+            next(watch)
+    assert on_a.value.code() == on_b.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert on_b.details() == on_a.value.details()
+    assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert ended.value.details() == on_a.value.details()
+
+
 # --- [store].schema (added to the configuration for the per-run schema above) -----------------
 
 
