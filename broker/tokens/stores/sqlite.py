@@ -6,33 +6,26 @@ transaction. The file (and its ``-wal``/``-shm`` companions, which SQLite create
 file's mode) is created 0600 (G09); tokens and id_token claims are sealed (see
 :mod:`broker.tokens.stores.sealing`).
 
-Binding (see :mod:`broker.tokens.stores.deployment` and :mod:`broker.tokens.stores.sqlite_file`): only a path
-that does not exist gets a fresh store (built aside and linked into place); an existing file
-that is empty, truncated, not SQLite or SQLite without our tables is refused with
+Binding (:mod:`broker.tokens.stores.deployment`, :mod:`broker.tokens.stores.sqlite_file`): only
+a path that does not exist gets a fresh store (built aside, linked into place); an existing file
+that is empty, truncated, not SQLite or without our tables is refused with
 :class:`broker.errors.StoreUnusable` before anything is written to it. Opened with an
-``identity``, the store records it at creation (table ``deployment_identities``, schema version
-2) and refuses any other with :class:`broker.errors.DeploymentMismatch`. Schema version 3 adds
-the nullable ``access_issued_at`` and ``refresh_expires_at`` columns (the refresh schedule);
-version 5 the ``kind`` column (user or machine grant); version 7 the scheduling columns
-``refresh_due_at`` (indexed for the ACTIVE grants: the background pass reads only the due ones,
-opening nothing) and the refresh lease ``claimed_by``/``claim_until``.
+``identity``, the store records it at creation and refuses any other with
+:class:`broker.errors.DeploymentMismatch`. The schema and its versions are in
+:mod:`broker.tokens.stores.sqlite_schema`; the identity rows, the refresh schedule and pending
+logins in ``sqlite_identities``, ``sqlite_schedule`` and ``sqlite_logins``, mixed in here.
 
-HSM calls (sealing and opening tokens) never run on the store's worker thread nor inside a write
-transaction: a rotation seals first, writes, and returns the tokens it was given in plaintext.
-
-Layout: this module holds the store class (open/close, grant CRUD); the schema and migrations
-are in :mod:`broker.tokens.stores.sqlite_schema`, the deployment identity rows in
-:mod:`broker.tokens.stores.sqlite_identities`, the refresh schedule in
-:mod:`broker.tokens.stores.sqlite_schedule` and pending logins in
-:mod:`broker.tokens.stores.sqlite_logins`, mixed into :class:`SqliteGrantStore`.
-
-Concurrency: all SQLite calls run on one dedicated worker thread that owns the connection, so
-the event loop never blocks on disk; the refresh path's writes (intent, rotation, status, error)
-queued together share one COMMIT (:mod:`broker.tokens.stores.sqlite_group`). ``refresh_lock`` is a per-grant :class:`asyncio.Lock` inside
-this process: SQLite is the single-replica store. Several replicas need
-:class:`broker.tokens.stores.postgres.PostgresGrantStore`. (Another process opening the same file is
-still safe for data, thanks to transactions and the ``expected_version`` check, but refreshes are
-then not serialised across processes.)
+Threads: the writer connection lives on one worker thread (the event loop never blocks on
+disk); the refresh path's writes (intent, rotation, status, error) queued together share one
+COMMIT (:mod:`broker.tokens.stores.sqlite_group`). ``get`` reads on a second, read-only
+connection on its own thread (:mod:`broker.tokens.stores.sqlite_reader`), never waiting behind a
+commit, and opens the row there once the read finished. HSM calls never run on the writer's
+thread nor inside a transaction: a rotation seals first, then writes, and returns the tokens it
+was given in plaintext. ``refresh_lock`` is a per-grant :class:`asyncio.Lock` in this process:
+SQLite is the single-replica store (several replicas need
+:class:`broker.tokens.stores.postgres.PostgresGrantStore`; another process opening the file is
+still safe for data, thanks to transactions and ``expected_version``, but its refreshes are not
+serialised with ours).
 """
 
 from __future__ import annotations
@@ -73,6 +66,7 @@ from broker.tokens.stores.sqlite_changes import SqliteChanges
 from broker.tokens.stores.sqlite_group import GroupCommit
 from broker.tokens.stores.sqlite_identities import SqliteIdentities
 from broker.tokens.stores.sqlite_logins import SqliteLogins
+from broker.tokens.stores.sqlite_reader import SqliteReader
 from broker.tokens.stores.sqlite_schedule import SqliteSchedule
 from broker.tokens.stores.sqlite_schema import (
     FILE_MODE,
@@ -134,6 +128,7 @@ class SqliteGrantStore(
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grant-store")
         self._conn: sqlite3.Connection | None = None
         self._writes = GroupCommit(self._executor, self._connection, wrap_error)
+        self._reader = SqliteReader(path, self._busy_timeout)  # get(): no wait behind writes
         self._locks = KeyedLocks()
         self._closed = False
         self._identity = identity
@@ -194,12 +189,6 @@ class SqliteGrantStore(
             raise StoreError("the grant store is not open")
         return self._conn
 
-    async def _run_write(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn`` in a write transaction, maybe shared (one COMMIT), returning once committed."""
-        if self._closed:
-            raise StoreError("the grant store is closed")
-        return await self._writes.write(operation, fn)
-
     @staticmethod
     def _write(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one BEGIN IMMEDIATE transaction (rolled back on any error)."""
@@ -219,6 +208,7 @@ class SqliteGrantStore(
             return
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._open_sync)
+        await self._reader.open()
 
     # --- GrantStore -------------------------------------------------------------------------
 
@@ -257,8 +247,13 @@ class SqliteGrantStore(
         return await asyncio.to_thread(lambda: open_grant(self._sealer, row, known=known))
 
     async def get(self, grant_id: str) -> Grant:
+        """Read on the reader's connection, then open the row on its thread (one hop)."""
         check_grant_id(grant_id)
-        return await self._open(await self._run("get", lambda c: self._fetch(c, grant_id)))
+        if self._closed:
+            raise StoreError("the grant store is closed")
+        return await self._reader.run(
+            "get", lambda c: open_grant(self._sealer, self._fetch(c, grant_id))
+        )
 
     async def list(self, *, label: str | None = None) -> list[Grant]:
         if label is not None:
@@ -287,7 +282,7 @@ class SqliteGrantStore(
         check_grant_id(grant_id)
         at = check_time("at", at)
         now = self._clock.now()
-        await self._run_write(
+        await self._writes.write(
             "mark_refresh_started",
             lambda c: self._update(c, grant_id, {"refresh_started_at": at, "updated_at": now}),
         )
@@ -357,13 +352,13 @@ class SqliteGrantStore(
             )
             return self._fetch(c, grant_id)
 
-        return await self._open(await self._run_write("set_status", tx))
+        return await self._open(await self._writes.write("set_status", tx))
 
     async def record_error(self, grant_id: str, reason: str) -> None:
         check_grant_id(grant_id)
         check_reason(reason)
         now = self._clock.now()
-        await self._run_write(
+        await self._writes.write(
             "record_error",
             lambda c: self._update(c, grant_id, {"last_error": reason, "updated_at": now}),
         )
@@ -395,7 +390,7 @@ class SqliteGrantStore(
     async def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
+        self._closed = self._writes.closed = True
 
         def shut() -> None:
             if self._conn is not None:
@@ -409,3 +404,4 @@ class SqliteGrantStore(
             raise wrap_error("close", exc) from exc
         finally:
             self._executor.shutdown(wait=True)
+            await self._reader.close()

@@ -74,6 +74,7 @@ class GroupCommit:
         self._queue: deque[_Write[Any]] = deque()
         self._scheduled = False
         self.groups = 0  # transactions committed or attempted (for tests and benches)
+        self.closed = False  # set by the store's close(): no write is taken any more
 
     def queued(self) -> int:
         """Writes waiting for the store's thread (not yet taken into a group)."""
@@ -83,6 +84,8 @@ class GroupCommit:
     async def write(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a write transaction, possibly shared with other queued writes;
         returns once that transaction committed."""
+        if self.closed:
+            raise StoreError("the grant store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._enqueue(loop, _Write(operation, fn, future))
@@ -97,6 +100,8 @@ class GroupCommit:
         """``prepare()`` on the loop's default executor (not the store's thread: it may call
         the HSM), then ``fn(conn, prepared)`` as :meth:`write` runs it, queued from that
         thread directly: one trip back to the event loop instead of two."""
+        if self.closed:
+            raise StoreError("the grant store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
