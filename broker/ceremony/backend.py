@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.errors import InvalidKeyUri
-from broker.keys.api import KeyDeleter, KeyStore
+from broker.keys.api import HalfKey, KeyDeleter, KeyStore
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,11 @@ class CeremonyStore(KeyStore, KeyDeleter, Protocol):
 
     def list_sealing_keys(self) -> list[tuple[str, bytes]]:
         """``(label, id)`` of every AES secret key in the token, in label order."""
+        ...
+
+    def list_half_keys(self) -> list[HalfKey]:
+        """The signing keys of which only the public or only the private object is in the
+        token (a creation cut off between the two), in label order."""
         ...
 
 

@@ -9,7 +9,11 @@ intents still open. A key in the token is an *orphan* when
 * no completed record vouches for it (created outside the ceremonies, or a record was lost),
 * its creation was announced by an intent that never completed (the ceremony was killed between
   creating the key and recording it), or
-* the log vouches for a different key under its label (another id or did: replaced outside).
+* the log vouches for a different key under its label (another id or did: replaced outside), or
+* it is *half-made*: only its public or only its private object is in the token (an import,
+  which creates the two with two ``C_CreateObject`` calls, killed between them; or an object
+  removed outside the broker). Such a key is an orphan whatever the log says, and it cannot be
+  adopted: ``broker keys destroy`` removes the lone object, then the ceremony is run again.
 
 An open intent whose key is *not* in the token is harmless: the ceremony died before creating
 it, and the next run starts clean. ``broker keys adopt`` records an orphan after the operator
@@ -50,6 +54,7 @@ class TokenKey:
     key_id: bytes
     did: str | None = None  # signing keys only
     fingerprint: str | None = None  # signing keys only
+    half: str | None = None  # a half-made signing key: "public" or "private", the object there
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,13 @@ class Orphan:
     key: TokenKey
     why: str
 
+    @property
+    def adoptable(self) -> bool:
+        return self.key.half is None
+
     def describe(self) -> str:
+        if self.key.half is not None:
+            return f"half-made key {self.key.label!r} (id {self.key.key_id.hex()}): {self.why}"
         what = "sealing key" if self.key.kind == SEALING else "key"
         ident = self.key.did or f"id {self.key.key_id.hex()}"
         return f"{what} {self.key.label!r} ({ident}): {self.why}"
@@ -135,6 +146,9 @@ class AuditedKeys:
         found = []
         for key in sorted(keys, key=lambda k: (k.label, k.kind)):
             slot = (token, key.kind, key.label)
+            if key.half is not None:
+                found.append(Orphan(key, half_made(key.half, slot in self.open_intents)))
+                continue
             if slot in self.open_intents:
                 found.append(Orphan(key, OPEN_INTENT))
                 continue
@@ -146,6 +160,15 @@ class AuditedKeys:
             ):
                 found.append(Orphan(key, OTHER_KEY))
         return found
+
+
+def half_made(present: str, open_intent: bool) -> str:
+    """Why a half-made key is an orphan: which object is there, which one is missing."""
+    missing = "private" if present == "public" else "public"
+    why = f"only its {present} key object is in the token, its {missing} key object is missing"
+    if open_intent:
+        return why + " (its ceremony was cut off: intent recorded, never completed)"
+    return why + " (a key creation or removal was cut off)"
 
 
 def _str_or_none(value: object) -> str | None:

@@ -37,7 +37,8 @@ def cmd_list(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
         "keys": [output.key_document(i) for i in infos],
         "sealing_keys": [{"label": label, "id": key_id.hex()} for label, key_id in sealing],
         "orphans": [
-            {"label": o.key.label, "id": o.key.key_id.hex(), "why": o.why} for o in orphans
+            {"label": o.key.label, "id": o.key.key_id.hex(), "half": o.key.half, "why": o.why}
+            for o in orphans
         ],
     }
     text = output.key_list_text(infos) + "".join(

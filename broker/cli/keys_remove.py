@@ -41,7 +41,10 @@ def confirm(prompt: str, expected: str, what: str, nothing: str) -> None:
 
 
 def _confirm_destroy(key: TokenKey) -> None:
-    if key.did is not None:
+    if key.half is not None:
+        prompt = f"This destroys the lone {key.half} key object of {_key_name(key)}.\n"
+        confirm(prompt, key.key_id.hex(), "id", "nothing was destroyed")
+    elif key.did is not None:
         prompt = f"This destroys key {key.label!r} ({key.did}) in the token for good.\n"
         confirm(prompt, key.did, "did", "nothing was destroyed")
     else:
@@ -53,8 +56,13 @@ def _confirm_destroy(key: TokenKey) -> None:
 
 
 def _find_key(deps: Deps, store: CeremonyStore, target: KeyTarget, facts: Facts) -> TokenKey:
-    """The signing key the URI names, or else the sealing key of that label."""
+    """The signing key the URI names (whole or half-made), or else the sealing key of that
+    label."""
     label = label_of(target)
+    for half in store.list_half_keys():
+        if half.label == label and target.key_id in (None, half.key_id):
+            facts.key_uri = deps.backend.key_uri(target, half.key_id)
+            return TokenKey(SIGNING, label, half.key_id, half=half.present)
     try:
         info = get_key(store, target, facts)
     except KeyNotFound:
@@ -73,11 +81,14 @@ def _key_document(key: TokenKey, uri: str | None) -> dict[str, Any]:
         "id": key.key_id.hex(),
         "did": key.did,
         "fingerprint": key.fingerprint,
+        "half": key.half,
         "uri": uri,
     }
 
 
 def _key_name(key: TokenKey) -> str:
+    if key.half is not None:
+        return f"half-made key {key.label!r} (id {key.key_id.hex()}, only its {key.half} object)"
     if key.did is not None:
         return f"key {key.label!r} ({key.did})"
     return f"sealing key {key.label!r} (id {key.key_id.hex()})"
@@ -115,6 +126,11 @@ def cmd_adopt(deps: Deps, args: argparse.Namespace, facts: Facts) -> Result:
     target = key_target(deps, args, facts, need_label=True)
     with open_token(deps, target, args, spare=True) as (store, mine):
         key = _find_key(deps, store, target, facts)
+        if key.half is not None:
+            raise InvalidArgument(
+                f"{_key_name(key)} cannot be adopted: it cannot sign; remove it with "
+                "'broker keys destroy' and run the ceremony that made it again"
+            )
         if not any(o.key == key for o in mine):
             raise InvalidArgument(
                 f"{_key_name(key)} is not an orphan: the audit log already records it"

@@ -2,8 +2,9 @@
 
 The key URI comes from ``--key`` or ``$BROKER_KEY_URI`` (the PIN only from a file). A command
 that changes the token refuses to run while the token holds a key the audit log does not account
-for (an *orphan*: made outside the ceremonies, or a ceremony killed after its intent record);
-read-only commands name the orphans on stderr and go on.
+for (an *orphan*: made outside the ceremonies, a ceremony killed after its intent record, or a
+half-made key: one object of the pair only); read-only commands name the orphans on stderr and
+go on.
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ def key_target(
 def _inventory(store: CeremonyStore) -> list[TokenKey]:
     keys = [TokenKey(SIGNING, i.label, i.key_id, i.did, i.fingerprint) for i in store.list()]
     keys += [TokenKey(SEALING, label, key_id) for label, key_id in store.list_sealing_keys()]
+    keys += [TokenKey(SIGNING, h.label, h.key_id, half=h.present) for h in store.list_half_keys()]
     return keys
 
 
 def _orphan_uri(target: KeyTarget, key: TokenKey) -> str:
     uri = KeyRef(token=target.token, object=key.label, id=key.key_id).to_uri()
-    return uri.replace(";type=private", "") if key.kind == SEALING else uri
+    return uri.replace(";type=private", "") if key.kind == SEALING or key.half else uri
 
 
 def find_orphans(store: CeremonyStore, target: KeyTarget, args: argparse.Namespace) -> list[Orphan]:
@@ -70,6 +72,12 @@ def _orphan_message(orphans: list[Orphan], target: KeyTarget) -> str:
     first = orphans[0]
     uri = _orphan_uri(target, first.key)
     more = f" ({len(orphans) - 1} more orphan key(s) in this token)" if len(orphans) > 1 else ""
+    if not first.adoptable:
+        return (
+            f"{first.describe()} in token {target.token!r}{more}; it cannot sign and cannot be "
+            f"adopted: remove it with 'broker keys destroy --key {uri}', then run the ceremony "
+            "that made it again"
+        )
     return (
         f"{first.describe()} in token {target.token!r}{more}; check it and record it "
         f"with 'broker keys adopt --key {uri}', or remove it with "

@@ -1,5 +1,7 @@
 """HSM checks: module, token (by label), login, client key and its custody attributes, the
-sign/verify self-test (TEST-CATALOGUE D11), did == [oauth].client_id, and the sealing key.
+sign/verify self-test (TEST-CATALOGUE D11), did == [oauth].client_id, the sealing key, and no
+half-made signing key in the token (only its public or only its private object: a key ceremony
+cut off between the two).
 
 The checks run in order and each one needs the one before it; a failure turns the rest into
 "skip" with the reason. The key store opened here is closed before returning.
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pkcs11.exceptions as p11e
 
+from broker.ceremony.orphans import half_made
 from broker.ceremony.selftest import run_selftest
 from broker.clock import Clock
 from broker.config import Settings
@@ -22,7 +25,7 @@ from broker.keys.pkcs11 import Pkcs11KeyStore
 from broker.keys.pkcs11 import lib as pkcs11_lib
 from broker.keys.pkcs11.hints import missing_token_hint, with_hint
 from broker.keys.pkcs11.recovery import to_broker_error
-from broker.keys.uri import parse_key_uri, read_pin_file
+from broker.keys.uri import KeyRef, parse_key_uri, read_pin_file
 
 NAMES = (
     "hsm.module",
@@ -33,6 +36,7 @@ NAMES = (
     "hsm.selftest",
     "hsm.client_id",
     "hsm.sealing",
+    "hsm.half_keys",
 )
 # Attributes that must hold for the client's private key (I01), and the operations it must not
 # allow besides signing (a warning: the key still works, but is not sign-only).
@@ -94,6 +98,7 @@ def check_hsm(settings: Settings, clock: Clock) -> HsmOutcome:
         out.add(ok("hsm.login", f"logged in to token {ref.token!r} as user"))
         _key_checks(out, keystore, label, settings, clock)
         _sealing_check(out, keystore, settings)
+        out.add(_half_keys(keystore, ref.token))
     finally:
         keystore.close()
     return out
@@ -179,3 +184,24 @@ def _sealing_check(out: HsmOutcome, keystore: Pkcs11KeyStore, settings: Settings
         out.add(ok("hsm.sealing", f"sealing key {label!r}: AES-256-GCM seal/open round trip ok"))
         return
     out.add(fail("hsm.sealing", f"sealing key {label!r}: a wrong context was not detected"))
+
+
+def _half_keys(keystore: Pkcs11KeyStore, token: str) -> CheckResult:
+    """A signing key of which only one object is in the token cannot sign and blocks a new key
+    of its label; ``broker keys destroy`` removes it (the keys commands refuse to run until then)."""
+    try:
+        halves = keystore.list_half_keys()
+    except BrokerError as exc:
+        return failed("hsm.half_keys", exc)
+    if not halves:
+        return ok("hsm.half_keys", "every signing key has both its private and public object")
+    named = "; ".join(
+        f"key {h.label!r} (id {h.key_id.hex()}): {half_made(h.present, open_intent=False)}, "
+        f"remove it with 'broker keys destroy --key "
+        f"{KeyRef(token=token, object=h.label, id=h.key_id).to_uri().replace(';type=private', '')}'"
+        for h in halves
+    )
+    return warn(
+        "hsm.half_keys",
+        f"{len(halves)} half-made key(s): {named}; then run the ceremony that made it again",
+    )

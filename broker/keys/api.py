@@ -56,6 +56,21 @@ class KeyInfo:
         return public_jwk(self.public_key, kid=self.kid)
 
 
+@dataclass(frozen=True)
+class HalfKey:
+    """A signing key of which the token holds one object only: ``present`` is ``"public"`` or
+    ``"private"``. Left by a key creation cut off between its two objects (an import makes them
+    with two ``C_CreateObject`` calls) or by a deletion outside the broker; unusable either way."""
+
+    label: str  # CKA_LABEL
+    key_id: bytes  # CKA_ID of the object that is there
+    present: str  # "public" or "private"
+
+    @property
+    def missing(self) -> str:
+        return "private" if self.present == "public" else "public"
+
+
 @runtime_checkable
 class Signer(Protocol):
     """Signs with one key. ``sign`` returns the JOSE signature (ES256: 64-byte r||s).

@@ -21,7 +21,7 @@ from broker.errors import (
     PinIncorrect,
     TokenNotPresent,
 )
-from broker.keys.api import KeyInfo
+from broker.keys.api import HalfKey, KeyInfo
 from broker.keys.soft import SoftKeyStore
 from broker.keys.uri import KeyRef, parse_key_uri
 
@@ -45,6 +45,9 @@ class SoftCeremonyStore(SoftKeyStore):
 
     def list_sealing_keys(self) -> list[tuple[str, bytes]]:
         return sorted(self.sealing.items())
+
+    def list_half_keys(self) -> list[HalfKey]:
+        return []  # the soft store makes and removes a pair in one step
 
     def delete(self, label: str) -> None:
         """Like a token: every object carrying the label goes."""

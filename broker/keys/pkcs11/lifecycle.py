@@ -3,8 +3,10 @@
 :class:`KeyLifecycle` is the lifecycle half of :class:`broker.keys.pkcs11.store.Pkcs11KeyStore`
 (mixed into it): the P-256 signing pair (private key sensitive, non-extractable, sign-only) and
 the AES-256 sealing key (encrypt/decrypt only) are made in the token from the object templates
-here; ``delete`` destroys every object of a label. Every operation runs inside the store's
-:meth:`broker.keys.pkcs11.session.Pkcs11Session.run` (lock, recovery).
+here; ``delete`` destroys every object of a label. An import makes the public object, then the
+private one (two ``C_CreateObject`` calls): it destroys the first when the second fails, and a
+retry after a lost session removes the one its first attempt left. Every operation runs inside
+the store's :meth:`broker.keys.pkcs11.session.Pkcs11Session.run` (lock, recovery).
 """
 
 from __future__ import annotations
@@ -117,7 +119,14 @@ class KeyLifecycle:
         scalar = private_key.private_numbers().private_value.to_bytes(32, "big")
         point = private_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
 
+        ec_point = _der_octet_string(point)
+        attempts = 0
+
         def fn(session: Any) -> KeyInfo:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:  # a retry after recovery: the last attempt may have left its half
+                self._drop_own_public(session, label, key_id, ec_point)
             self._ensure_absent(session, label, (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY))
             common = {
                 Attribute.KEY_TYPE: KeyType.EC,
@@ -128,7 +137,7 @@ class KeyLifecycle:
             pub = session.create_object(
                 {
                     Attribute.CLASS: ObjectClass.PUBLIC_KEY,
-                    Attribute.EC_POINT: _der_octet_string(point),
+                    Attribute.EC_POINT: ec_point,
                     **common,
                     **_PUBLIC_TEMPLATE,
                 }
@@ -143,12 +152,26 @@ class KeyLifecycle:
                     }
                 )
             except BaseException:
+                # Leave nothing half-made. If this fails too (the session is gone), a retry
+                # removes the public object first; else the orphan check names it.
                 with contextlib.suppress(p11e.PKCS11Error):
-                    pub.destroy()  # lose nothing, leave nothing half-made
+                    pub.destroy()
                 raise
             return self._info(session, label)
 
         return self._session.run("import", fn)
+
+    def _drop_own_public(self, session: Any, label: str, key_id: bytes, ec_point: bytes) -> None:
+        """Destroy a lone public object that is exactly the one this import makes (same label,
+        id and point: public data only, nothing is lost)."""
+        pub = self._session.find(session, ObjectClass.PUBLIC_KEY, label)
+        if (
+            pub is not None
+            and self._session.find(session, ObjectClass.PRIVATE_KEY, label) is None
+            and bytes(pub[Attribute.ID]) == key_id
+            and bytes(pub[Attribute.EC_POINT]) == ec_point
+        ):
+            pub.destroy()
 
     def delete(self, label: str) -> None:
         """Destroy every object (private, public, secret) labelled ``label``."""

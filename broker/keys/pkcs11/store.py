@@ -21,7 +21,7 @@ from opentelemetry.trace import TracerProvider
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from broker.errors import InvalidArgument, InvalidKey, KeyStoreError
-from broker.keys.api import KeyInfo
+from broker.keys.api import HalfKey, KeyInfo
 from broker.keys.health import HsmHealth
 from broker.keys.pkcs11 import lib as pkcs11_lib
 from broker.keys.pkcs11.lifecycle import KeyLifecycle
@@ -195,21 +195,43 @@ class Pkcs11KeyStore(KeyLifecycle):
         check_label(label)
         return self._session.run("get", lambda session: self._info(session, label))
 
+    def list_half_keys(self) -> list[HalfKey]:
+        """The signing keys of which the token holds only the public or only the private
+        object, in label order."""
+
+        def fn(session: Any) -> list[HalfKey]:
+            private, public = self._ec_objects(session)
+            found = [
+                HalfKey(lbl, kid, "private") for lbl, kid in private.items() if lbl not in public
+            ]
+            found += [
+                HalfKey(lbl, kid, "public") for lbl, kid in public.items() if lbl not in private
+            ]
+            return sorted(found, key=lambda half: half.label)
+
+        return self._session.run("list half keys", fn)
+
     def list(self) -> list[KeyInfo]:
+        """The signing keys with both objects in the token (see :meth:`list_half_keys`)."""
+
         def fn(session: Any) -> list[KeyInfo]:
-            if not self._session.logged_in(session):
-                raise p11e.UserNotLoggedIn()
-            labels = sorted(
-                {
-                    str(obj[Attribute.LABEL])
-                    for obj in session.get_objects(
-                        {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.KEY_TYPE: KeyType.EC}
-                    )
-                }
-            )
-            return [self._info(session, label) for label in labels]
+            private, public = self._ec_objects(session)
+            return [self._info(session, label) for label in sorted(private.keys() & public)]
 
         return self._session.run("list", fn)
+
+    def _ec_objects(self, session: Any) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """``{label: id}`` of the EC private objects and of the EC public objects."""
+        if not self._session.logged_in(session):
+            raise p11e.UserNotLoggedIn()  # an empty search would hide the private objects
+
+        def by_label(object_class: ObjectClass) -> dict[str, bytes]:
+            found = session.get_objects(
+                {Attribute.CLASS: object_class, Attribute.KEY_TYPE: KeyType.EC}
+            )
+            return {str(obj[Attribute.LABEL]): bytes(obj[Attribute.ID]) for obj in found}
+
+        return by_label(ObjectClass.PRIVATE_KEY), by_label(ObjectClass.PUBLIC_KEY)
 
     def signer(self, label: str) -> Pkcs11Signer:
         """A :class:`Pkcs11Signer` for ``label``: P-256, ``CKA_SIGN`` true, kid = its did:key."""
