@@ -33,8 +33,9 @@ for f in "$so_pin" "$user_pin"; do
     [[ -r $f ]] || { echo "token-init: secret $f is missing (see deploy/README.md)" >&2; exit 66; }
 done
 
-# 1. the token (softhsm/init-token.sh reads both PINs from their files)
-"${BROKER_HOME:-/opt/broker}/softhsm/init-token.sh" "$hsm_dir" "$token" "$so_pin" "$user_pin"
+# 1. the token (softhsm/init-token.sh reads both PINs from their files; audited as
+#    keys.init_token in the ceremony log, on every run)
+"${BROKER_HOME:-/opt/broker}/softhsm/init-token.sh" "$hsm_dir" "$token" "$so_pin" "$user_pin" "$audit_log"
 export SOFTHSM2_CONF=$hsm_dir/softhsm2.conf
 
 key_uri="pkcs11:token=$token;object=$key_label?module-path=$module&pin-source=file:$user_pin"

@@ -158,6 +158,7 @@ def provision_keys(workdir: Path) -> Keys:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_hex(8) + "\n")
+    audit_log = workdir / "audit.jsonl"
     run_cli(
         [
             "bash",
@@ -166,13 +167,13 @@ def provision_keys(workdir: Path) -> Keys:
             TOKEN_LABEL,
             str(so_pin),
             str(user_pin),
+            str(audit_log),  # audited (keys.init_token), like every later ceremony
         ],
         dict(os.environ),
         "SoftHSM token initialisation",
     )
     env = {**os.environ, "SOFTHSM2_CONF": str(hsm_dir / "softhsm2.conf")}
     env.pop("BROKER_CONFIG", None)
-    audit_log = workdir / "audit.jsonl"
     env["BROKER_AUDIT_LOG"] = str(audit_log)  # every ceremony step, reads included
     key_uri = (
         f"pkcs11:token={TOKEN_LABEL};object={CLIENT_KEY_LABEL};id=%01?pin-source=file:{user_pin}"
