@@ -247,6 +247,11 @@ async def test_trace_context_from_metadata_becomes_the_server_span_parent(
 async def test_span_records_the_status_code_of_a_failed_rpc(harness: Harness) -> None:
     harness.broker.error = e.HsmUnavailable("gone")
     await fails(harness.stub_for(APP).GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1")))
+    # the client can see the error status before the server's span has ended: poll, generously
+    deadline = asyncio.get_running_loop().time() + 20.0
+    while not harness.exporter.get_finished_spans():
+        assert asyncio.get_running_loop().time() < deadline, "the server span never ended"
+        await asyncio.sleep(0.01)
     (span,) = harness.exporter.get_finished_spans()
     assert span.parent is None
     assert span.attributes is not None
