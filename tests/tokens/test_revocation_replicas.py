@@ -31,6 +31,7 @@ from tests.parallel import unique_name
 from tests.tokens.fakes import FakeRefresher, token_set
 from tests.tokens.faulty_store import FaultyMemoryStore
 from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
+from tests.tokens.test_store_status_changes import older_transaction_open
 
 LIFETIME = 3600.0
 HANG_GUARD_S = 30.0  # turns a loop that never wakes into a failure; never asserted on
@@ -59,12 +60,25 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+PG = pytest.mark.postgres
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("postgres", marks=PG),
+        pytest.param("postgres-busy", marks=PG),
+    ]
+)
 async def opener(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> AsyncIterator[Opener]:
-    """Opens one more handle on one store per call: a replica each."""
-    kind: str = request.param
+    """Opens one more handle on one store per call: a replica each. "postgres-busy": another
+    connection holds a transaction open throughout, so every status pass reads again the changes
+    earlier passes read (the PostgreSQL feed's cursor is a server-wide transaction horizon): the
+    counts asserted below hold all the same."""
+    kind: str = request.param.removesuffix("-busy")
     sealer = SoftSealer()
     opened: list[GrantStore] = []
     dsn = postgres_dsn_or_skip() if kind == "postgres" else ""
@@ -83,7 +97,11 @@ async def opener(
         return store
 
     try:
-        yield open_one
+        if request.param == "postgres-busy":
+            async with older_transaction_open(dsn):
+                yield open_one
+        else:
+            yield open_one
     finally:
         for store in opened:
             await store.close()
