@@ -141,9 +141,12 @@ async def start_server(
         credentials = tls_reloader.credentials()
     else:
         credentials = server_credentials(server_cert_pem, server_key_pem, client_ca_pem)
-    port = server.add_secure_port(bind, credentials)
+    try:
+        port = server.add_secure_port(bind, credentials)
+    except RuntimeError:  # grpcio raises when no address could be bound
+        port = 0
     if port == 0:
-        raise ConfigError("gRPC server could not bind its address")
+        raise ConfigError(f"the gRPC server could not bind {bind} (address in use?)")
     tracing.bound(bind, port)
     await server.start()
     running = RunningServer(

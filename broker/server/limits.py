@@ -80,6 +80,10 @@ def server_options(
         ("grpc.max_connection_age_ms", 3_600_000),
         ("grpc.max_connection_age_grace_ms", 30_000),
         ("grpc.server_handshake_timeout_ms", max(1, round(handshake_timeout * 1000))),
+        # gRPC sets SO_REUSEPORT by default: a second process binding a port already served
+        # (another broker, a misconfigured replica) would start and silently take a share of
+        # its connections. Without it the second start fails (address in use).
+        ("grpc.so_reuseport", 0),
     ]
 
 

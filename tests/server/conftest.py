@@ -82,6 +82,7 @@ async def make_harness(
     policy_text: str = POLICY,
     login_service: LoginService | None = None,
     server_names: tuple[str, ...] = ("broker.test",),
+    bind: str = "127.0.0.1:0",
     **kwargs: Any,
 ) -> tuple[Harness, TracerProvider]:
     """The server over the fakes; ``login_service`` replaces the fake login service in the
@@ -101,7 +102,7 @@ async def make_harness(
         broker=broker,
         logins=login_service if login_service is not None else logins,
         policy=PolicyHolder(policy_path, poll_interval=kwargs.pop("poll_interval", 0.05)),
-        bind="127.0.0.1:0",
+        bind=bind,
         server_cert_pem=server_cert.cert_pem,
         server_key_pem=server_cert.key_pem,
         client_ca_pem=ca.pem,

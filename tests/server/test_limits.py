@@ -29,7 +29,7 @@ from broker.server.limits import (
     server_options,
     streams_per_connection,
 )
-from tests.server.conftest import ADMIN, APP, Harness, started_harness, stub
+from tests.server.conftest import ADMIN, APP, Harness, make_harness, started_harness, stub
 from tests.server.rpc import code_of, mtls_channel
 
 BOUND = 60.0  # seconds: upper bound of any test here, never an assertion
@@ -72,6 +72,23 @@ def test_f02_metadata_soft_and_hard_limits_are_equal() -> None:
     options = dict(server_options(max_message_bytes=1024, max_metadata_bytes=12_000))
     assert options["grpc.max_metadata_size"] == 12_000
     assert options["grpc.absolute_max_metadata_size"] == 12_000
+
+
+async def test_a_second_server_on_a_port_already_served_fails_to_start(
+    tmp_path: Path, harness: Harness
+) -> None:
+    """gRPC sets SO_REUSEPORT by default: a second server bound the same port and took a share
+    of its connections (two brokers, or two test workers racing for one port). It must fail."""
+    (tmp_path / "second").mkdir()
+    try:
+        second, provider = await make_harness(tmp_path / "second", bind=f"127.0.0.1:{harness.port}")
+    except ConfigError as exc:
+        assert f"could not bind 127.0.0.1:{harness.port}" in str(exc)
+    else:
+        await second.running.stop(None)
+        provider.shutdown()
+        pytest.fail("a second server started on a port another server serves")
+    assert await code_of(_get(harness.stub_for(APP), timeout=BOUND)) is grpc.StatusCode.OK
 
 
 def test_f07_handshake_timeout_option_in_milliseconds() -> None:
