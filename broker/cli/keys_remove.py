@@ -75,15 +75,17 @@ def _find_key(deps: Deps, store: CeremonyStore, target: KeyTarget, facts: Facts)
 
 
 def _key_document(key: TokenKey, uri: str | None) -> dict[str, Any]:
-    return {
+    document = {
         "label": key.label,
         "kind": key.kind,
         "id": key.key_id.hex(),
         "did": key.did,
         "fingerprint": key.fingerprint,
-        "half": key.half,
         "uri": uri,
     }
+    if key.half is not None:
+        document["half"] = key.half  # the one object that was in the token
+    return document
 
 
 def _key_name(key: TokenKey) -> str:
