@@ -123,6 +123,8 @@ class Peer:
 
 
 def free_port() -> int:
+    """A port free now; released at once, so the child given it may find it taken: launch
+    through :func:`devtools.ports.launch_on_fresh_ports`, or let the child bind port 0."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -39,6 +39,7 @@ from broker.keys.didkey import jwk_from_did
 from broker.server.gen.broker.v1 import broker_pb2_grpc
 from devtools.peer import ROOT, Peer, PeerClient, PeerSettings, free_port, start_peer, stop_peer
 from devtools.pki import Ca, Issued
+from devtools.ports import PORT_ATTEMPTS, PortInUse, launch_on_fresh_ports, says_port_in_use
 from devtools.stack_setup import (
     CALLER_IDENTITY,
     BrokerConfig,
@@ -75,6 +76,10 @@ class DevStack:
     log_name: str = "broker.log"
     owns_peer: bool = True
     """``down()`` stops the peer only when this stack started it (not on a replica)."""
+    movable_ports: bool = False
+    """Never served yet: a port found taken at the start is replaced by a fresh one."""
+    spare_web_ports: list[int] = field(default_factory=list, repr=False)
+    """Web ports whose callback the peer knows, to move to (the primary stack's)."""
     serve_module: str = "broker.cli"
     """The module ``start_broker`` runs as ``python -m <module> serve --config ...`` (a bench
     can name a wrapper that observes the same serve process, see ``session_probe``)."""
@@ -112,15 +117,21 @@ class DevStack:
         outputs = dict(keys.outputs)
         cli = [sys.executable, "-m", "broker.cli", "keys"]
         ca, pki, pki_dir = make_pki(workdir)
-        web_port, grpc_port = free_port(), free_port()
+        # A port may be taken before the broker binds it: the peer knows the callback on each
+        # web port the broker may move to (devtools.ports); its issuer, so the store, stays.
+        web_ports = [free_port() for _ in range(PORT_ATTEMPTS)]
+        web_port, grpc_port = web_ports[0], free_port()
         public = f"https://127.0.0.1:{public_port or web_port}"
+        callbacks = list(
+            dict.fromkeys(f"https://127.0.0.1:{public_port or p}/callback" for p in web_ports)
+        )
         issuer_tls = pki
         peer = start_peer(
             issuer_tls,
             PeerSettings(
                 client_id=did,
                 client_jwk=jwk_from_did(did),
-                redirect_uris=[f"{public}/callback"],
+                redirect_uris=callbacks,
                 access_token_ttl=access_token_ttl,
                 token_delay_ms=token_delay_ms,
                 refresh_grace_seconds=refresh_grace_seconds,
@@ -193,6 +204,8 @@ class DevStack:
             ceremony_outputs=outputs,
             ca=ca,
             config=config,
+            movable_ports=True,
+            spare_web_ports=web_ports[1:],
         )
         if start_broker:
             try:
@@ -205,7 +218,27 @@ class DevStack:
     # --- the broker process ------------------------------------------------------------------
 
     def start_broker(self, *, timeout: float = 30.0) -> None:
-        log = (self.workdir / self.log_name).open("ab")
+        """Start ``broker serve`` and wait until it is SERVING. A start that failed because one
+        of its ports was taken raises :class:`~devtools.ports.PortInUse`; a stack that has not
+        served yet then moves to fresh ports and starts again (nobody knows its ports yet)."""
+        if not self.movable_ports:
+            return self._start_broker(timeout)
+
+        def launch() -> None:
+            try:
+                self._start_broker(timeout)
+            except PortInUse:
+                spare = self.spare_web_ports
+                self._use_ports(spare.pop(0) if spare else free_port(), free_port())
+                raise
+
+        launch_on_fresh_ports(launch)
+        self.movable_ports = False
+
+    def _start_broker(self, timeout: float) -> None:
+        path = self.workdir / self.log_name
+        offset = path.stat().st_size if path.exists() else 0
+        log = path.open("ab")
         self.broker = subprocess.Popen(
             [sys.executable, "-m", self.serve_module, "serve", "--config", str(self.config_path)],
             env=self.env,
@@ -217,7 +250,9 @@ class DevStack:
         deadline = time.monotonic() + timeout
         while True:
             if self.broker.poll() is not None:
-                raise StackError(f"broker exited early:\n{self.broker_log()[-3000:]}")
+                output = path.read_bytes()[offset:].decode(errors="replace")
+                error = PortInUse if says_port_in_use(output) else StackError
+                raise error(f"broker exited early:\n{output[-3000:]}")
             try:
                 with self.channel() as channel:
                     resp = health_pb2_grpc.HealthStub(channel).Check(
@@ -276,31 +311,35 @@ class DevStack:
             raise StackError("this stack has no rendered configuration to derive a replica from")
         if not name.isidentifier():
             raise StackError("a replica name must be an identifier")
-        web_port = free_port()
-        config = replace(
-            self.config,
-            grpc_port=free_port(),
-            web_port=web_port,
-            redirect_uri=(
-                self.config.redirect_uri
-                if self.config.public_port is not None
-                else f"https://127.0.0.1:{web_port}/callback"
-            ),
-            audit_log=self.workdir / f"audit-{name}.jsonl",
-        )
-        config_path = self.workdir / f"broker-{name}.toml"
-        config_path.write_text(render_config(config))
-        return replace(
+        config = replace(self.config, audit_log=self.workdir / f"audit-{name}.jsonl")
+        replica = replace(
             self,
-            grpc_port=config.grpc_port,
-            web_port=config.web_port,
-            config_path=config_path,
+            config_path=self.workdir / f"broker-{name}.toml",
             audit_log=config.audit_log,
             broker=None,
             config=config,
             log_name=f"broker-{name}.log",
             owns_peer=False,
+            movable_ports=True,
+            spare_web_ports=[],
         )
+        replica._use_ports(free_port(), free_port())
+        return replica
+
+    def _use_ports(self, web_port: int, grpc_port: int) -> None:
+        """Listen on these ports (the callback names the web port unless a front is public)."""
+        assert self.config is not None
+        public = self.config.public_port is not None
+        self.config = replace(
+            self.config,
+            grpc_port=grpc_port,
+            web_port=web_port,
+            redirect_uri=(
+                self.config.redirect_uri if public else f"https://127.0.0.1:{web_port}/callback"
+            ),
+        )
+        self.config_path.write_text(render_config(self.config))
+        self.web_port, self.grpc_port = web_port, grpc_port
 
     def issue_client_cert(self, identity: str, name: str) -> tuple[Path, Path]:
         """A client certificate from this stack's CA with ``identity`` as its URI SAN (and CN

@@ -68,7 +68,10 @@ class ChaosStacks:
         settings = PeerSettings(
             client_id=stack.did,
             client_jwk=jwk_from_did(stack.did),
-            redirect_uris=[f"https://127.0.0.1:{stack.web_port}/callback"],
+            redirect_uris=[  # the ports the broker may move to at its start (devtools.ports)
+                f"https://127.0.0.1:{port}/callback"
+                for port in (stack.web_port, *stack.spare_web_ports)
+            ],
             public_port=public_port,
             access_token_ttl=int(options.get("access_token_ttl", 120)),
             token_delay_ms=int(options.get("token_delay_ms", 0)),
