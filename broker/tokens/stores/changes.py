@@ -15,7 +15,9 @@ when nothing changed, whatever the number of grants:
   Transaction ids are not assigned in commit order, so the cursor is the ``xmin`` of the reading
   statement's snapshot: every transaction below it had ended when the rows were read, and any
   transaction that commits later has an id of at least that ``xmin``. A change may be reported
-  by several passes (while an older transaction is still open); never missed.
+  by several passes (while an older transaction is still open anywhere on the server: the
+  horizon is cluster-wide, so another database's or application's long transaction holds it
+  back too); never missed. Re-applying a status is idempotent.
 - memory: a counter, as SQLite.
 
 The trigger sees every status change whatever writes it (``set_status`` of a revocation, a dead
