@@ -38,7 +38,7 @@ from broker.tokens.stores.sqlite import SqliteGrantStore
 from devtools.pki import Ca
 from tests.clock import FakeClock
 from tests.conftest import SoftHsmEnv
-from tests.tokens.test_store_contract import make_grant
+from tests.tokens.stores.helpers import make_grant
 
 pytestmark = pytest.mark.softhsm
 

@@ -32,7 +32,7 @@ from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.cli.soft_backend import SoftBackend, SoftCeremonyStore
 from tests.clock import FakeClock
 from tests.doctor.helpers import ISSUER, FakeVerifier, make_deployment
-from tests.tokens.test_store_contract import make_grant
+from tests.tokens.stores.helpers import make_grant
 
 PIN = "1234"
 

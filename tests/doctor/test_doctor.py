@@ -559,7 +559,7 @@ async def test_postgres_store_unreachable_fails(
 async def test_postgres_store_reachable_and_migrated(
     deployment: Deployment, verifier: FakeVerifier, clock: FakeClock
 ) -> None:
-    from tests.tokens.test_store_contract import (
+    from tests.tokens.stores.helpers import (
         drop_pg_schema,
         pg_schema_name,
         postgres_dsn_or_skip,

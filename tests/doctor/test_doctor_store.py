@@ -18,7 +18,7 @@ from tests.clock import FakeClock
 from tests.doctor.conftest import Keys
 from tests.doctor.helpers import ISSUER, Deployment, FakeVerifier
 from tests.doctor.test_doctor import doctor
-from tests.tokens.test_store_contract import (
+from tests.tokens.stores.helpers import (
     drop_pg_schema,
     make_grant,
     pg_schema_name,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.parallel import unique_name
-from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
+from tests.tokens.stores.helpers import drop_pg_schema, postgres_dsn_or_skip
 
 
 @pytest.fixture

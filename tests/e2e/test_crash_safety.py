@@ -35,7 +35,7 @@ from tests.stacks import (
     login,
     start_with_retry,
 )
-from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
+from tests.tokens.stores.helpers import drop_pg_schema, postgres_dsn_or_skip
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow, pytest.mark.softhsm]
 

@@ -31,7 +31,7 @@ from devtools.peer import free_port
 from devtools.stack import DevStack, follow_login
 from tests.parallel import unique_name
 from tests.stacks import RPC_TIMEOUT, Stacks, get_token, start_with_retry
-from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
+from tests.tokens.stores.helpers import drop_pg_schema, postgres_dsn_or_skip
 
 COMPLETION_WAIT_S = 30.0  # generous: the machine is shared
 

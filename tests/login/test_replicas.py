@@ -22,7 +22,7 @@ from broker.tokens.stores.sqlite import SqliteGrantStore
 from broker.web.app import create_app
 from tests.clock import FakeClock
 from tests.login.fakes import BASE_URL, ISSUER, REDIRECT_URI, FakeClient, FakeSink, client_config
-from tests.tokens.test_store_contract import drop_pg_schema, pg_schema_name, postgres_dsn_or_skip
+from tests.tokens.stores.helpers import drop_pg_schema, pg_schema_name, postgres_dsn_or_skip
 
 
 class Replica:

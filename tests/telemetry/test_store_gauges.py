@@ -32,8 +32,8 @@ from broker.tokens.stores.sqlite import SqliteGrantStore
 from broker.web.app import create_app
 from tests.clock import FakeClock
 from tests.login.fakes import BASE_URL, ISSUER, REDIRECT_URI, FakeClient, FakeSink, client_config
-from tests.tokens.faulty_store import FaultyMemoryStore
-from tests.tokens.test_store_contract import (
+from tests.tokens.stores.faulty_store import FaultyMemoryStore
+from tests.tokens.stores.helpers import (
     drop_pg_schema,
     make_grant,
     pg_schema_name,

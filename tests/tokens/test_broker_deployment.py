@@ -25,7 +25,7 @@ from broker.tokens.stores.memory import MemoryGrantStore
 from tests.clock import FakeClock
 from tests.oauth.fakeas import ISSUER, REDIRECT_URI, FakeAS
 from tests.tokens.fakes import FakeRefresher
-from tests.tokens.test_store_contract import make_grant
+from tests.tokens.stores.helpers import make_grant
 
 OURS = DeploymentIdentity(
     issuer="https://verifier.example", client_id="did:key:zDnaeClient", did="did:key:zDnaeClient"

@@ -29,9 +29,8 @@ from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.clock import FakeClock
 from tests.parallel import unique_name
 from tests.tokens.fakes import FakeRefresher, token_set
-from tests.tokens.faulty_store import FaultyMemoryStore
-from tests.tokens.test_store_contract import drop_pg_schema, postgres_dsn_or_skip
-from tests.tokens.test_store_status_changes import older_transaction_open
+from tests.tokens.stores.faulty_store import FaultyMemoryStore
+from tests.tokens.stores.helpers import drop_pg_schema, older_transaction_open, postgres_dsn_or_skip
 
 LIFETIME = 3600.0
 HANG_GUARD_S = 30.0  # turns a loop that never wakes into a failure; never asserted on

@@ -25,15 +25,15 @@ from broker.tokens.stores.deployment import (
 from broker.tokens.stores.identities import IdentityRefresher
 from broker.tokens.stores.memory import MemoryGrantStore
 from tests.clock import FakeClock
-from tests.tokens import test_store_binding
 from tests.tokens.fakes import FakeRefresher
+from tests.tokens.stores import helpers
+from tests.tokens.stores.helpers import OURS, Opener
 from tests.tokens.test_broker_deployment import expired_grant
-from tests.tokens.test_store_binding import OURS, Opener
 
 NEW = DeploymentIdentity(
     issuer=OURS.issuer, client_id="did:key:zDnaeNewKey", did="did:key:zDnaeNewKey"
 )
-opener = test_store_binding.opener  # the memory / SQLite / PostgreSQL fixture
+opener = helpers.opener  # the memory / SQLite / PostgreSQL fixture
 
 NEW_URI = "pkcs11:token=broker;object=client-2027;id=%02;type=private"
 

@@ -23,8 +23,12 @@ from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.clock import FakeClock
 from tests.tokens.fakes import FakeRefresher, token_set
-from tests.tokens.test_store_contract import drop_pg_schema, pg_schema_name, postgres_dsn_or_skip
-from tests.tokens.test_store_schedule import CountingSealer
+from tests.tokens.stores.helpers import (
+    CountingSealer,
+    drop_pg_schema,
+    pg_schema_name,
+    postgres_dsn_or_skip,
+)
 
 LIFETIME = 3600.0
 GRANTS = 20

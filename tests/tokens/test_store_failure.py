@@ -1,6 +1,6 @@
 """G04: the store fails to write a new refresh token (disk full, read-only, I/O error).
 
-The memory store with ``fail_next`` (:mod:`tests.tokens.faulty_store`) and a SQLite store whose
+The memory store with ``fail_next`` (:mod:`tests.tokens.stores.faulty_store`) and a SQLite store whose
 connection raises ``sqlite3.OperationalError`` on writes stand in for ENOSPC / EROFS / EIO.
 Expected: the result is kept in memory and written before the AS is asked again, health is
 DEGRADED meanwhile, an emergency sealed file survives a shutdown or a crash, and the AS only ever
@@ -33,7 +33,7 @@ from broker.tokens.stores.memory import MemoryGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.clock import FakeClock
 from tests.tokens.fakes import FakeRefresher, token_set
-from tests.tokens.faulty_store import FaultyMemoryStore
+from tests.tokens.stores.faulty_store import FaultyMemoryStore
 
 LIFETIME = 3600.0
 PAST_BACKOFF = 20.0  # beyond the first back-off (5 s + 10 % jitter)

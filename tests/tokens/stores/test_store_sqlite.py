@@ -14,7 +14,7 @@ from broker.errors import ConfigError, KeyStoreError, StoreError, StoreUnusable
 from broker.keys.soft import SoftSealer
 from broker.tokens.stores.sqlite import SCHEMA_VERSION, SqliteGrantStore
 from tests.clock import FakeClock
-from tests.tokens.test_store_contract import make_grant, make_tokens
+from tests.tokens.stores.helpers import make_grant, make_tokens
 
 SECRETS = (
     "AT-g-1-v1-plaintext",

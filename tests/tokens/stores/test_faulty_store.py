@@ -1,4 +1,4 @@
-"""The tests' fault-injecting memory store (:mod:`tests.tokens.faulty_store`), and that the
+"""The tests' fault-injecting memory store (:mod:`tests.tokens.stores.faulty_store`), and that the
 production memory store carries no fault injection of its own."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 from broker.errors import InvalidArgument, StoreError
 from broker.tokens.stores.memory import MemoryGrantStore
 from tests.clock import FakeClock
-from tests.tokens.faulty_store import OPERATIONS, FaultyMemoryStore
-from tests.tokens.test_store_contract import make_grant, make_tokens
+from tests.tokens.stores.faulty_store import OPERATIONS, FaultyMemoryStore
+from tests.tokens.stores.helpers import make_grant, make_tokens
 
 
 async def test_g04_fail_next_rotate_raises_once_and_changes_nothing() -> None:

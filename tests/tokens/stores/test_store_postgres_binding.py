@@ -17,7 +17,7 @@ from broker.tokens.stores.deployment import DeploymentIdentity, RecordedHow
 from broker.tokens.stores.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresGrantStore
 from broker.tokens.stores.sealing import COLUMNS, seal_grant
 from tests.clock import FakeClock
-from tests.tokens.test_store_contract import (
+from tests.tokens.stores.helpers import (
     drop_pg_schema,
     make_grant,
     pg_schema_name,

@@ -32,7 +32,12 @@ from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.clock import FakeClock
 from tests.parallel import unique_name
-from tests.tokens.test_store_contract import drop_pg_schema, make_grant, postgres_dsn_or_skip
+from tests.tokens.stores.helpers import (
+    drop_pg_schema,
+    make_grant,
+    older_transaction_open,
+    postgres_dsn_or_skip,
+)
 
 
 class Store(StatusFeed):  # what these tests use of a store (a type only)
@@ -98,18 +103,6 @@ async def open_store(kind: str, tmp_path: Path) -> AsyncIterator[Store]:
         finally:
             await pg.close()
             drop_pg_schema(dsn, schema)
-
-
-@asynccontextmanager
-async def older_transaction_open(dsn: str) -> AsyncIterator[None]:
-    """Another connection's transaction, holding a transaction id, open until the block ends,
-    as another test run or application on the same server may hold one."""
-    async with await psycopg.AsyncConnection.connect(dsn) as other:
-        await other.execute("SELECT pg_current_xact_id()")
-        try:
-            yield
-        finally:
-            await other.rollback()
 
 
 async def test_a_status_change_is_reported_once_past_its_cursor(feed: Feed) -> None:

@@ -29,7 +29,7 @@ from broker.tokens.stores.logins import (
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SCHEMA_VERSION, SqliteGrantStore
 from tests.clock import FakeClock
-from tests.tokens.test_store_contract import drop_pg_schema, pg_schema_name, postgres_dsn_or_skip
+from tests.tokens.stores.helpers import drop_pg_schema, pg_schema_name, postgres_dsn_or_skip
 
 NOW = 1_800_000_000.0
 NONCE = "nonce-secret-Zq81"

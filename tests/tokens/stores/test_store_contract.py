@@ -4,8 +4,9 @@ PostgreSQL: each store gets its own schema (``test_store_<uuid>``) in the local 
 ``test``, dropped afterwards. Without a reachable server the postgres cases are skipped with a
 loud reason, unless ``BROKER_REQUIRE_POSTGRES=1`` (then they fail).
 
-The helpers here (``make_grant``, ``make_tokens``, ``postgres_dsn_or_skip``, ``pg_schema_name``,
-``drop_pg_schema``, ``wait_until``) are shared by the other ``test_store_*`` modules.
+The helpers shared with the other store tests (``make_grant``, ``make_tokens``,
+``postgres_dsn_or_skip``, ``pg_schema_name``, ``drop_pg_schema``, ``wait_until``) are in
+:mod:`tests.tokens.stores.helpers`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from broker.errors import (
     GrantExists,
@@ -37,80 +34,14 @@ from broker.tokens.stores.memory import MemoryGrantStore
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.clock import FakeClock
-
-PG_DSN = os.environ.get("BROKER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-HANG_GUARD_S = 30.0  # only to turn a deadlock into a failure; never asserted on
-
-
-# --- shared helpers -----------------------------------------------------------------------------
-
-
-def postgres_dsn_or_skip() -> str:
-    """The test DSN, or skip loudly (fail when BROKER_REQUIRE_POSTGRES=1)."""
-    try:
-        with psycopg.connect(PG_DSN, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        reason = (
-            f"PostgreSQL NOT REACHABLE at 127.0.0.1:5432/test ({type(exc).__name__}): "
-            "the PostgreSQL grant store is NOT TESTED. Set BROKER_REQUIRE_POSTGRES=1 to fail."
-        )
-        if os.environ.get("BROKER_REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return PG_DSN
-
-
-def pg_schema_name() -> str:
-    return f"test_store_{uuid.uuid4().hex[:12]}"
-
-
-def drop_pg_schema(dsn: str, schema: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll until ``predicate`` holds; a generous guard turns a hang into a clear failure."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + HANG_GUARD_S
-    while not await predicate():
-        if loop.time() > deadline:
-            pytest.fail(f"gave up waiting for: {what}")
-        await asyncio.sleep(0.01)
-
-
-def make_grant(grant_id: str = "g-1", **overrides: Any) -> Grant:
-    values: dict[str, Any] = {
-        "grant_id": grant_id,
-        "label": "billing",
-        "issuer": "https://verifier.example",
-        "client_id": "did:key:zDnaeClient",
-        "subject": "user-7",
-        "scope": "openid learcredential",
-        "status": GrantStatus.ACTIVE,
-        "access_token": f"AT-{grant_id}-v1-plaintext",
-        "access_expires_at": 1_800_000_300.0,
-        "refresh_token": f"RT-{grant_id}-v1-plaintext",
-        "created_at": 1_800_000_000.0,
-        "updated_at": 1_800_000_000.0,
-        "id_claims": {"sub": "user-7", "email": "alice.pii@example.org"},
-    }
-    values.update(overrides)
-    return Grant(**values)
-
-
-def make_tokens(tag: str, *, refresh: str | None = None, **overrides: Any) -> TokenSet:
-    values: dict[str, Any] = {
-        "access_token": f"AT-{tag}",
-        "token_type": "Bearer",
-        "expires_at": 1_800_003_600.0,
-        "received_at": 1_800_000_000.0,
-        "scope": "openid learcredential",
-        "refresh_token": refresh,
-    }
-    values.update(overrides)
-    return TokenSet(**values)
+from tests.tokens.stores.helpers import (
+    HANG_GUARD_S,
+    drop_pg_schema,
+    make_grant,
+    make_tokens,
+    pg_schema_name,
+    postgres_dsn_or_skip,
+)
 
 
 async def assert_lock_held(store: GrantStore, grant_id: str) -> None:

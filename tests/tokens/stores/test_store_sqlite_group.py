@@ -17,7 +17,7 @@ from broker.errors import StoreError, VersionConflict
 from broker.keys.soft import SoftSealer
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.clock import FakeClock
-from tests.tokens.test_store_contract import make_grant, make_tokens
+from tests.tokens.stores.helpers import make_grant, make_tokens
 
 DEADLINE = 30.0  # seconds: generous, the machine may be busy
 GRANTS = ("g-1", "g-2", "g-3", "g-4")

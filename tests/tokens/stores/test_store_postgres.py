@@ -19,7 +19,7 @@ from broker.errors import ConfigError, KeyStoreError, StoreError, VersionConflic
 from broker.keys.soft import SoftSealer
 from broker.tokens.stores.postgres import SCHEMA_VERSION, PostgresGrantStore
 from tests.clock import FakeClock
-from tests.tokens.test_store_contract import (
+from tests.tokens.stores.helpers import (
     HANG_GUARD_S,
     drop_pg_schema,
     make_grant,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from broker.tokens.stores.keyed_locks import KeyedLocks
 from broker.tokens.stores.memory import MemoryGrantStore
 from tests.clock import FakeClock
-from tests.tokens.test_store_contract import make_grant
+from tests.tokens.stores.helpers import make_grant
 
 
 async def test_keyed_locks_forget_released_keys() -> None:

@@ -26,7 +26,7 @@ from broker.tokens.stores.base import GrantStore
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.clock import FakeClock
-from tests.tokens.test_store_contract import (
+from tests.tokens.stores.helpers import (
     HANG_GUARD_S,
     drop_pg_schema,
     make_grant,

@@ -18,7 +18,7 @@ from broker.tokens.stores.deployment import DeploymentIdentity, RecordedHow
 from broker.tokens.stores.sealing import COLUMNS, seal_grant
 from broker.tokens.stores.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteGrantStore
 from tests.clock import FakeClock
-from tests.tokens.test_store_contract import make_grant
+from tests.tokens.stores.helpers import make_grant
 
 OURS = DeploymentIdentity(
     issuer="https://verifier.example", client_id="did:key:zDnaeClient", did="did:key:zDnaeClient"

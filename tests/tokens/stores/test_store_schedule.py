@@ -24,7 +24,8 @@ from broker.tokens.stores.memory import MemoryGrantStore
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.clock import FakeClock
-from tests.tokens.test_store_contract import (
+from tests.tokens.stores.helpers import (
+    CountingSealer,
     drop_pg_schema,
     make_grant,
     make_tokens,
@@ -44,40 +45,6 @@ class LeadRule:
         self, grant_id: str, version: int, *, issued_at: float | None, expires_at: float
     ) -> float:
         return expires_at - LEAD
-
-
-class CountingSealer(SoftSealer):
-    """A SoftSealer that counts its calls and, with ``db``, checks on every call whether some
-    connection holds the SQLite write lock on that file (an HSM call under the lock)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.opens = 0
-        self.seals = 0
-        self.db: str | None = None
-        self.under_lock: list[str] = []
-
-    def _check_lock(self, what: str) -> None:
-        if self.db is None:
-            return
-        probe = sqlite3.connect(self.db, timeout=0, isolation_level=None)
-        try:
-            probe.execute("BEGIN IMMEDIATE")
-            probe.execute("ROLLBACK")
-        except sqlite3.OperationalError:
-            self.under_lock.append(what)
-        finally:
-            probe.close()
-
-    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        self.seals += 1
-        self._check_lock("seal")
-        return super().seal(plaintext, aad)
-
-    def open(self, sealed: bytes, aad: bytes) -> bytes:
-        self.opens += 1
-        self._check_lock("open")
-        return super().open(sealed, aad)
 
 
 @dataclass

@@ -8,30 +8,20 @@ memory store via ``shared_with``, SQLite by path, PostgreSQL by schema).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from broker.errors import DeploymentMismatch
-from broker.keys.soft import SoftSealer
 from broker.tokens.stores.deployment import DeploymentIdentity, IdentityRole, RecordedHow
-from broker.tokens.stores.memory import MemoryGrantStore
 from broker.tokens.stores.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
-from broker.tokens.stores.postgres import PostgresGrantStore
-from broker.tokens.stores.sqlite import SCHEMA_VERSION, SqliteGrantStore
-from tests.clock import FakeClock
-from tests.tokens.test_store_contract import (
-    drop_pg_schema,
+from broker.tokens.stores.sqlite import SCHEMA_VERSION
+from tests.tokens.stores import helpers
+from tests.tokens.stores.helpers import (
+    OURS,
+    Opener,
     make_grant,
-    pg_schema_name,
-    postgres_dsn_or_skip,
 )
 
-OURS = DeploymentIdentity(
-    issuer="https://verifier.example", client_id="did:key:zDnaeClient", did="did:key:zDnaeClient"
-)
 OTHER_AS = DeploymentIdentity(
     issuer="https://other-verifier.example", client_id=OURS.client_id, did=OURS.did
 )
@@ -39,43 +29,7 @@ OTHER_KEY = DeploymentIdentity(
     issuer=OURS.issuer, client_id="did:key:zDnaeOtherKey", did="did:key:zDnaeOtherKey"
 )
 
-Opener = Callable[..., Awaitable[Any]]
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
-    """``await opener(identity=..., record_identity=...)`` opens the same store again."""
-    clock = FakeClock()
-    sealer = SoftSealer()
-    opened: list[Any] = []
-    kind = request.param
-    schema = ""
-    dsn = ""
-    if kind == "postgres":
-        dsn = postgres_dsn_or_skip()
-        schema = pg_schema_name()
-
-    async def open_store(**kwargs: Any) -> Any:
-        store: Any
-        if kind == "memory":
-            first = opened[0] if opened else None
-            store = MemoryGrantStore(clock, shared_with=first, **kwargs)
-        elif kind == "sqlite":
-            store = await SqliteGrantStore.connect(
-                str(tmp_path / "grants.db"), sealer, clock, **kwargs
-            )
-        else:
-            store = await PostgresGrantStore.connect(dsn, sealer, clock, schema=schema, **kwargs)
-        opened.append(store)
-        return store
-
-    try:
-        yield open_store
-    finally:
-        for store in opened:
-            await store.close()
-        if kind == "postgres":
-            drop_pg_schema(dsn, schema)
+opener = helpers.opener  # the memory / SQLite / PostgreSQL fixture
 
 
 async def test_identity_is_recorded_at_creation_as_primary(opener: Opener) -> None:

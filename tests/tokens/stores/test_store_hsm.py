@@ -14,7 +14,7 @@ from broker.keys.soft import SoftSealer
 from broker.tokens.stores.postgres import PostgresGrantStore
 from broker.tokens.stores.sqlite import SqliteGrantStore
 from tests.clock import FakeClock
-from tests.tokens.test_store_contract import (
+from tests.tokens.stores.helpers import (
     drop_pg_schema,
     make_grant,
     make_tokens,
