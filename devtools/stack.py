@@ -26,20 +26,19 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urljoin
 
 import grpc
 import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.keys.didkey import jwk_from_did
 from broker.server.gen.broker.v1 import broker_pb2_grpc
-from devtools.peer import ROOT, Peer, PeerClient, PeerSettings, free_port, start_peer, stop_peer
+from devtools.broker_process import start_serving, stop
+from devtools.peer import Peer, PeerClient, PeerSettings, free_port, start_peer, stop_peer
 from devtools.pki import Ca, Issued
-from devtools.ports import PORT_ATTEMPTS, PortInUse, launch_on_fresh_ports, says_port_in_use
+from devtools.ports import PORT_ATTEMPTS, PortInUse, launch_on_fresh_ports
 from devtools.stack_setup import (
     CALLER_IDENTITY,
     BrokerConfig,
@@ -236,50 +235,18 @@ class DevStack:
         self.movable_ports = False
 
     def _start_broker(self, timeout: float) -> None:
-        path = self.workdir / self.log_name
-        offset = path.stat().st_size if path.exists() else 0
-        log = path.open("ab")
-        self.broker = subprocess.Popen(
+        self.broker = start_serving(
             [sys.executable, "-m", self.serve_module, "serve", "--config", str(self.config_path)],
             env=self.env,
-            stdout=log,
-            stderr=log,
-            cwd=ROOT,
+            log_path=self.workdir / self.log_name,
+            channel=self.channel,
+            timeout=timeout,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.broker.poll() is not None:
-                output = path.read_bytes()[offset:].decode(errors="replace")
-                error = PortInUse if says_port_in_use(output) else StackError
-                raise error(f"broker exited early:\n{output[-3000:]}")
-            try:
-                with self.channel() as channel:
-                    resp = health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(service=""), timeout=1.0
-                    )
-                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                self.kill_broker()  # never leave a broker that did not come up running
-                raise StackError(
-                    f"broker not serving after {timeout}s:\n{self.broker_log()[-3000:]}"
-                )
-            time.sleep(0.2)
 
     def stop_broker(self, *, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
         if self.broker is None:
             return None
-        if self.broker.poll() is None:
-            self.broker.send_signal(sig)
-            try:
-                self.broker.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.broker.kill()
-                self.broker.wait(timeout=5)
-        code = self.broker.returncode
+        code = stop(self.broker, sig=sig, timeout=timeout)
         self.broker = None
         return code
 
