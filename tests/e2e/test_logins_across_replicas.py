@@ -27,13 +27,13 @@ import pytest
 
 from broker.server.gen.broker.v1 import broker_pb2
 from devtools.faultproxy import FaultProxy
-from devtools.peer import free_port
 from devtools.stack import DevStack, follow_login
 from tests.parallel import unique_name
 from tests.stacks import RPC_TIMEOUT, Stacks, get_token, start_with_retry
 from tests.tokens.stores.helpers import drop_pg_schema, postgres_dsn_or_skip
 
 COMPLETION_WAIT_S = 30.0  # generous: the machine is shared
+NO_UPSTREAM_YET = 1  # the front relays to A's listener once A is up; nothing connects before
 
 
 @dataclass
@@ -51,8 +51,11 @@ class Fronted:
 def fronted(stacks: Stacks) -> Iterator[Fronted]:
     dsn = postgres_dsn_or_skip()
     schema = unique_name("e2e")
-    public_port = free_port()
-    front: FaultProxy | None = None
+    # The front listens first (port 0: the kernel's pick, held from then on), so the public port
+    # the stacks are configured with cannot be taken by another process in between.
+    front = FaultProxy("127.0.0.1", NO_UPSTREAM_YET)
+    front.start()
+    public_port = front.port
     try:
         a = stacks.up(
             "a",
@@ -62,8 +65,7 @@ def fronted(stacks: Stacks) -> Iterator[Fronted]:
             public_port=public_port,
             background_interval=3600,
         )
-        front = FaultProxy("127.0.0.1", a.web_port, listen_port=public_port)
-        front.start()
+        front.retarget(a.web_port)
         b = stacks.replica(a, "b")
         start_with_retry(b)
         assert b.web_port != a.web_port
@@ -76,8 +78,7 @@ def fronted(stacks: Stacks) -> Iterator[Fronted]:
         yield Fronted(a, b, front)
     finally:
         stacks.close()
-        if front is not None:
-            front.stop()
+        front.stop()
         drop_pg_schema(dsn, schema)
 
 

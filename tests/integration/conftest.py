@@ -7,9 +7,12 @@
   client_id registered at the peer.
 - ``peer``: ``node tests/peer/peer.mjs`` on a free port (``npm ci`` first when node_modules is
   missing), ready once discovery answers; stopped at the end of the session.
-- ``broker_web``: the listener (``broker.web.server.WebServer``) on the session's reserved port,
-  serving whatever app a test installs (the redirect_uri registered at the peer needs the port
-  before the peer starts).
+- ``broker_web``: the listener (``broker.web.server.WebServer``) serving whatever app a test
+  installs, on the first of the session's candidate ports (``web_ports``) it can bind;
+  ``broker_base_url`` names the port it got. The redirect_uri registered at the peer needs the
+  port before the peer starts, and a port found free is released until the listener binds it,
+  so another pytest-xdist worker or process can take it meanwhile: the peer registers the
+  callback on every candidate, and a test's listener moves to the next one when one is taken.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pytest
 import trustme
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from broker.errors import ConfigError
 from broker.keys.api import KeyStore, Signer
 from broker.keys.didkey import public_jwk, public_key_from_did
 from broker.web.server import WebServer
@@ -35,6 +39,7 @@ from devtools.peer import (
 )
 from devtools.peer import ensure_node_modules as _ensure_node_modules
 from devtools.peer import start_peer as _start_peer
+from devtools.ports import PORT_ATTEMPTS
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLBACK_PATH = "/callback"
@@ -80,28 +85,28 @@ def client_signer(key_store: KeyStore) -> Signer:
     return key_store.signer(label)
 
 
-@pytest.fixture(scope="session")
-def web_port() -> int:
-    return free_port()
+def base_url(port: int) -> str:
+    return f"https://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")
-def broker_base_url(web_port: int) -> str:
-    return f"https://127.0.0.1:{web_port}"
+def web_ports() -> list[int]:
+    """The ports a test's listener may bind, in order; the peer knows the callback on each."""
+    return list(dict.fromkeys(free_port() for _ in range(PORT_ATTEMPTS)))
 
 
 @pytest.fixture(scope="session")
 def peer(
     pki: Pki,
     client_signer: Signer,
-    broker_base_url: str,
+    web_ports: list[int],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Peer]:
     did = client_signer.kid
     settings = PeerSettings(
         client_id=did,
         client_jwk=public_jwk(public_key_from_did(did), kid=did),
-        redirect_uris=[broker_base_url + CALLBACK_PATH],
+        redirect_uris=[base_url(port) + CALLBACK_PATH for port in web_ports],
     )
     started = start_peer(pki, settings, tmp_path_factory.mktemp("peer"))
     try:
@@ -115,6 +120,8 @@ class SwappableApp:
 
     def __init__(self) -> None:
         self.app: ASGIApp | None = None
+        self.port = 0
+        """The port the listener serving this app bound."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.app is None:
@@ -126,12 +133,34 @@ class SwappableApp:
         await self.app(scope, receive, send)
 
 
+async def serve_on_a_candidate(app: SwappableApp, ports: list[int], pki: Pki) -> WebServer:
+    """A started listener serving ``app`` on the first of ``ports`` it can bind (``app.port``).
+    A port taken since it was found free fails the start (uvicorn does not share a bound port):
+    the next candidate is tried; when none is left, the last failure is raised."""
+    for attempt, port in enumerate(ports, start=1):
+        server = WebServer(app, host="127.0.0.1", port=port, tls=pki.tls)
+        try:
+            await server.start()
+        except ConfigError:
+            if attempt == len(ports):
+                raise
+            continue
+        app.port = server.port
+        return server
+    raise ConfigError("no candidate port to listen on")
+
+
 @pytest.fixture
-async def broker_web(pki: Pki, web_port: int) -> AsyncIterator[SwappableApp]:
+async def broker_web(pki: Pki, web_ports: list[int]) -> AsyncIterator[SwappableApp]:
     holder = SwappableApp()
-    server = WebServer(holder, host="127.0.0.1", port=web_port, tls=pki.tls)
-    await server.start()
+    server = await serve_on_a_candidate(holder, web_ports, pki)
     try:
         yield holder
     finally:
         await server.stop()
+
+
+@pytest.fixture
+def broker_base_url(broker_web: SwappableApp) -> str:
+    """The base URL of this test's listener (its callback is registered at the peer)."""
+    return base_url(broker_web.port)
