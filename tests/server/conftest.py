@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -20,6 +21,23 @@ from broker.server.ports import LoginService
 from tests.server.fakes import FakeBroker, FakeLogins, make_grant
 from tests.server.pki import Ca, Issued
 from tests.server.rpc import mtls_channel
+
+T = TypeVar("T")
+
+HANG_GUARD_S = 20.0  # a bound against hanging, never a timing expectation
+
+
+async def eventually(read: Callable[[], Sequence[T]], count: int) -> tuple[T, ...]:
+    """``read()`` once it holds ``count`` items (more fails at once: the test miscounted)."""
+    deadline = asyncio.get_running_loop().time() + HANG_GUARD_S
+    while len(got := tuple(read())) < count:
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"{len(got)} of {count} after {HANG_GUARD_S} s"
+        )
+        await asyncio.sleep(0.01)
+    assert len(got) == count, f"{len(got)} where {count} were expected"
+    return got
+
 
 APP = "spiffe://corp.example/app"
 ADMIN = "spiffe://corp.example/admin"
@@ -74,6 +92,11 @@ class Harness:
     def stub_for(self, identity: str | None = None, *, cn: str | None = None) -> Any:
         client = self.ca.issue(cn=cn, uris=(identity,) if identity else ())
         return stub(self.channel(client))
+
+    async def finished_spans(self, count: int) -> tuple[ReadableSpan, ...]:
+        """The finished spans once there are ``count`` of them: a client can see a call's status
+        before the server's span for it has ended, so a test polls (generously) instead."""
+        return await eventually(self.exporter.get_finished_spans, count)
 
 
 async def make_harness(

@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from broker import errors as e
 from broker.server.gen.broker.v1 import broker_pb2 as pb
 from broker.server.tracing import peer_attributes, server_address_of
-from tests.server.conftest import APP, Harness, started_harness
+from tests.server.conftest import APP, Harness, eventually, started_harness
 from tests.server.rpc import code_of
 
 METHOD = "broker.v1.TokenBroker/GetAccessToken"
@@ -56,7 +56,7 @@ async def test_server_span_carries_the_rpc_semconv_attributes(traced: Traced) ->
     assert await code_of(
         h.stub_for(APP).GetAccessToken(pb.GetAccessTokenRequest(grant_id="g-1"))
     ) is (grpc.StatusCode.OK)
-    (span,) = h.exporter.get_finished_spans()
+    (span,) = await h.finished_spans(1)
     assert span.name == METHOD
     assert span.kind is SpanKind.SERVER
     assert span.status.status_code is StatusCode.UNSET
@@ -92,6 +92,7 @@ async def test_rpc_server_duration_in_ms_with_the_span_attributes_but_not_the_pe
         "server.address": "127.0.0.1",
         "server.port": h.port,
     }
+    await eventually(lambda: [n for _, _, c in traced.durations() for n in range(c)], 3)
     points = sorted(traced.durations(), key=lambda p: int(p[1]["rpc.grpc.status_code"]))
     assert points == [
         ("ms", {**base, "rpc.grpc.status_code": 0}, 2),
@@ -110,7 +111,7 @@ async def test_client_errors_are_not_server_span_errors_but_server_errors_are(
     assert (denied, unavailable) == (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAVAILABLE)
     by_code = {
         (sp.attributes or {})["rpc.grpc.status_code"]: sp.status.status_code
-        for sp in h.exporter.get_finished_spans()
+        for sp in await h.finished_spans(2)
     }
     assert by_code == {7: StatusCode.UNSET, 14: StatusCode.ERROR}
 
