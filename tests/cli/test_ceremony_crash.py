@@ -15,7 +15,6 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.ceremony.faults import FAULT_ENV
 from broker.keys.didkey import did_from_public_key
-from tests.cli.test_ceremony_subprocess import BROKER, ROOT, Token
+from tests.cli.test_ceremony_subprocess import BROKER, Token, own_token
 
 pytestmark = pytest.mark.softhsm
 
@@ -36,29 +35,8 @@ STOPPED_WAIT = 120.0  # seconds; generous: the machine is shared
 
 @pytest.fixture(scope="module")
 def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Token]:
-    base = tmp_path_factory.mktemp("crash-hsm")
-    pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
-    pin_file, so_pin_file = base / "user.pin", base / "so.pin"
-    for path, value in ((pin_file, pin), (so_pin_file, so_pin)):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(value + "\n")
-    subprocess.run(
-        [
-            str(ROOT / "softhsm" / "init-token.sh"),
-            str(base / "hsm"),
-            "crash",
-            str(so_pin_file),
-            str(pin_file),
-        ],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    tok = Token(base / "hsm" / "softhsm2.conf", "crash", pin, pin_file, base / "audit.jsonl")
-    yield tok
-    for text in [*tok.outputs, tok.audit.read_text()]:
-        assert pin not in text and so_pin not in text
+    with own_token(tmp_path_factory, "crash") as tok:
+        yield tok
 
 
 class Ceremony:

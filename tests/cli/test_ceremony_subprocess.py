@@ -10,6 +10,7 @@ audit log.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -72,31 +73,34 @@ class Token:
         return proc
 
 
-@pytest.fixture(scope="module")
-def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Token]:
-    base = tmp_path_factory.mktemp("e2e-hsm")
+@contextlib.contextmanager
+def own_token(tmp_path_factory: pytest.TempPathFactory, label: str) -> Iterator[Token]:
+    """A fresh SoftHSM token of its own, initialised by softhsm/init-token.sh with random PINs
+    (files created 0600). On exit: nothing printed and nothing audited holds either PIN."""
+    base = tmp_path_factory.mktemp(f"{label}-hsm")
     pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
     pin_file, so_pin_file = base / "user.pin", base / "so.pin"
     for path, value in ((pin_file, pin), (so_pin_file, so_pin)):
-        path.write_text(value + "\n")
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value + "\n")
+    script = str(ROOT / "softhsm" / "init-token.sh")
     subprocess.run(
-        [
-            str(ROOT / "softhsm" / "init-token.sh"),
-            str(base / "hsm"),
-            "ceremony-e2e",
-            str(so_pin_file),
-            str(pin_file),
-        ],
+        [script, str(base / "hsm"), label, str(so_pin_file), str(pin_file)],
         check=True,
         capture_output=True,
         env={**os.environ, "PYTHON": sys.executable},
     )
-    tok = Token(base / "hsm" / "softhsm2.conf", "ceremony-e2e", pin, pin_file, base / "audit.jsonl")
+    tok = Token(base / "hsm" / "softhsm2.conf", label, pin, pin_file, base / "audit.jsonl")
     yield tok
-    # Module-wide secret hygiene: nothing printed and nothing audited holds the PIN.
     for text in [*tok.outputs, tok.audit.read_text()]:
         assert pin not in text and so_pin not in text
+
+
+@pytest.fixture(scope="module")
+def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Token]:
+    with own_token(tmp_path_factory, "ceremony-e2e") as tok:
+        yield tok
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:

@@ -22,36 +22,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.keys.didkey import did_from_public_key
-from tests.cli.test_ceremony_subprocess import ROOT, Token
+from tests.cli.test_ceremony_subprocess import ROOT, Token, own_token
 
 pytestmark = pytest.mark.softhsm
 
 
 @pytest.fixture(scope="module")
 def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Token]:
-    base = tmp_path_factory.mktemp("half-hsm")
-    pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
-    pin_file, so_pin_file = base / "user.pin", base / "so.pin"
-    for path, value in ((pin_file, pin), (so_pin_file, so_pin)):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(value + "\n")
-    subprocess.run(
-        [
-            str(ROOT / "softhsm" / "init-token.sh"),
-            str(base / "hsm"),
-            "half",
-            str(so_pin_file),
-            str(pin_file),
-        ],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    tok = Token(base / "hsm" / "softhsm2.conf", "half", pin, pin_file, base / "audit.jsonl")
-    yield tok
-    for text in [*tok.outputs, tok.audit.read_text()]:
-        assert pin not in text and so_pin not in text
+    with own_token(tmp_path_factory, "half") as tok:
+        yield tok
 
 
 def make_half(token: Token, label: str, key_id: str, present: str) -> None:
