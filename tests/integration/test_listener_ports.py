@@ -4,6 +4,7 @@ candidate, whose callback the peer also knows, and a login through it completes.
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import AsyncIterator, Iterator
 
@@ -21,10 +22,20 @@ pytestmark = [pytest.mark.peer, pytest.mark.softhsm]
 
 @pytest.fixture
 def first_candidate_taken(web_ports: list[int]) -> Iterator[int]:
-    """Another process listens on the first candidate port for the whole test."""
+    """Another process listens on the first candidate port for the whole test.
+
+    SO_REUSEADDR: an earlier test's listener on this port may have left connections in
+    TIME_WAIT, which would refuse a plain bind; a listening socket still excludes the broker's.
+    A bind refused anyway means someone else holds the port, which is the situation under test.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", web_ports[0]))
-        sock.listen()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", web_ports[0]))
+            sock.listen()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
         yield web_ports[0]
 
 
